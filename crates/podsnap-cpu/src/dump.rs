@@ -71,9 +71,8 @@ impl Word {
                     .ok_or_else(|| {
                         CpuError::InvalidDump(format!("{s:?} is not a 0x-prefixed hex number"))
                     })?;
-                u32::from_str_radix(&hex.replace('_', ""), 16).map_err(|_| {
-                    CpuError::InvalidDump(format!("{s:?} is not a 32-bit hex number"))
-                })
+                u32::from_str_radix(&hex.replace('_', ""), 16)
+                    .map_err(|_| CpuError::InvalidDump(format!("{s:?} is not a 32-bit hex number")))
             }
         }
     }
@@ -102,9 +101,18 @@ impl RegisterDump {
         for e in &file.leaves {
             let key = (
                 e.leaf.value()?,
-                e.subleaf.as_ref().map(Word::value).transpose()?.unwrap_or(0),
+                e.subleaf
+                    .as_ref()
+                    .map(Word::value)
+                    .transpose()?
+                    .unwrap_or(0),
             );
-            let regs = [e.eax.value()?, e.ebx.value()?, e.ecx.value()?, e.edx.value()?];
+            let regs = [
+                e.eax.value()?,
+                e.ebx.value()?,
+                e.ecx.value()?,
+                e.edx.value()?,
+            ];
             if dump.leaves.insert(key, regs).is_some() {
                 return Err(CpuError::InvalidDump(format!(
                     "leaf {:#x} subleaf {:#x} appears twice",

@@ -271,7 +271,13 @@ pub const FEATURES: &[Feature] = &[
 
 fn index() -> &'static HashMap<&'static str, usize> {
     static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
-    INDEX.get_or_init(|| FEATURES.iter().enumerate().map(|(i, f)| (f.name, i)).collect())
+    INDEX.get_or_init(|| {
+        FEATURES
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name, i))
+            .collect()
+    })
 }
 
 /// The feature called `name`, if gVisor knows it.
@@ -309,7 +315,10 @@ mod tests {
                 (pos, f.bit)
             })
             .collect();
-        assert!(keys.windows(2).all(|w| w[0] < w[1]), "not ordered or bits repeat");
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "not ordered or bits repeat"
+        );
         let names: HashSet<_> = FEATURES.iter().map(|f| f.name).collect();
         assert_eq!(names.len(), FEATURES.len());
         assert!(FEATURES.iter().all(|f| f.bit < 32));
@@ -318,7 +327,15 @@ mod tests {
     #[test]
     fn table_has_gvisor_feature_count_and_spellings() {
         assert_eq!(FEATURES.len(), 173);
-        for name in ["fpu", "sse4_1", "avx512f", "hypervisor", "pni", "clfushopt", "sha_ni"] {
+        for name in [
+            "fpu",
+            "sse4_1",
+            "avx512f",
+            "hypervisor",
+            "pni",
+            "clfushopt",
+            "sha_ni",
+        ] {
             assert!(is_known(name), "{name}");
         }
         // Unnamed in gVisor, so never part of a feature set.

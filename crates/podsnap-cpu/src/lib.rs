@@ -475,10 +475,7 @@ mod tests {
     #[test]
     fn allow_list_ignores_empty_items_like_gvisor() {
         let host = info(&["fpu", "sse2"], 64);
-        assert_eq!(
-            apply_allow_list(&host, ",fpu,,").unwrap().features,
-            ["fpu"]
-        );
+        assert_eq!(apply_allow_list(&host, ",fpu,,").unwrap().features, ["fpu"]);
         assert!(apply_allow_list(&host, "").unwrap().features.is_empty());
     }
 
@@ -525,7 +522,10 @@ mod tests {
         let b = info(&["fpu", "avx2", "avx512f"], 64);
         let out = intersect(&[a.clone(), b]).unwrap();
         assert_eq!(out.features, ["avx2", "fpu"]);
-        assert_eq!((out.vendor.as_str(), out.family, out.model), ("GenuineIntel", 6, 85));
+        assert_eq!(
+            (out.vendor.as_str(), out.family, out.model),
+            ("GenuineIntel", 6, 85)
+        );
         assert_eq!(intersect(std::slice::from_ref(&a)).unwrap(), a);
     }
 
@@ -544,12 +544,8 @@ mod tests {
     #[test]
     fn intersect_refuses_nothing_and_cache_line_disagreement() {
         assert!(matches!(intersect(&[]), Err(CpuError::NothingToIntersect)));
-        let err = intersect(&[
-            info(&["fpu"], 64),
-            info(&["fpu"], 64),
-            info(&["fpu"], 128),
-        ])
-        .unwrap_err();
+        let err =
+            intersect(&[info(&["fpu"], 64), info(&["fpu"], 64), info(&["fpu"], 128)]).unwrap_err();
         assert!(matches!(
             err,
             CpuError::CacheLineDisagreement {
