@@ -27,7 +27,7 @@ const XSAVE_BIT: u32 = 1 << 26;
 ///   `model = (extended_model << 4) & 0xff | model`, `stepping = EAX[3:0]`. Note that for
 ///   family 0xF parts (AMD) this is not Linux's `family + extended_family`: a Zen 2 CPU is
 ///   family 23 in Linux and 143 (0x8F) here and inside a gVisor sandbox;
-/// - cache line size: leaf 1 EBX[15:8] (CLFLUSH line size) times 8, the value gVisor compares on
+/// - cache line size: leaf 1 EBX\[15:8\] (CLFLUSH line size) times 8, the value gVisor compares on
 ///   restore;
 /// - features: every bit gVisor names in the eight blocks of [`crate::features`].
 ///

@@ -64,8 +64,8 @@ impl Block {
     }
 }
 
-/// Bits of leaf 0x8000_0001 EDX that AMD CPUs copy from leaf 1 EDX (EDX[24:23], EDX[17:12] and
-/// EDX[9:0]); they are reserved on Intel. gVisor ignores them, so a feature such as `fpu` is
+/// Bits of leaf 0x8000_0001 EDX that AMD CPUs copy from leaf 1 EDX (EDX\[24:23\], EDX\[17:12\] and
+/// EDX\[9:0\]); they are reserved on Intel. gVisor ignores them, so a feature such as `fpu` is
 /// reported once, from leaf 1. Same value as gVisor's `block6DuplicateMask`.
 pub const AMD_DUPLICATE_MASK: u32 = 0x0183_f3ff;
 

@@ -3,8 +3,9 @@
 //! A gVisor checkpoint contains the CPU feature set that the sandbox's applications were shown
 //! (gVisor's `cpuid.FeatureSet`). Applications pick code paths from CPUID once (glibc's `memcpy`,
 //! a JIT choosing AVX-512), so a restore on a CPU that lacks any of those features would crash
-//! them later with `SIGILL`. gVisor therefore refuses the restore up front: on load,
-//! `FeatureSet.CheckHostCompatible` fails unless
+//! them later with `SIGILL`. gVisor therefore refuses the restore: the Sentry reads the saved
+//! feature set first thing when it loads a checkpoint, and `FeatureSet.CheckHostCompatible`
+//! fails unless
 //!
 //! 1. every feature of the saved set is present on the host (`saved − host = ∅`), and
 //! 2. the cache line size (CLFLUSH line size, leaf 1 EBX\[15:8\] × 8) is equal.
@@ -13,13 +14,14 @@
 //! Cascade Lake, and an AMD snapshot restores on Intel if Intel has every feature it recorded
 //! (in practice AMD-only bits such as `sse4a` prevent that). [`check`] applies exactly this rule
 //! to two [`CpuInfo`]s, so podsnap can refuse an incompatible restore *before* downloading a
-//! single chunk, with a list of what is missing ([`Incompatibility`]).
+//! single chunk (runsc would only find out after the whole image is on the node), with the list
+//! of what is missing ([`Incompatibility`]).
 //!
 //! The layers:
 //!
 //! - [`features`]: gVisor's 173 x86-64 feature names and the CPUID register and bit of each
 //!   (gVisor's eight "blocks"), in gVisor's canonical order;
-//! - [`capture`]: reads a [`CpuInfo`] out of any raw-cpuid [`CpuIdReader`]; [`host`] passes the
+//! - [`mod@capture`]: reads a [`CpuInfo`] out of any raw-cpuid [`CpuIdReader`]; [`host`] passes the
 //!   `cpuid` instruction, tests pass a [`RegisterDump`] of a real CPU, through the same code;
 //! - [`check`], [`apply_allow_list`], [`intersect`], [`annotation_value`]: the rule, and the
 //!   helpers for running a pool of mixed nodes.
@@ -172,10 +174,7 @@ fn describe(missing: &[String], cache_line: &Option<CacheLineSizes>) -> String {
             missing.join(", ")
         );
         if missing.iter().any(|f| f == "hypervisor") {
-            s.push_str(
-                " (hypervisor: the snapshot was taken inside a VM, \
-                 and a snapshot taken inside a VM cannot restore on bare metal)",
-            );
+            s.push_str(" (a snapshot taken inside a VM cannot restore on bare metal)");
         }
         parts.push(s);
     }

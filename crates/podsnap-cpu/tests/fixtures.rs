@@ -268,8 +268,8 @@ fn vm_snapshot_on_bare_metal_is_refused_with_explanation() {
     let e = check(&cpu("vm"), &cpu("xeon")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "snapshot needs CPU features this node lacks: hypervisor (hypervisor: the snapshot was \
-         taken inside a VM, and a snapshot taken inside a VM cannot restore on bare metal)"
+        "snapshot needs CPU features this node lacks: hypervisor \
+         (a snapshot taken inside a VM cannot restore on bare metal)"
     );
 }
 
