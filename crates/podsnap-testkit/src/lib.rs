@@ -6,6 +6,9 @@
 //! a test failure; otherwise the test prints why it is skipped and returns early, so a plain
 //! `cargo test` passes on a developer machine without those components.
 
+pub mod containerd;
+pub mod runsc;
+
 use std::path::Path;
 
 /// What a test needs from the machine.
@@ -72,5 +75,7 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
 
 /// Path of a workspace-relative file, for fixtures shared between crates.
 pub fn workspace_path(rel: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }

@@ -1,0 +1,666 @@
+//! The [`SandboxRuntime`] trait the daemon drives, its domain types, and the real
+//! implementation [`RunscRuntime`] (a runsc client plus an optional containerd client).
+
+use crate::containerd::{ContainerdClient, ContainerdError, PodInfo, TaskStatus};
+use crate::image::{self, HeaderError};
+use crate::rootdir::{self, RootfsOverlay};
+use crate::runsc::{self, Capabilities, Runsc, RunscVersion, Status};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// runsc's default `--root`.
+pub const DEFAULT_RUNSC_ROOT: &str = "/var/run/runsc";
+
+/// What to checkpoint or inspect.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Target {
+    /// A runsc container id under the runtime's configured root.
+    Runsc {
+        /// Container id.
+        id: String,
+    },
+    /// A containerd container.
+    Containerd {
+        /// containerd namespace (`k8s.io`, `default`).
+        namespace: String,
+        /// Container id.
+        id: String,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Runsc { id } => write!(f, "runsc container {id}"),
+            Target::Containerd { namespace, id } => {
+                write!(f, "containerd container {namespace}/{id}")
+            }
+        }
+    }
+}
+
+/// How a sandbox is managed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SandboxKind {
+    /// Started with runsc directly.
+    Standalone,
+    /// Started by containerd (a runc v2 shim driving runsc, or gVisor's shim).
+    Containerd {
+        /// containerd namespace.
+        namespace: String,
+        /// containerd container id.
+        container: String,
+        /// Runtime name (`io.containerd.runc.v2`).
+        runtime: String,
+        /// Kubernetes facts when CRI made it.
+        pod: Option<PodInfo>,
+        /// containerd's task status at resolution time.
+        task_status: Option<TaskStatus>,
+        /// containerd's task pid.
+        task_pid: Option<u32>,
+    },
+}
+
+/// A resolved sandbox: everything needed to checkpoint it and to describe it in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sandbox {
+    /// The runsc root its state lives under.
+    pub root: PathBuf,
+    /// The runsc container id.
+    pub container_id: String,
+    /// The runsc sandbox id (equal to the container id for single-container sandboxes started
+    /// directly; the pause container's id in a pod).
+    pub sandbox_id: String,
+    /// Standalone or containerd-managed.
+    pub kind: SandboxKind,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// OCI annotations of the container's spec.
+    pub annotations: BTreeMap<String, String>,
+    /// Containers in this sandbox (runsc 20221219 checkpoints only sandboxes with one).
+    pub container_count: usize,
+    /// Container status.
+    pub status: Status,
+    /// Sandbox process pid (when running).
+    pub pid: Option<i32>,
+    /// The root filesystem overlay.
+    pub rootfs_overlay: RootfsOverlay,
+}
+
+impl Sandbox {
+    /// True when the container's filesystem writes travel with a checkpoint.
+    pub fn rootfs_in_memory(&self) -> bool {
+        self.rootfs_overlay.writes_travel_with_checkpoint()
+    }
+}
+
+/// Options of a checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointOpts {
+    /// Keep the sandbox running afterwards (`--leave-running`), when runsc can.
+    pub leave_running: bool,
+    /// Run runsc as a durable job in this directory (survives a daemon crash).
+    pub job_dir: Option<PathBuf>,
+    /// Timeout of the runsc call.
+    pub timeout: Option<Duration>,
+}
+
+/// A standalone restore.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreRequest {
+    /// Container id of the restored sandbox (must not exist, nor be a prefix of, or prefixed
+    /// by, another id under the root).
+    pub id: String,
+    /// Bundle directory (its `config.json` must match the checkpointed container's).
+    pub bundle: PathBuf,
+    /// Directory holding `checkpoint.img` (and, on current runsc, the pages files).
+    pub image_dir: PathBuf,
+    /// Where the restored sandbox's stdout/stderr go; `/dev/null` when unset.
+    pub log_file: Option<PathBuf>,
+    /// The runsc root to restore under instead of the configured one.
+    pub root: Option<PathBuf>,
+    /// Run runsc as a durable job in this directory.
+    pub job_dir: Option<PathBuf>,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// Timeout of the runsc call.
+    pub timeout: Option<Duration>,
+}
+
+/// The result of a restore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// Container id.
+    pub id: String,
+    /// The runsc root it lives under.
+    pub root: PathBuf,
+    /// Sandbox pid.
+    pub pid: Option<i32>,
+    /// Its status after the restore.
+    pub status: Status,
+}
+
+/// State of a runsc container.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxState {
+    /// Container id.
+    pub id: String,
+    /// Root it lives under.
+    pub root: PathBuf,
+    /// Status.
+    pub status: Status,
+    /// Sandbox pid (`None` when not running).
+    pub pid: Option<i32>,
+    /// Bundle.
+    pub bundle: PathBuf,
+}
+
+/// Facts about the runtime on this node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeInfo {
+    /// The runsc binary.
+    pub runsc_path: PathBuf,
+    /// Its version.
+    pub version: RunscVersion,
+    /// What it can do.
+    pub capabilities: Capabilities,
+    /// The platform passed (`ptrace` when none is).
+    pub platform: String,
+    /// The configured runsc root.
+    pub root: PathBuf,
+    /// Extra global flags passed to every call.
+    pub global_flags: Vec<String>,
+    /// The rootfs overlay those flags configure for sandboxes this daemon starts.
+    pub rootfs_overlay: RootfsOverlay,
+}
+
+/// Errors of the runtime layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// runsc failed, timed out or could not be run.
+    #[error(transparent)]
+    Runsc(#[from] runsc::Error),
+    /// containerd failed or could not be reached.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    /// The target does not exist.
+    #[error("{target} not found")]
+    NotFound {
+        /// What was looked for.
+        target: String,
+    },
+    /// The target exists but is not run by runsc.
+    #[error("{target} does not run under runsc (runtime {runtime}, binary {binary:?})")]
+    NotRunsc {
+        /// The target.
+        target: String,
+        /// Its runtime name.
+        runtime: String,
+        /// Its runtime binary (empty: the shim's default).
+        binary: String,
+    },
+    /// The operation is not possible with this runsc or this sandbox.
+    #[error("cannot {op} {target}: {reason}")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// The sandbox.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// A containerd target was given but no containerd client is configured.
+    #[error("containerd target {target} given but no containerd socket is configured")]
+    NoContainerd {
+        /// The target.
+        target: String,
+    },
+    /// The sandbox is not in a state that allows the operation.
+    #[error("cannot {op} {target}: it is {status}")]
+    InvalidState {
+        /// The operation.
+        op: &'static str,
+        /// The sandbox.
+        target: String,
+        /// Its status.
+        status: Status,
+    },
+    /// The image directory holds no valid image.
+    #[error("invalid checkpoint image in {dir}")]
+    Image {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: HeaderError,
+    },
+    /// A file operation failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A request was malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+/// The runtime operations the daemon needs, object safe so it can hold `Arc<dyn SandboxRuntime>`.
+#[async_trait]
+pub trait SandboxRuntime: Send + Sync {
+    /// runsc path, version, capabilities and platform.
+    async fn info(&self) -> Result<RuntimeInfo, RuntimeError>;
+    /// Finds a target and describes its sandbox.
+    async fn resolve(&self, target: &Target) -> Result<Sandbox, RuntimeError>;
+    /// Checkpoints a resolved sandbox into `image_dir` (runsc stops it unless it can and is
+    /// asked to leave it running).
+    async fn checkpoint(
+        &self,
+        sb: &Sandbox,
+        image_dir: &Path,
+        opts: &CheckpointOpts,
+    ) -> Result<(), RuntimeError>;
+    /// Restores an image as a new standalone sandbox.
+    async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError>;
+    /// State of a container under `root` (the configured root when `None`).
+    async fn state(&self, root: Option<&Path>, id: &str) -> Result<SandboxState, RuntimeError>;
+    /// Deletes a container under `root` (the configured root when `None`).
+    async fn delete(&self, root: Option<&Path>, id: &str, force: bool) -> Result<(), RuntimeError>;
+}
+
+/// The real runtime: runsc on this host, and containerd when a socket is configured.
+#[derive(Debug)]
+pub struct RunscRuntime {
+    runsc: Runsc,
+    containerd: Option<ContainerdClient>,
+    multi_container_checkpoint: bool,
+    facts: tokio::sync::OnceCell<(RunscVersion, Capabilities)>,
+}
+
+/// Release date of the runsc whose `--leave-running` hung under containerd (and older ones).
+const LEAVE_RUNNING_BROKEN_UNTIL: u32 = 20221219;
+
+fn valid_id(id: &str) -> Result<(), RuntimeError> {
+    if id.is_empty()
+        || id.len() > 256
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "container id {id:?} must be 1-256 characters of [A-Za-z0-9_.-]"
+        )));
+    }
+    Ok(())
+}
+
+impl RunscRuntime {
+    /// A runtime over a runsc client, without containerd.
+    pub fn new(runsc: Runsc) -> Self {
+        RunscRuntime {
+            runsc,
+            containerd: None,
+            multi_container_checkpoint: false,
+            facts: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Adds a containerd client (connected lazily).
+    pub fn with_containerd(mut self, client: ContainerdClient) -> Self {
+        self.containerd = Some(client);
+        self
+    }
+
+    /// Allows checkpointing sandboxes with several containers (only for a runsc release known
+    /// to support it; 20221219 does not).
+    pub fn allow_multi_container_checkpoint(mut self, allow: bool) -> Self {
+        self.multi_container_checkpoint = allow;
+        self
+    }
+
+    /// The runsc client.
+    pub fn runsc(&self) -> &Runsc {
+        &self.runsc
+    }
+
+    /// The containerd client, if any.
+    pub fn containerd(&self) -> Option<&ContainerdClient> {
+        self.containerd.as_ref()
+    }
+
+    /// The configured runsc root.
+    pub fn root(&self) -> PathBuf {
+        self.runsc
+            .root()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNSC_ROOT))
+    }
+
+    fn client_for(&self, root: Option<&Path>) -> Runsc {
+        match root {
+            Some(r) => self.runsc.with_root(r),
+            None => self.runsc.with_root(self.root()),
+        }
+    }
+
+    async fn facts(&self) -> Result<&(RunscVersion, Capabilities), RuntimeError> {
+        self.facts
+            .get_or_try_init(|| async {
+                let v = self.runsc.version().await?;
+                let c = self.runsc.capabilities().await?;
+                Ok::<_, RuntimeError>((v, c))
+            })
+            .await
+    }
+
+    fn configured_overlay(&self) -> RootfsOverlay {
+        RootfsOverlay::from_flags(self.runsc.extra_flags()).unwrap_or(RootfsOverlay::None)
+    }
+
+    /// Describes container `id` under `root` from runsc's state and its root directory.
+    async fn describe(
+        &self,
+        root: &Path,
+        id: &str,
+        target: &str,
+        kind: SandboxKind,
+    ) -> Result<Sandbox, RuntimeError> {
+        let client = self.runsc.with_root(root);
+        let state = match client.state(id).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => {
+                return Err(RuntimeError::NotFound {
+                    target: target.to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let io = |e| RuntimeError::Io {
+            context: format!("reading runsc root {}", root.display()),
+            source: e,
+        };
+        let found = rootdir::find_state_file(root, id).map_err(io)?;
+        let (sandbox_id, file) = match &found {
+            Some((name, path)) => (name.sandbox_id.clone(), rootdir::StateFile::read(path).ok()),
+            None => (id.to_string(), None),
+        };
+        let container_count = rootdir::containers_in_sandbox(root, &sandbox_id)
+            .map_err(io)?
+            .len()
+            .max(1);
+        let pid = (state.pid > 0).then_some(state.pid);
+        let annotations = file.as_ref().map(|f| f.annotations()).unwrap_or_default();
+        let sandbox_pid = file
+            .as_ref()
+            .and_then(|f| f.sandbox.as_ref())
+            .map(|s| s.pid)
+            .filter(|p| *p > 0)
+            .or(pid);
+        let rootfs_overlay = sandbox_pid
+            .and_then(RootfsOverlay::from_sandbox_pid)
+            .or_else(|| {
+                annotations
+                    .get("dev.gvisor.flag.overlay2")
+                    .map(|v| RootfsOverlay::from_overlay2(v))
+            })
+            .unwrap_or_else(|| match kind {
+                SandboxKind::Standalone => self.configured_overlay(),
+                SandboxKind::Containerd { .. } => RootfsOverlay::Unknown,
+            });
+        Ok(Sandbox {
+            root: root.to_path_buf(),
+            container_id: id.to_string(),
+            sandbox_id,
+            kind,
+            bundle: state.bundle,
+            annotations,
+            container_count,
+            status: state.status,
+            pid,
+            rootfs_overlay,
+        })
+    }
+
+    async fn resolve_containerd(&self, namespace: &str, id: &str) -> Result<Sandbox, RuntimeError> {
+        let target = Target::Containerd {
+            namespace: namespace.to_string(),
+            id: id.to_string(),
+        }
+        .to_string();
+        let client = self
+            .containerd
+            .as_ref()
+            .ok_or_else(|| RuntimeError::NoContainerd {
+                target: target.clone(),
+            })?;
+        let info = match client.container(namespace, id).await {
+            Ok(i) => i,
+            Err(ContainerdError::NotFound { .. }) => return Err(RuntimeError::NotFound { target }),
+            Err(e) => return Err(e.into()),
+        };
+        let not_runsc = || RuntimeError::NotRunsc {
+            target: target.clone(),
+            runtime: info.runtime.name.clone(),
+            binary: info.runtime.binary_name.clone(),
+        };
+        let root = info.shim_root().ok_or_else(not_runsc)?;
+        // A wrapper with another name is still runsc if runsc's state file is in the root.
+        let has_runsc_state = rootdir::find_state_file(&root, id).ok().flatten().is_some();
+        if !info.configured_for_runsc() && !has_runsc_state {
+            return Err(not_runsc());
+        }
+        let task = client.task(namespace, id).await?;
+        let kind = SandboxKind::Containerd {
+            namespace: namespace.to_string(),
+            container: id.to_string(),
+            runtime: info.runtime.name.clone(),
+            pod: info.pod(),
+            task_status: task.as_ref().map(|t| t.status),
+            task_pid: task.as_ref().map(|t| t.pid),
+        };
+        let mut sb = self.describe(&root, id, &target, kind).await?;
+        if sb.annotations.is_empty() {
+            sb.annotations = info.annotations();
+        }
+        Ok(sb)
+    }
+}
+
+fn describe_target(sb: &Sandbox) -> String {
+    match &sb.kind {
+        SandboxKind::Standalone => format!("runsc container {}", sb.container_id),
+        SandboxKind::Containerd {
+            namespace,
+            container,
+            ..
+        } => format!("containerd container {namespace}/{container}"),
+    }
+}
+
+#[async_trait]
+impl SandboxRuntime for RunscRuntime {
+    async fn info(&self) -> Result<RuntimeInfo, RuntimeError> {
+        let (version, capabilities) = self.facts().await?.clone();
+        Ok(RuntimeInfo {
+            runsc_path: self.runsc.binary().to_path_buf(),
+            version,
+            capabilities,
+            platform: self.runsc.platform().unwrap_or("ptrace").to_string(),
+            root: self.root(),
+            global_flags: self.runsc.extra_flags().to_vec(),
+            rootfs_overlay: self.configured_overlay(),
+        })
+    }
+
+    async fn resolve(&self, target: &Target) -> Result<Sandbox, RuntimeError> {
+        match target {
+            Target::Runsc { id } => {
+                valid_id(id)?;
+                self.describe(
+                    &self.root(),
+                    id,
+                    &target.to_string(),
+                    SandboxKind::Standalone,
+                )
+                .await
+            }
+            Target::Containerd { namespace, id } => {
+                valid_id(id)?;
+                self.resolve_containerd(namespace, id).await
+            }
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        sb: &Sandbox,
+        image_dir: &Path,
+        opts: &CheckpointOpts,
+    ) -> Result<(), RuntimeError> {
+        let target = describe_target(sb);
+        if sb.container_count > 1 && !self.multi_container_checkpoint {
+            return Err(RuntimeError::Unsupported {
+                op: "checkpoint",
+                target,
+                reason: format!(
+                    "sandbox {} holds {} containers and this runsc cannot checkpoint multi-container sandboxes",
+                    sb.sandbox_id, sb.container_count
+                ),
+            });
+        }
+        if !matches!(sb.status, Status::Running | Status::Paused) {
+            return Err(RuntimeError::InvalidState {
+                op: "checkpoint",
+                target,
+                status: sb.status.clone(),
+            });
+        }
+        if opts.leave_running {
+            let (version, caps) = self.facts().await?;
+            if !caps.leave_running {
+                return Err(RuntimeError::Unsupported {
+                    op: "checkpoint",
+                    target,
+                    reason: "this runsc has no --leave-running".into(),
+                });
+            }
+            let old = version
+                .release_date
+                .is_some_and(|d| d <= LEAVE_RUNNING_BROKEN_UNTIL);
+            if old && matches!(sb.kind, SandboxKind::Containerd { .. }) {
+                return Err(RuntimeError::Unsupported {
+                    op: "checkpoint",
+                    target,
+                    reason: format!(
+                        "--leave-running of runsc {} hangs under containerd and leaves the task broken",
+                        version.version
+                    ),
+                });
+            }
+        }
+        tracing::info!(sandbox = %sb.sandbox_id, container = %sb.container_id, root = %sb.root.display(), image = %image_dir.display(), "checkpointing");
+        self.runsc
+            .with_root(&sb.root)
+            .checkpoint(
+                &sb.container_id,
+                &runsc::CheckpointOpts {
+                    image_path: image_dir.to_path_buf(),
+                    leave_running: opts.leave_running,
+                    timeout: opts.timeout,
+                    job_dir: opts.job_dir.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError> {
+        valid_id(&req.id)?;
+        image::read_image_dir_header(&req.image_dir).map_err(|source| RuntimeError::Image {
+            dir: req.image_dir.clone(),
+            source,
+        })?;
+        if !req.bundle.join("config.json").is_file() {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "bundle {} has no config.json",
+                req.bundle.display()
+            )));
+        }
+        let client = self.client_for(req.root.as_deref());
+        let root = client.root().map(Path::to_path_buf).unwrap_or_default();
+        if rootdir::find_state_file(&root, &req.id)
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "container {} already exists under {}",
+                req.id,
+                root.display()
+            )));
+        }
+        tracing::info!(container = %req.id, root = %root.display(), image = %req.image_dir.display(), "restoring");
+        client
+            .restore(
+                &req.id,
+                &runsc::RestoreOpts {
+                    image_path: req.image_dir.clone(),
+                    bundle: req.bundle.clone(),
+                    detach: true,
+                    pid_file: req.pid_file.clone(),
+                    log_file: req.log_file.clone(),
+                    timeout: req.timeout,
+                    job_dir: req.job_dir.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let state = client.state(&req.id).await?;
+        Ok(Restored {
+            id: req.id.clone(),
+            root,
+            pid: (state.pid > 0).then_some(state.pid),
+            status: state.status,
+        })
+    }
+
+    async fn state(&self, root: Option<&Path>, id: &str) -> Result<SandboxState, RuntimeError> {
+        let client = self.client_for(root);
+        let root = client.root().map(Path::to_path_buf).unwrap_or_default();
+        match client.state(id).await {
+            Ok(s) => Ok(SandboxState {
+                id: s.id,
+                root,
+                status: s.status,
+                pid: (s.pid > 0).then_some(s.pid),
+                bundle: s.bundle,
+            }),
+            Err(e) if e.is_not_found() => Err(RuntimeError::NotFound {
+                target: format!("runsc container {id} under {}", root.display()),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete(&self, root: Option<&Path>, id: &str, force: bool) -> Result<(), RuntimeError> {
+        let client = self.client_for(root);
+        match client.delete(id, &runsc::DeleteOpts { force }).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Err(RuntimeError::NotFound {
+                target: format!(
+                    "runsc container {id} under {}",
+                    client.root().unwrap_or(Path::new("")).display()
+                ),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
