@@ -463,12 +463,7 @@ impl ContainerdClient {
         let r = TasksClient::new(ch).get(req).await;
         let r = self.reset_on_transport_error(r).await;
         match r {
-            Ok(resp) => Ok(resp.into_inner().process.map(|p| TaskInfo {
-                id: p.container_id,
-                pid: p.pid,
-                status: TaskStatus::from_i32(p.status),
-                exit_status: p.exit_status,
-            })),
+            Ok(resp) => Ok(resp.into_inner().process.map(task_info)),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(status_error(
                 "tasks.Get",
@@ -495,12 +490,7 @@ impl ContainerdClient {
                 .into_inner()
                 .tasks
                 .into_iter()
-                .map(|p| TaskInfo {
-                    id: p.container_id,
-                    pid: p.pid,
-                    status: TaskStatus::from_i32(p.status),
-                    exit_status: p.exit_status,
-                })
+                .map(task_info)
                 .collect(),
         )
     }
@@ -535,6 +525,20 @@ impl ContainerdClient {
             .await
             .map_err(|s| status_error("tasks.Resume", namespace, &format!("task {id}"), s))?;
         Ok(())
+    }
+}
+
+/// containerd 1.6 fills `id` (not `container_id`) in the processes `tasks.List` returns.
+fn task_info(p: containerd_client::types::v1::Process) -> TaskInfo {
+    TaskInfo {
+        id: if p.container_id.is_empty() {
+            p.id
+        } else {
+            p.container_id
+        },
+        pid: p.pid,
+        status: TaskStatus::from_i32(p.status),
+        exit_status: p.exit_status,
     }
 }
 

@@ -12,7 +12,7 @@
 //!   a containerd container to its runsc root, sandbox and Kubernetes pod.
 //! - [`runtime`]: the object-safe [`SandboxRuntime`] trait the daemon drives, its domain types
 //!   and the real implementation [`RunscRuntime`].
-//! - `testing` (feature `test-util`): [`testing::FakeRuntime`], a scripted, recording double.
+//! - `testing` (feature `test-util`): `FakeRuntime`, a scripted, recording double.
 //!
 //! What runsc 20221219 cannot do is refused here with a clear [`RuntimeError::Unsupported`]
 //! rather than attempted: checkpointing multi-container sandboxes, and `--leave-running` under

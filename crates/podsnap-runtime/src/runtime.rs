@@ -57,7 +57,7 @@ pub enum SandboxKind {
         /// Runtime name (`io.containerd.runc.v2`).
         runtime: String,
         /// Kubernetes facts when CRI made it.
-        pod: Option<PodInfo>,
+        pod: Option<Box<PodInfo>>,
         /// containerd's task status at resolution time.
         task_status: Option<TaskStatus>,
         /// containerd's task pid.
@@ -461,7 +461,7 @@ impl RunscRuntime {
             namespace: namespace.to_string(),
             container: id.to_string(),
             runtime: info.runtime.name.clone(),
-            pod: info.pod(),
+            pod: info.pod().map(Box::new),
             task_status: task.as_ref().map(|t| t.status),
             task_pid: task.as_ref().map(|t| t.pid),
         };
