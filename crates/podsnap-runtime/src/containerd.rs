@@ -650,6 +650,33 @@ mod tests {
     }
 
     #[test]
+    fn grpc_codes_map_to_clear_errors() {
+        let e = status_error(
+            "sandbox.Store/List",
+            "k8s.io",
+            "x",
+            tonic::Status::unimplemented("unknown service containerd.services.sandbox.v1.Store"),
+        );
+        assert!(matches!(e, ContainerdError::Unsupported { .. }));
+        assert_eq!(
+            e.to_string(),
+            "containerd does not serve sandbox.Store/List: unknown service containerd.services.sandbox.v1.Store"
+        );
+        let e = status_error(
+            "containers.Get",
+            "k8s.io",
+            "container c",
+            tonic::Status::not_found("nope"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "container c not found in containerd namespace k8s.io"
+        );
+        let e = status_error("tasks.Get", "ns", "task", tonic::Status::internal("boom"));
+        assert!(matches!(e, ContainerdError::Call { .. }));
+    }
+
+    #[test]
     fn a_plain_container_has_no_pod_info() {
         assert!(PodInfo::from_cri(&BTreeMap::new(), &BTreeMap::new()).is_none());
     }

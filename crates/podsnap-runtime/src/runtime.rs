@@ -596,13 +596,23 @@ impl SandboxRuntime for RunscRuntime {
         }
         let client = self.client_for(req.root.as_deref());
         let root = client.root().map(Path::to_path_buf).unwrap_or_default();
-        if rootdir::find_state_file(&root, &req.id)
-            .ok()
-            .flatten()
-            .is_some()
-        {
+        let existing = rootdir::state_files(&root).map_err(|e| RuntimeError::Io {
+            context: format!("reading runsc root {}", root.display()),
+            source: e,
+        })?;
+        if let Some((other, _)) = existing.iter().find(|(n, _)| {
+            n.container_id.starts_with(&req.id) || req.id.starts_with(&n.container_id)
+        }) {
+            let reason = if other.container_id == req.id {
+                "already exists".to_string()
+            } else {
+                format!(
+                    "is ambiguous with existing container {} (runsc matches id prefixes)",
+                    other.container_id
+                )
+            };
             return Err(RuntimeError::InvalidRequest(format!(
-                "container {} already exists under {}",
+                "container id {} {reason} under {}",
                 req.id,
                 root.display()
             )));

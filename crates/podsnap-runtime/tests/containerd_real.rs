@@ -147,11 +147,19 @@ async fn containerd_counter_is_resolved_checkpointed_and_restored_standalone() {
             image_dir: image.clone(),
             log_file: Some(new_log.clone()),
             timeout: Some(T),
+            // As the daemon runs it: durable, outliving a daemon crash.
+            job_dir: Some(tmp.path().join("restore-job")),
             ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(restored.status, Status::Running);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("restore-job/exit-status"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
     wait_for_count(&new_log, before + 1, Duration::from_secs(30)).unwrap();
     let first = first_count(&new_log).unwrap();
     eprintln!("last count before {before}, first after restore {first}");

@@ -111,6 +111,33 @@ async fn checkpointed_counter_continues_after_restore_under_a_new_id() {
         first < before + 10,
         "counter restarted or jumped: {first} vs {before}"
     );
+
+    // The root now holds the restored id: the same id, and ids that are prefixes of it (or
+    // that it prefixes), are refused before runsc runs.
+    let listed = rt.runsc().list().await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|c| c.id == new_id && c.status == Status::Running));
+    assert!(rt.runsc().list_ids().await.unwrap().contains(&new_id));
+    for clash in [
+        new_id.clone(),
+        new_id[..new_id.len() - 1].to_string(),
+        format!("{new_id}y"),
+    ] {
+        let err = rt
+            .restore(&RestoreRequest {
+                id: clash.clone(),
+                bundle: counter.bundle.path().to_path_buf(),
+                image_dir: image.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::InvalidRequest(_)),
+            "{clash}: {err}"
+        );
+    }
     rt.delete(None, &new_id, true).await.unwrap();
 }
 

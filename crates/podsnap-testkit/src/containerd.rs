@@ -253,10 +253,47 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             }
         }
         if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Shims of this containerd that outlived it (they name its socket on their command
+        // line, which lives in our private temp dir).
+        let socket = self.socket().display().to_string();
+        for pid in pids_with_arg(&socket) {
+            signal(pid, libc::SIGKILL);
+        }
     }
+}
+
+fn signal(pid: i32, sig: i32) {
+    if pid > 1 {
+        // SAFETY: kill(2) has no memory preconditions.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// Pids of processes one of whose arguments is exactly `arg`.
+fn pids_with_arg(arg: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 impl Drop for Containerd {
