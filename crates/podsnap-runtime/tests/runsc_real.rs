@@ -4,7 +4,9 @@
 use podsnap_runtime::image::read_image_dir_header;
 use podsnap_runtime::runsc::{self, Exit};
 use podsnap_runtime::*;
-use podsnap_testkit::runsc::{first_count, last_count, unique_id, wait_for_count, CounterSandbox};
+use podsnap_testkit::runsc::{
+    first_count, last_count, unique_id, wait_for_count, Bundle, CounterSandbox,
+};
 use podsnap_testkit::{require, Need};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -235,6 +237,61 @@ async fn failing_runsc_reports_exit_status_and_stderr() {
         }
         other => panic!("unexpected {other}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_multi_container_sandbox_is_counted_and_refused() {
+    if !require(
+        "real_multi_container_sandbox_is_counted_and_refused",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let pod = unique_id("pod");
+    let app = unique_id("app");
+    let sandbox_bundle = Bundle::counter_with_annotations(&[
+        ("io.kubernetes.cri.container-type", "sandbox"),
+        ("io.kubernetes.cri.sandbox-id", &pod),
+    ])
+    .unwrap();
+    let app_bundle = Bundle::counter_with_annotations(&[
+        ("io.kubernetes.cri.container-type", "container"),
+        ("io.kubernetes.cri.sandbox-id", &pod),
+    ])
+    .unwrap();
+    let _pod = CounterSandbox::start_bundle(
+        &root,
+        &pod,
+        &tmp.path().join("pod.log"),
+        &[],
+        sandbox_bundle,
+    )
+    .unwrap();
+    let _app =
+        CounterSandbox::start_bundle(&root, &app, &tmp.path().join("app.log"), &[], app_bundle)
+            .unwrap();
+    let rt = runtime(&root, &[]);
+    let sb = rt
+        .resolve(&Target::Runsc { id: app.clone() })
+        .await
+        .unwrap();
+    assert_eq!(sb.sandbox_id, pod);
+    assert_eq!(sb.container_count, 2);
+    assert_eq!(
+        sb.annotations.get("io.kubernetes.cri.sandbox-id"),
+        Some(&pod)
+    );
+    let err = rt
+        .checkpoint(&sb, &tmp.path().join("img"), &CheckpointOpts::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
+    eprintln!("{err}");
+    // Refused before runsc ran: both containers still run.
+    assert_eq!(rt.state(None, &app).await.unwrap().status, Status::Running);
+    assert_eq!(rt.state(None, &pod).await.unwrap().status, Status::Running);
 }
 
 #[tokio::test]

@@ -102,6 +102,21 @@ impl Bundle {
         Ok(Bundle { dir })
     }
 
+    /// A counter bundle whose spec carries `annotations` (the CRI annotations
+    /// `io.kubernetes.cri.container-type` = `sandbox`/`container` and
+    /// `io.kubernetes.cri.sandbox-id` make runsc put several containers in one sandbox).
+    pub fn counter_with_annotations(annotations: &[(&str, &str)]) -> std::io::Result<Bundle> {
+        let b = Bundle::counter()?;
+        let mut spec = oci_spec(&["/bin/sh", "-c", COUNTER_SCRIPT]);
+        let map: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        spec["annotations"] = serde_json::Value::Object(map);
+        Bundle::write_spec(b.path(), &spec)?;
+        Ok(b)
+    }
+
     /// Writes `spec` as `config.json` in `dir`.
     pub fn write_spec(dir: &Path, spec: &serde_json::Value) -> std::io::Result<()> {
         std::fs::write(
@@ -201,6 +216,18 @@ impl CounterSandbox {
         extra_flags: &[&str],
     ) -> Result<CounterSandbox, String> {
         let bundle = Bundle::counter().map_err(|e| format!("making bundle: {e}"))?;
+        CounterSandbox::start_bundle(root, id, log, extra_flags, bundle)
+    }
+
+    /// Like [`CounterSandbox::start`] with a bundle of the caller's (whose process prints
+    /// `Count: N` lines, or at least something before the wait ends).
+    pub fn start_bundle(
+        root: &Path,
+        id: &str,
+        log: &Path,
+        extra_flags: &[&str],
+        bundle: Bundle,
+    ) -> Result<CounterSandbox, String> {
         let mut runsc = RunscCmd::new(root);
         runsc
             .flags
