@@ -1,0 +1,165 @@
+//! The one call the wrapper makes to podsnapd: `PrepareRestore`, over its Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use podsnap_proto::v1::PrepareRestoreRequest;
+use tonic::transport::{Endpoint, Uri};
+
+/// How long connecting to the socket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why PrepareRestore gave no image (each renders as one line).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("cannot reach podsnapd at {socket}: {reason}")]
+    Unreachable { socket: PathBuf, reason: String },
+    #[error("podsnapd did not prepare snapshot {snapshot} within {}", humantime::format_duration(*timeout))]
+    Timeout { snapshot: String, timeout: Duration },
+    #[error("{message} ({code})")]
+    Refused { code: &'static str, message: String },
+    #[error("podsnapd returned no image dir for snapshot {snapshot}")]
+    NoImageDir { snapshot: String },
+    #[error("cannot start the gRPC client: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The proto's spelling of a gRPC code (what the daemon's API documents).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The innermost cause of an error, which for a failed connect is the io error.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Asks podsnapd at `socket` to fetch and verify `snapshot` for container `container_id`;
+/// returns the local image directory.
+pub fn prepare_restore(
+    socket: &Path,
+    snapshot: &str,
+    container_id: &str,
+    timeout: Duration,
+) -> Result<PathBuf, PrepareError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PrepareError::Runtime)?;
+    rt.block_on(prepare_restore_async(
+        socket,
+        snapshot,
+        container_id,
+        timeout,
+    ))
+}
+
+async fn prepare_restore_async(
+    socket: &Path,
+    snapshot: &str,
+    container_id: &str,
+    timeout: Duration,
+) -> Result<PathBuf, PrepareError> {
+    let unreachable = |reason: String| PrepareError::Unreachable {
+        socket: socket.to_path_buf(),
+        reason,
+    };
+    let path = socket.to_path_buf();
+    // The URI is required by the API but unused: every connection goes to the socket.
+    let endpoint = Endpoint::from_static("http://podsnapd.local").connect_timeout(CONNECT_TIMEOUT);
+    let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    }));
+    let channel = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(unreachable(root_cause(&e))),
+        Err(_) => return Err(unreachable("connect timed out".into())),
+    };
+    let mut client = PodsnapClient::new(channel);
+    let request = PrepareRestoreRequest {
+        snapshot_id: snapshot.to_string(),
+        container_id: container_id.to_string(),
+    };
+    let reply = match tokio::time::timeout(timeout, client.prepare_restore(request)).await {
+        Err(_) => {
+            return Err(PrepareError::Timeout {
+                snapshot: snapshot.to_string(),
+                timeout,
+            })
+        }
+        // A status with a source was made on this side: the connection broke.
+        Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+            return Err(unreachable(root_cause(&status)));
+        }
+        Ok(Err(status)) => {
+            return Err(PrepareError::Refused {
+                code: code_name(status.code()),
+                message: one_line(status.message()),
+            })
+        }
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    if reply.image_dir.is_empty() {
+        return Err(PrepareError::NoImageDir {
+            snapshot: snapshot.to_string(),
+        });
+    }
+    Ok(PathBuf::from(reply.image_dir))
+}
+
+/// Collapses a message to one line.
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_socket_is_reported_with_its_path_and_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("none.sock");
+        let e = prepare_restore(&sock, "s1", "c1", Duration::from_secs(5)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("cannot reach podsnapd at {}", sock.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("No such file or directory"), "{msg}");
+    }
+
+    #[test]
+    fn messages_collapse_to_one_line() {
+        assert_eq!(one_line("a\nb  c\n"), "a b c");
+    }
+}

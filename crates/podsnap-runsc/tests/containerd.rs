@@ -1,0 +1,298 @@
+//! podsnap-runsc under a real containerd 1.6 + runc v2 shim + runsc (20221219 here), as
+//! `ctr run --runc-binary`: a container without the annotation runs exactly as with plain
+//! runsc; one with `podsnap.dev/restore-from` comes up restored from a runsc checkpoint that a
+//! fake podsnapd hands over (the daemon's own path is tested end to end elsewhere).
+//!
+//! Gated by podsnap-testkit's `require` (root, runsc, containerd). One test per file's process
+//! because the wrapper's config reaches it through containerd's environment (containerd
+//! passes its environment to the shim, the shim to its runsc): the test sets
+//! `PODSNAP_CONFIG` before starting its private containerd.
+
+use std::path::Path;
+use std::time::Duration;
+
+use podsnap_testkit::containerd::Containerd;
+use podsnap_testkit::runsc::{self as tk, COUNTER_SCRIPT};
+use podsnap_testkit::{require, Need};
+
+const WRAPPER: &str = env!("CARGO_BIN_EXE_podsnap-runsc");
+
+fn task_status(c: &Containerd, ns: &str, id: &str) -> Option<String> {
+    let out = c.ctr(ns, &["task", "ls"]).ok()?;
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&id))
+        .and_then(|f| f.get(2).map(|s| s.to_string()))
+}
+
+#[test]
+fn wrapper_runs_plain_containers_like_runsc_and_restores_annotated_ones() {
+    if !require(
+        "wrapper_under_containerd",
+        &[Need::Root, Need::Runsc, Need::Containerd],
+    ) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let runsc = which("runsc").expect("runsc on PATH");
+    // The wrapper's config: the real runsc with --network=none (ctr's spec has a network
+    // namespace without a path), a socket served by the fake daemon below, private markers.
+    std::fs::write(
+        s.join("podsnap.toml"),
+        format!(
+            "runsc = \"{}\"\nrunsc_flags = [\"--network=none\"]\nsocket = \"{}\"\nmarker_dir = \"{}\"\n",
+            runsc.display(),
+            s.join("podsnapd.sock").display(),
+            s.join("markers").display()
+        ),
+    )
+    .unwrap();
+    // Edition 2021, and this file's only test, before any thread reads the environment.
+    std::env::set_var("PODSNAP_CONFIG", s.join("podsnap.toml"));
+    let c = Containerd::start().expect("containerd starts");
+    let ns = "podsnap-runsc-test";
+    let rootfs = s.join("rootfs");
+    tk::busybox_rootfs(&rootfs).unwrap();
+
+    // 1. Plain runsc (the testkit's wrapper script) and podsnap-runsc, side by side.
+    let plain_id = tk::unique_id("plain");
+    let plain_log = s.join("plain.log");
+    c.run_counter(ns, &plain_id, &rootfs, &plain_log)
+        .expect("plain runsc counter runs");
+    let wrapped_id = tk::unique_id("wrapped");
+    let wrapped_log = s.join("wrapped.log");
+    c.run_container(
+        ns,
+        &wrapped_id,
+        &rootfs,
+        Some(Path::new(WRAPPER)),
+        &wrapped_log,
+        &["/bin/sh", "-c", COUNTER_SCRIPT],
+    )
+    .expect("podsnap-runsc counter runs");
+    tk::wait_for_count(&plain_log, 2, Duration::from_secs(30)).unwrap();
+    tk::wait_for_count(&wrapped_log, 2, Duration::from_secs(30)).unwrap();
+    assert_eq!(task_status(&c, ns, &plain_id).as_deref(), Some("RUNNING"));
+    assert_eq!(task_status(&c, ns, &wrapped_id).as_deref(), Some("RUNNING"));
+    // Both count from 0 in steps of 1: the wrapper changed nothing.
+    for log in [&plain_log, &wrapped_log] {
+        let counts = tk::counts(log);
+        assert_eq!(counts[..3], [0, 1, 2], "{}", log.display());
+    }
+    // runsc sees the wrapped container under the shim's root, like the plain one.
+    let list = tk::RunscCmd::new(&c.runsc_root(ns)).run(&["list"]).unwrap();
+    assert!(
+        list.contains(&wrapped_id) && list.contains(&plain_id),
+        "{list}"
+    );
+    c.remove(ns, &plain_id);
+
+    // 2. Restore through containerd: checkpoint the wrapped counter with runsc under the
+    // shim's runsc root (containerd's own checkpoint path does not work with runsc), serve
+    // its image from a fake PrepareRestore, and `ctr run` a container with the same spec
+    // plus the annotation.
+    let image = s.join("image");
+    let image_arg = format!("--image-path={}", image.display());
+    tk::RunscCmd::new(&c.runsc_root(ns))
+        .run(&["checkpoint", &image_arg, &wrapped_id])
+        .expect("runsc checkpoint");
+    let before = tk::last_count(&wrapped_log).unwrap();
+    c.remove(ns, &wrapped_id);
+    assert_eq!(task_status(&c, ns, &wrapped_id), None);
+    let _daemon = fake_daemon::serve(&s.join("podsnapd.sock"), "snap-counter", &image);
+
+    let restored_id = tk::unique_id("restored");
+    let restored_log = s.join("restored.log");
+    let annotation = "podsnap.dev/restore-from=snap-counter";
+    let runc_root = c.runc_root().display().to_string();
+    let log_uri = format!("file://{}", restored_log.display());
+    let rootfs_arg = rootfs.display().to_string();
+    c.ctr(
+        ns,
+        &[
+            "run",
+            "-d",
+            "--rootfs",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--runc-root",
+            &runc_root,
+            "--log-uri",
+            &log_uri,
+            "--runc-binary",
+            WRAPPER,
+            "--annotation",
+            annotation,
+            &rootfs_arg,
+            &restored_id,
+            "/bin/sh",
+            "-c",
+            COUNTER_SCRIPT,
+        ],
+    )
+    .expect("annotated container comes up");
+    let after = tk::wait_for_count(&restored_log, before + 2, Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        task_status(&c, ns, &restored_id).as_deref(),
+        Some("RUNNING")
+    );
+    // It continued where the checkpoint stopped instead of starting from 0.
+    let first = tk::first_count(&restored_log).unwrap();
+    assert!(
+        first > 0 && first >= before,
+        "restored counter starts at {first}, source reached {before}"
+    );
+    assert!(after > first);
+    c.remove(ns, &restored_id);
+
+    // 3. A snapshot the daemon refuses: ctr reports the daemon's reason.
+    let refused_id = tk::unique_id("refused");
+    let err = c
+        .ctr(
+            ns,
+            &[
+                "run",
+                "-d",
+                "--rootfs",
+                "--runtime",
+                "io.containerd.runc.v2",
+                "--runc-root",
+                &runc_root,
+                "--runc-binary",
+                WRAPPER,
+                "--annotation",
+                "podsnap.dev/restore-from=snap-missing",
+                &rootfs_arg,
+                &refused_id,
+                "/bin/sh",
+                "-c",
+                COUNTER_SCRIPT,
+            ],
+        )
+        .expect_err("a refused restore fails the create");
+    assert!(
+        err.contains("cannot restore container") && err.contains("snapshot snap-missing not found"),
+        "{err}"
+    );
+    c.remove(ns, &refused_id);
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+mod fake_daemon {
+    //! PrepareRestore only: `ok` -> the image dir, anything else -> NOT_FOUND.
+
+    use std::path::Path;
+
+    use podsnap_proto::v1::podsnap_server::{Podsnap, PodsnapServer};
+    use podsnap_proto::v1::*;
+    use tonic::{Request, Response, Status};
+
+    struct Fake {
+        ok: String,
+        image_dir: String,
+    }
+
+    type Empty<T> = tokio_stream::Empty<Result<T, Status>>;
+
+    fn unimplemented<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("fake daemon: PrepareRestore only"))
+    }
+
+    #[tonic::async_trait]
+    impl Podsnap for Fake {
+        type CheckpointStream = Empty<CheckpointEvent>;
+        type RestoreStream = Empty<RestoreEvent>;
+        async fn checkpoint(
+            &self,
+            _: Request<CheckpointRequest>,
+        ) -> Result<Response<Self::CheckpointStream>, Status> {
+            unimplemented()
+        }
+        async fn restore(
+            &self,
+            _: Request<RestoreRequest>,
+        ) -> Result<Response<Self::RestoreStream>, Status> {
+            unimplemented()
+        }
+        async fn prepare_restore(
+            &self,
+            req: Request<PrepareRestoreRequest>,
+        ) -> Result<Response<PrepareRestoreResponse>, Status> {
+            let id = req.into_inner().snapshot_id;
+            if id == self.ok {
+                Ok(Response::new(PrepareRestoreResponse {
+                    image_dir: self.image_dir.clone(),
+                    snapshot: None,
+                }))
+            } else {
+                Err(Status::not_found(format!("snapshot {id} not found")))
+            }
+        }
+        async fn list_snapshots(
+            &self,
+            _: Request<ListSnapshotsRequest>,
+        ) -> Result<Response<ListSnapshotsResponse>, Status> {
+            unimplemented()
+        }
+        async fn get_snapshot(
+            &self,
+            _: Request<GetSnapshotRequest>,
+        ) -> Result<Response<Snapshot>, Status> {
+            unimplemented()
+        }
+        async fn delete_snapshot(
+            &self,
+            _: Request<DeleteSnapshotRequest>,
+        ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+            unimplemented()
+        }
+        async fn check_compatibility(
+            &self,
+            _: Request<CheckCompatibilityRequest>,
+        ) -> Result<Response<CheckCompatibilityResponse>, Status> {
+            unimplemented()
+        }
+        async fn get_node_info(
+            &self,
+            _: Request<GetNodeInfoRequest>,
+        ) -> Result<Response<NodeInfo>, Status> {
+            unimplemented()
+        }
+        async fn list_jobs(
+            &self,
+            _: Request<ListJobsRequest>,
+        ) -> Result<Response<ListJobsResponse>, Status> {
+            unimplemented()
+        }
+    }
+
+    /// Serves on `socket` from a background thread; the returned runtime handle keeps it up.
+    pub fn serve(socket: &Path, ok: &str, image_dir: &Path) -> std::thread::JoinHandle<()> {
+        let fake = Fake {
+            ok: ok.to_string(),
+            image_dir: image_dir.display().to_string(),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(async { tokio::net::UnixListener::bind(socket) })
+            .unwrap();
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                let _ = tonic::transport::Server::builder()
+                    .add_service(PodsnapServer::new(fake))
+                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                    .await;
+            })
+        })
+    }
+}
