@@ -1,0 +1,34 @@
+# podsnap: build, demo, test, lint, bench.
+CARGO ?= cargo
+# Privileged tests (runsc, containerd, moto) must run, not skip, when we are root (CI is).
+PODSNAP_REQUIRE_PRIVILEGED ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
+export PODSNAP_REQUIRE_PRIVILEGED
+
+.PHONY: build demo test test-rust test-python lint fmt bench soak clean
+
+build:
+	$(CARGO) build --workspace --bins
+
+demo: build
+	bash scripts/demo.sh
+
+test: test-rust test-python
+
+test-rust:
+	$(CARGO) test --workspace --no-fail-fast
+
+test-python:
+	python3 -m pytest -q tests/k8s
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	bash benches/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,541 @@
+//! Commands that talk to podsnapd over its Unix socket.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use hyper_util::rt::TokioIo;
+use podsnap_proto::v1 as pb;
+use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+#[derive(clap::Args, Debug)]
+pub struct CheckpointArgs {
+    /// runsc container id under the daemon's runsc root, or a containerd container id with
+    /// --containerd-namespace.
+    pub id: String,
+    /// The containerd namespace of ID (makes ID a containerd container).
+    #[arg(long, value_name = "NS")]
+    pub containerd_namespace: Option<String>,
+    /// Label recorded on the snapshot (repeatable).
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// Label keys whose values form the snapshot's group (default: the target's id).
+    #[arg(long, value_name = "K1,K2", value_delimiter = ',')]
+    pub group_by: Vec<String>,
+    /// Keep at most N snapshots in the group (0: keep all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep: u32,
+    /// Keep the sandbox running after the checkpoint (the default).
+    #[arg(long, conflicts_with = "stop")]
+    pub resume: bool,
+    /// Leave the sandbox stopped after the checkpoint.
+    #[arg(long)]
+    pub stop: bool,
+    /// Deduplicate against this snapshot (default: the group's newest).
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Option<String>,
+    /// Print the snapshot as JSON instead of its id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// OCI bundle directory (with config.json) for the restored sandbox.
+    #[arg(long, value_name = "DIR")]
+    pub bundle: PathBuf,
+    /// Container id of the restored sandbox.
+    #[arg(long, value_name = "NEW_ID")]
+    pub id: String,
+    /// File for the restored sandbox's stdout/stderr (default: under the daemon's state dir).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Only snapshots of this group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only snapshots with this label (repeatable).
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    pub snapshot: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    pub snapshot: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompatArgs {
+    pub snapshot: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct JsonArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
+}
+
+/// Connects to podsnapd's Unix socket.
+pub async fn connect(socket: &str) -> anyhow::Result<PodsnapClient<Channel>> {
+    let path = PathBuf::from(socket.strip_prefix("unix://").unwrap_or(socket));
+    let p = path.clone();
+    let channel = Endpoint::try_from("http://podsnapd.local")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = p.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
+        }))
+        .await
+        .with_context(|| format!("cannot connect to podsnapd at {} (is it running?)", path.display()))?;
+    Ok(PodsnapClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(16 << 20))
+}
+
+fn status_err(op: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{op} failed: {} ({:?})", s.message(), s.code())
+}
+
+fn phase_name(p: i32) -> &'static str {
+    pb::Phase::try_from(p)
+        .map(|p| match p {
+            pb::Phase::Unspecified => "",
+            pb::Phase::Queued => "queued",
+            pb::Phase::Resolving => "resolving",
+            pb::Phase::Checkpointing => "checkpointing",
+            pb::Phase::Uploading => "uploading",
+            pb::Phase::Committing => "committing",
+            pb::Phase::Retention => "retention",
+            pb::Phase::Resuming => "resuming",
+            pb::Phase::Checking => "checking",
+            pb::Phase::Downloading => "downloading",
+            pb::Phase::Restoring => "restoring",
+            pb::Phase::Done => "done",
+            pb::Phase::Failed => "failed",
+        })
+        .unwrap_or("?")
+}
+
+/// Progress on stderr, only when stderr is a terminal.
+struct ProgressView {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl ProgressView {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg:14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
+            );
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        ProgressView { bar }
+    }
+
+    fn update(&self, p: &pb::Progress) {
+        if let Some(b) = &self.bar {
+            b.set_message(phase_name(p.phase));
+            if p.bytes_total > 0 {
+                b.set_length(p.bytes_total);
+            }
+            b.set_position(p.bytes_done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+pub fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
+    let src = s.source.clone().unwrap_or_default();
+    json!({
+        "id": s.id,
+        "created_at": s.created_at,
+        "labels": s.labels,
+        "group": s.group,
+        "parent": s.parent,
+        "format_version": s.format_version,
+        "source": {
+            "node_name": src.node_name,
+            "runsc_version": src.runsc_version,
+            "platform": src.platform,
+            "rootfs_overlay": src.rootfs_overlay,
+            "cpu": src.cpu.map(|c| json!({
+                "vendor": c.vendor, "family": c.family, "model": c.model,
+                "stepping": c.stepping, "cache_line_size": c.cache_line_size,
+                "features": c.features,
+            })),
+        },
+        "files": s.files.iter().map(|f| json!({"name": f.name, "size": f.size})).collect::<Vec<_>>(),
+        "logical_bytes": s.logical_bytes,
+        "uploaded_bytes": s.uploaded_bytes,
+        "runsc_metadata": s.runsc_metadata,
+    })
+}
+
+pub async fn checkpoint(socket: &str, a: CheckpointArgs) -> anyhow::Result<i32> {
+    let mut client = connect(socket).await?;
+    let target = match &a.containerd_namespace {
+        Some(ns) => pb::target::Kind::Containerd(pb::ContainerdTarget {
+            namespace: ns.clone(),
+            container_id: a.id.clone(),
+        }),
+        None => pb::target::Kind::RunscId(a.id.clone()),
+    };
+    let req = pb::CheckpointRequest {
+        target: Some(pb::Target { kind: Some(target) }),
+        labels: a.labels.into_iter().collect::<HashMap<_, _>>(),
+        group_by: a.group_by,
+        keep: a.keep,
+        post_checkpoint: if a.stop {
+            pb::PostCheckpoint::Stop
+        } else {
+            pb::PostCheckpoint::Resume
+        } as i32,
+        parent: a.parent.unwrap_or_default(),
+    };
+    let mut stream = client
+        .checkpoint(req)
+        .await
+        .map_err(|s| status_err("checkpoint", s))?
+        .into_inner();
+    let view = ProgressView::new();
+    let mut snapshot = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(ev)) => match ev.event {
+                Some(pb::checkpoint_event::Event::Progress(p)) => view.update(&p),
+                Some(pb::checkpoint_event::Event::Snapshot(s)) => snapshot = Some(s),
+                None => {}
+            },
+            Ok(None) => break,
+            Err(s) => {
+                view.finish();
+                return Err(status_err("checkpoint", s));
+            }
+        }
+    }
+    view.finish();
+    let s = snapshot.context("the daemon closed the stream without a snapshot")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&snapshot_json(&s))?);
+    } else {
+        println!("{}", s.id);
+    }
+    Ok(0)
+}
+
+pub async fn restore(socket: &str, a: RestoreArgs) -> anyhow::Result<i32> {
+    let bundle = std::fs::canonicalize(&a.bundle)
+        .with_context(|| format!("bundle {}", a.bundle.display()))?;
+    let log = match a.log {
+        Some(l) if l.is_relative() => Some(std::env::current_dir()?.join(l)),
+        other => other,
+    };
+    let mut client = connect(socket).await?;
+    let mut stream = client
+        .restore(pb::RestoreRequest {
+            snapshot_id: a.snapshot,
+            bundle: bundle.display().to_string(),
+            container_id: a.id,
+            log_path: log.map(|l| l.display().to_string()).unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| status_err("restore", s))?
+        .into_inner();
+    let view = ProgressView::new();
+    let mut restored = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(ev)) => match ev.event {
+                Some(pb::restore_event::Event::Progress(p)) => view.update(&p),
+                Some(pb::restore_event::Event::Restored(r)) => restored = Some(r),
+                None => {}
+            },
+            Ok(None) => break,
+            Err(s) => {
+                view.finish();
+                return Err(status_err("restore", s));
+            }
+        }
+    }
+    view.finish();
+    let r = restored.context("the daemon closed the stream without a result")?;
+    eprintln!(
+        "restored {} from {} (pid {}, output in {})",
+        r.container_id, r.snapshot_id, r.pid, r.log_path
+    );
+    println!("{}", r.container_id);
+    Ok(0)
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+pub async fn list(socket: &str, a: ListArgs) -> anyhow::Result<i32> {
+    let mut client = connect(socket).await?;
+    let resp = client
+        .list_snapshots(pb::ListSnapshotsRequest {
+            group: a.group.unwrap_or_default(),
+            labels: a.labels.into_iter().collect(),
+        })
+        .await
+        .map_err(|s| status_err("list", s))?
+        .into_inner();
+    if a.json {
+        let v: Vec<_> = resp.snapshots.iter().map(snapshot_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!("{:<28} {:<22} {:<24} {:>10} {:>10}  NODE", "ID", "CREATED", "GROUP", "SIZE", "UPLOADED");
+    for s in &resp.snapshots {
+        println!(
+            "{:<28} {:<22} {:<24} {:>10} {:>10}  {}",
+            s.id,
+            s.created_at,
+            s.group,
+            human(s.logical_bytes),
+            human(s.uploaded_bytes),
+            s.source.as_ref().map(|n| n.node_name.as_str()).unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+pub async fn inspect(socket: &str, a: InspectArgs) -> anyhow::Result<i32> {
+    let mut client = connect(socket).await?;
+    let s = client
+        .get_snapshot(pb::GetSnapshotRequest {
+            snapshot_id: a.snapshot,
+        })
+        .await
+        .map_err(|s| status_err("inspect", s))?
+        .into_inner();
+    // Human and JSON views carry the same facts; JSON is the complete one.
+    let v = snapshot_json(&s);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let src = s.source.clone().unwrap_or_default();
+        println!("id:            {}", s.id);
+        println!("created:       {}", s.created_at);
+        println!("group:         {}", s.group);
+        println!("parent:        {}", if s.parent.is_empty() { "-" } else { &s.parent });
+        println!("format:        {}", s.format_version);
+        println!("node:          {} (runsc {}, platform {})", src.node_name, src.runsc_version, src.platform);
+        println!(
+            "rootfs:        {}",
+            if src.rootfs_overlay.is_empty() {
+                "writes stayed on the source node (no overlay)".to_string()
+            } else {
+                format!("overlay {} (writes travel with the snapshot)", src.rootfs_overlay)
+            }
+        );
+        if let Some(c) = &src.cpu {
+            println!("cpu:           {} family {} model {}, cache line {}, {} features", c.vendor, c.family, c.model, c.cache_line_size, c.features.len());
+        }
+        let mut labels: Vec<_> = s.labels.iter().collect();
+        labels.sort();
+        for (k, v) in labels {
+            println!("label:         {k}={v}");
+        }
+        for f in &s.files {
+            println!("file:          {} ({})", f.name, human(f.size));
+        }
+        println!("size:          {} (uploaded {})", human(s.logical_bytes), human(s.uploaded_bytes));
+    }
+    Ok(0)
+}
+
+pub async fn delete(socket: &str, a: DeleteArgs) -> anyhow::Result<i32> {
+    let mut client = connect(socket).await?;
+    client
+        .delete_snapshot(pb::DeleteSnapshotRequest {
+            snapshot_id: a.snapshot.clone(),
+        })
+        .await
+        .map_err(|s| status_err("delete", s))?;
+    eprintln!("deleted {}", a.snapshot);
+    Ok(0)
+}
+
+pub async fn compat(socket: &str, a: CompatArgs) -> anyhow::Result<i32> {
+    let mut client = connect(socket).await?;
+    let c = client
+        .check_compatibility(pb::CheckCompatibilityRequest {
+            snapshot_id: a.snapshot.clone(),
+        })
+        .await
+        .map_err(|s| status_err("compat", s))?
+        .into_inner();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "compatible": c.compatible,
+                "missing_features": c.missing_features,
+                "snapshot_cache_line_size": c.snapshot_cache_line_size,
+                "node_cache_line_size": c.node_cache_line_size,
+                "problems": c.problems,
+                "warnings": c.warnings,
+            }))?
+        );
+    } else {
+        for w in &c.warnings {
+            eprintln!("warning: {w}");
+        }
+        if c.compatible {
+            println!("{} is compatible with this node", a.snapshot);
+        } else {
+            eprintln!("{} cannot restore on this node: {}", a.snapshot, c.problems.join("; "));
+        }
+    }
+    Ok(if c.compatible { 0 } else { 1 })
+}
+
+pub async fn node_info(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
+    let mut client = connect(socket).await?;
+    let n = client
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .map_err(|s| status_err("node-info", s))?
+        .into_inner();
+    let jobs = client
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .map_err(|s| status_err("node-info", s))?
+        .into_inner()
+        .jobs;
+    let runsc = n.runsc.clone().unwrap_or_default();
+    let cpu = n.cpu.clone().unwrap_or_default();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "node_name": n.node_name,
+                "podsnap_version": n.podsnap_version,
+                "store_url": n.store_url,
+                "state_dir": n.state_dir,
+                "jobs_in_flight": n.jobs_in_flight,
+                "runsc": {"path": runsc.path, "version": runsc.version, "platform": runsc.platform,
+                          "root": runsc.root, "capabilities": runsc.capabilities},
+                "cpu": {"vendor": cpu.vendor, "family": cpu.family, "model": cpu.model,
+                        "stepping": cpu.stepping, "cache_line_size": cpu.cache_line_size,
+                        "features": cpu.features},
+            }))?
+        );
+        return Ok(0);
+    }
+    println!("node:        {}", n.node_name);
+    println!("podsnapd:    {}", n.podsnap_version);
+    println!("store:       {}", n.store_url);
+    println!("state dir:   {}", n.state_dir);
+    if n.runsc.is_some() {
+        println!("runsc:       {} ({}) root {} platform {}", runsc.version, runsc.path, runsc.root, runsc.platform);
+        println!("runsc caps:  {}", if runsc.capabilities.is_empty() { "-".to_string() } else { runsc.capabilities.join(", ") });
+    } else {
+        println!("runsc:       unavailable");
+    }
+    println!("cpu:         {} family {} model {} stepping {}, cache line {}, {} features", cpu.vendor, cpu.family, cpu.model, cpu.stepping, cpu.cache_line_size, cpu.features.len());
+    println!("jobs:        {} in flight", n.jobs_in_flight);
+    print_jobs(&jobs);
+    Ok(0)
+}
+
+fn print_jobs(jobs: &[pb::Job]) {
+    for j in jobs {
+        let progress = if j.bytes_total > 0 {
+            format!("{}/{}", human(j.bytes_done), human(j.bytes_total))
+        } else {
+            String::new()
+        };
+        println!(
+            "  {} {:<16} {:<14} {:<24} {:<28} {} {}",
+            j.id,
+            j.kind,
+            phase_name(j.phase),
+            j.target,
+            j.snapshot_id,
+            progress,
+            j.error
+        );
+    }
+}
+
+pub async fn jobs(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
+    let mut client = connect(socket).await?;
+    let jobs = client
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .map_err(|s| status_err("jobs", s))?
+        .into_inner()
+        .jobs;
+    if a.json {
+        let v: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                json!({"id": j.id, "kind": j.kind, "target": j.target, "snapshot_id": j.snapshot_id,
+                       "phase": phase_name(j.phase), "bytes_done": j.bytes_done, "bytes_total": j.bytes_total,
+                       "started_at": j.started_at, "finished_at": j.finished_at, "error": j.error})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if jobs.is_empty() {
+        println!("no jobs");
+    } else {
+        print_jobs(&jobs);
+    }
+    Ok(0)
+}

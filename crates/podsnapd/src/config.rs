@@ -1,0 +1,387 @@
+//! podsnapd's configuration: command-line flags, environment (`PODSNAPD_*`) and an optional
+//! TOML file (`--config`), in that order of precedence, over built-in defaults.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+/// Node-level checkpoint/restore daemon for gVisor (runsc) sandboxes.
+///
+/// podsnapd checkpoints sandboxes into an object store (chunked, compressed, deduplicated)
+/// and restores them here or on any node that shares the store. Controllers and podsnapctl
+/// talk to it over gRPC on a Unix socket.
+///
+/// Example: podsnapd --listen unix:///run/podsnap/podsnapd.sock --store s3://bucket/snaps
+/// --runsc-root /run/runsc --runsc-flag=--network=none
+#[derive(Parser, Debug, Default)]
+#[command(name = "podsnapd", version, about, long_about)]
+pub struct Args {
+    /// TOML config file; its keys are the long flag names with `_` for `-`.
+    #[arg(long, env = "PODSNAPD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address: unix:///PATH, or HOST:PORT for TCP (TLS with client certs required).
+    #[arg(long, env = "PODSNAPD_LISTEN")]
+    pub listen: Option<String>,
+    /// Object store URL: file:///dir, s3://bucket/prefix, gs://bucket/prefix,
+    /// az://container/prefix, memory://. Default: a directory store under the state dir.
+    #[arg(long, env = "PODSNAPD_STORE")]
+    pub store: Option<String>,
+    /// runsc --root of the sandboxes this daemon checkpoints and restores by runsc id.
+    #[arg(long, env = "PODSNAPD_RUNSC_ROOT")]
+    pub runsc_root: Option<PathBuf>,
+    /// State directory: job journal, locks, cache, logs and (by default) the work dir.
+    #[arg(long, env = "PODSNAPD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The runsc binary to drive.
+    #[arg(long, env = "PODSNAPD_RUNSC")]
+    pub runsc: Option<PathBuf>,
+    /// Extra global runsc flag, as the node's sandboxes use them (repeatable),
+    /// e.g. --runsc-flag=--network=none.
+    #[arg(long = "runsc-flag", allow_hyphen_values = true)]
+    pub runsc_flags: Vec<String>,
+    /// containerd's gRPC socket (connected on first use, with retries).
+    #[arg(long, env = "PODSNAPD_CONTAINERD_SOCKET")]
+    pub containerd_socket: Option<PathBuf>,
+    /// Where checkpoint images are written before upload and after download.
+    #[arg(long, env = "PODSNAPD_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+    #[arg(long, env = "PODSNAPD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Plaintext listener serving only grpc.health.v1 (for kubelet probes).
+    #[arg(long, env = "PODSNAPD_HEALTH_LISTEN")]
+    pub health_listen: Option<String>,
+    /// Server certificate (PEM) for a TCP --listen.
+    #[arg(long, env = "PODSNAPD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server key (PEM) for a TCP --listen.
+    #[arg(long, env = "PODSNAPD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to, for a TCP --listen.
+    #[arg(long, env = "PODSNAPD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Unix socket mode, octal.
+    #[arg(long, env = "PODSNAPD_SOCKET_MODE")]
+    pub socket_mode: Option<String>,
+    /// Unix socket group (name or gid). Default: root.
+    #[arg(long, env = "PODSNAPD_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+    /// This node's name, recorded in snapshots. Default: the hostname.
+    #[arg(long, env = "PODSNAPD_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Log format: text or json. Level from RUST_LOG (default info).
+    #[arg(long, env = "PODSNAPD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Parallel uploads/downloads per job.
+    #[arg(long, env = "PODSNAPD_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Timeout for one runsc checkpoint or restore, e.g. 10m.
+    #[arg(long, env = "PODSNAPD_RUNSC_TIMEOUT")]
+    pub runsc_timeout: Option<String>,
+}
+
+/// The config file: the same keys as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub store: Option<String>,
+    pub runsc_root: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub runsc: Option<PathBuf>,
+    #[serde(default)]
+    pub runsc_flags: Vec<String>,
+    pub containerd_socket: Option<PathBuf>,
+    pub work_dir: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub health_listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub socket_mode: Option<String>,
+    pub socket_group: Option<String>,
+    pub node_name: Option<String>,
+    pub log_format: Option<String>,
+    pub concurrency: Option<usize>,
+    pub runsc_timeout: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Listen,
+    pub store: String,
+    pub runsc_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub runsc: PathBuf,
+    pub runsc_flags: Vec<String>,
+    pub containerd_socket: PathBuf,
+    pub work_dir: PathBuf,
+    pub metrics_listen: Option<String>,
+    pub health_listen: Option<String>,
+    pub tls: Option<TlsFiles>,
+    pub socket_mode: u32,
+    pub socket_group: Option<String>,
+    pub node_name: String,
+    pub log_format: LogFormat,
+    pub concurrency: usize,
+    pub runsc_timeout: std::time::Duration,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/podsnap/podsnapd.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/podsnap";
+
+impl Config {
+    pub fn load(args: Args) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    pub fn merge(args: Args, file: FileConfig) -> anyhow::Result<Config> {
+        let state_dir = args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let listen = parse_listen(
+            &args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}")),
+        )?;
+        let store = match args.store.or(file.store) {
+            Some(s) => s,
+            None => format!("file://{}", state_dir.join("store").display()),
+        };
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_client_ca.or(file.tls_client_ca),
+        ) {
+            (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            _ => bail!("--tls-cert, --tls-key and --tls-client-ca go together"),
+        };
+        if matches!(listen, Listen::Tcp(_)) && tls.is_none() {
+            bail!("a TCP --listen requires --tls-cert, --tls-key and --tls-client-ca (client certificates are mandatory)");
+        }
+        let mode_text = args
+            .socket_mode
+            .or(file.socket_mode)
+            .unwrap_or_else(|| "0660".into());
+        let socket_mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .with_context(|| format!("--socket-mode {mode_text:?} is not an octal mode"))?;
+        let log_format = match args
+            .log_format
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("text")
+        {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => bail!("--log-format {other:?}: expected text or json"),
+        };
+        let runsc_timeout = match args.runsc_timeout.or(file.runsc_timeout) {
+            Some(t) => parse_duration(&t).with_context(|| format!("--runsc-timeout {t:?}"))?,
+            None => std::time::Duration::from_secs(600),
+        };
+        let mut runsc_flags = file.runsc_flags;
+        runsc_flags.extend(args.runsc_flags);
+        for f in &runsc_flags {
+            if !f.starts_with("--") && !f.starts_with('-') {
+                bail!("--runsc-flag {f:?}: expected a flag such as --network=none");
+            }
+        }
+        let node_name = args
+            .node_name
+            .or(file.node_name)
+            .or_else(|| {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+            })
+            .unwrap_or_else(|| "localhost".into());
+        Ok(Config {
+            work_dir: args
+                .work_dir
+                .or(file.work_dir)
+                .unwrap_or_else(|| state_dir.join("work")),
+            listen,
+            store,
+            runsc_root: args
+                .runsc_root
+                .or(file.runsc_root)
+                .unwrap_or_else(|| PathBuf::from("/var/run/runsc")),
+            runsc: args
+                .runsc
+                .or(file.runsc)
+                .unwrap_or_else(|| PathBuf::from("runsc")),
+            runsc_flags,
+            containerd_socket: args
+                .containerd_socket
+                .or(file.containerd_socket)
+                .unwrap_or_else(|| PathBuf::from("/run/containerd/containerd.sock")),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            health_listen: args.health_listen.or(file.health_listen),
+            tls,
+            socket_mode,
+            socket_group: args.socket_group.or(file.socket_group),
+            node_name,
+            log_format,
+            concurrency: args.concurrency.or(file.concurrency).unwrap_or(0),
+            runsc_timeout,
+            state_dir,
+        })
+    }
+
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.state_dir.join("jobs")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    pub fn prepared_dir(&self) -> PathBuf {
+        self.state_dir.join("prepared")
+    }
+}
+
+pub fn parse_listen(s: &str) -> anyhow::Result<Listen> {
+    if let Some(path) = s.strip_prefix("unix://") {
+        if path.is_empty() || !Path::new(path).is_absolute() {
+            bail!("listen address {s:?}: expected unix:///absolute/path");
+        }
+        return Ok(Listen::Unix(PathBuf::from(path)));
+    }
+    if s.starts_with('/') {
+        return Ok(Listen::Unix(PathBuf::from(s)));
+    }
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(Listen::Tcp(s.to_string()));
+    }
+    bail!("listen address {s:?}: expected unix:///PATH or HOST:PORT")
+}
+
+/// Parses `90s`, `10m`, `1h`, `250ms` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().with_context(|| format!("{s:?} is not a duration"))?;
+    let secs = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("{s:?}: unknown unit {unit:?} (ms, s, m, h)"),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let args = Args {
+            store: Some("memory://".into()),
+            state_dir: Some("/tmp/s".into()),
+            ..Default::default()
+        };
+        let file = FileConfig {
+            store: Some("file:///ignored".into()),
+            runsc_root: Some("/run/r".into()),
+            runsc_flags: vec!["--network=none".into()],
+            ..Default::default()
+        };
+        let c = Config::merge(args, file).unwrap();
+        assert_eq!(c.store, "memory://");
+        assert_eq!(c.runsc_root, PathBuf::from("/run/r"));
+        assert_eq!(c.work_dir, PathBuf::from("/tmp/s/work"));
+        assert_eq!(c.listen, Listen::Unix(DEFAULT_SOCKET.into()));
+        assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(c.runsc_flags, vec!["--network=none".to_string()]);
+    }
+
+    #[test]
+    fn default_store_is_a_directory_under_the_state_dir() {
+        let args = Args {
+            state_dir: Some("/tmp/st".into()),
+            ..Default::default()
+        };
+        let c = Config::merge(args, FileConfig::default()).unwrap();
+        assert_eq!(c.store, "file:///tmp/st/store");
+    }
+
+    #[test]
+    fn tcp_listen_without_tls_is_refused() {
+        let args = Args {
+            listen: Some("127.0.0.1:7000".into()),
+            ..Default::default()
+        };
+        let err = Config::merge(args, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("requires --tls-cert"), "{err}");
+    }
+
+    #[test]
+    fn bad_socket_mode_and_listen_are_refused() {
+        let args = Args {
+            socket_mode: Some("999".into()),
+            ..Default::default()
+        };
+        assert!(Config::merge(args, FileConfig::default()).is_err());
+        assert!(parse_listen("unix://relative").is_err());
+        assert!(parse_listen("nonsense").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("10m").unwrap().as_secs(), 600);
+        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("stroe = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! The daemon's error type and its one mapping to gRPC status codes.
+
+use podsnap_runtime::RuntimeError;
+use podsnap_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The snapshot cannot run on this node; the message lists every reason.
+    #[error("{0}")]
+    Incompatible(String),
+    /// The installed runsc (or this configuration) cannot do what was asked.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{}", chain(.0))]
+    Store(#[from] StoreError),
+    #[error("{}", chain(.0))]
+    Runtime(#[from] RuntimeError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// One line: the error and its sources, `: `-separated (sources are not repeated in messages).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s.replace('\n', " ")
+}
+
+impl DaemonError {
+    /// A short, stable label for metrics (`error_kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DaemonError::InvalidArgument(_) => "invalid_argument",
+            DaemonError::NotFound(_) => "not_found",
+            DaemonError::AlreadyExists(_) => "already_exists",
+            DaemonError::Incompatible(_) => "incompatible",
+            DaemonError::Unsupported(_) => "unsupported",
+            DaemonError::Unavailable(_) => "unavailable",
+            DaemonError::Store(_) => "store",
+            DaemonError::Runtime(_) => "runtime",
+            DaemonError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            DaemonError::InvalidArgument(_) => Code::InvalidArgument,
+            DaemonError::NotFound(_) => Code::NotFound,
+            DaemonError::AlreadyExists(_) => Code::AlreadyExists,
+            DaemonError::Incompatible(_) | DaemonError::Unsupported(_) => {
+                Code::FailedPrecondition
+            }
+            DaemonError::Unavailable(_) => Code::Unavailable,
+            DaemonError::Store(e) => store_code(e),
+            DaemonError::Runtime(e) => runtime_code(e),
+            DaemonError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+fn store_code(e: &StoreError) -> tonic::Code {
+    use tonic::Code;
+    match e {
+        StoreError::SnapshotNotFound(_) => Code::NotFound,
+        StoreError::SnapshotExists(_) | StoreError::DestinationNotEmpty(_) => Code::AlreadyExists,
+        StoreError::InvalidUrl { .. } | StoreError::InvalidSnapshotId { .. } => {
+            Code::InvalidArgument
+        }
+        StoreError::InvalidManifest { .. }
+        | StoreError::InvalidIndex { .. }
+        | StoreError::Corrupt { .. }
+        | StoreError::MissingObject { .. } => Code::DataLoss,
+        StoreError::UnsupportedFormat { .. } => Code::FailedPrecondition,
+        StoreError::Backend { source, .. } => match source {
+            object_store::Error::NotFound { .. } => Code::NotFound,
+            _ => Code::Unavailable,
+        },
+        StoreError::Io { source, .. } if is_disk_full(source) => Code::ResourceExhausted,
+        StoreError::Limit(_) => Code::InvalidArgument,
+        _ => Code::Internal,
+    }
+}
+
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT)
+}
+
+fn runtime_code(e: &RuntimeError) -> tonic::Code {
+    use podsnap_runtime::runsc::Error as R;
+    use podsnap_runtime::ContainerdError as C;
+    use tonic::Code;
+    match e {
+        RuntimeError::NotFound { .. } => Code::NotFound,
+        RuntimeError::NotRunsc { .. }
+        | RuntimeError::Unsupported { .. }
+        | RuntimeError::NoContainerd { .. }
+        | RuntimeError::InvalidState { .. } => Code::FailedPrecondition,
+        RuntimeError::InvalidRequest(_) => Code::InvalidArgument,
+        RuntimeError::Runsc(R::CommandTimeout { .. }) => Code::DeadlineExceeded,
+        RuntimeError::Runsc(r) if r.is_not_found() => Code::NotFound,
+        RuntimeError::Containerd(C::NotFound { .. }) => Code::NotFound,
+        RuntimeError::Containerd(C::Unavailable { .. }) => Code::Unavailable,
+        RuntimeError::Containerd(C::Unsupported { .. }) => Code::Unimplemented,
+        RuntimeError::Io { source, .. } if is_disk_full(source) => Code::ResourceExhausted,
+        _ => Code::Internal,
+    }
+}
+
+/// The one place where domain errors become gRPC statuses.
+impl From<DaemonError> for tonic::Status {
+    fn from(e: DaemonError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+pub type Result<T, E = DaemonError> = std::result::Result<T, E>;

@@ -1,0 +1,151 @@
+//! Listeners: the main gRPC endpoint (Unix socket with configurable mode and group, or TCP
+//! with mandatory client-certificate TLS), the plaintext health-only listener, and metrics.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use podsnap_proto::v1::podsnap_server::PodsnapServer;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::info;
+
+use crate::config::{Config, Listen};
+use crate::engine::Engine;
+use crate::service::Service;
+
+/// Binds the Unix socket: refuses to steal a live daemon's socket, removes a stale one,
+/// applies the mode and group before anyone can connect.
+pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by a running daemon", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    // Created with no access for others, then opened up to exactly `mode`.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
+    let gid = match group {
+        None => Some(nix::unistd::Gid::from_raw(0)),
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => nix::unistd::Gid::from_raw(n),
+            Err(_) => nix::unistd::Group::from_name(g)
+                .context("looking up --socket-group")?
+                .with_context(|| format!("--socket-group {g:?}: no such group"))?
+                .gid,
+        }),
+    };
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), gid)
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {:o} {}", mode, path.display()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+}
+
+/// Serves until SIGTERM/SIGINT, then waits (bounded) for in-flight jobs.
+pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PodsnapServer<Service>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(podsnap_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    if let Some(addr) = cfg.health_listen.clone() {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .with_context(|| format!("--health-listen {addr:?} is not HOST:PORT"))?;
+        let health = health_service.clone();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --health-listen {addr}"))?;
+        info!(%addr, "serving grpc.health.v1 (plaintext, health only)");
+        tokio::spawn(async move {
+            if let Err(e) = Server::builder()
+                .add_service(health)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+            {
+                tracing::error!(error = %e, "health listener failed");
+            }
+        });
+    }
+    if let Some(addr) = cfg.metrics_listen.clone() {
+        let m = engine.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m).await {
+                tracing::error!(error = %format!("{e:#}"), "metrics listener failed");
+            }
+        });
+    }
+
+    let service = PodsnapServer::new(Service::new(engine.clone()))
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(64 << 20);
+    let mut builder = Server::builder().trace_fn(|req| {
+        tracing::info_span!("grpc", method = %req.uri().path())
+    });
+    let router_shutdown = shutdown_signal();
+    match &cfg.listen {
+        Listen::Unix(path) => {
+            let listener = bind_unix(path, cfg.socket_mode, cfg.socket_group.as_deref())?;
+            info!(socket = %path.display(), mode = format!("{:o}", cfg.socket_mode), store = %engine.store.display_url(), "podsnapd listening");
+            builder
+                .add_service(service)
+                .add_service(health_service)
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), router_shutdown)
+                .await
+                .context("serving gRPC")?;
+            let _ = std::fs::remove_file(path);
+        }
+        Listen::Tcp(addr) => {
+            let tls = cfg.tls.as_ref().context("TCP listen without TLS")?;
+            let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let tls_config = ServerTlsConfig::new()
+                .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+                .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
+            let addr: std::net::SocketAddr = addr.parse().context("--listen")?;
+            info!(%addr, "podsnapd listening (TLS, client certificates required)");
+            builder
+                .tls_config(tls_config)
+                .context("configuring TLS")?
+                .add_service(service)
+                .add_service(health_service)
+                .add_service(reflection)
+                .serve_with_shutdown(addr, router_shutdown)
+                .await
+                .context("serving gRPC")?;
+        }
+    }
+    // Let running jobs finish; what does not finish in time is resumable from the journal.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while engine.jobs.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if engine.jobs.in_flight() > 0 {
+        tracing::warn!(jobs = engine.jobs.in_flight(), "exiting with jobs in flight; they resume at the next start");
+    }
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! The daemon's gRPC service over a runtime double (FakeRuntime) and a real in-memory or
+//! file store, server and client in one process over a Unix socket. These test the layer
+//! above the runtime trait; the real runsc path is in `tests/node.rs`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper_util::rt::TokioIo;
+use podsnap_proto::v1 as pb;
+use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use podsnap_proto::v1::podsnap_server::PodsnapServer;
+use podsnap_runtime::testing::{FakeCall, FakeRuntime};
+use podsnap_runtime::{
+    CheckpointOpts, RestoreRequest, Restored, RuntimeError, RuntimeInfo, Sandbox, SandboxRuntime,
+    SandboxState, Target,
+};
+use podsnap_store::{NoProgress, PushOptions, Store};
+use podsnapd::config::{Args, Config, FileConfig};
+use podsnapd::engine::Engine;
+use podsnapd::metrics::Metrics;
+use podsnapd::service::Service;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Counts concurrent checkpoints per container and overall, delaying each one.
+struct Tracking {
+    inner: FakeRuntime,
+    delay: Duration,
+    active: Mutex<HashMap<String, usize>>,
+    max_same: AtomicUsize,
+    total_active: AtomicUsize,
+    max_total: AtomicUsize,
+}
+
+impl Tracking {
+    fn new(inner: FakeRuntime, delay: Duration) -> Self {
+        Tracking {
+            inner,
+            delay,
+            active: Mutex::new(HashMap::new()),
+            max_same: AtomicUsize::new(0),
+            total_active: AtomicUsize::new(0),
+            max_total: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl SandboxRuntime for Tracking {
+    async fn info(&self) -> Result<RuntimeInfo, RuntimeError> {
+        self.inner.info().await
+    }
+    async fn resolve(&self, target: &Target) -> Result<Sandbox, RuntimeError> {
+        self.inner.resolve(target).await
+    }
+    async fn checkpoint(&self, sb: &Sandbox, dir: &Path, opts: &CheckpointOpts) -> Result<(), RuntimeError> {
+        {
+            let mut a = self.active.lock().unwrap();
+            let n = a.entry(sb.container_id.clone()).or_default();
+            *n += 1;
+            self.max_same.fetch_max(*n, Ordering::SeqCst);
+        }
+        let t = self.total_active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_total.fetch_max(t, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        let r = self.inner.checkpoint(sb, dir, opts).await;
+        self.total_active.fetch_sub(1, Ordering::SeqCst);
+        *self.active.lock().unwrap().get_mut(&sb.container_id).unwrap() -= 1;
+        r
+    }
+    async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError> {
+        self.inner.restore(req).await
+    }
+    async fn state(&self, root: Option<&Path>, id: &str) -> Result<SandboxState, RuntimeError> {
+        self.inner.state(root, id).await
+    }
+    async fn delete(&self, root: Option<&Path>, id: &str, force: bool) -> Result<(), RuntimeError> {
+        self.inner.delete(root, id, force).await
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    client: PodsnapClient<Channel>,
+    store: Store,
+    engine: Arc<Engine>,
+    state_dir: PathBuf,
+}
+
+async fn harness(runtime: Arc<dyn SandboxRuntime>, store: Store) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let cfg = Config::merge(
+        Args {
+            state_dir: Some(state_dir.clone()),
+            store: Some("memory://".into()),
+            node_name: Some("node-a".into()),
+            ..Default::default()
+        },
+        FileConfig::default(),
+    )
+    .unwrap();
+    let engine = Arc::new(Engine::new(cfg, store.clone(), runtime, Arc::new(Metrics::new())).unwrap());
+    let sock = dir.path().join("d.sock");
+    let listener = podsnapd::server::bind_unix(&sock, 0o660, None).unwrap();
+    let svc = PodsnapServer::new(Service::new(engine.clone()));
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    let p = sock.clone();
+    let channel = Endpoint::try_from("http://local")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = p.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+        }))
+        .await
+        .unwrap();
+    Harness {
+        _dir: dir,
+        client: PodsnapClient::new(channel),
+        store,
+        engine,
+        state_dir,
+    }
+}
+
+fn memory_store() -> Store {
+    Store::open("memory://").unwrap()
+}
+
+fn checkpoint_req(id: &str, labels: &[(&str, &str)], group_by: &[&str], keep: u32, stop: bool) -> pb::CheckpointRequest {
+    pb::CheckpointRequest {
+        target: Some(pb::Target {
+            kind: Some(pb::target::Kind::RunscId(id.into())),
+        }),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        group_by: group_by.iter().map(|s| s.to_string()).collect(),
+        keep,
+        post_checkpoint: if stop { pb::PostCheckpoint::Stop } else { pb::PostCheckpoint::Resume } as i32,
+        parent: String::new(),
+    }
+}
+
+/// Runs a checkpoint stream to its end: (progress events, final snapshot or status).
+async fn run_checkpoint(
+    client: &mut PodsnapClient<Channel>,
+    req: pb::CheckpointRequest,
+) -> (Vec<pb::Progress>, Result<pb::Snapshot, tonic::Status>) {
+    let mut progress = Vec::new();
+    let mut stream = match client.checkpoint(req).await {
+        Ok(s) => s.into_inner(),
+        Err(e) => return (progress, Err(e)),
+    };
+    let mut snap = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(ev)) => match ev.event.unwrap() {
+                pb::checkpoint_event::Event::Progress(p) => progress.push(p),
+                pb::checkpoint_event::Event::Snapshot(s) => snap = Some(s),
+            },
+            Ok(None) => break,
+            Err(e) => return (progress, Err(e)),
+        }
+    }
+    (progress, snap.ok_or_else(|| tonic::Status::internal("no snapshot event")))
+}
+
+#[tokio::test]
+async fn checkpoint_streams_phases_then_the_committed_snapshot() {
+    let fake = FakeRuntime::new();
+    fake.add_running("app1");
+    let mut h = harness(Arc::new(fake), memory_store()).await;
+    let (progress, snap) = run_checkpoint(&mut h.client, checkpoint_req("app1", &[("app", "web")], &["app"], 0, true)).await;
+    let snap = snap.expect("checkpoint succeeds");
+    let phases: Vec<i32> = progress.iter().map(|p| p.phase).collect();
+    for want in [pb::Phase::Checkpointing, pb::Phase::Uploading, pb::Phase::Done] {
+        assert!(phases.contains(&(want as i32)), "phase {want:?} missing from {phases:?}");
+    }
+    assert_eq!(snap.group, "app=web");
+    assert_eq!(snap.labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(snap.source.as_ref().unwrap().node_name, "node-a");
+    assert!(snap.source.as_ref().unwrap().cpu.as_ref().unwrap().features.contains(&"fpu".to_string()));
+    assert!(snap.files.iter().any(|f| f.name == "checkpoint.img"));
+    // The store, not the daemon, holds it.
+    let m = h.store.manifest(&podsnap_store::SnapshotId::new(&snap.id).unwrap()).await.unwrap();
+    assert_eq!(m.group.as_deref(), Some("app=web"));
+    // The work dir is gone once committed.
+    let work: Vec<_> = std::fs::read_dir(h.state_dir.join("work")).unwrap().collect();
+    assert!(work.is_empty(), "work dir not cleaned: {work:?}");
+}
+
+#[tokio::test]
+async fn resume_restores_the_sandbox_in_place_on_runsc_20221219() {
+    let fake = Arc::new(FakeRuntime::new());
+    fake.add_running("app2");
+    let rt: Arc<dyn SandboxRuntime> = fake.clone();
+    let mut h = harness(rt, memory_store()).await;
+    let (_, snap) = run_checkpoint(&mut h.client, checkpoint_req("app2", &[], &[], 0, false)).await;
+    snap.expect("checkpoint succeeds");
+    let calls = fake.calls();
+    let ck = calls.iter().position(|c| matches!(c, FakeCall::Checkpoint { leave_running: false, .. })).expect("checkpoint call");
+    let rs = calls
+        .iter()
+        .position(|c| matches!(c, FakeCall::Restore { id, .. } if id == "app2"))
+        .expect("in-place restore under the same id");
+    assert!(ck < rs, "{calls:?}");
+}
+
+#[tokio::test]
+async fn retention_keeps_exactly_n_per_group() {
+    let fake = FakeRuntime::new();
+    fake.add_running("r1");
+    fake.add_running("r2");
+    let mut h = harness(Arc::new(fake), memory_store()).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (_, s) = run_checkpoint(&mut h.client, checkpoint_req("r1", &[("team", "a")], &["team"], 2, false)).await;
+        ids.push(s.unwrap().id);
+    }
+    // Another group is untouched by group a's retention.
+    let (_, other) = run_checkpoint(&mut h.client, checkpoint_req("r2", &[("team", "b")], &["team"], 2, false)).await;
+    let other = other.unwrap();
+    let list = h
+        .client
+        .list_snapshots(pb::ListSnapshotsRequest { group: "team=a".into(), labels: Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    let kept: Vec<_> = list.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.contains(&ids[3]) && kept.contains(&ids[2]), "newest two kept: {kept:?} of {ids:?}");
+    let all = h.client.list_snapshots(pb::ListSnapshotsRequest::default()).await.unwrap().into_inner().snapshots;
+    assert!(all.iter().any(|s| s.id == other.id));
+    assert_eq!(all.len(), 3);
+    // Later snapshots of the group deduplicate against the previous one.
+    let last = h.client.get_snapshot(pb::GetSnapshotRequest { snapshot_id: ids[3].clone() }).await.unwrap().into_inner();
+    assert_eq!(last.parent, ids[2]);
+}
+
+#[tokio::test]
+async fn concurrent_checkpoints_serialize_per_sandbox_and_run_in_parallel_across_sandboxes() {
+    let fake = FakeRuntime::new();
+    fake.add_running("s1");
+    fake.add_running("s2");
+    let rt = Arc::new(Tracking::new(fake, Duration::from_millis(300)));
+    let dynrt: Arc<dyn SandboxRuntime> = rt.clone();
+    let h = harness(dynrt, memory_store()).await;
+    let mut tasks = Vec::new();
+    for id in ["s1", "s1", "s2"] {
+        let mut c = h.client.clone();
+        tasks.push(tokio::spawn(async move { run_checkpoint(&mut c, checkpoint_req(id, &[], &[], 0, true)).await.1 }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("every checkpoint succeeds");
+    }
+    assert_eq!(rt.max_same.load(Ordering::SeqCst), 1, "one sandbox was checkpointed twice at once");
+    assert_eq!(rt.max_total.load(Ordering::SeqCst), 2, "two sandboxes did not run in parallel");
+}
+
+#[tokio::test]
+async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chunk_is_fetched() {
+    // A snapshot recorded on a CPU with a feature this host lacks.
+    let host = podsnap_cpu::host().unwrap();
+    let lacking = podsnap_cpu::features::FEATURES
+        .iter()
+        .map(|f| f.name)
+        .find(|n| !host.has_feature(n))
+        .expect("some gVisor feature is absent here");
+    let mut cpu = host.clone();
+    cpu.features.push(lacking.to_string());
+    cpu.features.sort();
+    let store = memory_store();
+    let img = tempfile::tempdir().unwrap();
+    std::fs::write(img.path().join("checkpoint.img"), vec![7u8; 64 << 10]).unwrap();
+    let report = store
+        .push(
+            img.path(),
+            PushOptions {
+                source: podsnap_store::NodeFacts { node_name: "other".into(), cpu: Some(cpu), ..Default::default() },
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    let fake = Arc::new(FakeRuntime::new());
+    let rt: Arc<dyn SandboxRuntime> = fake.clone();
+    let mut h = harness(rt, store).await;
+    let bundle = tempfile::tempdir().unwrap();
+    std::fs::write(bundle.path().join("config.json"), "{}").unwrap();
+
+    let compat = h
+        .client
+        .check_compatibility(pb::CheckCompatibilityRequest { snapshot_id: report.id.to_string() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!compat.compatible);
+    assert_eq!(compat.missing_features, vec![lacking.to_string()]);
+
+    let err = h
+        .client
+        .prepare_restore(pb::PrepareRestoreRequest { snapshot_id: report.id.to_string(), container_id: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains(lacking), "{}", err.message());
+
+    let mut stream = h
+        .client
+        .restore(pb::RestoreRequest {
+            snapshot_id: report.id.to_string(),
+            bundle: bundle.path().display().to_string(),
+            container_id: "restored1".into(),
+            log_path: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("restore of an incompatible snapshot succeeded"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains(lacking), "{}", err.message());
+    // Nothing was downloaded, and runsc was never asked to restore.
+    assert!(!fake.calls().iter().any(|c| matches!(c, FakeCall::Restore { .. })));
+    let text = h.engine.metrics.encode();
+    assert!(!text.contains("direction=\"downloaded\""), "bytes were downloaded:\n{text}");
+    assert!(text.contains("podsnap_compatibility_refusals_total{reason=\"cpu_features\"} 2"), "{text}");
+}
+
+#[tokio::test]
+async fn errors_map_to_grpc_codes_with_one_clear_line() {
+    let fake = FakeRuntime::new();
+    let mut h = harness(Arc::new(fake), memory_store()).await;
+    let (_, r) = run_checkpoint(&mut h.client, checkpoint_req("nope", &[], &[], 0, true)).await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(!e.message().contains('\n'));
+
+    let e = h.client.get_snapshot(pb::GetSnapshotRequest { snapshot_id: "20990101T000000Z-00000000".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = h.client.get_snapshot(pb::GetSnapshotRequest { snapshot_id: "../etc".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let (_, r) = run_checkpoint(&mut h.client, checkpoint_req("x", &[("bad key", "v")], &[], 0, true)).await;
+    assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let (_, r) = run_checkpoint(&mut h.client, checkpoint_req("x", &[("a", "b")], &["missing"], 0, true)).await;
+    assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn node_info_and_jobs_report_this_node() {
+    let fake = FakeRuntime::new();
+    fake.add_running("j1");
+    let mut h = harness(Arc::new(fake), memory_store()).await;
+    let (_, r) = run_checkpoint(&mut h.client, checkpoint_req("j1", &[], &[], 0, true)).await;
+    let snap = r.unwrap();
+    let info = h.client.get_node_info(pb::GetNodeInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.node_name, "node-a");
+    assert_eq!(info.cpu.unwrap().features, podsnap_cpu::host().unwrap().features);
+    assert!(info.runsc.is_some());
+    let jobs = h.client.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs;
+    let j = jobs.iter().find(|j| j.snapshot_id == snap.id).expect("the job is listed");
+    assert_eq!(j.kind, "checkpoint");
+    assert_eq!(j.phase, pb::Phase::Done as i32);
+    assert!(!j.finished_at.is_empty());
+}
+
+#[tokio::test]
+async fn the_unix_socket_is_created_0660_and_a_live_socket_is_not_stolen() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let _l = podsnapd::server::bind_unix(&sock, 0o660, None).unwrap();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let err = podsnapd::server::bind_unix(&sock, 0o660, None).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+}
