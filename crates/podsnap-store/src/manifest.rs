@@ -1,0 +1,405 @@
+//! The manifest: one immutable JSON document per snapshot, `manifests/<id>.json`, written
+//! last with a create-only put. It names every file of the snapshot and the index object that
+//! rebuilds it, and carries the facts a restore checks before downloading anything.
+//!
+//! `digest` is the sha256 (hex) of the canonical JSON of the manifest without its `digest`
+//! member: object keys sorted, no insignificant whitespace. It is checked on every read, over
+//! the document as stored (so fields added by a newer minor version are covered too).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::id::SnapshotId;
+use crate::limits::{MAX_FILES, MAX_FILE_SIZE, MAX_INDEX_SIZE, MAX_MAP_ENTRIES, MAX_PATH_LEN};
+use crate::StoreError;
+
+/// The format version this build writes.
+pub const FORMAT_VERSION: &str = "1.0";
+/// The major version this build reads.
+pub const FORMAT_MAJOR: u64 = 1;
+
+/// Facts about the node a snapshot was taken on.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(default)]
+pub struct NodeFacts {
+    pub node_name: String,
+    pub cpu: Option<podsnap_cpu::CpuInfo>,
+    pub runsc_version: Option<String>,
+    pub platform: Option<String>,
+    /// The rootfs overlay medium (`memory`, `self`, ...) or `None` when writes stayed on the
+    /// source node's rootfs.
+    pub rootfs_overlay: Option<String>,
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Reference to a file's index object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct IndexRef {
+    /// sha256 (hex) of the uncompressed index; the object is `indexes/<digest>`.
+    pub digest: String,
+    /// Uncompressed size in bytes (decompression is bounded by it).
+    pub size: u64,
+}
+
+/// One file of a snapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Relative path, `/`-separated, no `.`/`..` components.
+    pub path: String,
+    pub size: u64,
+    /// Permission bits (`0o777` at most).
+    pub mode: u32,
+    pub index: IndexRef,
+    /// Bytes of all-zero pages (not stored; holes after a pull).
+    #[serde(default)]
+    pub zero_bytes: u64,
+}
+
+/// Sums over the files.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct Totals {
+    pub files: u64,
+    pub bytes: u64,
+    pub zero_bytes: u64,
+    /// Bytes this push uploaded (packs and indexes).
+    pub bytes_uploaded: u64,
+    /// Objects this push wrote (packs and indexes, not the manifest).
+    pub objects_written: u64,
+}
+
+/// A snapshot manifest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub format_version: String,
+    pub id: SnapshotId,
+    /// RFC 3339, UTC.
+    pub created: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub parent: Option<SnapshotId>,
+    #[serde(default)]
+    pub source: NodeFacts,
+    #[serde(default)]
+    pub runsc_metadata: BTreeMap<String, String>,
+    pub files: Vec<FileEntry>,
+    #[serde(default)]
+    pub totals: Totals,
+    /// sha256 of the canonical manifest without this field.
+    #[serde(default)]
+    pub digest: String,
+}
+
+/// Serialises `v` canonically: keys sorted at every level, compact.
+fn canonical(v: &Value) -> Vec<u8> {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
+                let mut out = serde_json::Map::new();
+                for (k, v) in sorted {
+                    out.insert(k.clone(), v);
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    // With serde_json's default map (a BTreeMap) `sort` is a no-op; with `preserve_order`
+    // enabled elsewhere in the build it makes the order canonical.
+    serde_json::to_vec(&sort(v)).expect("json value serialises")
+}
+
+fn digest_of(v: &Value) -> String {
+    let mut v = v.clone();
+    if let Value::Object(m) = &mut v {
+        m.remove("digest");
+    }
+    hex::encode(crate::chunk::sha256(&canonical(&v)))
+}
+
+impl Manifest {
+    /// Fills in `digest` and returns the canonical JSON to store.
+    pub fn seal(&mut self) -> Vec<u8> {
+        self.digest.clear();
+        let v = serde_json::to_value(&*self).expect("manifest serialises");
+        self.digest = digest_of(&v);
+        let v = serde_json::to_value(&*self).expect("manifest serialises");
+        let mut out = serde_json::to_vec_pretty(&v).expect("manifest serialises");
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses and validates a stored manifest. `expect_id` is the id it was stored under.
+    pub fn parse(bytes: &[u8], expect_id: &str) -> Result<Manifest, StoreError> {
+        let bad = |reason: String| StoreError::InvalidManifest {
+            id: expect_id.to_string(),
+            reason,
+        };
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not json: {e}")))?;
+        let version = v
+            .get("format_version")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("missing format_version".into()))?;
+        check_version(expect_id, version)?;
+        let stored_digest = v
+            .get("digest")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("missing digest".into()))?;
+        if digest_of(&v) != stored_digest {
+            return Err(bad("digest mismatch (manifest altered or corrupt)".into()));
+        }
+        let m: Manifest =
+            serde_json::from_value(v).map_err(|e| bad(format!("unexpected structure: {e}")))?;
+        if m.id.as_str() != expect_id {
+            return Err(bad(format!("manifest names itself {}", m.id)));
+        }
+        m.validate().map_err(bad)?;
+        Ok(m)
+    }
+
+    /// Checks every untrusted path, size and count.
+    pub fn validate(&self) -> Result<(), String> {
+        if time::OffsetDateTime::parse(
+            &self.created,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .is_err()
+        {
+            return Err(format!("created {:?} is not RFC 3339", self.created));
+        }
+        if self.files.len() > MAX_FILES {
+            return Err(format!(
+                "{} files exceed the limit of {MAX_FILES}",
+                self.files.len()
+            ));
+        }
+        for (name, map) in [
+            ("labels", &self.labels),
+            ("runsc_metadata", &self.runsc_metadata),
+            ("source.extra", &self.source.extra),
+        ] {
+            if map.len() > MAX_MAP_ENTRIES {
+                return Err(format!("{name} has more than {MAX_MAP_ENTRIES} entries"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &self.files {
+            validate_rel_path(&f.path)?;
+            if !seen.insert(f.path.as_str()) {
+                return Err(format!("file {:?} listed twice", f.path));
+            }
+            if f.size > MAX_FILE_SIZE {
+                return Err(format!(
+                    "file {:?}: size {} exceeds the 1 TiB limit",
+                    f.path, f.size
+                ));
+            }
+            if f.zero_bytes > f.size {
+                return Err(format!("file {:?}: zero_bytes exceeds size", f.path));
+            }
+            if f.mode > 0o777 {
+                return Err(format!(
+                    "file {:?}: mode {:o} has bits beyond 0777",
+                    f.path, f.mode
+                ));
+            }
+            if f.index.digest.len() != 64 || hex::decode(&f.index.digest).is_err() {
+                return Err(format!("file {:?}: index digest is not a sha256", f.path));
+            }
+            if f.index.size > MAX_INDEX_SIZE {
+                return Err(format!(
+                    "file {:?}: index size {} exceeds the limit",
+                    f.path, f.index.size
+                ));
+            }
+        }
+        // A file may not also be a directory of another file (`a` and `a/b`).
+        for f in &self.files {
+            let mut p = f.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if seen.contains(parent) {
+                    return Err(format!("file {parent:?} is also a directory"));
+                }
+                p = parent;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_version(id: &str, version: &str) -> Result<(), StoreError> {
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u64>().ok());
+    match major {
+        Some(FORMAT_MAJOR) => Ok(()),
+        _ => Err(StoreError::UnsupportedFormat {
+            id: id.to_string(),
+            version: version.chars().take(32).collect(),
+        }),
+    }
+}
+
+/// A path inside a snapshot: relative, `/`-separated, no empty, `.` or `..` components, no
+/// NUL or backslash, bounded length.
+pub fn validate_rel_path(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("empty file path".into());
+    }
+    if p.len() > MAX_PATH_LEN {
+        return Err("file path too long".into());
+    }
+    if p.starts_with('/') {
+        return Err(format!("absolute file path {p:?}"));
+    }
+    if p.contains('\0') || p.contains('\\') {
+        return Err(format!("file path {p:?} contains NUL or backslash"));
+    }
+    for c in p.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(format!(
+                "file path {p:?} has an empty, '.' or '..' component"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION.into(),
+            id: SnapshotId::new("snap-1").unwrap(),
+            created: "2026-01-01T00:00:00Z".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            group: Some("web".into()),
+            parent: None,
+            source: NodeFacts::default(),
+            runsc_metadata: BTreeMap::new(),
+            files: vec![FileEntry {
+                path: "pages.img".into(),
+                size: 8192,
+                mode: 0o644,
+                index: IndexRef {
+                    digest: "ab".repeat(32),
+                    size: 100,
+                },
+                zero_bytes: 0,
+            }],
+            totals: Totals::default(),
+            digest: String::new(),
+        }
+    }
+
+    #[test]
+    fn sealed_manifest_parses_back() {
+        let mut m = sample();
+        let bytes = m.seal();
+        let back = Manifest::parse(&bytes, "snap-1").unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.digest.len(), 64);
+    }
+
+    #[test]
+    fn altered_manifest_fails_digest() {
+        let mut m = sample();
+        let bytes = String::from_utf8(m.seal()).unwrap();
+        let altered = bytes.replace("\"web\"", "\"evil\"");
+        assert_ne!(altered, bytes);
+        let err = Manifest::parse(altered.as_bytes(), "snap-1").unwrap_err();
+        assert!(err.to_string().contains("digest mismatch"), "{err}");
+    }
+
+    fn resealed(f: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        f(&mut v);
+        let d = digest_of(&v);
+        v["digest"] = Value::String(d);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn unknown_major_version_is_rejected_and_minor_accepted() {
+        let err = Manifest::parse(&resealed(|v| v["format_version"] = "2.0".into()), "snap-1")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UnsupportedFormat { .. }), "{err}");
+        let ok = resealed(|v| {
+            v["format_version"] = "1.7".into();
+            v["future_field"] = 42.into();
+        });
+        assert!(Manifest::parse(&ok, "snap-1").is_ok());
+    }
+
+    #[test]
+    fn hostile_paths_and_sizes_are_rejected() {
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "'..'",
+                Box::new(|v| v["files"][0]["path"] = "../etc/passwd".into()),
+            ),
+            (
+                "absolute",
+                Box::new(|v| v["files"][0]["path"] = "/etc/passwd".into()),
+            ),
+            (
+                "NUL",
+                Box::new(|v| v["files"][0]["path"] = "a\u{0}b".into()),
+            ),
+            (
+                "'..'",
+                Box::new(|v| v["files"][0]["path"] = "a/../../b".into()),
+            ),
+            (
+                "1 TiB",
+                Box::new(|v| v["files"][0]["size"] = (1u64 << 50).into()),
+            ),
+            (
+                "index size",
+                Box::new(|v| v["files"][0]["index"]["size"] = (1u64 << 40).into()),
+            ),
+            ("mode", Box::new(|v| v["files"][0]["mode"] = 0o4755.into())),
+            (
+                "not a sha256",
+                Box::new(|v| v["files"][0]["index"]["digest"] = "../x".into()),
+            ),
+            ("invalid snapshot id", Box::new(|v| v["id"] = "../x".into())),
+        ];
+        for (want, f) in cases {
+            let err = Manifest::parse(&resealed(f), "snap-1")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "expected {want:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn file_and_directory_with_same_name_are_rejected() {
+        let bytes = resealed(|v| {
+            let mut second = v["files"][0].clone();
+            second["path"] = "pages.img/inner".into();
+            v["files"].as_array_mut().unwrap().push(second);
+        });
+        let err = Manifest::parse(&bytes, "snap-1").unwrap_err().to_string();
+        assert!(err.contains("also a directory"), "{err}");
+    }
+
+    #[test]
+    fn manifest_stored_under_another_id_is_rejected() {
+        let mut m = sample();
+        let err = Manifest::parse(&m.seal(), "other").unwrap_err().to_string();
+        assert!(err.contains("names itself"), "{err}");
+    }
+}

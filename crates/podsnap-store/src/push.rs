@@ -1,0 +1,740 @@
+//! The push pipeline.
+//!
+//! ```text
+//! read 4 MiB blocks ──► hash pages (workers) ──► dedup (in order) ──► compress blobs (workers)
+//!     pread, blocking      zero check + sha256      known pages map        zstd -1 / raw
+//!                                                                              │
+//!                         upload packs (bounded in flight) ◄── pack (~4 MiB) ◄─┘
+//! then: indexes (one per file) ──► check reused packs still exist ──► manifest (create-only)
+//! ```
+//!
+//! Hashing and compression run on blocking threads with at most `workers + 1` blocks in each
+//! stage, uploads are bounded by `concurrency`, so memory stays bounded by a few dozen MiB
+//! plus the dedup map (about 50 bytes per distinct non-zero 4 KiB page).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use object_store::{PutMode, PutOptions, PutPayload};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::chunk;
+use crate::index::{page_count, BlobRef, Codec, FileIndex, ZERO_BLOB};
+use crate::limits::{MAX_BLOB_RAW, MAX_FILES, MAX_FILE_SIZE, PACK_TARGET, PAGE_SIZE, READ_BLOCK};
+use crate::manifest::{validate_rel_path, FileEntry, IndexRef, Manifest, NodeFacts, Totals};
+use crate::progress::{Progress, ProgressEvent};
+use crate::{index_key, manifest_key, pack_key, Inner, SnapshotId, Store, StoreError};
+
+const PAGES_PER_BLOB: u32 = (MAX_BLOB_RAW / PAGE_SIZE) as u32;
+const DEFAULT_UPLOADS: usize = 4;
+
+/// What to push and how to describe it.
+#[derive(Clone, Debug, Default)]
+pub struct PushOptions {
+    /// Snapshot id; generated (`<UTC yyyymmddThhmmss>Z-<8 hex>`) if `None`.
+    pub id: Option<SnapshotId>,
+    pub labels: BTreeMap<String, String>,
+    pub group: Option<String>,
+    /// Recorded in the manifest, and its pages are reused (dedup base).
+    pub parent: Option<SnapshotId>,
+    /// More snapshots whose pages may be reused, without being recorded as the parent.
+    pub dedup_from: Vec<SnapshotId>,
+    pub source: NodeFacts,
+    pub runsc_metadata: BTreeMap<String, String>,
+    /// Uploads in flight; 0 = default (4).
+    pub concurrency: usize,
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushReport {
+    pub id: SnapshotId,
+    pub bytes_read: u64,
+    /// Bytes sent to the store: packs, indexes and the manifest.
+    pub bytes_uploaded: u64,
+    /// Bytes of non-zero pages found in the dedup base or earlier in this push.
+    pub bytes_deduplicated: u64,
+    /// Bytes of all-zero pages (never stored).
+    pub bytes_zero: u64,
+    pub objects_written: u64,
+    pub manifest: crate::Manifest,
+}
+
+/// A file to push.
+struct Source {
+    rel: String,
+    abs: PathBuf,
+    size: u64,
+    mode: u32,
+}
+
+fn walk(root: &Path) -> Result<Vec<Source>, StoreError> {
+    let meta = std::fs::metadata(root).map_err(|e| StoreError::io("read", root, e))?;
+    if !meta.is_dir() {
+        return Err(StoreError::UnsupportedFile {
+            path: root.to_path_buf(),
+            kind: "not a directory",
+        });
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let rd = std::fs::read_dir(&dir).map_err(|e| StoreError::io("read directory", &dir, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| StoreError::io("read directory", &dir, e))?;
+            let abs = entry.path();
+            let name = entry.file_name();
+            let name = name.to_str().ok_or_else(|| StoreError::UnsupportedFile {
+                path: abs.clone(),
+                kind: "name is not utf-8",
+            })?;
+            let rel = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let md =
+                std::fs::symlink_metadata(&abs).map_err(|e| StoreError::io("stat", &abs, e))?;
+            let ft = md.file_type();
+            if ft.is_dir() {
+                stack.push((abs, rel));
+            } else if ft.is_file() {
+                validate_rel_path(&rel).map_err(|_| StoreError::UnsupportedFile {
+                    path: abs.clone(),
+                    kind: "name not representable",
+                })?;
+                if md.len() > MAX_FILE_SIZE {
+                    return Err(StoreError::Limit(format!(
+                        "{} is larger than 1 TiB",
+                        abs.display()
+                    )));
+                }
+                out.push(Source {
+                    rel,
+                    abs,
+                    size: md.len(),
+                    mode: md.mode() & 0o777,
+                });
+            } else {
+                let kind = if ft.is_symlink() {
+                    "symlink"
+                } else {
+                    "special file"
+                };
+                return Err(StoreError::UnsupportedFile { path: abs, kind });
+            }
+        }
+    }
+    if out.len() > MAX_FILES {
+        return Err(StoreError::Limit(format!(
+            "{} files exceed the limit of {MAX_FILES}",
+            out.len()
+        )));
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// Where a known page lives: a blob of the push-wide blob table and a page within it.
+#[derive(Clone, Copy)]
+struct PageLoc {
+    blob: u32,
+    page: u32,
+}
+
+/// A blob in the push-wide table: either reused (from a dedup base) or new (filled when packed).
+#[derive(Clone, Copy)]
+struct GBlob {
+    /// Index into `packs`, `u32::MAX` while the blob waits to be packed.
+    pack: u32,
+    offset: u64,
+    stored_len: u32,
+    raw_len: u32,
+    codec: Codec,
+}
+
+const PENDING: u32 = u32::MAX;
+
+/// Per-file result of the dedup stage, in push-wide blob numbers.
+#[derive(Default)]
+struct FileBuild {
+    index: FileIndex,
+    zero_bytes: u64,
+}
+
+/// A new blob handed to compression.
+struct BlobJob {
+    id: u32,
+    data: Bytes,
+    digests: Vec<[u8; 32]>,
+}
+
+struct Compressed {
+    id: u32,
+    raw_len: u32,
+    codec: Codec,
+    bytes: Vec<u8>,
+    digests: Vec<[u8; 32]>,
+}
+
+struct Pipeline<'a> {
+    inner: &'a Arc<Inner>,
+    progress: &'a dyn Progress,
+    snapshot: String,
+    known: HashMap<[u8; 32], PageLoc>,
+    blobs: Vec<GBlob>,
+    packs: Vec<[u8; 32]>,
+    /// Packs that come from a dedup base (must still exist at commit).
+    reused_packs: usize,
+    // The open pack.
+    pack_buf: Vec<u8>,
+    pack_hasher: Sha256,
+    pack_slot: Option<u32>,
+    pack_seq: u64,
+    uploads: JoinSet<Result<u64, StoreError>>,
+    upload_slots: Arc<Semaphore>,
+    // Statistics.
+    bytes_read: u64,
+    bytes_zero: u64,
+    bytes_dedup: u64,
+    bytes_uploaded: u64,
+    objects_written: u64,
+}
+
+impl<'a> Pipeline<'a> {
+    /// Adds the blobs and page digests of a dedup base's index.
+    fn add_base(&mut self, idx: &FileIndex) {
+        let pack_base = self.packs.len() as u32;
+        self.packs.extend_from_slice(&idx.packs);
+        self.reused_packs = self.packs.len();
+        let blob_base = self.blobs.len() as u32;
+        for b in &idx.blobs {
+            self.blobs.push(GBlob {
+                pack: pack_base + b.pack,
+                offset: b.offset,
+                stored_len: b.stored_len,
+                raw_len: b.raw_len,
+                codec: b.codec,
+            });
+        }
+        let mut d = 0usize;
+        for e in &idx.extents {
+            if e.is_zero() {
+                continue;
+            }
+            for p in 0..e.pages {
+                self.known.entry(idx.digests[d]).or_insert(PageLoc {
+                    blob: blob_base + e.blob,
+                    page: e.first_page + p,
+                });
+                d += 1;
+            }
+        }
+    }
+
+    /// The dedup stage for one block of file `f`, starting at file page `first_page`.
+    fn dedup(
+        &mut self,
+        build: &mut FileBuild,
+        block: &Bytes,
+        hashes: &[Option<[u8; 32]>],
+    ) -> Vec<BlobJob> {
+        let mut jobs = Vec::new();
+        // The run of new pages being collected: (blob id, first page index in block, digests).
+        let mut run: Option<(u32, usize, Vec<[u8; 32]>)> = None;
+        let flush = |run: &mut Option<(u32, usize, Vec<[u8; 32]>)>, jobs: &mut Vec<BlobJob>| {
+            if let Some((id, start, digests)) = run.take() {
+                let begin = start * PAGE_SIZE;
+                let end = (begin + digests.len() * PAGE_SIZE).min(block.len());
+                jobs.push(BlobJob {
+                    id,
+                    data: block.slice(begin..end),
+                    digests,
+                });
+            }
+        };
+        for (i, h) in hashes.iter().enumerate() {
+            let len = (block.len() - i * PAGE_SIZE).min(PAGE_SIZE) as u64;
+            match h {
+                None => {
+                    flush(&mut run, &mut jobs);
+                    build.index.push_extent(ZERO_BLOB, 0, 1);
+                    build.zero_bytes += len;
+                    self.bytes_zero += len;
+                }
+                Some(d) => {
+                    if let Some(loc) = self.known.get(d) {
+                        flush(&mut run, &mut jobs);
+                        build.index.push_extent(loc.blob, loc.page, 1);
+                        build.index.digests.push(*d);
+                        self.bytes_dedup += len;
+                        continue;
+                    }
+                    if run
+                        .as_ref()
+                        .is_some_and(|r| r.2.len() as u32 >= PAGES_PER_BLOB)
+                    {
+                        flush(&mut run, &mut jobs);
+                    }
+                    let r = run.get_or_insert_with(|| {
+                        let id = self.blobs.len() as u32;
+                        self.blobs.push(GBlob {
+                            pack: PENDING,
+                            offset: 0,
+                            stored_len: 0,
+                            raw_len: 0,
+                            codec: Codec::Raw,
+                        });
+                        (id, i, Vec::new())
+                    });
+                    let page = r.2.len() as u32;
+                    self.known.insert(*d, PageLoc { blob: r.0, page });
+                    build.index.push_extent(r.0, page, 1);
+                    build.index.digests.push(*d);
+                    r.2.push(*d);
+                }
+            }
+        }
+        flush(&mut run, &mut jobs);
+        jobs
+    }
+
+    async fn add_compressed(&mut self, c: Compressed) -> Result<(), StoreError> {
+        let slot = match self.pack_slot {
+            Some(s) => s,
+            None => {
+                let s = self.packs.len() as u32;
+                self.packs.push([0; 32]);
+                self.pack_slot = Some(s);
+                self.pack_hasher = Sha256::new();
+                self.pack_hasher.update(b"podsnap-pack\0");
+                self.pack_hasher.update(self.snapshot.as_bytes());
+                self.pack_hasher.update(self.pack_seq.to_le_bytes());
+                s
+            }
+        };
+        let offset = self.pack_buf.len() as u64;
+        self.pack_hasher.update([c.codec as u8]);
+        self.pack_hasher.update(c.raw_len.to_le_bytes());
+        self.pack_hasher
+            .update((c.bytes.len() as u32).to_le_bytes());
+        for d in &c.digests {
+            self.pack_hasher.update(d);
+        }
+        self.pack_buf.extend_from_slice(&c.bytes);
+        self.blobs[c.id as usize] = GBlob {
+            pack: slot,
+            offset,
+            stored_len: c.bytes.len() as u32,
+            raw_len: c.raw_len,
+            codec: c.codec,
+        };
+        if self.pack_buf.len() >= PACK_TARGET {
+            self.seal_pack().await?;
+        }
+        Ok(())
+    }
+
+    async fn seal_pack(&mut self) -> Result<(), StoreError> {
+        let Some(slot) = self.pack_slot.take() else {
+            return Ok(());
+        };
+        let hasher = std::mem::replace(&mut self.pack_hasher, Sha256::new());
+        let name: [u8; 32] = hasher.finalize().into();
+        self.packs[slot as usize] = name;
+        self.pack_seq += 1;
+        let buf = std::mem::replace(
+            &mut self.pack_buf,
+            Vec::with_capacity(PACK_TARGET + MAX_BLOB_RAW),
+        );
+        let permit = self
+            .upload_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        self.collect_uploads(false).await?;
+        let inner = self.inner.clone();
+        self.uploads.spawn(async move {
+            let _permit = permit;
+            let key = pack_key(&name);
+            let len = buf.len() as u64;
+            inner
+                .os
+                .put(&inner.path(&key), PutPayload::from(buf))
+                .await
+                .map_err(|e| inner.err("write", &key, e))?;
+            Ok(len)
+        });
+        Ok(())
+    }
+
+    /// Accounts for finished uploads; with `all`, waits for every upload.
+    async fn collect_uploads(&mut self, all: bool) -> Result<(), StoreError> {
+        loop {
+            let next = if all {
+                self.uploads.join_next().await
+            } else {
+                self.uploads.try_join_next()
+            };
+            let Some(r) = next else { return Ok(()) };
+            let n = r.map_err(StoreError::Task)??;
+            self.bytes_uploaded += n;
+            self.objects_written += 1;
+            self.progress.event(ProgressEvent::BytesUploaded(n));
+        }
+    }
+
+    async fn push_file(&mut self, src: &Source, workers: usize) -> Result<FileBuild, StoreError> {
+        let file = Arc::new(File::open(&src.abs).map_err(|e| StoreError::io("open", &src.abs, e))?);
+        let size = src.size;
+        let blocks = size.div_ceil(READ_BLOCK as u64);
+        let path = src.abs.clone();
+        let mut hashed = futures::stream::iter(0..blocks)
+            .map(|b| {
+                let file = file.clone();
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let start = b * READ_BLOCK as u64;
+                    let len = (size - start).min(READ_BLOCK as u64) as usize;
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, start)
+                        .map_err(|e| StoreError::io("read", &path, e))?;
+                    let hashes = chunk::hash_pages(&buf);
+                    Ok::<_, StoreError>((Bytes::from(buf), hashes))
+                })
+            })
+            .buffered(workers + 1);
+        let mut build = FileBuild::default();
+        build.index.file_size = size;
+        let mut compressing = FuturesOrdered::new();
+        while let Some(r) = hashed.next().await {
+            let (block, hashes) = r.map_err(StoreError::Task)??;
+            self.bytes_read += block.len() as u64;
+            self.progress
+                .event(ProgressEvent::BytesRead(block.len() as u64));
+            let jobs = self.dedup(&mut build, &block, &hashes);
+            if !jobs.is_empty() {
+                compressing.push_back(tokio::task::spawn_blocking(move || {
+                    jobs.into_iter()
+                        .map(|j| {
+                            let (codec, bytes) = chunk::compress_blob(&j.data);
+                            Compressed {
+                                id: j.id,
+                                raw_len: j.data.len() as u32,
+                                codec,
+                                bytes,
+                                digests: j.digests,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                }));
+            }
+            while compressing.len() > workers {
+                let done = compressing
+                    .next()
+                    .await
+                    .expect("non-empty")
+                    .map_err(StoreError::Task)?;
+                for c in done {
+                    self.add_compressed(c).await?;
+                }
+            }
+        }
+        while let Some(done) = compressing.next().await {
+            for c in done.map_err(StoreError::Task)? {
+                self.add_compressed(c).await?;
+            }
+        }
+        // The file may have changed size while we read it.
+        let now = std::fs::metadata(&src.abs).map_err(|e| StoreError::io("stat", &src.abs, e))?;
+        if now.len() != size {
+            return Err(StoreError::Io {
+                op: "read (file changed size during push)",
+                path: src.abs.clone(),
+                source: std::io::Error::other("size changed"),
+            });
+        }
+        debug_assert_eq!(
+            build
+                .index
+                .extents
+                .iter()
+                .map(|e| e.pages as u64)
+                .sum::<u64>(),
+            page_count(size)
+        );
+        Ok(build)
+    }
+
+    /// Turns a file's push-wide blob numbers into the index's own tables.
+    fn finish_index(&self, build: &FileBuild) -> FileIndex {
+        let mut packs: Vec<[u8; 32]> = Vec::new();
+        let mut pack_map: HashMap<u32, u32> = HashMap::new();
+        let mut blobs: Vec<BlobRef> = Vec::new();
+        let mut blob_map: HashMap<u32, u32> = HashMap::new();
+        let mut idx = FileIndex {
+            file_size: build.index.file_size,
+            digests: build.index.digests.clone(),
+            ..Default::default()
+        };
+        for e in &build.index.extents {
+            if e.is_zero() {
+                idx.push_extent(ZERO_BLOB, 0, e.pages);
+                continue;
+            }
+            let local = *blob_map.entry(e.blob).or_insert_with(|| {
+                let g = self.blobs[e.blob as usize];
+                debug_assert_ne!(g.pack, PENDING);
+                let pack = *pack_map.entry(g.pack).or_insert_with(|| {
+                    packs.push(self.packs[g.pack as usize]);
+                    packs.len() as u32 - 1
+                });
+                blobs.push(BlobRef {
+                    pack,
+                    offset: g.offset,
+                    stored_len: g.stored_len,
+                    raw_len: g.raw_len,
+                    codec: g.codec,
+                });
+                blobs.len() as u32 - 1
+            });
+            idx.push_extent(local, e.first_page, e.pages);
+        }
+        idx.packs = packs;
+        idx.blobs = blobs;
+        idx
+    }
+}
+
+impl Store {
+    /// Pushes every regular file under `dir` as a new snapshot and commits its manifest.
+    #[tracing::instrument(skip_all, fields(store = %self.inner.display, dir = %dir.display()))]
+    pub async fn push(
+        &self,
+        dir: &Path,
+        opts: PushOptions,
+        progress: &dyn Progress,
+    ) -> Result<PushReport, StoreError> {
+        let id = opts.id.clone().unwrap_or_else(SnapshotId::generate);
+        tracing::info!(snapshot = %id, "push started");
+        let inner = &self.inner;
+        let key = manifest_key(&id);
+        match inner.os.head(&inner.path(&key)).await {
+            Ok(_) => return Err(StoreError::SnapshotExists(id.to_string())),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(inner.err("read", &key, e)),
+        }
+        let files = {
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || walk(&dir))
+                .await
+                .map_err(StoreError::Task)??
+        };
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let uploads = if opts.concurrency == 0 {
+            DEFAULT_UPLOADS
+        } else {
+            opts.concurrency
+        };
+        let mut p = Pipeline {
+            inner,
+            progress,
+            snapshot: id.to_string(),
+            known: HashMap::new(),
+            blobs: Vec::new(),
+            packs: Vec::new(),
+            reused_packs: 0,
+            pack_buf: Vec::with_capacity(PACK_TARGET + MAX_BLOB_RAW),
+            pack_hasher: Sha256::new(),
+            pack_slot: None,
+            pack_seq: 0,
+            uploads: JoinSet::new(),
+            upload_slots: Arc::new(Semaphore::new(uploads)),
+            bytes_read: 0,
+            bytes_zero: 0,
+            bytes_dedup: 0,
+            bytes_uploaded: 0,
+            objects_written: 0,
+        };
+        // Dedup bases: the parent and whatever else we were told about.
+        let mut bases: Vec<SnapshotId> = opts.parent.iter().cloned().collect();
+        bases.extend(opts.dedup_from.iter().cloned());
+        for base in &bases {
+            let m = inner.read_manifest(base).await?;
+            for f in &m.files {
+                let idx = inner.read_index(f).await?;
+                p.add_base(&idx);
+            }
+        }
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        progress.event(ProgressEvent::Started { total_bytes: total });
+        let mut builds = Vec::with_capacity(files.len());
+        for src in &files {
+            progress.event(ProgressEvent::FileStarted {
+                path: src.rel.clone(),
+                size: src.size,
+            });
+            let r = p.push_file(src, workers).await;
+            let b = match r {
+                Ok(b) => b,
+                Err(e) => {
+                    p.uploads.abort_all();
+                    return Err(e);
+                }
+            };
+            progress.event(ProgressEvent::FileFinished {
+                path: src.rel.clone(),
+            });
+            builds.push(b);
+        }
+        p.seal_pack().await?;
+        p.collect_uploads(true).await?;
+
+        // Indexes.
+        let mut entries = Vec::with_capacity(files.len());
+        for (src, build) in files.iter().zip(&builds) {
+            let idx = p.finish_index(build);
+            let (digest, plain_len, stored) = tokio::task::spawn_blocking(move || {
+                let plain = idx.encode();
+                let digest = hex::encode(chunk::sha256(&plain));
+                (digest, plain.len() as u64, chunk::compress_meta(&plain))
+            })
+            .await
+            .map_err(StoreError::Task)?;
+            let ikey = index_key(&digest);
+            let ipath = inner.path(&ikey);
+            let exists = match inner.os.head(&ipath).await {
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(e) => return Err(inner.err("read", &ikey, e)),
+            };
+            if !exists {
+                let n = stored.len() as u64;
+                inner
+                    .os
+                    .put(&ipath, PutPayload::from(stored))
+                    .await
+                    .map_err(|e| inner.err("write", &ikey, e))?;
+                p.bytes_uploaded += n;
+                p.objects_written += 1;
+                progress.event(ProgressEvent::BytesUploaded(n));
+            }
+            entries.push(FileEntry {
+                path: src.rel.clone(),
+                size: src.size,
+                mode: src.mode,
+                index: IndexRef {
+                    digest,
+                    size: plain_len,
+                },
+                zero_bytes: build.zero_bytes,
+            });
+        }
+
+        // Reused packs must still exist (a concurrent gc may have swept a deleted parent's).
+        let used: std::collections::HashSet<u32> = builds
+            .iter()
+            .flat_map(|b| b.index.extents.iter())
+            .filter(|e| !e.is_zero())
+            .map(|e| p.blobs[e.blob as usize].pack)
+            .filter(|&pk| (pk as usize) < p.reused_packs)
+            .collect();
+        let names: std::collections::BTreeSet<[u8; 32]> =
+            used.iter().map(|&pk| p.packs[pk as usize]).collect();
+        let checks: Vec<Result<(), StoreError>> = futures::stream::iter(names)
+            .map(|name| async move {
+                let k = pack_key(&name);
+                match inner.os.head(&inner.path(&k)).await {
+                    Ok(_) => Ok(()),
+                    Err(object_store::Error::NotFound { .. }) => Err(StoreError::MissingObject {
+                        file: "(dedup base)".into(),
+                        offset: 0,
+                        object: k,
+                    }),
+                    Err(e) => Err(inner.err("read", &k, e)),
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        checks.into_iter().collect::<Result<Vec<()>, _>>()?;
+
+        progress.event(ProgressEvent::Committing);
+        let mut manifest = Manifest {
+            format_version: crate::FORMAT_VERSION.to_string(),
+            id: id.clone(),
+            created: crate::now_rfc3339(),
+            labels: opts.labels,
+            group: opts.group,
+            parent: opts.parent,
+            source: opts.source,
+            runsc_metadata: opts.runsc_metadata,
+            totals: Totals {
+                files: entries.len() as u64,
+                bytes: total,
+                zero_bytes: p.bytes_zero,
+                bytes_uploaded: p.bytes_uploaded,
+                objects_written: p.objects_written,
+            },
+            files: entries,
+            digest: String::new(),
+        };
+        manifest
+            .validate()
+            .map_err(|reason| StoreError::InvalidManifest {
+                id: id.to_string(),
+                reason,
+            })?;
+        let body = manifest.seal();
+        let body_len = body.len() as u64;
+        let put = inner
+            .os
+            .put_opts(
+                &inner.path(&key),
+                PutPayload::from(body),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                },
+            )
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Ours, if a retry lost the first response; someone else's otherwise.
+                match inner.read_manifest(&id).await {
+                    Ok(existing) if existing.digest == manifest.digest => {}
+                    _ => return Err(StoreError::SnapshotExists(id.to_string())),
+                }
+            }
+            Err(e) => return Err(inner.err("commit", &key, e)),
+        }
+        tracing::info!(
+            snapshot = %id,
+            bytes_read = p.bytes_read,
+            bytes_uploaded = p.bytes_uploaded,
+            "push committed"
+        );
+        Ok(PushReport {
+            id,
+            bytes_read: p.bytes_read,
+            bytes_uploaded: p.bytes_uploaded + body_len,
+            bytes_deduplicated: p.bytes_dedup,
+            bytes_zero: p.bytes_zero,
+            objects_written: p.objects_written + 1,
+            manifest,
+        })
+    }
+}

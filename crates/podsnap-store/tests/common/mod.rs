@@ -1,0 +1,361 @@
+//! Shared test support: synthetic memory images, directory digests, and the two suites that
+//! every backend runs: object store conformance (over `Arc<dyn ObjectStore>`) and the Store's
+//! push/pull round trips.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, WriteMultipart};
+use podsnap_store::{NoProgress, PushOptions, SnapshotId, Store};
+use rand::{Rng, RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+pub const PAGE: usize = 4096;
+
+const WORDS: &[&str] = &[
+    "sandbox",
+    "checkpoint",
+    "restore",
+    "gvisor",
+    "memory",
+    "page",
+    "kernel",
+    "socket",
+    "the",
+    "of",
+    "runsc",
+    "container",
+    "pod",
+    "node",
+    "image",
+    "state",
+    "fd",
+    "mmap",
+    "0x7f00",
+    "{",
+    "}",
+    "error",
+    "ok",
+    "GET /",
+    "HTTP/1.1",
+    "200",
+    "user",
+    "\n",
+];
+
+/// One page of a mixed memory image: zero, random or text, chosen by `kind` (0..10).
+pub fn fill_page(rng: &mut rand::rngs::StdRng, page: &mut [u8], kind: u32) {
+    match kind {
+        0..=3 => page.fill(0),
+        4..=6 => rng.fill_bytes(page),
+        _ => {
+            let mut i = 0;
+            while i < page.len() {
+                let w = WORDS[rng.gen_range(0..WORDS.len())].as_bytes();
+                let n = w.len().min(page.len() - i);
+                page[i..i + n].copy_from_slice(&w[..n]);
+                i += n;
+                if i < page.len() {
+                    page[i] = b' ';
+                    i += 1;
+                }
+            }
+        }
+    }
+}
+
+/// A deterministic mixed image of `pages` pages (40% zero, 30% random, 30% text), in runs
+/// of 1..64 pages of one kind, like real guest memory.
+pub fn mixed_image(seed: u64, pages: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = vec![0u8; pages * PAGE];
+    let mut p = 0;
+    while p < pages {
+        let run = rng.gen_range(1..64).min(pages - p);
+        let kind = rng.gen_range(0..10);
+        for q in p..p + run {
+            fill_page(&mut rng, &mut out[q * PAGE..(q + 1) * PAGE], kind);
+        }
+        p += run;
+    }
+    out
+}
+
+/// Rewrites `fraction` of the pages at scattered random positions with fresh random bytes.
+pub fn scatter_changes(seed: u64, img: &mut [u8], fraction: f64) -> usize {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let pages = img.len() / PAGE;
+    let n = ((pages as f64) * fraction) as usize;
+    for _ in 0..n {
+        let p = rng.gen_range(0..pages);
+        rng.fill_bytes(&mut img[p * PAGE..(p + 1) * PAGE]);
+    }
+    n
+}
+
+/// A file shaped like a runsc checkpoint image: `gVisorSF`, 8-byte BE length, JSON metadata,
+/// then state bytes.
+pub fn runsc_like_image(seed: u64, body_pages: usize) -> Vec<u8> {
+    let meta = br#"{"arch":"amd64","cpuid":"fake","version":"release-20221219.0"}"#;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"gVisorSF");
+    out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
+    out.extend_from_slice(meta);
+    out.extend_from_slice(&mixed_image(seed, body_pages));
+    out.extend_from_slice(b"tail");
+    out
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Relative path -> (sha256, mode) of every regular file under `dir`.
+pub fn dir_digest(dir: &Path) -> BTreeMap<String, (String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let data = std::fs::read(e.path()).unwrap();
+                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                out.insert(rel, (sha256_hex(&data), mode));
+            }
+        }
+    }
+    out
+}
+
+pub fn write_file(dir: &Path, rel: &str, data: &[u8]) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn p(s: &str) -> ObjPath {
+    ObjPath::from(s)
+}
+
+/// The object store conformance suite: what podsnap relies on from every backend.
+pub async fn object_store_conformance(os: Arc<dyn ObjectStore>, prefix: &str) {
+    let k = |s: &str| p(&format!("{prefix}/{s}"));
+
+    // put / get / head
+    let data = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    os.put(&k("a/one"), PutPayload::from(data.clone()))
+        .await
+        .expect("put");
+    let got = os
+        .get(&k("a/one"))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got, data, "get returns what put stored");
+    assert_eq!(os.head(&k("a/one")).await.unwrap().size, data.len() as u64);
+
+    // ranged get, including one reaching the end
+    let r = os.get_range(&k("a/one"), 1000..5000).await.expect("range");
+    assert_eq!(&r[..], &data[1000..5000]);
+    let r = os
+        .get_range(&k("a/one"), 99_990..100_000)
+        .await
+        .expect("tail range");
+    assert_eq!(&r[..], &data[99_990..]);
+    let rs = os
+        .get_ranges(&k("a/one"), &[0..10, 50_000..50_010])
+        .await
+        .expect("ranges");
+    assert_eq!(&rs[1][..], &data[50_000..50_010]);
+
+    // missing objects are NotFound
+    let e = os
+        .get(&k("a/missing"))
+        .await
+        .expect_err("missing get fails");
+    assert!(matches!(e, object_store::Error::NotFound { .. }), "{e:?}");
+    let e = os
+        .get_range(&k("a/missing"), 0..10)
+        .await
+        .expect_err("missing range fails");
+    assert!(matches!(e, object_store::Error::NotFound { .. }), "{e:?}");
+
+    // list (recursive, prefix-limited)
+    os.put(&k("a/two"), PutPayload::from_static(b"2"))
+        .await
+        .unwrap();
+    os.put(&k("b/three"), PutPayload::from_static(b"3"))
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = os
+        .list(Some(&k("a")))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .expect("list");
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![format!("{prefix}/a/one"), format!("{prefix}/a/two")]
+    );
+    let all: Vec<_> = os.list(Some(&p(prefix))).try_collect().await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all
+        .iter()
+        .all(|m| m.last_modified.timestamp() > 1_600_000_000));
+
+    // create-only put
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    os.put_opts(
+        &k("m/x.json"),
+        PutPayload::from_static(b"first"),
+        create.clone(),
+    )
+    .await
+    .expect("first create");
+    let e = os
+        .put_opts(
+            &k("m/x.json"),
+            PutPayload::from_static(b"second"),
+            create.clone(),
+        )
+        .await
+        .expect_err("second create must fail");
+    assert!(
+        matches!(e, object_store::Error::AlreadyExists { .. }),
+        "{e:?}"
+    );
+    let kept = os.get(&k("m/x.json")).await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        &kept[..],
+        b"first",
+        "a failed create leaves the first object"
+    );
+
+    // multipart (two 5 MiB parts and a tail, S3's minimum part size)
+    let big: Vec<u8> = (0..(10 * 1024 * 1024 + 123))
+        .map(|i: u32| (i % 239) as u8)
+        .collect();
+    let upload = os.put_multipart(&k("big")).await.expect("multipart start");
+    let mut w = WriteMultipart::new_with_chunk_size(upload, 5 * 1024 * 1024);
+    w.write(&big);
+    w.finish().await.expect("multipart finish");
+    let got = os.get(&k("big")).await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.len(), big.len());
+    assert!(got[..] == big[..], "multipart content");
+
+    // delete
+    for key in ["a/one", "a/two", "b/three", "m/x.json", "big"] {
+        os.delete(&k(key)).await.expect("delete");
+    }
+    let e = os.head(&k("a/one")).await.expect_err("deleted");
+    assert!(matches!(e, object_store::Error::NotFound { .. }), "{e:?}");
+    let left: Vec<_> = os.list(Some(&p(prefix))).try_collect().await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The Store suite: byte-exact round trips of synthetic images, incremental dedup, listing.
+pub async fn store_suite(store: Store) {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let mut pages = mixed_image(1, 600);
+    write_file(&src, "pages.img", &pages);
+    write_file(&src, "checkpoint.img", &runsc_like_image(2, 40));
+    write_file(&src, "pages_meta.img", b"tiny");
+    write_file(&src, "empty.img", b"");
+    write_file(&src, "sub/zeros.img", &vec![0u8; 3 * PAGE + 5]);
+
+    let first = store
+        .push(
+            &src,
+            PushOptions {
+                group: Some("g".into()),
+                labels: [("app".to_string(), "web".to_string())].into(),
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .await
+        .expect("first push");
+    assert_eq!(first.bytes_read, dir_size(&src));
+    assert!(first.bytes_zero > 0);
+    let out = work.path().join("out1");
+    store
+        .pull(&first.id, &out, &NoProgress)
+        .await
+        .expect("pull");
+    assert_eq!(dir_digest(&out), dir_digest(&src), "byte-exact round trip");
+
+    // 5% scattered changes, pushed with the first as parent
+    scatter_changes(3, &mut pages, 0.05);
+    write_file(&src, "pages.img", &pages);
+    let second = store
+        .push(
+            &src,
+            PushOptions {
+                group: Some("g".into()),
+                parent: Some(first.id.clone()),
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .await
+        .expect("second push");
+    assert!(
+        second.bytes_uploaded * 4 < first.bytes_uploaded,
+        "incremental push uploaded {} vs first {}",
+        second.bytes_uploaded,
+        first.bytes_uploaded
+    );
+    assert!(second.bytes_deduplicated > 0);
+    let out2 = work.path().join("out2");
+    store
+        .pull(&second.id, &out2, &NoProgress)
+        .await
+        .expect("pull child");
+    assert_eq!(dir_digest(&out2), dir_digest(&src));
+
+    let list = store.list().await.unwrap();
+    let ids: Vec<&SnapshotId> = list.iter().map(|m| &m.id).collect();
+    assert!(ids.contains(&&first.id) && ids.contains(&&second.id));
+    let latest = store.latest_in_group("g").await.unwrap().unwrap();
+    assert_eq!(latest.id, second.id, "newest of the group");
+    assert_eq!(
+        store.manifest(&second.id).await.unwrap().parent,
+        Some(first.id.clone())
+    );
+}
+
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += dir_size(&e.path());
+        } else {
+            n += e.metadata().unwrap().len();
+        }
+    }
+    n
+}
