@@ -7,6 +7,7 @@
 //! `cargo test` passes on a developer machine without those components.
 
 pub mod containerd;
+pub mod moto;
 pub mod runsc;
 
 use std::path::Path;
