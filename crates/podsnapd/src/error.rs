@@ -88,7 +88,7 @@ fn store_code(e: &StoreError) -> tonic::Code {
         | StoreError::Corrupt { .. }
         | StoreError::MissingObject { .. } => Code::DataLoss,
         StoreError::UnsupportedFormat { .. } => Code::FailedPrecondition,
-        StoreError::Backend { source, .. } => match source {
+        StoreError::Backend { source, .. } => match &**source {
             object_store::Error::NotFound { .. } => Code::NotFound,
             _ => Code::Unavailable,
         },

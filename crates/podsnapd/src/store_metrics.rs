@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOpts,
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
     PutOptions, PutPayload, PutResult, Result,
 };
 use podsnap_store::Store;
@@ -59,7 +59,7 @@ impl ObjectStore for Instrumented {
         self.timed("put", self.inner.put_opts(location, payload, opts)).await
     }
 
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOpts) -> Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
         self.timed("put_multipart", self.inner.put_multipart_opts(location, opts)).await
     }
 
