@@ -304,7 +304,9 @@ pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| s.split_at(i))
         .unwrap_or((s, "s"));
-    let n: u64 = num.parse().with_context(|| format!("{s:?} is not a duration"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration"))?;
     let secs = match unit {
         "ms" => return Ok(std::time::Duration::from_millis(n)),
         "s" => n,

@@ -121,8 +121,7 @@ fn validate_label(k: &str, v: &str) -> Result<()> {
     let ok = |s: &str, allow_empty: bool| {
         (allow_empty || !s.is_empty())
             && s.len() <= 253
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
     };
     if !ok(k, false) || !ok(v, true) {
@@ -260,7 +259,12 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Engine> {
         use anyhow::Context;
-        for d in [&cfg.state_dir, &cfg.work_dir, &cfg.logs_dir(), &cfg.prepared_dir()] {
+        for d in [
+            &cfg.state_dir,
+            &cfg.work_dir,
+            &cfg.logs_dir(),
+            &cfg.prepared_dir(),
+        ] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let jobs = Jobs::new(cfg.jobs_dir()).context("opening the job journal")?;
@@ -312,7 +316,11 @@ impl Engine {
     }
 
     /// Checkpoints a sandbox into the store. Runs to completion even if the caller goes away.
-    pub async fn checkpoint(self: Arc<Self>, spec: CheckpointSpec, tx: Option<Updates>) -> Result<Manifest> {
+    pub async fn checkpoint(
+        self: Arc<Self>,
+        spec: CheckpointSpec,
+        tx: Option<Updates>,
+    ) -> Result<Manifest> {
         let target = spec
             .target
             .clone()
@@ -360,7 +368,10 @@ impl Engine {
                 info.version.version
             )));
         }
-        let _guard = self.locks.lock(&Self::lock_key(&sb.root, &sb.container_id)).await;
+        let _guard = self
+            .locks
+            .lock(&Self::lock_key(&sb.root, &sb.container_id))
+            .await;
         let job = self
             .jobs
             .start(
@@ -368,15 +379,17 @@ impl Engine {
                 target.to_string(),
                 None,
                 serde_json::json!({
-                    "root": sb.root, "container_id": sb.container_id, "bundle": sb.bundle,
-                    "post": format!("{:?}", spec.post), "containerd": containerd,
+                    "sandbox": sb,
+                    "group": group,
+                    "labels": spec.labels,
+                    "keep": spec.keep,
+                    "resume": spec.post == PostAction::Resume,
+                    "parent": parent,
+                    "leave_running": spec.post == PostAction::Resume && leave_running_works,
                 }),
             )
             .map_err(|e| DaemonError::Internal(format!("writing the job record: {e}")))?;
-        let res = self
-            .clone()
-            .run_checkpoint(&job, &spec, &sb, &info, group, parent, leave_running_works, &tx)
-            .await;
+        let res = self.clone().run_checkpoint(&job, &info, &tx).await;
         job.finish(res.as_ref().err().map(|e| e.to_string()));
         if res.is_ok() {
             // The image is in the store: the work dir goes.
@@ -385,49 +398,134 @@ impl Engine {
         res
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs (or, after a restart, resumes) a checkpoint job from its durable record: each
+    /// stage records its completion, and a re-run skips what is done.
     async fn run_checkpoint(
         self: Arc<Self>,
         job: &JobHandle,
-        spec: &CheckpointSpec,
-        sb: &Sandbox,
         info: &RuntimeInfo,
-        group: String,
-        parent: Option<SnapshotId>,
-        leave_running_works: bool,
         tx: &Option<Updates>,
     ) -> Result<Manifest> {
+        let rec = job
+            .record()
+            .ok_or_else(|| DaemonError::Internal(format!("job {} vanished", job.id)))?;
+        let d = &rec.details;
+        let field = |k: &str| d.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        let flag = |k: &str| field(k).as_bool().unwrap_or(false);
+        let bad =
+            |k: &str| DaemonError::Internal(format!("job {} record lacks a valid {k:?}", job.id));
+        let sb: Sandbox = serde_json::from_value(field("sandbox")).map_err(|_| bad("sandbox"))?;
+        let group: String = serde_json::from_value(field("group")).map_err(|_| bad("group"))?;
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(field("labels")).unwrap_or_default();
+        let parent: Option<SnapshotId> = serde_json::from_value(field("parent")).unwrap_or(None);
+        let keep = field("keep").as_u64().unwrap_or(0);
+        let resume = flag("resume");
+        let leave_running = flag("leave_running");
+
         let work = self.cfg.work_dir.join(&job.id);
         let image_dir = work.join("image");
-        std::fs::create_dir_all(&image_dir).map_err(|e| io_err("creating", &image_dir, e))?;
-        job.set_details("image_dir", serde_json::json!(image_dir));
-
-        phase_update(job, tx, Phase::Checkpointing, "runsc checkpoint");
-        let leave_running = spec.post == PostAction::Resume && leave_running_works;
-        let t = Instant::now();
-        self.runtime
-            .checkpoint(
-                sb,
-                &image_dir,
-                &CheckpointOpts {
-                    leave_running,
-                    job_dir: Some(job.dir().join("runsc-checkpoint")),
-                    timeout: Some(self.cfg.runsc_timeout),
-                },
-            )
-            .await?;
-        self.metrics
-            .phase("checkpoint", "runsc_checkpoint", t.elapsed());
-        job.set_details("checkpointed", serde_json::json!(true));
-
-        if spec.post == PostAction::Resume && !leave_running {
-            // runsc stopped the sandbox: bring it back under the same id from the local image.
-            phase_update(job, tx, Phase::Resuming, "restoring the sandbox in place");
-            self.resume_in_place(job, sb, &image_dir).await?;
+        let runsc_job = job.dir().join("runsc-checkpoint");
+        if !flag("checkpointed") {
+            phase_update(job, tx, Phase::Checkpointing, "runsc checkpoint");
+            let t = Instant::now();
+            if runsc_job.join("pid").exists() {
+                // A restarted daemon: runsc ran in its own session and outlived us; take its
+                // exit status from the job directory.
+                let mut dj = podsnap_runtime::runsc::job::DurableJob::attach(&runsc_job)
+                    .map_err(RuntimeError::from)?;
+                dj.wait(Some(self.cfg.runsc_timeout))
+                    .await
+                    .and_then(|o| o.into_result())
+                    .map_err(RuntimeError::from)?;
+            } else {
+                std::fs::create_dir_all(&image_dir)
+                    .map_err(|e| io_err("creating", &image_dir, e))?;
+                self.runtime
+                    .checkpoint(
+                        &sb,
+                        &image_dir,
+                        &CheckpointOpts {
+                            leave_running,
+                            job_dir: Some(runsc_job.clone()),
+                            timeout: Some(self.cfg.runsc_timeout),
+                        },
+                    )
+                    .await?;
+            }
+            self.metrics
+                .phase("checkpoint", "runsc_checkpoint", t.elapsed());
+            job.set_details("checkpointed", serde_json::json!(true));
         }
 
+        if resume && !leave_running && !flag("resumed") {
+            // runsc stopped the sandbox: bring it back under the same id from the local image.
+            phase_update(job, tx, Phase::Resuming, "restoring the sandbox in place");
+            self.resume_in_place(job, &sb, &image_dir).await?;
+        }
+
+        let id = match rec.snapshot_id.as_deref() {
+            Some(s) => snapshot_id(s)?,
+            None => {
+                let id = SnapshotId::generate();
+                job.set_snapshot(id.as_str());
+                id
+            }
+        };
+        tracing::Span::current().record("snapshot", id.as_str());
+        // Committed before a crash: nothing left to push.
+        let manifest = match self.store.manifest(&id).await {
+            Ok(m) => m,
+            Err(podsnap_store::StoreError::SnapshotNotFound(_)) => {
+                self.clone()
+                    .push_image(
+                        job,
+                        &sb,
+                        info,
+                        &image_dir,
+                        id,
+                        labels,
+                        group.clone(),
+                        parent,
+                        tx,
+                    )
+                    .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        if keep > 0 {
+            phase_update(job, tx, Phase::Retention, "applying retention");
+            let t = Instant::now();
+            match self.store.retain(&group, keep as usize).await {
+                Ok(deleted) if !deleted.is_empty() => {
+                    info!(group = %group, deleted = deleted.len(), "retention removed old snapshots")
+                }
+                Ok(_) => {}
+                // The snapshot is committed; a failed retention is retried by the next one.
+                Err(e) => warn!(group = %group, error = %e, "retention failed"),
+            }
+            self.metrics.phase("checkpoint", "retention", t.elapsed());
+        }
+        phase_update(job, tx, Phase::Done, "done");
+        Ok(manifest)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn push_image(
+        self: Arc<Self>,
+        job: &JobHandle,
+        sb: &Sandbox,
+        info: &RuntimeInfo,
+        image_dir: &Path,
+        id: SnapshotId,
+        labels: BTreeMap<String, String>,
+        group: String,
+        parent: Option<SnapshotId>,
+        tx: &Option<Updates>,
+    ) -> Result<Manifest> {
         let cpu = self.sandbox_cpu(sb, info);
-        let runsc_metadata = podsnap_runtime::read_image_dir_header(&image_dir)
+        let runsc_metadata = podsnap_runtime::read_image_dir_header(image_dir)
             .map(|h| h.metadata)
             .map_err(|e| {
                 DaemonError::Internal(format!(
@@ -437,7 +535,13 @@ impl Engine {
             })?;
         let mut extra = BTreeMap::new();
         extra.insert("container_id".to_string(), sb.container_id.clone());
-        if let SandboxKind::Containerd { namespace, container, pod, .. } = &sb.kind {
+        if let SandboxKind::Containerd {
+            namespace,
+            container,
+            pod,
+            ..
+        } = &sb.kind
+        {
             extra.insert("containerd_namespace".into(), namespace.clone());
             extra.insert("containerd_container".into(), container.clone());
             if let Some(p) = pod {
@@ -469,18 +573,15 @@ impl Engine {
 
         phase_update(job, tx, Phase::Uploading, "uploading");
         let t = Instant::now();
-        let id = SnapshotId::generate();
-        job.set_snapshot(id.as_str());
-        tracing::Span::current().record("snapshot", id.as_str());
         let progress = JobProgress::new(job, tx.clone(), Phase::Uploading, self.metrics.clone());
         let report = self
             .store
             .push(
-                &image_dir,
+                image_dir,
                 PushOptions {
                     id: Some(id),
-                    labels: spec.labels.clone(),
-                    group: Some(group.clone()),
+                    labels,
+                    group: Some(group),
                     parent,
                     dedup_from: Vec::new(),
                     source,
@@ -491,28 +592,95 @@ impl Engine {
             )
             .await?;
         self.metrics.phase("checkpoint", "upload", t.elapsed());
-        self.metrics.bytes("deduplicated", report.bytes_deduplicated);
+        self.metrics
+            .bytes("deduplicated", report.bytes_deduplicated);
         self.metrics.objects_written(report.objects_written);
         info!(snapshot = %report.id, bytes_read = report.bytes_read, bytes_uploaded = report.bytes_uploaded, "snapshot committed");
-
-        if spec.keep > 0 {
-            phase_update(job, tx, Phase::Retention, "applying retention");
-            let t = Instant::now();
-            match self.store.retain(&group, spec.keep as usize).await {
-                Ok(deleted) if !deleted.is_empty() => {
-                    info!(group = %group, deleted = deleted.len(), "retention removed old snapshots")
-                }
-                Ok(_) => {}
-                // The snapshot is committed; a failed retention is retried by the next one.
-                Err(e) => warn!(group = %group, error = %e, "retention failed"),
-            }
-            self.metrics.phase("checkpoint", "retention", t.elapsed());
-        }
-        phase_update(job, tx, Phase::Done, "done");
         Ok(report.manifest)
     }
 
+    /// Finishes or rolls back the jobs an earlier run of the daemon left unfinished.
+    /// Checkpoints are carried to the end (the image is uploaded and committed, the sandbox
+    /// resumed if that was asked); restores are reported failed and their work dirs removed.
+    pub async fn recover(self: Arc<Self>) {
+        let pending = self.jobs.unfinished_on_disk();
+        if pending.is_empty() {
+            return;
+        }
+        info!(
+            jobs = pending.len(),
+            "recovering jobs left by an earlier run"
+        );
+        for rec in pending {
+            let job = self.jobs.adopt(rec.clone());
+            let span = info_span!("recover", job = %rec.id, kind = rec.kind.as_str(), target = %rec.target);
+            let res = async {
+                match rec.kind {
+                    JobKind::Checkpoint => {
+                        let sb: Sandbox = serde_json::from_value(rec.details["sandbox"].clone())
+                            .map_err(|_| {
+                                DaemonError::Internal("job record lacks the sandbox".into())
+                            })?;
+                        let _guard = self
+                            .locks
+                            .lock(&Self::lock_key(&sb.root, &sb.container_id))
+                            .await;
+                        let info = self.runtime.info().await?;
+                        self.clone()
+                            .run_checkpoint(&job, &info, &None)
+                            .await
+                            .map(|m| {
+                                info!(snapshot = %m.id, "checkpoint finished after restart");
+                            })
+                    }
+                    JobKind::Restore | JobKind::PrepareRestore => {
+                        Err(DaemonError::Unavailable(format!(
+                            "podsnapd restarted during {} in phase {:?}; retry it",
+                            rec.kind.as_str(),
+                            rec.phase
+                        )))
+                    }
+                }
+            }
+            .instrument(span)
+            .await;
+            if let Err(e) = &res {
+                warn!(job = %rec.id, error = %e, "job could not be finished after restart");
+            }
+            job.finish(res.err().map(|e| e.to_string()));
+            // A finished checkpoint's image is in the store; a failed one keeps its image for
+            // a retry only if runsc produced one.
+            let work = self.cfg.work_dir.join(&rec.id);
+            let keep_image = rec.kind == JobKind::Checkpoint
+                && job.record().map(|r| r.error.is_some()).unwrap_or(false)
+                && work.join("image/checkpoint.img").exists();
+            if !keep_image {
+                let _ = std::fs::remove_dir_all(&work);
+            }
+        }
+        // Half-written prepared restores (a pull writes into a hidden sibling first).
+        if let Ok(rd) = std::fs::read_dir(self.cfg.prepared_dir()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+
     async fn resume_in_place(&self, job: &JobHandle, sb: &Sandbox, image_dir: &Path) -> Result<()> {
+        let runsc_job = job.dir().join("runsc-resume");
+        if runsc_job.join("pid").exists() {
+            // A restarted daemon: the in-place restore was started; take its outcome.
+            let mut dj = podsnap_runtime::runsc::job::DurableJob::attach(&runsc_job)
+                .map_err(RuntimeError::from)?;
+            dj.wait(Some(self.cfg.runsc_timeout))
+                .await
+                .and_then(|o| o.into_result())
+                .map_err(RuntimeError::from)?;
+            job.set_details("resumed", serde_json::json!(true));
+            return Ok(());
+        }
         // runsc refuses to restore over an existing (stopped) container record.
         if let Err(e) = self
             .runtime
@@ -532,12 +700,13 @@ impl Engine {
                 image_dir: image_dir.to_path_buf(),
                 log_file: Some(log),
                 root: Some(sb.root.clone()),
-                job_dir: Some(job.dir().join("runsc-resume")),
+                job_dir: Some(runsc_job),
                 pid_file: None,
                 timeout: Some(self.cfg.runsc_timeout),
             })
             .await?;
-        self.metrics.phase("checkpoint", "runsc_restore", t.elapsed());
+        self.metrics
+            .phase("checkpoint", "runsc_restore", t.elapsed());
         job.set_details("resumed", serde_json::json!(true));
         Ok(())
     }
@@ -619,7 +788,14 @@ impl Engine {
     }
 
     /// Fetches and verifies a snapshot into `dest` (which must not exist).
-    async fn fetch(&self, job: &JobHandle, m: &Manifest, dest: &Path, op: &str, tx: &Option<Updates>) -> Result<()> {
+    async fn fetch(
+        &self,
+        job: &JobHandle,
+        m: &Manifest,
+        dest: &Path,
+        op: &str,
+        tx: &Option<Updates>,
+    ) -> Result<()> {
         phase_update(job, tx, Phase::Downloading, "downloading");
         let t = Instant::now();
         let progress = JobProgress::new(job, tx.clone(), Phase::Downloading, self.metrics.clone());
@@ -629,7 +805,11 @@ impl Engine {
     }
 
     /// Standalone restore under the daemon's runsc root.
-    pub async fn restore(self: Arc<Self>, spec: RestoreSpec, tx: Option<Updates>) -> Result<RestoredInfo> {
+    pub async fn restore(
+        self: Arc<Self>,
+        spec: RestoreSpec,
+        tx: Option<Updates>,
+    ) -> Result<RestoredInfo> {
         let started = Instant::now();
         let _inflight = self.metrics.in_flight("restore");
         let span = info_span!("restore", snapshot = %spec.snapshot, container = %spec.container_id);
@@ -639,10 +819,16 @@ impl Engine {
         res
     }
 
-    async fn restore_inner(self: Arc<Self>, spec: RestoreSpec, tx: Option<Updates>) -> Result<RestoredInfo> {
+    async fn restore_inner(
+        self: Arc<Self>,
+        spec: RestoreSpec,
+        tx: Option<Updates>,
+    ) -> Result<RestoredInfo> {
         let id = snapshot_id(&spec.snapshot)?;
         if spec.container_id.is_empty() {
-            return Err(DaemonError::InvalidArgument("a restore needs a new container id".into()));
+            return Err(DaemonError::InvalidArgument(
+                "a restore needs a new container id".into(),
+            ));
         }
         if !spec.bundle.is_absolute() || !spec.bundle.join("config.json").is_file() {
             return Err(DaemonError::InvalidArgument(format!(
@@ -651,7 +837,10 @@ impl Engine {
             )));
         }
         let root = self.runtime.info().await?.root;
-        let _guard = self.locks.lock(&Self::lock_key(&root, &spec.container_id)).await;
+        let _guard = self
+            .locks
+            .lock(&Self::lock_key(&root, &spec.container_id))
+            .await;
         match self.runtime.state(None, &spec.container_id).await {
             Ok(_) => {
                 return Err(DaemonError::AlreadyExists(format!(
@@ -694,10 +883,11 @@ impl Engine {
         self.fetch(job, &m, &image_dir, "restore", tx).await?;
 
         phase_update(job, tx, Phase::Restoring, "runsc restore");
-        let log = spec
-            .log
-            .clone()
-            .unwrap_or_else(|| self.cfg.logs_dir().join(format!("{}.log", spec.container_id)));
+        let log = spec.log.clone().unwrap_or_else(|| {
+            self.cfg
+                .logs_dir()
+                .join(format!("{}.log", spec.container_id))
+        });
         let t = Instant::now();
         let restored = self
             .runtime
@@ -725,7 +915,11 @@ impl Engine {
 
     /// Fetches, verifies and checks a snapshot for the runsc wrapper; returns the local image
     /// directory (under `<state-dir>/prepared/`).
-    pub async fn prepare_restore(self: Arc<Self>, snapshot: String, container_id: String) -> Result<(Manifest, PathBuf)> {
+    pub async fn prepare_restore(
+        self: Arc<Self>,
+        snapshot: String,
+        container_id: String,
+    ) -> Result<(Manifest, PathBuf)> {
         let started = Instant::now();
         let _inflight = self.metrics.in_flight("prepare-restore");
         let span = info_span!("prepare-restore", snapshot = %snapshot, container = %container_id);
@@ -739,7 +933,11 @@ impl Engine {
         res
     }
 
-    async fn prepare_inner(self: Arc<Self>, snapshot: String, container_id: String) -> Result<(Manifest, PathBuf)> {
+    async fn prepare_inner(
+        self: Arc<Self>,
+        snapshot: String,
+        container_id: String,
+    ) -> Result<(Manifest, PathBuf)> {
         let id = snapshot_id(&snapshot)?;
         if !container_id.is_empty()
             && !container_id
@@ -775,7 +973,11 @@ impl Engine {
         res.map(|_| (m, dest))
     }
 
-    pub async fn list(&self, group: &str, labels: &BTreeMap<String, String>) -> Result<Vec<Manifest>> {
+    pub async fn list(
+        &self,
+        group: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Manifest>> {
         let all = self.store.list().await?;
         Ok(all
             .into_iter()
@@ -829,10 +1031,12 @@ mod tests {
         let g2 = tokio::time::timeout(std::time::Duration::from_millis(100), locks.lock("b")).await;
         assert!(g2.is_ok());
         // The same key waits.
-        let again = tokio::time::timeout(std::time::Duration::from_millis(100), locks.lock("a")).await;
+        let again =
+            tokio::time::timeout(std::time::Duration::from_millis(100), locks.lock("a")).await;
         assert!(again.is_err());
         drop(g1);
-        let again = tokio::time::timeout(std::time::Duration::from_millis(100), locks.lock("a")).await;
+        let again =
+            tokio::time::timeout(std::time::Duration::from_millis(100), locks.lock("a")).await;
         assert!(again.is_ok());
     }
 }

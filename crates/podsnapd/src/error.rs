@@ -64,9 +64,7 @@ impl DaemonError {
             DaemonError::InvalidArgument(_) => Code::InvalidArgument,
             DaemonError::NotFound(_) => Code::NotFound,
             DaemonError::AlreadyExists(_) => Code::AlreadyExists,
-            DaemonError::Incompatible(_) | DaemonError::Unsupported(_) => {
-                Code::FailedPrecondition
-            }
+            DaemonError::Incompatible(_) | DaemonError::Unsupported(_) => Code::FailedPrecondition,
             DaemonError::Unavailable(_) => Code::Unavailable,
             DaemonError::Store(e) => store_code(e),
             DaemonError::Runtime(e) => runtime_code(e),

@@ -176,7 +176,12 @@ impl Jobs {
     }
 
     pub fn list(&self) -> Vec<JobRecord> {
-        self.inner.lock().expect("jobs lock").iter().cloned().collect()
+        self.inner
+            .lock()
+            .expect("jobs lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -297,7 +302,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jobs = Jobs::new(dir.path().join("jobs")).unwrap();
         let h = jobs
-            .start(JobKind::Checkpoint, "c1".into(), None, serde_json::json!({}))
+            .start(
+                JobKind::Checkpoint,
+                "c1".into(),
+                None,
+                serde_json::json!({}),
+            )
             .unwrap();
         h.phase(Phase::Uploading);
         // A second registry over the same dir (a restarted daemon) sees it unfinished.

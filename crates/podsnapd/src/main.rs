@@ -37,6 +37,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let engine = podsnapd::build_engine(cfg.clone()).await?;
+        // Jobs an earlier run left unfinished are carried on in the background.
+        tokio::spawn(engine.clone().recover());
         podsnapd::server::serve(cfg, engine).await
     })
 }

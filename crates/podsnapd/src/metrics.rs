@@ -104,8 +104,9 @@ impl Metrics {
             "Duration of whole operations",
             operation_duration.clone(),
         );
-        let phase_duration =
-            Family::<OpPhase, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
+        let phase_duration = Family::<OpPhase, Histogram, fn() -> Histogram>::new_with_constructor(
+            seconds_histogram,
+        );
         registry.register(
             "podsnap_phase_duration_seconds",
             "Duration of operation phases (runsc_checkpoint, upload, retention, download, runsc_restore)",
@@ -316,8 +317,14 @@ mod tests {
         m.build_info("test");
         let text = m.encode();
         assert!(text.contains("podsnap_operations_total{operation=\"checkpoint\",outcome=\"success\",error_kind=\"\"} 1"), "{text}");
-        assert!(text.contains("podsnap_bytes_total{direction=\"uploaded\"} 42"), "{text}");
-        assert!(text.contains("podsnap_operation_duration_seconds_count{operation=\"checkpoint\"} 1"), "{text}");
+        assert!(
+            text.contains("podsnap_bytes_total{direction=\"uploaded\"} 42"),
+            "{text}"
+        );
+        assert!(
+            text.contains("podsnap_operation_duration_seconds_count{operation=\"checkpoint\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("podsnap_build_info{"), "{text}");
     }
 
@@ -325,8 +332,12 @@ mod tests {
     fn in_flight_gauge_follows_the_guard() {
         let m = Metrics::new();
         let g = m.in_flight("restore");
-        assert!(m.encode().contains("podsnap_jobs_in_flight{operation=\"restore\"} 1"));
+        assert!(m
+            .encode()
+            .contains("podsnap_jobs_in_flight{operation=\"restore\"} 1"));
         drop(g);
-        assert!(m.encode().contains("podsnap_jobs_in_flight{operation=\"restore\"} 0"));
+        assert!(m
+            .encode()
+            .contains("podsnap_jobs_in_flight{operation=\"restore\"} 0"));
     }
 }

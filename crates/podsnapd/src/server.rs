@@ -17,7 +17,11 @@ use crate::service::Service;
 
 /// Binds the Unix socket: refuses to steal a live daemon's socket, removes a stale one,
 /// applies the mode and group before anyone can connect.
-pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<tokio::net::UnixListener> {
+pub fn bind_unix(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -25,7 +29,8 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("{} is in use by a running daemon", path.display());
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     // Created with no access for others, then opened up to exactly `mode`.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
@@ -36,10 +41,12 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<
         None => Some(nix::unistd::Gid::from_raw(0)),
         Some(g) => Some(match g.parse::<u32>() {
             Ok(n) => nix::unistd::Gid::from_raw(n),
-            Err(_) => nix::unistd::Group::from_name(g)
-                .context("looking up --socket-group")?
-                .with_context(|| format!("--socket-group {g:?}: no such group"))?
-                .gid,
+            Err(_) => {
+                nix::unistd::Group::from_name(g)
+                    .context("looking up --socket-group")?
+                    .with_context(|| format!("--socket-group {g:?}: no such group"))?
+                    .gid
+            }
         }),
     };
     if nix::unistd::geteuid().is_root() {
@@ -103,9 +110,8 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
     let service = PodsnapServer::new(Service::new(engine.clone()))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(64 << 20);
-    let mut builder = Server::builder().trace_fn(|req| {
-        tracing::info_span!("grpc", method = %req.uri().path())
-    });
+    let mut builder =
+        Server::builder().trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()));
     let router_shutdown = shutdown_signal();
     match &cfg.listen {
         Listen::Unix(path) => {
@@ -122,7 +128,8 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
         }
         Listen::Tcp(addr) => {
             let tls = cfg.tls.as_ref().context("TCP listen without TLS")?;
-            let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let read =
+                |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
             let tls_config = ServerTlsConfig::new()
                 .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
                 .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
@@ -145,7 +152,10 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     if engine.jobs.in_flight() > 0 {
-        tracing::warn!(jobs = engine.jobs.in_flight(), "exiting with jobs in flight; they resume at the next start");
+        tracing::warn!(
+            jobs = engine.jobs.in_flight(),
+            "exiting with jobs in flight; they resume at the next start"
+        );
     }
     Ok(())
 }

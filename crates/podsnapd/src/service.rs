@@ -132,16 +132,14 @@ fn target_from_pb(t: Option<pb::Target>) -> Result<Target, DaemonError> {
         .ok_or_else(|| DaemonError::InvalidArgument("target is required".into()))?;
     match kind {
         pb::target::Kind::RunscId(id) if !id.is_empty() => Ok(Target::Runsc { id }),
-        pb::target::Kind::Containerd(c) if !c.container_id.is_empty() => {
-            Ok(Target::Containerd {
-                namespace: if c.namespace.is_empty() {
-                    "default".into()
-                } else {
-                    c.namespace
-                },
-                id: c.container_id,
-            })
-        }
+        pb::target::Kind::Containerd(c) if !c.container_id.is_empty() => Ok(Target::Containerd {
+            namespace: if c.namespace.is_empty() {
+                "default".into()
+            } else {
+                c.namespace
+            },
+            id: c.container_id,
+        }),
         _ => Err(DaemonError::InvalidArgument(
             "target needs a container id".into(),
         )),
@@ -323,7 +321,10 @@ impl Podsnap for Service {
             let c = &i.capabilities;
             let caps = [
                 (c.compression, "compression"),
-                (c.exclude_committed_zero_pages, "exclude-committed-zero-pages"),
+                (
+                    c.exclude_committed_zero_pages,
+                    "exclude-committed-zero-pages",
+                ),
                 (c.checkpoint_direct, "direct"),
                 (c.leave_running, "leave-running"),
                 (c.restore_background, "restore-background"),

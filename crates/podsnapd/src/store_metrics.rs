@@ -9,8 +9,8 @@ use std::time::Instant;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult, Result,
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 use podsnap_store::Store;
 
@@ -38,14 +38,20 @@ impl fmt::Display for Instrumented {
 }
 
 impl Instrumented {
-    async fn timed<T>(&self, method: &str, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    async fn timed<T>(
+        &self,
+        method: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         let t = Instant::now();
         let r = fut.await;
         // A create-only put that finds the object, and a get of a missing object, are answers,
         // not store errors.
         let ok = match &r {
             Ok(_) => true,
-            Err(object_store::Error::NotFound { .. } | object_store::Error::AlreadyExists { .. }) => true,
+            Err(
+                object_store::Error::NotFound { .. } | object_store::Error::AlreadyExists { .. },
+            ) => true,
             Err(_) => false,
         };
         self.metrics.store_request(method, t.elapsed(), ok);
@@ -55,24 +61,45 @@ impl Instrumented {
 
 #[async_trait::async_trait]
 impl ObjectStore for Instrumented {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        self.timed("put", self.inner.put_opts(location, payload, opts)).await
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.timed("put", self.inner.put_opts(location, payload, opts))
+            .await
     }
 
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
-        self.timed("put_multipart", self.inner.put_multipart_opts(location, opts)).await
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.timed(
+            "put_multipart",
+            self.inner.put_multipart_opts(location, opts),
+        )
+        .await
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.timed("get", self.inner.get_opts(location, options)).await
+        self.timed("get", self.inner.get_opts(location, options))
+            .await
     }
 
     async fn get_range(&self, location: &Path, range: Range<u64>) -> Result<bytes::Bytes> {
-        self.timed("get_range", self.inner.get_range(location, range)).await
+        self.timed("get_range", self.inner.get_range(location, range))
+            .await
     }
 
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<bytes::Bytes>> {
-        self.timed("get_range", self.inner.get_ranges(location, ranges)).await
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> Result<Vec<bytes::Bytes>> {
+        self.timed("get_range", self.inner.get_ranges(location, ranges))
+            .await
     }
 
     async fn head(&self, location: &Path) -> Result<ObjectMeta> {
@@ -88,7 +115,8 @@ impl ObjectStore for Instrumented {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.timed("list", self.inner.list_with_delimiter(prefix)).await
+        self.timed("list", self.inner.list_with_delimiter(prefix))
+            .await
     }
 
     async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
@@ -96,6 +124,7 @@ impl ObjectStore for Instrumented {
     }
 
     async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
-        self.timed("copy", self.inner.copy_if_not_exists(from, to)).await
+        self.timed("copy", self.inner.copy_if_not_exists(from, to))
+            .await
     }
 }

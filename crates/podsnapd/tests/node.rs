@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioIo;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
-use podsnap_testkit::runsc::{first_count, last_count, unique_id, wait_for_count, CounterSandbox, RunscCmd};
+use podsnap_testkit::runsc::{
+    first_count, last_count, unique_id, wait_for_count, CounterSandbox, RunscCmd,
+};
 use podsnap_testkit::{require, Need};
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -46,10 +48,20 @@ impl Daemon {
             .expect("podsnapd starts");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !sock.exists() {
-            assert!(Instant::now() < deadline, "podsnapd {name} did not create its socket: {}", std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "podsnapd {name} did not create its socket: {}",
+                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Daemon { child, sock, root, state, metrics_port }
+        Daemon {
+            child,
+            sock,
+            root,
+            state,
+            metrics_port,
+        }
     }
 
     async fn client(&self) -> PodsnapClient<Channel> {
@@ -58,7 +70,9 @@ impl Daemon {
             .unwrap()
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let p = p.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
             }))
             .await
             .unwrap();
@@ -68,7 +82,11 @@ impl Daemon {
     fn metrics(&self) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -77,7 +95,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -90,14 +111,29 @@ impl Drop for Daemon {
     }
 }
 
-async fn checkpoint(c: &mut PodsnapClient<Channel>, id: &str, stop: bool, labels: &[(&str, &str)], group_by: &[&str]) -> pb::Snapshot {
+async fn checkpoint(
+    c: &mut PodsnapClient<Channel>,
+    id: &str,
+    stop: bool,
+    labels: &[(&str, &str)],
+    group_by: &[&str],
+) -> pb::Snapshot {
     let mut stream = c
         .checkpoint(pb::CheckpointRequest {
-            target: Some(pb::Target { kind: Some(pb::target::Kind::RunscId(id.into())) }),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::RunscId(id.into())),
+            }),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             group_by: group_by.iter().map(|s| s.to_string()).collect(),
             keep: 0,
-            post_checkpoint: if stop { pb::PostCheckpoint::Stop } else { pb::PostCheckpoint::Resume } as i32,
+            post_checkpoint: if stop {
+                pb::PostCheckpoint::Stop
+            } else {
+                pb::PostCheckpoint::Resume
+            } as i32,
             parent: String::new(),
         })
         .await
@@ -112,7 +148,13 @@ async fn checkpoint(c: &mut PodsnapClient<Channel>, id: &str, stop: bool, labels
     snap.expect("a snapshot event")
 }
 
-async fn restore(c: &mut PodsnapClient<Channel>, snap: &str, bundle: &Path, id: &str, log: &Path) -> pb::Restored {
+async fn restore(
+    c: &mut PodsnapClient<Channel>,
+    snap: &str,
+    bundle: &Path,
+    id: &str,
+    log: &Path,
+) -> pb::Restored {
     let mut stream = c
         .restore(pb::RestoreRequest {
             snapshot_id: snap.into(),
@@ -142,7 +184,10 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
-    if !require("a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store", &[Need::Root, Need::Runsc, Need::Moto]) {
+    if !require(
+        "a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store",
+        &[Need::Root, Need::Runsc, Need::Moto],
+    ) {
         return;
     }
     let moto = podsnap_testkit::moto::Moto::start("podsnap-e2e").expect("moto starts");
@@ -161,17 +206,42 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
     let before = last_count(&log).unwrap();
     assert_eq!(snap.group, "app=counter");
     assert_eq!(snap.source.as_ref().unwrap().node_name, "node-a");
-    assert!(!snap.runsc_metadata.is_empty(), "runsc's image header metadata is recorded");
+    assert!(
+        !snap.runsc_metadata.is_empty(),
+        "runsc's image header metadata is recorded"
+    );
 
     // Stopped: the count does not move while it is down.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(last_count(&log), Some(before), "the sandbox kept running after a --stop checkpoint");
+    assert_eq!(
+        last_count(&log),
+        Some(before),
+        "the sandbox kept running after a --stop checkpoint"
+    );
 
     // Node B sees it through the shared store and restores it.
     let mut cb = b.client().await;
-    let listed = cb.list_snapshots(pb::ListSnapshotsRequest { group: "app=counter".into(), labels: Default::default() }).await.unwrap().into_inner().snapshots;
-    assert!(listed.iter().any(|s| s.id == snap.id), "node B does not list {}", snap.id);
-    let compat = cb.check_compatibility(pb::CheckCompatibilityRequest { snapshot_id: snap.id.clone() }).await.unwrap().into_inner();
+    let listed = cb
+        .list_snapshots(pb::ListSnapshotsRequest {
+            group: "app=counter".into(),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    assert!(
+        listed.iter().any(|s| s.id == snap.id),
+        "node B does not list {}",
+        snap.id
+    );
+    let compat = cb
+        .check_compatibility(pb::CheckCompatibilityRequest {
+            snapshot_id: snap.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(compat.compatible, "{:?}", compat.problems);
 
     let new_id = unique_id("e2e-restored");
@@ -181,24 +251,63 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
     wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
     let after = first_count(&rlog).unwrap();
     RunscCmd::new(&b.root).force_delete(&new_id);
-    assert!(after >= before && after < before + 5, "before {before}, first count after restore {after}");
+    assert!(
+        after >= before && after < before + 5,
+        "before {before}, first count after restore {after}"
+    );
 
     // Metrics moved by the right amounts on each node.
     let ma = a.metrics();
-    assert_eq!(sample(&ma, "podsnap_operations_total{operation=\"checkpoint\",outcome=\"success\""), Some(1.0), "{ma}");
-    assert!(sample(&ma, "podsnap_bytes_total{direction=\"read\"}").unwrap() >= snap.logical_bytes as f64);
+    assert_eq!(
+        sample(
+            &ma,
+            "podsnap_operations_total{operation=\"checkpoint\",outcome=\"success\""
+        ),
+        Some(1.0),
+        "{ma}"
+    );
+    assert!(
+        sample(&ma, "podsnap_bytes_total{direction=\"read\"}").unwrap()
+            >= snap.logical_bytes as f64
+    );
     assert!(sample(&ma, "podsnap_phase_duration_seconds_count{operation=\"checkpoint\",phase=\"runsc_checkpoint\"}") == Some(1.0), "{ma}");
     let mb = b.metrics();
-    assert_eq!(sample(&mb, "podsnap_operations_total{operation=\"restore\",outcome=\"success\""), Some(1.0), "{mb}");
-    assert!(sample(&mb, "podsnap_bytes_total{direction=\"downloaded\"}").unwrap() > 0.0, "{mb}");
-    assert!(sample(&mb, "podsnap_store_request_duration_seconds_count{method=\"get_range\"}").unwrap_or(0.0) + sample(&mb, "podsnap_store_request_duration_seconds_count{method=\"get\"}").unwrap_or(0.0) > 0.0, "{mb}");
+    assert_eq!(
+        sample(
+            &mb,
+            "podsnap_operations_total{operation=\"restore\",outcome=\"success\""
+        ),
+        Some(1.0),
+        "{mb}"
+    );
+    assert!(
+        sample(&mb, "podsnap_bytes_total{direction=\"downloaded\"}").unwrap() > 0.0,
+        "{mb}"
+    );
+    assert!(
+        sample(
+            &mb,
+            "podsnap_store_request_duration_seconds_count{method=\"get_range\"}"
+        )
+        .unwrap_or(0.0)
+            + sample(
+                &mb,
+                "podsnap_store_request_duration_seconds_count{method=\"get\"}"
+            )
+            .unwrap_or(0.0)
+            > 0.0,
+        "{mb}"
+    );
     drop(sb);
     let _ = (&a.state, &b.state);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_with_resume_keeps_the_sandbox_running_and_restores_under_another_id() {
-    if !require("checkpoint_with_resume_keeps_the_sandbox_running_and_restores_under_another_id", &[Need::Root, Need::Runsc]) {
+    if !require(
+        "checkpoint_with_resume_keeps_the_sandbox_running_and_restores_under_another_id",
+        &[Need::Root, Need::Runsc],
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -214,7 +323,9 @@ async fn checkpoint_with_resume_keeps_the_sandbox_running_and_restores_under_ano
     let at_checkpoint = last_count(&log).unwrap();
     // Still running under the same id; on runsc 20221219 it was restored in place, writing
     // to the daemon's log for it.
-    let state = RunscCmd::new(&a.root).run(&["state", &id]).expect("runsc state");
+    let state = RunscCmd::new(&a.root)
+        .run(&["state", &id])
+        .expect("runsc state");
     assert!(state.contains("\"running\""), "{state}");
     let resumed_log = a.state.join("logs").join(format!("{id}.log"));
     let n = wait_for_count(&resumed_log, at_checkpoint + 2, Duration::from_secs(30)).unwrap();
@@ -227,10 +338,18 @@ async fn checkpoint_with_resume_keeps_the_sandbox_running_and_restores_under_ano
     wait_for_count(&rlog, at_checkpoint + 1, Duration::from_secs(30)).unwrap();
     let first = first_count(&rlog).unwrap();
     RunscCmd::new(&a.root).force_delete(&other);
-    assert!(first >= at_checkpoint && first < at_checkpoint + 5, "checkpointed at {at_checkpoint}, restored copy started at {first}");
+    assert!(
+        first >= at_checkpoint && first < at_checkpoint + 5,
+        "checkpointed at {at_checkpoint}, restored copy started at {first}"
+    );
     // A restore under an id that exists is refused.
     let mut stream = c
-        .restore(pb::RestoreRequest { snapshot_id: snap.id.clone(), bundle: sb.bundle.path().display().to_string(), container_id: id.clone(), log_path: String::new() })
+        .restore(pb::RestoreRequest {
+            snapshot_id: snap.id.clone(),
+            bundle: sb.bundle.path().display().to_string(),
+            container_id: id.clone(),
+            log_path: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();

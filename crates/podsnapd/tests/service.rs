@@ -56,7 +56,12 @@ impl SandboxRuntime for Tracking {
     async fn resolve(&self, target: &Target) -> Result<Sandbox, RuntimeError> {
         self.inner.resolve(target).await
     }
-    async fn checkpoint(&self, sb: &Sandbox, dir: &Path, opts: &CheckpointOpts) -> Result<(), RuntimeError> {
+    async fn checkpoint(
+        &self,
+        sb: &Sandbox,
+        dir: &Path,
+        opts: &CheckpointOpts,
+    ) -> Result<(), RuntimeError> {
         {
             let mut a = self.active.lock().unwrap();
             let n = a.entry(sb.container_id.clone()).or_default();
@@ -68,7 +73,12 @@ impl SandboxRuntime for Tracking {
         tokio::time::sleep(self.delay).await;
         let r = self.inner.checkpoint(sb, dir, opts).await;
         self.total_active.fetch_sub(1, Ordering::SeqCst);
-        *self.active.lock().unwrap().get_mut(&sb.container_id).unwrap() -= 1;
+        *self
+            .active
+            .lock()
+            .unwrap()
+            .get_mut(&sb.container_id)
+            .unwrap() -= 1;
         r
     }
     async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError> {
@@ -103,7 +113,8 @@ async fn harness(runtime: Arc<dyn SandboxRuntime>, store: Store) -> Harness {
         FileConfig::default(),
     )
     .unwrap();
-    let engine = Arc::new(Engine::new(cfg, store.clone(), runtime, Arc::new(Metrics::new())).unwrap());
+    let engine =
+        Arc::new(Engine::new(cfg, store.clone(), runtime, Arc::new(Metrics::new())).unwrap());
     let sock = dir.path().join("d.sock");
     let listener = podsnapd::server::bind_unix(&sock, 0o660, None).unwrap();
     let svc = PodsnapServer::new(Service::new(engine.clone()));
@@ -119,7 +130,9 @@ async fn harness(runtime: Arc<dyn SandboxRuntime>, store: Store) -> Harness {
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let p = p.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
         }))
         .await
         .unwrap();
@@ -136,15 +149,28 @@ fn memory_store() -> Store {
     Store::open("memory://").unwrap()
 }
 
-fn checkpoint_req(id: &str, labels: &[(&str, &str)], group_by: &[&str], keep: u32, stop: bool) -> pb::CheckpointRequest {
+fn checkpoint_req(
+    id: &str,
+    labels: &[(&str, &str)],
+    group_by: &[&str],
+    keep: u32,
+    stop: bool,
+) -> pb::CheckpointRequest {
     pb::CheckpointRequest {
         target: Some(pb::Target {
             kind: Some(pb::target::Kind::RunscId(id.into())),
         }),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         group_by: group_by.iter().map(|s| s.to_string()).collect(),
         keep,
-        post_checkpoint: if stop { pb::PostCheckpoint::Stop } else { pb::PostCheckpoint::Resume } as i32,
+        post_checkpoint: if stop {
+            pb::PostCheckpoint::Stop
+        } else {
+            pb::PostCheckpoint::Resume
+        } as i32,
         parent: String::new(),
     }
 }
@@ -170,7 +196,10 @@ async fn run_checkpoint(
             Err(e) => return (progress, Err(e)),
         }
     }
-    (progress, snap.ok_or_else(|| tonic::Status::internal("no snapshot event")))
+    (
+        progress,
+        snap.ok_or_else(|| tonic::Status::internal("no snapshot event")),
+    )
 }
 
 #[tokio::test]
@@ -178,22 +207,47 @@ async fn checkpoint_streams_phases_then_the_committed_snapshot() {
     let fake = FakeRuntime::new();
     fake.add_running("app1");
     let mut h = harness(Arc::new(fake), memory_store()).await;
-    let (progress, snap) = run_checkpoint(&mut h.client, checkpoint_req("app1", &[("app", "web")], &["app"], 0, true)).await;
+    let (progress, snap) = run_checkpoint(
+        &mut h.client,
+        checkpoint_req("app1", &[("app", "web")], &["app"], 0, true),
+    )
+    .await;
     let snap = snap.expect("checkpoint succeeds");
     let phases: Vec<i32> = progress.iter().map(|p| p.phase).collect();
-    for want in [pb::Phase::Checkpointing, pb::Phase::Uploading, pb::Phase::Done] {
-        assert!(phases.contains(&(want as i32)), "phase {want:?} missing from {phases:?}");
+    for want in [
+        pb::Phase::Checkpointing,
+        pb::Phase::Uploading,
+        pb::Phase::Done,
+    ] {
+        assert!(
+            phases.contains(&(want as i32)),
+            "phase {want:?} missing from {phases:?}"
+        );
     }
     assert_eq!(snap.group, "app=web");
     assert_eq!(snap.labels.get("app").map(String::as_str), Some("web"));
     assert_eq!(snap.source.as_ref().unwrap().node_name, "node-a");
-    assert!(snap.source.as_ref().unwrap().cpu.as_ref().unwrap().features.contains(&"fpu".to_string()));
+    assert!(snap
+        .source
+        .as_ref()
+        .unwrap()
+        .cpu
+        .as_ref()
+        .unwrap()
+        .features
+        .contains(&"fpu".to_string()));
     assert!(snap.files.iter().any(|f| f.name == "checkpoint.img"));
     // The store, not the daemon, holds it.
-    let m = h.store.manifest(&podsnap_store::SnapshotId::new(&snap.id).unwrap()).await.unwrap();
+    let m = h
+        .store
+        .manifest(&podsnap_store::SnapshotId::new(&snap.id).unwrap())
+        .await
+        .unwrap();
     assert_eq!(m.group.as_deref(), Some("app=web"));
     // The work dir is gone once committed.
-    let work: Vec<_> = std::fs::read_dir(h.state_dir.join("work")).unwrap().collect();
+    let work: Vec<_> = std::fs::read_dir(h.state_dir.join("work"))
+        .unwrap()
+        .collect();
     assert!(work.is_empty(), "work dir not cleaned: {work:?}");
 }
 
@@ -206,7 +260,18 @@ async fn resume_restores_the_sandbox_in_place_on_runsc_20221219() {
     let (_, snap) = run_checkpoint(&mut h.client, checkpoint_req("app2", &[], &[], 0, false)).await;
     snap.expect("checkpoint succeeds");
     let calls = fake.calls();
-    let ck = calls.iter().position(|c| matches!(c, FakeCall::Checkpoint { leave_running: false, .. })).expect("checkpoint call");
+    let ck = calls
+        .iter()
+        .position(|c| {
+            matches!(
+                c,
+                FakeCall::Checkpoint {
+                    leave_running: false,
+                    ..
+                }
+            )
+        })
+        .expect("checkpoint call");
     let rs = calls
         .iter()
         .position(|c| matches!(c, FakeCall::Restore { id, .. } if id == "app2"))
@@ -222,27 +287,54 @@ async fn retention_keeps_exactly_n_per_group() {
     let mut h = harness(Arc::new(fake), memory_store()).await;
     let mut ids = Vec::new();
     for _ in 0..4 {
-        let (_, s) = run_checkpoint(&mut h.client, checkpoint_req("r1", &[("team", "a")], &["team"], 2, false)).await;
+        let (_, s) = run_checkpoint(
+            &mut h.client,
+            checkpoint_req("r1", &[("team", "a")], &["team"], 2, false),
+        )
+        .await;
         ids.push(s.unwrap().id);
     }
     // Another group is untouched by group a's retention.
-    let (_, other) = run_checkpoint(&mut h.client, checkpoint_req("r2", &[("team", "b")], &["team"], 2, false)).await;
+    let (_, other) = run_checkpoint(
+        &mut h.client,
+        checkpoint_req("r2", &[("team", "b")], &["team"], 2, false),
+    )
+    .await;
     let other = other.unwrap();
     let list = h
         .client
-        .list_snapshots(pb::ListSnapshotsRequest { group: "team=a".into(), labels: Default::default() })
+        .list_snapshots(pb::ListSnapshotsRequest {
+            group: "team=a".into(),
+            labels: Default::default(),
+        })
         .await
         .unwrap()
         .into_inner()
         .snapshots;
     let kept: Vec<_> = list.iter().map(|s| s.id.clone()).collect();
     assert_eq!(kept.len(), 2, "{kept:?}");
-    assert!(kept.contains(&ids[3]) && kept.contains(&ids[2]), "newest two kept: {kept:?} of {ids:?}");
-    let all = h.client.list_snapshots(pb::ListSnapshotsRequest::default()).await.unwrap().into_inner().snapshots;
+    assert!(
+        kept.contains(&ids[3]) && kept.contains(&ids[2]),
+        "newest two kept: {kept:?} of {ids:?}"
+    );
+    let all = h
+        .client
+        .list_snapshots(pb::ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
     assert!(all.iter().any(|s| s.id == other.id));
     assert_eq!(all.len(), 3);
     // Later snapshots of the group deduplicate against the previous one.
-    let last = h.client.get_snapshot(pb::GetSnapshotRequest { snapshot_id: ids[3].clone() }).await.unwrap().into_inner();
+    let last = h
+        .client
+        .get_snapshot(pb::GetSnapshotRequest {
+            snapshot_id: ids[3].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(last.parent, ids[2]);
 }
 
@@ -257,13 +349,25 @@ async fn concurrent_checkpoints_serialize_per_sandbox_and_run_in_parallel_across
     let mut tasks = Vec::new();
     for id in ["s1", "s1", "s2"] {
         let mut c = h.client.clone();
-        tasks.push(tokio::spawn(async move { run_checkpoint(&mut c, checkpoint_req(id, &[], &[], 0, true)).await.1 }));
+        tasks.push(tokio::spawn(async move {
+            run_checkpoint(&mut c, checkpoint_req(id, &[], &[], 0, true))
+                .await
+                .1
+        }));
     }
     for t in tasks {
         t.await.unwrap().expect("every checkpoint succeeds");
     }
-    assert_eq!(rt.max_same.load(Ordering::SeqCst), 1, "one sandbox was checkpointed twice at once");
-    assert_eq!(rt.max_total.load(Ordering::SeqCst), 2, "two sandboxes did not run in parallel");
+    assert_eq!(
+        rt.max_same.load(Ordering::SeqCst),
+        1,
+        "one sandbox was checkpointed twice at once"
+    );
+    assert_eq!(
+        rt.max_total.load(Ordering::SeqCst),
+        2,
+        "two sandboxes did not run in parallel"
+    );
 }
 
 #[tokio::test]
@@ -285,7 +389,11 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
         .push(
             img.path(),
             PushOptions {
-                source: podsnap_store::NodeFacts { node_name: "other".into(), cpu: Some(cpu), ..Default::default() },
+                source: podsnap_store::NodeFacts {
+                    node_name: "other".into(),
+                    cpu: Some(cpu),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             &NoProgress,
@@ -300,7 +408,9 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
 
     let compat = h
         .client
-        .check_compatibility(pb::CheckCompatibilityRequest { snapshot_id: report.id.to_string() })
+        .check_compatibility(pb::CheckCompatibilityRequest {
+            snapshot_id: report.id.to_string(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -309,7 +419,10 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
 
     let err = h
         .client
-        .prepare_restore(pb::PrepareRestoreRequest { snapshot_id: report.id.to_string(), container_id: "x".into() })
+        .prepare_restore(pb::PrepareRestoreRequest {
+            snapshot_id: report.id.to_string(),
+            container_id: "x".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -336,10 +449,19 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains(lacking), "{}", err.message());
     // Nothing was downloaded, and runsc was never asked to restore.
-    assert!(!fake.calls().iter().any(|c| matches!(c, FakeCall::Restore { .. })));
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| matches!(c, FakeCall::Restore { .. })));
     let text = h.engine.metrics.encode();
-    assert!(!text.contains("direction=\"downloaded\""), "bytes were downloaded:\n{text}");
-    assert!(text.contains("podsnap_compatibility_refusals_total{reason=\"cpu_features\"} 2"), "{text}");
+    assert!(
+        !text.contains("direction=\"downloaded\""),
+        "bytes were downloaded:\n{text}"
+    );
+    assert!(
+        text.contains("podsnap_compatibility_refusals_total{reason=\"cpu_features\"} 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -351,13 +473,33 @@ async fn errors_map_to_grpc_codes_with_one_clear_line() {
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert!(!e.message().contains('\n'));
 
-    let e = h.client.get_snapshot(pb::GetSnapshotRequest { snapshot_id: "20990101T000000Z-00000000".into() }).await.unwrap_err();
+    let e = h
+        .client
+        .get_snapshot(pb::GetSnapshotRequest {
+            snapshot_id: "20990101T000000Z-00000000".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = h.client.get_snapshot(pb::GetSnapshotRequest { snapshot_id: "../etc".into() }).await.unwrap_err();
+    let e = h
+        .client
+        .get_snapshot(pb::GetSnapshotRequest {
+            snapshot_id: "../etc".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let (_, r) = run_checkpoint(&mut h.client, checkpoint_req("x", &[("bad key", "v")], &[], 0, true)).await;
+    let (_, r) = run_checkpoint(
+        &mut h.client,
+        checkpoint_req("x", &[("bad key", "v")], &[], 0, true),
+    )
+    .await;
     assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
-    let (_, r) = run_checkpoint(&mut h.client, checkpoint_req("x", &[("a", "b")], &["missing"], 0, true)).await;
+    let (_, r) = run_checkpoint(
+        &mut h.client,
+        checkpoint_req("x", &[("a", "b")], &["missing"], 0, true),
+    )
+    .await;
     assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument);
 }
 
@@ -368,12 +510,29 @@ async fn node_info_and_jobs_report_this_node() {
     let mut h = harness(Arc::new(fake), memory_store()).await;
     let (_, r) = run_checkpoint(&mut h.client, checkpoint_req("j1", &[], &[], 0, true)).await;
     let snap = r.unwrap();
-    let info = h.client.get_node_info(pb::GetNodeInfoRequest {}).await.unwrap().into_inner();
+    let info = h
+        .client
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.node_name, "node-a");
-    assert_eq!(info.cpu.unwrap().features, podsnap_cpu::host().unwrap().features);
+    assert_eq!(
+        info.cpu.unwrap().features,
+        podsnap_cpu::host().unwrap().features
+    );
     assert!(info.runsc.is_some());
-    let jobs = h.client.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs;
-    let j = jobs.iter().find(|j| j.snapshot_id == snap.id).expect("the job is listed");
+    let jobs = h
+        .client
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let j = jobs
+        .iter()
+        .find(|j| j.snapshot_id == snap.id)
+        .expect("the job is listed");
     assert_eq!(j.kind, "checkpoint");
     assert_eq!(j.phase, pb::Phase::Done as i32);
     assert!(!j.finished_at.is_empty());
