@@ -32,6 +32,14 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd with a private config and waits for its socket to answer.
     pub fn start() -> Result<Containerd, String> {
+        Containerd::start_with_env(&[])
+    }
+
+    /// Like [`Containerd::start`], with `env` added to containerd's environment. containerd
+    /// passes its environment to the shims it starts, and a shim to its runc binary, so this
+    /// is how a test configures a runsc wrapper (`PODSNAP_CONFIG`, `PODSNAP_SOCKET`) without
+    /// touching its own process's environment.
+    pub fn start_with_env(env: &[(&str, &std::ffi::OsStr)]) -> Result<Containerd, String> {
         let dir = tempfile::Builder::new()
             .prefix("podsnap-containerd")
             .tempdir()
@@ -61,6 +69,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let child = Command::new("containerd")
             .arg("--config")
             .arg(d.join("config.toml"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
