@@ -1,0 +1,485 @@
+//! `podsnapctl image ...`: work on a snapshot store directly, without a daemon.
+//!
+//! Every subcommand takes `--store URL` (or `PODSNAP_STORE`): `file:///dir`, `s3://bucket/prefix`,
+//! `gs://bucket/prefix`, `az://container/prefix`. `push` prints the snapshot id as stdout's last
+//! line (`--json`: one JSON object instead); progress bars go to stderr, and only when stderr is
+//! a terminal.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use podsnap_store::{NoProgress, Progress, ProgressEvent, PushOptions, SnapshotId, Store};
+
+/// Offline store commands.
+#[derive(clap::Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Push every file under DIR as a new snapshot; prints its id as the last line.
+    Push {
+        /// Directory holding the checkpoint image files.
+        dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+        /// Label to record, `key=value`; repeatable.
+        #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Parent snapshot: recorded, and its unchanged pages are not uploaded again.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Retention group the snapshot belongs to.
+        #[arg(long)]
+        group: Option<String>,
+        /// Snapshot id to use instead of a generated one.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print one JSON object (id, bytes read, uploaded, ...) instead of the id.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull a snapshot into DIR (which must not exist or be empty); DIR appears only once
+    /// every page has been verified.
+    Pull {
+        id: String,
+        dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List the snapshots in the store, newest first.
+    Ls {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Print the manifests as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a snapshot's manifest (JSON).
+    Inspect {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Delete a snapshot's manifest (its data goes at the next gc).
+    Rm {
+        id: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Delete data no snapshot references, if older than the grace period.
+    Gc {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Keep unreferenced objects younger than this (`30s`, `15m`, `1h`, `2d`).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        grace: Duration,
+    },
+}
+
+/// `--store URL`, also from `PODSNAP_STORE`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreArg {
+    /// Store URL: file:///dir, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.
+    #[arg(long = "store", env = "PODSNAP_STORE", value_name = "URL")]
+    pub url: String,
+}
+
+impl StoreArg {
+    fn open(&self) -> anyhow::Result<Store> {
+        Store::open(&self.url).context("cannot open store")
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} is not key=value")),
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `1h`, `2d` (one number, one unit).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?}: expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "duration {s:?}: unknown unit {unit:?} (s, m, h, d)"
+            ))
+        }
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} too large"))
+}
+
+fn snapshot_id(s: &str) -> anyhow::Result<SnapshotId> {
+    SnapshotId::new(s).map_err(anyhow::Error::from)
+}
+
+/// An indicatif bar on stderr, fed by store progress events.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(verb: &'static str) -> Bar {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(verb);
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn event(&self, ev: ProgressEvent) {
+        match ev {
+            ProgressEvent::Started { total_bytes } => self.0.set_length(total_bytes),
+            ProgressEvent::BytesRead(n) | ProgressEvent::BytesWritten(n) => self.0.inc(n),
+            ProgressEvent::Committing => self.0.set_message("committing"),
+            _ => {}
+        }
+    }
+}
+
+/// Runs `f` with a progress bar when stderr is a terminal, silently otherwise.
+async fn with_progress<T, F, Fut>(verb: &'static str, f: F) -> T
+where
+    F: FnOnce(&'static dyn Progress) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    if std::io::stderr().is_terminal() {
+        let bar: &'static Bar = Box::leak(Box::new(Bar::new(verb)));
+        let out = f(bar).await;
+        bar.0.finish_and_clear();
+        out
+    } else {
+        f(&NoProgress).await
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Runs one `image` subcommand.
+pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
+    match cmd {
+        ImageCmd::Push {
+            dir,
+            store,
+            labels,
+            parent,
+            group,
+            id,
+            json,
+        } => {
+            let store = store.open()?;
+            let opts = PushOptions {
+                id: id.as_deref().map(snapshot_id).transpose()?,
+                parent: parent.as_deref().map(snapshot_id).transpose()?,
+                labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
+                group,
+                source: podsnap_store::NodeFacts {
+                    node_name: hostname(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let report = with_progress("push", |p| store.push(&dir, opts, p))
+                .await
+                .with_context(|| {
+                    format!(
+                        "push of {} to {} failed",
+                        dir.display(),
+                        store.display_url()
+                    )
+                })?;
+            if json {
+                let v = serde_json::json!({
+                    "id": report.id,
+                    "bytes_read": report.bytes_read,
+                    "bytes_uploaded": report.bytes_uploaded,
+                    "bytes_deduplicated": report.bytes_deduplicated,
+                    "bytes_zero": report.bytes_zero,
+                    "objects_written": report.objects_written,
+                    "files": report.manifest.files.len(),
+                    "store": store.display_url(),
+                });
+                println!("{v}");
+            } else {
+                eprintln!(
+                    "pushed {} files, read {}, uploaded {} ({} deduplicated, {} zero) to {}",
+                    report.manifest.files.len(),
+                    human_bytes(report.bytes_read),
+                    human_bytes(report.bytes_uploaded),
+                    human_bytes(report.bytes_deduplicated),
+                    human_bytes(report.bytes_zero),
+                    store.display_url()
+                );
+                println!("{}", report.id);
+            }
+        }
+        ImageCmd::Pull { id, dir, store } => {
+            let store = store.open()?;
+            let id = snapshot_id(&id)?;
+            let report = with_progress("pull", |p| store.pull(&id, &dir, p))
+                .await
+                .with_context(|| format!("pull of {id} into {} failed", dir.display()))?;
+            println!(
+                "pulled {id} into {}: {} files, {} written, {} downloaded",
+                dir.display(),
+                report.files,
+                human_bytes(report.bytes_written),
+                human_bytes(report.bytes_downloaded)
+            );
+        }
+        ImageCmd::Ls { store, json } => {
+            let store = store.open()?;
+            let list = store
+                .list()
+                .await
+                .with_context(|| format!("cannot list {}", store.display_url()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<34} {:<24} {:<16} {:>10} {:>5}  LABELS",
+                    "ID", "CREATED", "GROUP", "SIZE", "FILES"
+                );
+                for m in list {
+                    let labels: Vec<String> =
+                        m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<34} {:<24} {:<16} {:>10} {:>5}  {}",
+                        m.id,
+                        m.created,
+                        m.group.as_deref().unwrap_or("-"),
+                        human_bytes(m.totals.bytes),
+                        m.files.len(),
+                        labels.join(",")
+                    );
+                }
+            }
+        }
+        ImageCmd::Inspect { id, store } => {
+            let store = store.open()?;
+            let id = snapshot_id(&id)?;
+            let m = store
+                .manifest(&id)
+                .await
+                .with_context(|| format!("cannot inspect {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+        }
+        ImageCmd::Rm { id, store } => {
+            let store = store.open()?;
+            let id = snapshot_id(&id)?;
+            store
+                .delete(&id)
+                .await
+                .with_context(|| format!("cannot delete {id}"))?;
+            println!("deleted {id}");
+        }
+        ImageCmd::Gc { store, grace } => {
+            let store = store.open()?;
+            let r = store
+                .gc(grace)
+                .await
+                .with_context(|| format!("gc of {} failed", store.display_url()))?;
+            println!(
+                "gc: {} manifests, {} live objects, deleted {} objects ({}), kept {} young",
+                r.manifests,
+                r.live_objects,
+                r.deleted_objects,
+                human_bytes(r.deleted_bytes),
+                r.kept_young
+            );
+            if !r.broken_snapshots.is_empty() {
+                bail!(
+                    "snapshots with unreadable indexes: {}",
+                    r.broken_snapshots.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    struct T {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    }
+
+    #[test]
+    fn parses_push_with_labels_and_parent() {
+        let t = T::try_parse_from([
+            "t",
+            "push",
+            "/d",
+            "--store",
+            "memory://",
+            "--label",
+            "a=b",
+            "--label",
+            "c=",
+            "--parent",
+            "p1",
+            "--group",
+            "g",
+            "--json",
+        ])
+        .unwrap();
+        match t.cmd {
+            ImageCmd::Push {
+                labels,
+                parent,
+                group,
+                json,
+                store,
+                ..
+            } => {
+                assert_eq!(
+                    labels,
+                    vec![("a".into(), "b".into()), ("c".into(), "".into())]
+                );
+                assert_eq!(parent.as_deref(), Some("p1"));
+                assert_eq!(group.as_deref(), Some("g"));
+                assert!(json);
+                assert_eq!(store.url, "memory://");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            T::try_parse_from(["t", "push", "/d", "--store", "x", "--label", "nokey"]).is_err()
+        );
+    }
+
+    #[test]
+    fn grace_durations_parse() {
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[tokio::test]
+    async fn push_pull_ls_rm_gc_against_a_file_store() {
+        let work = tempfile_dir();
+        let src = work.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("pages.img"), vec![7u8; 100_000]).unwrap();
+        let url = format!("file://{}", work.join("store").display());
+        let store = StoreArg { url: url.clone() };
+        run(ImageCmd::Push {
+            dir: src.clone(),
+            store: store.clone(),
+            labels: vec![("app".into(), "x".into())],
+            parent: None,
+            group: Some("g".into()),
+            id: Some("cli-1".into()),
+            json: true,
+        })
+        .await
+        .unwrap();
+        let dest = work.join("out");
+        run(ImageCmd::Pull {
+            id: "cli-1".into(),
+            dir: dest.clone(),
+            store: store.clone(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read(dest.join("pages.img")).unwrap(),
+            vec![7u8; 100_000]
+        );
+        let again = run(ImageCmd::Pull {
+            id: "cli-1".into(),
+            dir: dest.clone(),
+            store: store.clone(),
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{again:#}").contains("not an empty directory"),
+            "{again:#}"
+        );
+        run(ImageCmd::Rm {
+            id: "cli-1".into(),
+            store: store.clone(),
+        })
+        .await
+        .unwrap();
+        let gone = run(ImageCmd::Inspect {
+            id: "cli-1".into(),
+            store: store.clone(),
+        })
+        .await
+        .unwrap_err();
+        assert!(format!("{gone:#}").contains("not found"), "{gone:#}");
+        run(ImageCmd::Gc {
+            store,
+            grace: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+        let packs = std::fs::read_dir(work.join("store/packs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(packs, 0, "gc removed the deleted snapshot's packs");
+        std::fs::remove_dir_all(&work).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "podsnapctl-image-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+}
