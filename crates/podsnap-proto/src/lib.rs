@@ -7,5 +7,6 @@ pub mod v1 {
     tonic::include_proto!("podsnap.v1");
 
     /// Encoded file descriptor set, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("podsnap_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("podsnap_descriptor");
 }

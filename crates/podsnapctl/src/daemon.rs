@@ -117,7 +117,12 @@ pub async fn connect(socket: &str) -> anyhow::Result<PodsnapClient<Channel>> {
             }
         }))
         .await
-        .with_context(|| format!("cannot connect to podsnapd at {} (is it running?)", path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to podsnapd at {} (is it running?)",
+                path.display()
+            )
+        })?;
     Ok(PodsnapClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(16 << 20))
@@ -200,6 +205,7 @@ pub fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
             "runsc_version": src.runsc_version,
             "platform": src.platform,
             "rootfs_overlay": src.rootfs_overlay,
+            "extra": src.extra,
             "cpu": src.cpu.map(|c| json!({
                 "vendor": c.vendor, "family": c.family, "model": c.model,
                 "stepping": c.stepping, "cache_line_size": c.cache_line_size,
@@ -339,7 +345,10 @@ pub async fn list(socket: &str, a: ListArgs) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    println!("{:<28} {:<22} {:<24} {:>10} {:>10}  NODE", "ID", "CREATED", "GROUP", "SIZE", "UPLOADED");
+    println!(
+        "{:<28} {:<22} {:<24} {:>10} {:>10}  NODE",
+        "ID", "CREATED", "GROUP", "SIZE", "UPLOADED"
+    );
     for s in &resp.snapshots {
         println!(
             "{:<28} {:<22} {:<24} {:>10} {:>10}  {}",
@@ -348,7 +357,10 @@ pub async fn list(socket: &str, a: ListArgs) -> anyhow::Result<i32> {
             s.group,
             human(s.logical_bytes),
             human(s.uploaded_bytes),
-            s.source.as_ref().map(|n| n.node_name.as_str()).unwrap_or("")
+            s.source
+                .as_ref()
+                .map(|n| n.node_name.as_str())
+                .unwrap_or("")
         );
     }
     Ok(0)
@@ -372,19 +384,35 @@ pub async fn inspect(socket: &str, a: InspectArgs) -> anyhow::Result<i32> {
         println!("id:            {}", s.id);
         println!("created:       {}", s.created_at);
         println!("group:         {}", s.group);
-        println!("parent:        {}", if s.parent.is_empty() { "-" } else { &s.parent });
+        println!(
+            "parent:        {}",
+            if s.parent.is_empty() { "-" } else { &s.parent }
+        );
         println!("format:        {}", s.format_version);
-        println!("node:          {} (runsc {}, platform {})", src.node_name, src.runsc_version, src.platform);
+        println!(
+            "node:          {} (runsc {}, platform {})",
+            src.node_name, src.runsc_version, src.platform
+        );
         println!(
             "rootfs:        {}",
             if src.rootfs_overlay.is_empty() {
                 "writes stayed on the source node (no overlay)".to_string()
             } else {
-                format!("overlay {} (writes travel with the snapshot)", src.rootfs_overlay)
+                format!(
+                    "overlay {} (writes travel with the snapshot)",
+                    src.rootfs_overlay
+                )
             }
         );
         if let Some(c) = &src.cpu {
-            println!("cpu:           {} family {} model {}, cache line {}, {} features", c.vendor, c.family, c.model, c.cache_line_size, c.features.len());
+            println!(
+                "cpu:           {} family {} model {}, cache line {}, {} features",
+                c.vendor,
+                c.family,
+                c.model,
+                c.cache_line_size,
+                c.features.len()
+            );
         }
         let mut labels: Vec<_> = s.labels.iter().collect();
         labels.sort();
@@ -394,7 +422,11 @@ pub async fn inspect(socket: &str, a: InspectArgs) -> anyhow::Result<i32> {
         for f in &s.files {
             println!("file:          {} ({})", f.name, human(f.size));
         }
-        println!("size:          {} (uploaded {})", human(s.logical_bytes), human(s.uploaded_bytes));
+        println!(
+            "size:          {} (uploaded {})",
+            human(s.logical_bytes),
+            human(s.uploaded_bytes)
+        );
     }
     Ok(0)
 }
@@ -439,7 +471,11 @@ pub async fn compat(socket: &str, a: CompatArgs) -> anyhow::Result<i32> {
         if c.compatible {
             println!("{} is compatible with this node", a.snapshot);
         } else {
-            eprintln!("{} cannot restore on this node: {}", a.snapshot, c.problems.join("; "));
+            eprintln!(
+                "{} cannot restore on this node: {}",
+                a.snapshot,
+                c.problems.join("; ")
+            );
         }
     }
     Ok(if c.compatible { 0 } else { 1 })
@@ -483,12 +519,30 @@ pub async fn node_info(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
     println!("store:       {}", n.store_url);
     println!("state dir:   {}", n.state_dir);
     if n.runsc.is_some() {
-        println!("runsc:       {} ({}) root {} platform {}", runsc.version, runsc.path, runsc.root, runsc.platform);
-        println!("runsc caps:  {}", if runsc.capabilities.is_empty() { "-".to_string() } else { runsc.capabilities.join(", ") });
+        println!(
+            "runsc:       {} ({}) root {} platform {}",
+            runsc.version, runsc.path, runsc.root, runsc.platform
+        );
+        println!(
+            "runsc caps:  {}",
+            if runsc.capabilities.is_empty() {
+                "-".to_string()
+            } else {
+                runsc.capabilities.join(", ")
+            }
+        );
     } else {
         println!("runsc:       unavailable");
     }
-    println!("cpu:         {} family {} model {} stepping {}, cache line {}, {} features", cpu.vendor, cpu.family, cpu.model, cpu.stepping, cpu.cache_line_size, cpu.features.len());
+    println!(
+        "cpu:         {} family {} model {} stepping {}, cache line {}, {} features",
+        cpu.vendor,
+        cpu.family,
+        cpu.model,
+        cpu.stepping,
+        cpu.cache_line_size,
+        cpu.features.len()
+    );
     println!("jobs:        {} in flight", n.jobs_in_flight);
     print_jobs(&jobs);
     Ok(0)

@@ -110,8 +110,24 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
     let service = PodsnapServer::new(Service::new(engine.clone()))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(64 << 20);
-    let mut builder =
-        Server::builder().trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()));
+    let mut builder = Server::builder().trace_fn(|req| {
+        // W3C trace context from the caller (a controller's trace) is continued: every span
+        // and log line of this call carries its trace id.
+        match req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent)
+        {
+            Some((trace_id, parent_id)) => tracing::info_span!(
+                "grpc",
+                method = %req.uri().path(),
+                trace_id = %trace_id,
+                parent_span_id = %parent_id
+            ),
+            None => tracing::info_span!("grpc", method = %req.uri().path()),
+        }
+    });
     let router_shutdown = shutdown_signal();
     match &cfg.listen {
         Listen::Unix(path) => {
@@ -158,4 +174,44 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`);
+/// `None` for anything malformed or all-zero ids.
+pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    match parts.as_slice() {
+        [ver, trace, parent, flags, ..]
+            if hex(ver, 2)
+                && *ver != "ff"
+                && hex(trace, 32)
+                && hex(parent, 16)
+                && hex(flags, 2)
+                && nonzero(trace)
+                && nonzero(parent) =>
+        {
+            Some((trace.to_ascii_lowercase(), parent.to_ascii_lowercase()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_traceparent;
+
+    #[test]
+    fn traceparent_is_parsed_and_malformed_ones_are_ignored() {
+        let (t, p) =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(t, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(p, "00f067aa0ba902b7");
+        assert!(
+            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
+        assert!(parse_traceparent("00-4bf92f3577b34da6-00f067aa0ba902b7-01").is_none());
+        assert!(parse_traceparent("garbage").is_none());
+    }
 }

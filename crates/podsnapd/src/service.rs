@@ -85,6 +85,7 @@ pub fn snapshot_to_pb(m: &Manifest) -> pb::Snapshot {
             runsc_version: m.source.runsc_version.clone().unwrap_or_default(),
             platform: m.source.platform.clone().unwrap_or_default(),
             rootfs_overlay: m.source.rootfs_overlay.clone().unwrap_or_default(),
+            extra: m.source.extra.clone().into_iter().collect(),
         }),
         files: m
             .files

@@ -15,6 +15,9 @@ use podsnap_testkit::runsc::{
 use podsnap_testkit::{require, Need};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// A controller's trace context, sent with every checkpoint.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 struct Daemon {
     child: Child,
     sock: PathBuf,
@@ -118,24 +121,27 @@ async fn checkpoint(
     labels: &[(&str, &str)],
     group_by: &[&str],
 ) -> pb::Snapshot {
+    let mut req = tonic::Request::new(pb::CheckpointRequest {
+        target: Some(pb::Target {
+            kind: Some(pb::target::Kind::RunscId(id.into())),
+        }),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        group_by: group_by.iter().map(|s| s.to_string()).collect(),
+        keep: 0,
+        post_checkpoint: if stop {
+            pb::PostCheckpoint::Stop
+        } else {
+            pb::PostCheckpoint::Resume
+        } as i32,
+        parent: String::new(),
+    });
+    req.metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
     let mut stream = c
-        .checkpoint(pb::CheckpointRequest {
-            target: Some(pb::Target {
-                kind: Some(pb::target::Kind::RunscId(id.into())),
-            }),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            group_by: group_by.iter().map(|s| s.to_string()).collect(),
-            keep: 0,
-            post_checkpoint: if stop {
-                pb::PostCheckpoint::Stop
-            } else {
-                pb::PostCheckpoint::Resume
-            } as i32,
-            parent: String::new(),
-        })
+        .checkpoint(req)
         .await
         .expect("checkpoint call")
         .into_inner();
@@ -297,6 +303,14 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
             .unwrap_or(0.0)
             > 0.0,
         "{mb}"
+    );
+    // The caller's trace continues into the node: the commit is logged under its trace id.
+    let alog = std::fs::read_to_string(dir.path().join("node-a.log")).unwrap();
+    assert!(
+        alog.lines()
+            .any(|l| l.contains("snapshot committed")
+                && l.contains("4bf92f3577b34da6a3ce929d0e0e4736")),
+        "{alog}"
     );
     drop(sb);
     let _ = (&a.state, &b.state);

@@ -1,0 +1,282 @@
+//! The podsnapctl contracts that outside checks rely on (see the design notes): output shapes,
+//! exit codes, the snapshot id as stdout's last line. Daemon commands run against the real
+//! podsnapd binary (built next to podsnapctl by `cargo build --workspace --bins`) and real
+//! runsc; those tests are gated by `podsnap_testkit::require`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use podsnap_testkit::runsc::{unique_id, wait_for_count, CounterSandbox};
+use podsnap_testkit::{require, Need};
+
+fn ctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_podsnapctl"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("podsnapctl runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_teaches_every_command() {
+    let o = run(ctl().arg("--help"));
+    assert!(o.status.success());
+    let h = stdout(&o);
+    for c in [
+        "checkpoint",
+        "restore",
+        "list",
+        "inspect",
+        "delete",
+        "compat",
+        "node-info",
+        "jobs",
+        "image",
+        "cpu-features",
+        "cpu-check",
+    ] {
+        assert!(h.contains(c), "--help lacks {c}:\n{h}");
+    }
+    let o = run(ctl().args(["checkpoint", "--help"]));
+    let h = stdout(&o);
+    for f in [
+        "--label",
+        "--group-by",
+        "--keep",
+        "--resume",
+        "--stop",
+        "--containerd-namespace",
+    ] {
+        assert!(h.contains(f), "checkpoint --help lacks {f}:\n{h}");
+    }
+}
+
+#[test]
+fn cpu_features_json_has_the_documented_shape_and_checks_against_this_host() {
+    let o = run(ctl().args(["cpu-features", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in [
+        "vendor",
+        "family",
+        "model",
+        "stepping",
+        "cache_line_size",
+        "features",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k} in {v}");
+    }
+    let features: Vec<String> = serde_json::from_value(v["features"].clone()).unwrap();
+    assert!(features.contains(&"fpu".to_string()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("mine.json");
+    std::fs::write(&mine, &o.stdout).unwrap();
+    let o = run(ctl().arg("cpu-check").arg(&mine));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // A set with a feature this host lacks is refused, naming it.
+    let lacking = podsnap_cpu::features::FEATURES
+        .iter()
+        .map(|f| f.name)
+        .find(|n| !features.iter().any(|f| f == n))
+        .unwrap();
+    let mut more = v.clone();
+    more["features"]
+        .as_array_mut()
+        .unwrap()
+        .push(lacking.into());
+    let theirs = dir.path().join("theirs.json");
+    std::fs::write(&theirs, serde_json::to_vec(&more).unwrap()).unwrap();
+    let o = run(ctl().arg("cpu-check").arg(&theirs));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains(lacking), "{}", stderr(&o));
+
+    // The common set of the two is this host's set, as an annotation value.
+    let o = run(ctl()
+        .args(["cpu-features", "--intersect"])
+        .arg(&mine)
+        .arg(&theirs));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let value = stdout(&o).trim().to_string();
+    let mut got: Vec<&str> = value.split(',').collect();
+    got.sort();
+    let mut want: Vec<&str> = features.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_missing_daemon_is_one_clear_line_and_a_nonzero_exit() {
+    let o = run(ctl().args(["--socket", "/nonexistent/podsnapd.sock", "list"]));
+    assert_ne!(o.status.code(), Some(0));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("cannot connect to podsnapd at /nonexistent/podsnapd.sock"),
+        "{e}"
+    );
+}
+
+#[test]
+fn image_push_prints_the_id_last_and_pull_restores_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("img");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut data = vec![0u8; 3 << 20];
+    for (i, b) in data.iter_mut().enumerate().skip(1 << 20) {
+        *b = (i * 31 % 251) as u8;
+    }
+    std::fs::write(src.join("pages.img"), &data).unwrap();
+    let store = format!("file://{}", dir.path().join("store").display());
+    let o = run(ctl()
+        .args(["image", "push"])
+        .arg(&src)
+        .args(["--store", &store, "--label", "app=x"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).lines().last().unwrap().trim().to_string();
+    assert!(!id.is_empty());
+
+    let o = run(ctl()
+        .args(["image", "push"])
+        .arg(&src)
+        .args(["--store", &store, "--parent", &id, "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["bytes_read"].as_u64(), Some(data.len() as u64), "{v}");
+    // Nothing changed since the parent: almost nothing is uploaded.
+    assert!(v["bytes_uploaded"].as_u64().unwrap() < 64 << 10, "{v}");
+
+    let out = dir.path().join("out");
+    let o = run(ctl()
+        .args(["image", "pull", &id])
+        .arg(&out)
+        .args(["--store", &store]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(out.join("pages.img")).unwrap(), data);
+
+    // A pull of an unknown snapshot fails and leaves nothing behind.
+    let out2 = dir.path().join("out2");
+    let o = run(ctl()
+        .args(["image", "pull", "20990101T000000Z-00000000"])
+        .arg(&out2)
+        .args(["--store", &store]));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!out2.exists());
+}
+
+fn podsnapd_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_podsnapctl")).with_file_name("podsnapd");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace --bins` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn daemon_commands_checkpoint_list_inspect_compat_restore_delete() {
+    if !require(
+        "daemon_commands_checkpoint_list_inspect_compat_restore_delete",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("d.sock");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut daemon = Command::new(podsnapd_bin())
+        .arg(format!("--listen=unix://{}", sock.display()))
+        .arg(format!(
+            "--store=file://{}",
+            dir.path().join("store").display()
+        ))
+        .arg(format!("--runsc-root={}", root.display()))
+        .arg(format!(
+            "--state-dir={}",
+            dir.path().join("state").display()
+        ))
+        .arg("--runsc-flag=--network=none")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("d.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "podsnapd did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = sock.display().to_string();
+    let id = unique_id("cli");
+    let log = dir.path().join("c.log");
+    let sb = CounterSandbox::start(&root, &id, &log, &[]).unwrap();
+    wait_for_count(&log, 1, Duration::from_secs(30)).unwrap();
+
+    let o = run(ctl().args([
+        "--socket",
+        &s,
+        "checkpoint",
+        &id,
+        "--label",
+        "app=cli",
+        "--group-by",
+        "app",
+        "--keep",
+        "1",
+        "--stop",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Progress goes to stderr only on a terminal: stdout is exactly the id.
+    let snap = stdout(&o).lines().last().unwrap().trim().to_string();
+    assert_eq!(stdout(&o).trim(), snap);
+
+    let o = run(ctl().args(["--socket", &s, "list"]));
+    assert!(stdout(&o).contains(&snap), "{}", stdout(&o));
+    let o = run(ctl().args(["--socket", &s, "inspect", &snap, "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["group"], "app=cli");
+    assert_eq!(v["labels"]["app"], "cli");
+    assert!(v["source"]["cpu"]["features"].as_array().unwrap().len() > 10);
+    let o = run(ctl().args(["--socket", &s, "compat", &snap]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(ctl().args(["--socket", &s, "node-info", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["runsc"]["version"].as_str().unwrap().contains("2022"),
+        "{v}"
+    );
+    let o = run(ctl().args(["--socket", &s, "jobs"]));
+    assert!(stdout(&o).contains("checkpoint"), "{}", stdout(&o));
+
+    let new_id = unique_id("clir");
+    let rlog = dir.path().join("r.log");
+    let o = run(ctl()
+        .args(["--socket", &s, "restore", &snap, "--bundle"])
+        .arg(sb.bundle.path())
+        .args(["--id", &new_id, "--log"])
+        .arg(&rlog));
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for_count(&rlog, 1, Duration::from_secs(30)).unwrap();
+    podsnap_testkit::runsc::RunscCmd::new(&root).force_delete(&new_id);
+
+    let o = run(ctl().args(["--socket", &s, "delete", &snap]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(ctl().args(["--socket", &s, "inspect", &snap]));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    drop(sb);
+}
