@@ -14,7 +14,9 @@ demo: build
 
 test: test-rust test-python
 
+# Bins first: the CLI and containerd tests run podsnapd and podsnap-runsc from the target dir.
 test-rust:
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 test-python:
@@ -29,6 +31,9 @@ fmt:
 
 bench:
 	bash benches/run.sh
+
+soak: build
+	bash scripts/soak.sh
 
 clean:
 	$(CARGO) clean

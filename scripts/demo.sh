@@ -4,7 +4,7 @@
 # continuing where it stopped (paused, not reset, not left running).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${PODSNAP_BIN:-$here/target/debug}
+bin=${PODSNAP_BIN:-${CARGO_TARGET_DIR:-$here/target}/debug}
 [ "$(id -u)" = 0 ] || { echo "demo: runsc needs root; run as root" >&2; exit 1; }
 command -v runsc >/dev/null || { echo "demo: runsc not found (apt-get install runsc)" >&2; exit 1; }
 [ -x /bin/busybox ] || { echo "demo: /bin/busybox not found (apt-get install busybox-static)" >&2; exit 1; }

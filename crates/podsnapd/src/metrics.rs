@@ -341,3 +341,36 @@ mod tests {
             .contains("podsnap_jobs_in_flight{operation=\"restore\"} 0"));
     }
 }
+
+#[cfg(test)]
+mod names {
+    use super::*;
+
+    /// Every metric the monitoring assets may reference (tests/k8s/metric_names.txt) is
+    /// registered here with the same type, before any operation ran.
+    #[test]
+    fn the_daemon_exports_every_metric_the_dashboard_and_alerts_use() {
+        let text = Metrics::new().encode();
+        let list = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/k8s/metric_names.txt"),
+        )
+        .unwrap();
+        let mut checked = 0;
+        for line in list.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let mut words = line.split_whitespace();
+            let name = words.next().unwrap();
+            let kind = if line.ends_with("histogram") {
+                "histogram"
+            } else if line.ends_with("gauge") || name.ends_with("_info") {
+                "gauge"
+            } else {
+                "counter"
+            };
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            let want = format!("# TYPE {family} {kind}");
+            assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+            checked += 1;
+        }
+        assert_eq!(checked, 10, "metric_names.txt changed: update this test");
+    }
+}
