@@ -89,6 +89,10 @@ pub enum StoreError {
     #[error("limit exceeded: {0}")]
     Limit(String),
 
+    /// A CPU worker failed.
+    #[error("internal worker failed: {0}")]
+    Worker(String),
+
     /// A worker task panicked or was cancelled.
     #[error("internal task failed")]
     Task(#[source] tokio::task::JoinError),

@@ -43,6 +43,7 @@ mod id;
 pub mod index;
 pub mod limits;
 mod manifest;
+mod pool;
 mod progress;
 mod pull;
 mod push;

@@ -271,9 +271,7 @@ impl Store {
                             reason: format!("{key} is shorter than its index says"),
                         });
                     }
-                    let written = tokio::task::spawn_blocking(move || fill(&files, &req, &bytes))
-                        .await
-                        .map_err(StoreError::Task)??;
+                    let written = crate::pool::run(move || fill(&files, &req, &bytes)).await??;
                     Ok((downloaded, written))
                 }
             })

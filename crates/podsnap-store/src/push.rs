@@ -403,7 +403,7 @@ impl<'a> Pipeline<'a> {
             .map(|b| {
                 let file = file.clone();
                 let path = path.clone();
-                tokio::task::spawn_blocking(move || {
+                crate::pool::run(move || {
                     let start = b * READ_BLOCK as u64;
                     let len = (size - start).min(READ_BLOCK as u64) as usize;
                     let mut buf = vec![0u8; len];
@@ -418,13 +418,13 @@ impl<'a> Pipeline<'a> {
         build.index.file_size = size;
         let mut compressing = FuturesOrdered::new();
         while let Some(r) = hashed.next().await {
-            let (block, hashes) = r.map_err(StoreError::Task)??;
+            let (block, hashes) = r??;
             self.bytes_read += block.len() as u64;
             self.progress
                 .event(ProgressEvent::BytesRead(block.len() as u64));
             let jobs = self.dedup(&mut build, &block, &hashes);
             if !jobs.is_empty() {
-                compressing.push_back(tokio::task::spawn_blocking(move || {
+                compressing.push_back(crate::pool::run(move || {
                     jobs.into_iter()
                         .map(|j| {
                             let (codec, bytes) = chunk::compress_blob(&j.data);
@@ -440,18 +440,14 @@ impl<'a> Pipeline<'a> {
                 }));
             }
             while compressing.len() > workers {
-                let done = compressing
-                    .next()
-                    .await
-                    .expect("non-empty")
-                    .map_err(StoreError::Task)?;
+                let done = compressing.next().await.expect("non-empty")?;
                 for c in done {
                     self.add_compressed(c).await?;
                 }
             }
         }
         while let Some(done) = compressing.next().await {
-            for c in done.map_err(StoreError::Task)? {
+            for c in done? {
                 self.add_compressed(c).await?;
             }
         }
@@ -540,9 +536,7 @@ impl Store {
                 .await
                 .map_err(StoreError::Task)??
         };
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let workers = crate::pool::workers();
         let uploads = if opts.concurrency == 0 {
             DEFAULT_UPLOADS
         } else {
