@@ -124,7 +124,7 @@ async fn main() {
     // 5% scattered page changes.
     let mut data = std::fs::read(&file).unwrap();
     let pages = data.len() / PAGE;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let mut rng = rand::rngs::StdRng::from_entropy();
     for _ in 0..pages / 20 {
         let p = rng.gen_range(0..pages);
         rng.fill_bytes(&mut data[p * PAGE..(p + 1) * PAGE]);
