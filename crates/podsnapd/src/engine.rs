@@ -268,6 +268,22 @@ impl Engine {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let jobs = Jobs::new(cfg.jobs_dir()).context("opening the job journal")?;
+        // Work dirs of jobs that finished (or never got a record) are leftovers of a crash;
+        // those of unfinished jobs stay for recovery. This runs before anything is served.
+        let pending: std::collections::HashSet<String> = jobs
+            .unfinished_on_disk()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(&cfg.work_dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !pending.contains(&name) {
+                    info!(dir = %e.path().display(), "removing a work dir no unfinished job owns");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let host_cpu = podsnap_cpu::host().map_err(|e| e.to_string());
         if let Err(e) = &host_cpu {
             warn!(error = %e, "cannot read this host's CPU feature set; compatibility checks will refuse");
@@ -390,11 +406,12 @@ impl Engine {
             )
             .map_err(|e| DaemonError::Internal(format!("writing the job record: {e}")))?;
         let res = self.clone().run_checkpoint(&job, &info, &tx).await;
-        job.finish(res.as_ref().err().map(|e| e.to_string()));
         if res.is_ok() {
-            // The image is in the store: the work dir goes.
+            // The image is in the store: the work dir goes, before the job is marked done so
+            // that a crash in between leaves a job that recovery finishes and cleans.
             let _ = std::fs::remove_dir_all(self.cfg.work_dir.join(&job.id));
         }
+        job.finish(res.as_ref().err().map(|e| e.to_string()));
         res
     }
 
@@ -862,8 +879,8 @@ impl Engine {
             )
             .map_err(|e| DaemonError::Internal(format!("writing the job record: {e}")))?;
         let res = self.run_restore(&job, &spec, &id, &tx).await;
-        job.finish(res.as_ref().err().map(|e| e.to_string()));
         let _ = std::fs::remove_dir_all(self.cfg.work_dir.join(&job.id));
+        job.finish(res.as_ref().err().map(|e| e.to_string()));
         res
     }
 

@@ -352,11 +352,15 @@ mod names {
     fn the_daemon_exports_every_metric_the_dashboard_and_alerts_use() {
         let text = Metrics::new().encode();
         let list = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/k8s/metric_names.txt"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/k8s/metric_names.txt"),
         )
         .unwrap();
         let mut checked = 0;
-        for line in list.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in list
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let mut words = line.split_whitespace();
             let name = words.next().unwrap();
             let kind = if line.ends_with("histogram") {

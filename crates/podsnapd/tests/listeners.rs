@@ -1,0 +1,218 @@
+//! The listeners a deployment relies on: TCP only with TLS and client certificates, and the
+//! plaintext health-only listener a kubelet gRPC probe reaches. Certificates are made with
+//! the openssl CLI; no runsc is needed (the daemon starts without it).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podsnap_proto::v1 as pb;
+use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(st.success(), "openssl {args:?} failed");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA.
+fn make_pki(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=podsnap-test-ca",
+        ],
+    );
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn tcp_requires_client_certificates_and_the_health_listener_serves_only_health() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        assert!(
+            !podsnap_testkit::privileged_required(),
+            "openssl is required"
+        );
+        eprintln!("skipping: no openssl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path());
+    let (port, health) = (free_port(), free_port());
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let _d = Guard(
+        Command::new(env!("CARGO_BIN_EXE_podsnapd"))
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--health-listen=127.0.0.1:{health}"))
+            .arg(format!("--tls-cert={}", p("server.pem")))
+            .arg(format!("--tls-key={}", p("server.key")))
+            .arg(format!("--tls-client-ca={}", p("ca.pem")))
+            .arg(format!("--store=file://{}", p("store")))
+            .arg(format!("--state-dir={}", p("state")))
+            .arg("--runsc=/nonexistent/runsc")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("d.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    wait_port(health);
+    let ca = Certificate::from_pem(std::fs::read(p("ca.pem")).unwrap());
+    let endpoint = || Channel::from_shared(format!("https://127.0.0.1:{port}")).unwrap();
+
+    // With a client certificate: served.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .domain_name("127.0.0.1")
+        .identity(Identity::from_pem(
+            std::fs::read(p("client.pem")).unwrap(),
+            std::fs::read(p("client.key")).unwrap(),
+        ));
+    let ch = endpoint()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("mTLS connects");
+    let info = PodsnapClient::new(ch)
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .expect("node info over mTLS")
+        .into_inner();
+    assert!(info.store_url.starts_with("file://"), "{info:?}");
+    assert!(info.runsc.is_none(), "runsc is missing, so no runsc facts");
+
+    // Without one: refused.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("127.0.0.1");
+    let refused = match endpoint().tls_config(tls).unwrap().connect().await {
+        Err(_) => true,
+        Ok(ch) => PodsnapClient::new(ch)
+            .get_node_info(pb::GetNodeInfoRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+
+    // Plaintext, on the main port: refused.
+    let plain = match Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(ch) => PodsnapClient::new(ch)
+            .get_node_info(pb::GetNodeInfoRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(plain, "plaintext was served on the TLS port");
+
+    // The health listener: plaintext, grpc.health.v1 SERVING, and nothing else.
+    let ch = Channel::from_shared(format!("http://127.0.0.1:{health}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let st = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "podsnap.v1.Podsnap".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        st.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let e = PodsnapClient::new(ch)
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+}
