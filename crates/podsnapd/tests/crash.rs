@@ -201,3 +201,71 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
         "no round killed the daemon with a job in flight"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_checkpoint_finish_before_the_daemon_exits() {
+    if !require(
+        "sigterm_lets_a_running_checkpoint_finish_before_the_daemon_exits",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node {
+        dir: tmp.path().to_path_buf(),
+        sock: tmp.path().join("d.sock"),
+        root: tmp.path().join("root"),
+        store: format!("file://{}", tmp.path().join("store").display()),
+    };
+    std::fs::create_dir_all(&node.root).unwrap();
+    let id = unique_id("term");
+    let log = tmp.path().join("counter.log");
+    let sb = CounterSandbox::start(&node.root, &id, &log, &[]).expect("counter starts");
+    wait_for_count(&log, 1, Duration::from_secs(30)).unwrap();
+    let mut daemon = spawn(&node, "d1.log");
+    let mut c = client(&node.sock).await;
+    let req = pb::CheckpointRequest {
+        target: Some(pb::Target {
+            kind: Some(pb::target::Kind::RunscId(id.clone())),
+        }),
+        post_checkpoint: pb::PostCheckpoint::Stop as i32,
+        ..Default::default()
+    };
+    let mut s = c.checkpoint(req).await.unwrap().into_inner();
+    // The job has started once the first progress event arrives.
+    let first = s.message().await.unwrap();
+    assert!(first.is_some());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = daemon.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "podsnapd did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "podsnapd exited with {status}");
+    // The job finished before the exit: its record says done and the snapshot is committed.
+    let jobs_dir = tmp.path().join("state/jobs");
+    let records: Vec<serde_json::Value> = std::fs::read_dir(&jobs_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            serde_json::from_slice(&std::fs::read(e.path().join("job.json")).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["phase"], "done", "{records:?}");
+    let manifests = std::fs::read_dir(tmp.path().join("store/manifests"))
+        .unwrap()
+        .count();
+    assert_eq!(manifests, 1);
+    drop(sb);
+}
