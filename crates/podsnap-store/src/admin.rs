@@ -95,11 +95,11 @@ impl Inner {
 
     async fn list_keys(&self, dir: &str) -> Result<Vec<object_store::ObjectMeta>, StoreError> {
         let prefix = self.path(dir);
-        self.os
-            .list(Some(&prefix))
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| self.err("list", dir, e))
+        self.retry("list", dir, || {
+            self.os.list(Some(&prefix)).try_collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| self.err("list", dir, e))
     }
 
     async fn manifest_ids(&self) -> Result<Vec<SnapshotId>, StoreError> {
@@ -155,14 +155,22 @@ impl Store {
     pub async fn delete(&self, id: &SnapshotId) -> Result<(), StoreError> {
         let key = manifest_key(id);
         let path = self.inner.path(&key);
-        match self.inner.os.head(&path).await {
+        match self
+            .inner
+            .retry("read", &key, || self.inner.os.head(&path))
+            .await
+        {
             Ok(_) => {}
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(StoreError::SnapshotNotFound(id.to_string()))
             }
             Err(e) => return Err(self.inner.err("read", &key, e)),
         }
-        match self.inner.os.delete(&path).await {
+        match self
+            .inner
+            .retry("delete", &key, || self.inner.os.delete(&path))
+            .await
+        {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.inner.err("delete", &key, e)),
         }
@@ -247,7 +255,8 @@ impl Store {
         }
         let results: Vec<Result<u64, StoreError>> = futures::stream::iter(doomed)
             .map(|(key, size)| async move {
-                match inner.os.delete(&inner.path(&key)).await {
+                let path = inner.path(&key);
+                match inner.retry("delete", &key, || inner.os.delete(&path)).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(size),
                     Err(e) => Err(inner.err("delete", &key, e)),
                 }

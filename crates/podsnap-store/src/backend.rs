@@ -29,6 +29,8 @@ pub(crate) struct Opened {
     pub store: Arc<dyn ObjectStore>,
     pub prefix: String,
     pub display: String,
+    /// The client retries transient failures itself (the HTTP backends).
+    pub client_retries: bool,
 }
 
 /// `url` with any user info and query string removed, safe to print and log.
@@ -97,6 +99,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
             store: Arc::new(InMemory::new()),
             prefix: String::new(),
             display: "memory://".into(),
+            client_retries: false,
         });
     }
     let url = url::Url::parse(raw).map_err(|e| invalid(&e.to_string()))?;
@@ -109,6 +112,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
             store: Arc::new(InMemory::new()),
             prefix: clean_prefix(url.path()),
             display,
+            client_retries: false,
         }),
         "file" => {
             if url
@@ -127,6 +131,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
                 store: Arc::new(fs),
                 prefix: String::new(),
                 display,
+                client_retries: false,
             })
         }
         "s3" | "s3a" => {
@@ -144,6 +149,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
                 store: Arc::new(s3),
                 prefix: clean_prefix(url.path()),
                 display,
+                client_retries: true,
             })
         }
         "gs" => {
@@ -161,6 +167,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
                 store: Arc::new(gcs),
                 prefix: clean_prefix(url.path()),
                 display,
+                client_retries: true,
             })
         }
         "az" | "azure" => {
@@ -178,6 +185,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
                 store: Arc::new(az),
                 prefix: clean_prefix(url.path()),
                 display,
+                client_retries: true,
             })
         }
         other => Err(invalid(&format!(

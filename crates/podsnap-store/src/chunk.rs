@@ -82,8 +82,17 @@ pub fn compress_meta(raw: &[u8]) -> Vec<u8> {
 }
 
 /// Decompresses metadata of declared size `raw_len`, never producing more than that.
+///
+/// The output buffer grows with what the stream actually produces (at most `raw_len` + 1
+/// bytes): a hostile manifest declaring a large size for a tiny object allocates nothing
+/// up front. (`zstd::bulk::decompress` would reserve `raw_len` bytes before decoding.)
 pub fn decompress_meta(stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
-    let out = zstd::bulk::decompress(stored, raw_len).map_err(|e| format!("zstd: {e}"))?;
+    use std::io::Read;
+    let dec = zstd::stream::read::Decoder::with_buffer(stored).map_err(|e| format!("zstd: {e}"))?;
+    let mut out = Vec::with_capacity(raw_len.min(stored.len().saturating_mul(4)));
+    dec.take(raw_len as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("zstd: {e}"))?;
     if out.len() != raw_len {
         return Err(format!(
             "decompressed to {} bytes, manifest declares {raw_len}",

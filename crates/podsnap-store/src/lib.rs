@@ -9,6 +9,17 @@
 //! whose bytes come from `chunk` (hashing, compression). `backend` turns a store URL into an
 //! object store with bounded retries.
 //!
+//! # Retries
+//!
+//! Every object call of the store goes through [`RetryPolicy`]: a transient error
+//! (`object_store::Error::Generic`, which is what timeouts, connection and I/O failures become,
+//! or a `JoinError`) is retried with exponential backoff and jitter, a bounded number of times;
+//! `NotFound`, `AlreadyExists`, `Precondition`, permission and configuration errors never are.
+//! The HTTP clients that [`Store::open`] builds for `s3://`, `gs://` and `az://` already retry
+//! in their own transport (`backend::retry_config`), so those get [`RetryPolicy::none`];
+//! `file://`, `memory://` and any store passed to [`Store::from_object_store`] or
+//! [`Store::map_object_store`] get [`RetryPolicy::default`].
+//!
 //! # Format (version 1.0)
 //!
 //! Object keys below the store's prefix:
@@ -49,7 +60,9 @@ mod pull;
 mod push;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::path::Path as ObjPath;
@@ -77,6 +90,61 @@ pub(crate) struct Inner {
     os: Arc<dyn ObjectStore>,
     prefix: String,
     display: String,
+    retry: RetryPolicy,
+}
+
+/// How the store retries its own object calls after a transient error (see the crate docs).
+///
+/// The worst case for one call is `attempts` calls plus the sum of the backoffs between them
+/// (each at most `max_backoff`, times a jitter factor of 0.75..1.25).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Calls in total, at least 1 (1 = no retry).
+    pub attempts: u32,
+    /// Wait before the first retry; doubled for every further one.
+    pub initial_backoff: Duration,
+    /// Longest wait between two calls.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 4 calls, waits of about 100, 200 and 400 ms: a call fails after ~0.7 s of backoff.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// One call, no retry (for clients that retry in their transport).
+    pub fn none() -> Self {
+        RetryPolicy {
+            attempts: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Upper bound of the total backoff of one call.
+    pub fn max_total_backoff(&self) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut b = self.initial_backoff;
+        for _ in 1..self.attempts.max(1) {
+            total += b.mul_f64(1.25);
+            b = (b * 2).min(self.max_backoff);
+        }
+        total
+    }
+}
+
+/// Errors worth another attempt: the ones that say nothing about the object itself.
+pub(crate) fn is_transient(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+    )
 }
 
 impl fmt::Debug for Store {
@@ -92,7 +160,12 @@ impl Store {
     /// `az://`, `memory://`). Does not contact the store.
     pub fn open(url: &str) -> Result<Store, StoreError> {
         let o = backend::open_url(url)?;
-        Ok(Self::from_parts(o.store, &o.prefix, &o.display))
+        let retry = if o.client_retries {
+            RetryPolicy::none()
+        } else {
+            RetryPolicy::default()
+        };
+        Ok(Self::from_parts(o.store, &o.prefix, &o.display, retry))
     }
 
     /// Wraps an existing object store; every key is placed under `prefix`.
@@ -106,17 +179,46 @@ impl Store {
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join("/");
-        Self::from_parts(inner, &prefix, &redact_url(display_url))
+        Self::from_parts(
+            inner,
+            &prefix,
+            &redact_url(display_url),
+            RetryPolicy::default(),
+        )
     }
 
-    fn from_parts(os: Arc<dyn ObjectStore>, prefix: &str, display: &str) -> Store {
+    fn from_parts(
+        os: Arc<dyn ObjectStore>,
+        prefix: &str,
+        display: &str,
+        retry: RetryPolicy,
+    ) -> Store {
         Store {
             inner: Arc::new(Inner {
                 os,
                 prefix: prefix.to_string(),
                 display: display.to_string(),
+                retry,
             }),
         }
+    }
+
+    /// The same store with another retry policy for its object calls.
+    pub fn with_retry(&self, retry: RetryPolicy) -> Store {
+        Self::from_parts(
+            self.inner.os.clone(),
+            &self.inner.prefix,
+            &self.inner.display,
+            RetryPolicy {
+                attempts: retry.attempts.max(1),
+                ..retry
+            },
+        )
+    }
+
+    /// The retry policy of this store's object calls.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.inner.retry
     }
 
     /// The store URL without credentials, for logs and messages.
@@ -125,15 +227,22 @@ impl Store {
     }
 
     /// The same store (prefix, display URL) over a wrapped object store: instrumentation,
-    /// fault injection.
+    /// fault injection. The wrapper may fail where the inner client would not, so the result
+    /// retries with at least [`RetryPolicy::default`].
     pub fn map_object_store(
         &self,
         f: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
     ) -> Store {
+        let retry = if self.inner.retry.attempts > 1 {
+            self.inner.retry
+        } else {
+            RetryPolicy::default()
+        };
         Self::from_parts(
             f(self.inner.os.clone()),
             &self.inner.prefix,
             &self.inner.display,
+            retry,
         )
     }
 
@@ -181,13 +290,49 @@ impl Inner {
         }
     }
 
+    /// Runs one object call under the retry policy: transient errors are retried with
+    /// exponential backoff and jitter, everything else is returned at once.
+    pub(crate) async fn retry<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut call: F,
+    ) -> Result<T, object_store::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, object_store::Error>>,
+    {
+        let mut backoff = self.retry.initial_backoff;
+        let mut attempt = 1u32;
+        loop {
+            match call().await {
+                Err(e) if attempt < self.retry.attempts && is_transient(&e) => {
+                    let wait = backoff.mul_f64(0.75 + rand::random::<f64>() * 0.5);
+                    tracing::warn!(store = %self.display, op, key, attempt, error = %e,
+                        wait_ms = wait.as_millis() as u64, "transient store error, retrying");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Reads a whole object, refusing (from its metadata) one larger than `max`.
     pub(crate) async fn get_bounded(&self, key: &str, max: u64) -> Result<Bytes, GetError> {
-        let r = self.os.get(&self.path(key)).await.map_err(GetError::from)?;
-        if r.meta.size > max {
-            return Err(GetError::TooLarge(r.meta.size));
-        }
-        let b = r.bytes().await.map_err(GetError::from)?;
+        let path = self.path(key);
+        let r = self
+            .retry("read", key, || async {
+                let r = self.os.get(&path).await?;
+                if r.meta.size > max {
+                    return Ok(Err(r.meta.size));
+                }
+                Ok(Ok(r.bytes().await?))
+            })
+            .await
+            .map_err(GetError::from)?;
+        let b = r.map_err(GetError::TooLarge)?;
         if b.len() as u64 > max {
             return Err(GetError::TooLarge(b.len() as u64));
         }
@@ -236,4 +381,77 @@ pub(crate) fn created_key(created: &str) -> i128 {
     time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp_nanos())
         .unwrap_or(i128::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn store(attempts: u32) -> Store {
+        Store::from_object_store(Arc::new(object_store::memory::InMemory::new()), "", "x")
+            .with_retry(RetryPolicy {
+                attempts,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(2),
+            })
+    }
+
+    async fn calls_until_done(s: &Store, err: fn() -> object_store::Error) -> u32 {
+        let n = AtomicU32::new(0);
+        let _ = s
+            .inner
+            .retry("read", "k", || async {
+                n.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(err())
+            })
+            .await;
+        n.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_up_to_the_policy() {
+        let s = store(3);
+        let generic = || object_store::Error::Generic {
+            store: "t",
+            source: "timeout".into(),
+        };
+        assert_eq!(calls_until_done(&s, generic).await, 3);
+        assert_eq!(calls_until_done(&store(1), generic).await, 1);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_never_retried() {
+        let s = store(5);
+        let cases: [fn() -> object_store::Error; 4] = [
+            || object_store::Error::NotFound {
+                path: "k".into(),
+                source: "gone".into(),
+            },
+            || object_store::Error::AlreadyExists {
+                path: "k".into(),
+                source: "there".into(),
+            },
+            || object_store::Error::Precondition {
+                path: "k".into(),
+                source: "etag".into(),
+            },
+            || object_store::Error::PermissionDenied {
+                path: "k".into(),
+                source: "no".into(),
+            },
+        ];
+        for c in cases {
+            assert_eq!(calls_until_done(&s, c).await, 1, "{}", c());
+        }
+    }
+
+    #[test]
+    fn total_backoff_is_bounded() {
+        let p = RetryPolicy::default();
+        assert!(p.max_total_backoff() < Duration::from_secs(1), "{p:?}");
+        assert_eq!(RetryPolicy::none().max_total_backoff(), Duration::ZERO);
+        assert!(Store::open("s3://b/p").unwrap().retry_policy().attempts == 1);
+        assert!(Store::open("memory://").unwrap().retry_policy().attempts > 1);
+    }
 }

@@ -66,6 +66,8 @@ struct Request {
 
 struct PullFile {
     rel: String,
+    /// Where the file will be once the pull succeeds (named in local I/O errors).
+    dest: PathBuf,
     file: File,
     index: FileIndex,
 }
@@ -162,13 +164,14 @@ impl Store {
                 .open(&path)
                 .map_err(|e| StoreError::io("create", &path, e))?;
             file.set_len(f.size)
-                .map_err(|e| StoreError::io("resize", &path, e))?;
+                .map_err(|e| StoreError::io("resize", dest.join(&f.path), e))?;
             progress.event(ProgressEvent::FileStarted {
                 path: f.path.clone(),
                 size: f.size,
             });
             files.push(PullFile {
                 rel: f.path.clone(),
+                dest: dest.join(&f.path),
                 file,
                 index,
             });
@@ -239,9 +242,11 @@ impl Store {
                             t.file_page * PAGE_SIZE as u64,
                         )
                     };
+                    let path = inner.path(&key);
                     let bytes = match inner
-                        .os
-                        .get_range(&inner.path(&key), req.start..req.end)
+                        .retry("read", &key, || {
+                            inner.os.get_range(&path, req.start..req.end)
+                        })
                         .await
                     {
                         Ok(b) => b,
@@ -398,11 +403,7 @@ fn fill(files: &[PullFile], req: &Request, bytes: &[u8]) -> Result<u64, StoreErr
             let offset = t.file_page * PAGE_SIZE as u64;
             pf.file
                 .write_all_at(&raw[begin..end], offset)
-                .map_err(|e| StoreError::Io {
-                    op: "write",
-                    path: PathBuf::from(&pf.rel),
-                    source: e,
-                })?;
+                .map_err(|e| StoreError::io("write", &pf.dest, e))?;
             written += (end - begin) as u64;
         }
     }

@@ -368,9 +368,10 @@ impl<'a> Pipeline<'a> {
             let _permit = permit;
             let key = pack_key(&name);
             let len = buf.len() as u64;
+            let path = inner.path(&key);
+            let payload = PutPayload::from(buf);
             inner
-                .os
-                .put(&inner.path(&key), PutPayload::from(buf))
+                .retry("write", &key, || inner.os.put(&path, payload.clone()))
                 .await
                 .map_err(|e| inner.err("write", &key, e))?;
             Ok(len)
@@ -525,7 +526,8 @@ impl Store {
         tracing::info!(snapshot = %id, "push started");
         let inner = &self.inner;
         let key = manifest_key(&id);
-        match inner.os.head(&inner.path(&key)).await {
+        let mpath = inner.path(&key);
+        match inner.retry("read", &key, || inner.os.head(&mpath)).await {
             Ok(_) => return Err(StoreError::SnapshotExists(id.to_string())),
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(inner.err("read", &key, e)),
@@ -609,16 +611,16 @@ impl Store {
             .map_err(StoreError::Task)?;
             let ikey = index_key(&digest);
             let ipath = inner.path(&ikey);
-            let exists = match inner.os.head(&ipath).await {
+            let exists = match inner.retry("read", &ikey, || inner.os.head(&ipath)).await {
                 Ok(_) => true,
                 Err(object_store::Error::NotFound { .. }) => false,
                 Err(e) => return Err(inner.err("read", &ikey, e)),
             };
             if !exists {
                 let n = stored.len() as u64;
+                let payload = PutPayload::from(stored);
                 inner
-                    .os
-                    .put(&ipath, PutPayload::from(stored))
+                    .retry("write", &ikey, || inner.os.put(&ipath, payload.clone()))
                     .await
                     .map_err(|e| inner.err("write", &ikey, e))?;
                 p.bytes_uploaded += n;
@@ -650,7 +652,8 @@ impl Store {
         let checks: Vec<Result<(), StoreError>> = futures::stream::iter(names)
             .map(|name| async move {
                 let k = pack_key(&name);
-                match inner.os.head(&inner.path(&k)).await {
+                let path = inner.path(&k);
+                match inner.retry("read", &k, || inner.os.head(&path)).await {
                     Ok(_) => Ok(()),
                     Err(object_store::Error::NotFound { .. }) => Err(StoreError::MissingObject {
                         file: "(dedup base)".into(),
@@ -693,16 +696,20 @@ impl Store {
             })?;
         let body = manifest.seal();
         let body_len = body.len() as u64;
+        // A retry after a lost response meets `AlreadyExists` and is checked below: the
+        // create-only put is never repeated blindly.
+        let payload = PutPayload::from(body);
         let put = inner
-            .os
-            .put_opts(
-                &inner.path(&key),
-                PutPayload::from(body),
-                PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                },
-            )
+            .retry("commit", &key, || {
+                inner.os.put_opts(
+                    &mpath,
+                    payload.clone(),
+                    PutOptions {
+                        mode: PutMode::Create,
+                        ..Default::default()
+                    },
+                )
+            })
             .await;
         match put {
             Ok(_) => {}
