@@ -44,8 +44,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Found by the hostile-input review: a manifest declaring a 1 GiB index (within the format's
-/// limit) for a tiny index object made the pull reserve 1 GiB before decompressing.
+/// A manifest declaring a 1 GiB index (within the format's limit) for a tiny index object
+/// whose zstd frame header also claims 1 GiB must not make the pull reserve that much.
 #[tokio::test]
 async fn declared_index_size_is_not_allocated_up_front() {
     let os: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
@@ -67,6 +67,19 @@ async fn declared_index_size_is_not_allocated_up_front() {
     os.put(&key, PutPayload::from(serde_json::to_vec(&v).unwrap()))
         .await
         .unwrap();
+    // The index object itself lies too: a zstd frame whose header claims 1 GiB of content
+    // (the size zstd's bulk API trusts for its buffer), followed by one 10-byte raw block.
+    let digest = v["files"][0]["index"]["digest"].as_str().unwrap();
+    let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x80, 0x00];
+    frame.extend_from_slice(&(1u32 << 30).to_le_bytes());
+    frame.extend_from_slice(&[0x51, 0x00, 0x00]);
+    frame.extend_from_slice(b"PSNPIDX1xx");
+    os.put(
+        &ObjPath::from(format!("pfx/indexes/{digest}")),
+        PutPayload::from(frame),
+    )
+    .await
+    .unwrap();
 
     LARGEST.store(0, Ordering::SeqCst);
     RECORD.store(true, Ordering::SeqCst);
