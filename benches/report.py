@@ -55,7 +55,7 @@ p(f"Source: `{sh('git -C ' + os.path.dirname(os.path.abspath(__file__)) + ' rev-
   + (" (with uncommitted changes)" if sh('git -C ' + os.path.dirname(os.path.abspath(__file__)) + ' status --porcelain --untracked-files=no -- ../crates') else "") + ".")
 p(f"Tools: {sh('zstd --version')}; {sh('tar --version | head -n 1')}; "
   f"{sh('restic version')}; {sh('runsc --version 2>/dev/null | head -n 1')}.\n")
-p("All data is in the page cache (warm reads; writes are not fsynced by any tool). CPU is "
+p("All data is in the page cache (warm reads). podsnap pull fsyncs what it writes; tar, zstd and restic do not. CPU is "
   "user+sys of the whole process tree; peak RSS is the largest single process of the tree. "
   "\"Stored\" is the growth of the store/repo directory (`du -sb`); for S3 it is podsnap's "
   "`bytes_uploaded`. Ratios are to the `tar | zstd` (push) or `zstd -d | tar -x` (pull) row "
