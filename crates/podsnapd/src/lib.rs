@@ -6,6 +6,7 @@
 //! the one place where domain errors become gRPC statuses; [`jobs`] is the durable journal;
 //! [`metrics`] the Prometheus registry.
 
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;

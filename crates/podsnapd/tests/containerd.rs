@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use podsnap_testkit::containerd::Containerd;
@@ -29,7 +28,7 @@ use podsnap_testkit::runsc::{
     busybox_rootfs, first_count, last_count, unique_id, wait_for_count, COUNTER_SCRIPT,
 };
 use podsnap_testkit::{require, Need};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const NS: &str = "podsnapd-containerd-test";
 const ANNOTATION: &str = "podsnap.dev/restore-from";
@@ -125,18 +124,7 @@ impl Drop for Daemon {
 }
 
 async fn client(sock: &Path) -> PodsnapClient<Channel> {
-    let p = sock.to_path_buf();
-    let ch = Endpoint::try_from("http://local")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-            }
-        }))
-        .await
-        .unwrap();
-    PodsnapClient::new(ch)
+    podsnapd::client::connect_unix(sock).await.unwrap()
 }
 
 /// Checkpoints containerd container `id` in [`NS`]; the snapshot, or the call's error.

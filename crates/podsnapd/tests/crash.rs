@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use podsnap_testkit::runsc::{
     first_count, last_count, unique_id, wait_for_count, CounterSandbox, RunscCmd,
 };
 use podsnap_testkit::{require, Need};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 struct Node {
     dir: PathBuf,
@@ -45,18 +44,7 @@ fn spawn(node: &Node, log_name: &str) -> Child {
 }
 
 async fn client(sock: &Path) -> PodsnapClient<Channel> {
-    let p = sock.to_path_buf();
-    let ch = Endpoint::try_from("http://local")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-            }
-        }))
-        .await
-        .unwrap();
-    PodsnapClient::new(ch)
+    podsnapd::client::connect_unix(sock).await.unwrap()
 }
 
 fn kill9(child: &mut Child) {

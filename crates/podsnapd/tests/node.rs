@@ -6,14 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use podsnap_testkit::runsc::{
     first_count, last_count, unique_id, wait_for_count, CounterSandbox, RunscCmd,
 };
 use podsnap_testkit::{require, Need};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// A controller's trace context, sent with every checkpoint.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -68,18 +67,7 @@ impl Daemon {
     }
 
     async fn client(&self) -> PodsnapClient<Channel> {
-        let p = self.sock.clone();
-        let ch = Endpoint::try_from("http://local")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let p = p.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-                }
-            }))
-            .await
-            .unwrap();
-        PodsnapClient::new(ch)
+        podsnapd::client::connect_unix(&self.sock).await.unwrap()
     }
 
     fn metrics(&self) -> String {

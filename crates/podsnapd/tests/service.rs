@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hyper_util::rt::TokioIo;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use podsnap_proto::v1::podsnap_server::PodsnapServer;
@@ -23,7 +22,7 @@ use podsnapd::config::{Args, Config, FileConfig};
 use podsnapd::engine::Engine;
 use podsnapd::metrics::Metrics;
 use podsnapd::service::Service;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// Counts concurrent checkpoints per container and overall, delaying each one.
 struct Tracking {
@@ -125,20 +124,10 @@ async fn harness(runtime: Arc<dyn SandboxRuntime>, store: Store) -> Harness {
             .await
             .unwrap();
     });
-    let p = sock.clone();
-    let channel = Endpoint::try_from("http://local")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-            }
-        }))
-        .await
-        .unwrap();
+    let client = podsnapd::client::connect_unix(&sock).await.unwrap();
     Harness {
         _dir: dir,
-        client: PodsnapClient::new(channel),
+        client,
         store,
         engine,
         state_dir,
