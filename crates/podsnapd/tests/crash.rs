@@ -22,7 +22,16 @@ struct Node {
     store: String,
 }
 
-fn spawn(node: &Node, log_name: &str) -> Child {
+/// A podsnapd process, SIGKILLed when dropped (also when a test panics).
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        kill9(&mut self.0);
+    }
+}
+
+fn spawn(node: &Node, log_name: &str) -> Daemon {
     let log = std::fs::File::create(node.dir.join(log_name)).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_podsnapd"))
         .arg(format!("--listen=unix://{}", node.sock.display()))
@@ -40,7 +49,7 @@ fn spawn(node: &Node, log_name: &str) -> Child {
         assert!(Instant::now() < deadline, "podsnapd did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    Daemon(child)
 }
 
 async fn client(sock: &Path) -> PodsnapClient<Channel> {
@@ -91,7 +100,7 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
             Ok::<_, tonic::Status>(())
         });
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        kill9(&mut daemon);
+        kill9(&mut daemon.0);
         let _ = call.await;
 
         // Restart on the same state dir; recovery runs in the background.
@@ -177,7 +186,7 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
             work.is_empty(),
             "round {round}: work dir not cleaned: {work:?}"
         );
-        kill9(&mut daemon);
+        kill9(&mut daemon.0);
         drop(sb);
     }
     assert!(
@@ -224,13 +233,13 @@ async fn sigterm_lets_a_running_checkpoint_finish_before_the_daemon_exits() {
     let first = s.message().await.unwrap();
     assert!(first.is_some());
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(st) = daemon.try_wait().unwrap() {
+        if let Some(st) = daemon.0.try_wait().unwrap() {
             break st;
         }
         assert!(
