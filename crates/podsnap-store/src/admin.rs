@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::crypto::{Key, INDEX_AAD};
 use crate::index::FileIndex;
 use crate::limits::{MAX_INDEX_SIZE, MAX_MANIFEST_SIZE};
 use crate::manifest::{FileEntry, Manifest};
@@ -35,6 +36,15 @@ pub struct GcReport {
 
 const LIST_CONCURRENCY: usize = 16;
 
+/// The digest an index is named and checked by: sha256 of the plain index, or for a sealed
+/// one its HMAC under the group key (so the name reveals nothing about the content).
+pub(crate) fn index_digest(key: Option<&Key>, plain: &[u8]) -> String {
+    match key {
+        Some(k) => hex::encode(k.mac(b"podsnap index", plain)),
+        None => hex::encode(chunk::sha256(plain)),
+    }
+}
+
 impl Inner {
     pub(crate) async fn read_manifest(&self, id: &SnapshotId) -> Result<Manifest, StoreError> {
         let key = manifest_key(id);
@@ -49,8 +59,49 @@ impl Inner {
         }
     }
 
-    /// Fetches, verifies and decodes the index of `f`.
-    pub(crate) async fn read_index(&self, f: &FileEntry) -> Result<FileIndex, StoreError> {
+    /// The key that opens `m`'s data, `None` for a plain snapshot. Refuses a snapshot whose
+    /// encryption does not fit the keys configured here, and authenticates an encrypted
+    /// manifest with its key. Nothing is downloaded.
+    pub(crate) fn key_for<'a>(&'a self, m: &Manifest) -> Result<Option<&'a Key>, StoreError> {
+        let group = m.group.as_deref();
+        let g = group.unwrap_or("(none)");
+        let err = |reason: String| StoreError::Encryption {
+            id: m.id.to_string(),
+            reason,
+        };
+        match (&m.encryption, self.keys.for_group(group)) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(err(format!(
+                "not encrypted, but group {g} has a key here: an unencrypted snapshot is \
+                 not accepted into an encrypted group"
+            ))),
+            (Some(e), None) => Err(err(format!(
+                "encrypted with key {}, and no key for group {g} is configured here",
+                e.key_id
+            ))),
+            (Some(e), Some(k)) if k.id() != e.key_id => Err(err(format!(
+                "encrypted with key {}, but the key configured for group {g} is {}",
+                e.key_id,
+                k.id()
+            ))),
+            (Some(_), Some(k)) => {
+                if m.mac.as_deref() == Some(m.expected_mac(k).as_str()) {
+                    Ok(Some(k))
+                } else {
+                    Err(err(
+                        "manifest authentication failed (altered manifest or mac)".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Fetches, verifies and decodes the index of `f`; `key` opens a sealed one.
+    pub(crate) async fn read_index(
+        &self,
+        f: &FileEntry,
+        seal: Option<&Key>,
+    ) -> Result<FileIndex, StoreError> {
         let key = index_key(&f.index.digest);
         let bad = |reason: String| StoreError::InvalidIndex {
             file: f.path.clone(),
@@ -73,12 +124,23 @@ impl Inner {
         let size = f.index.size as usize;
         let digest = f.index.digest.clone();
         let file_size = f.size;
+        let seal = seal.cloned();
         let idx = tokio::task::spawn_blocking(move || -> Result<FileIndex, String> {
-            let plain = chunk::decompress_meta(&stored, size)?;
-            if hex::encode(chunk::sha256(&plain)) != digest {
+            let plain = match &seal {
+                Some(k) => chunk::decompress_meta(&k.open(INDEX_AAD, &stored)?, size)?,
+                None => chunk::decompress_meta(&stored, size)?,
+            };
+            if index_digest(seal.as_ref(), &plain) != digest {
                 return Err("digest mismatch".into());
             }
             let idx = FileIndex::decode(&plain)?;
+            if idx
+                .blobs
+                .iter()
+                .any(|b| b.codec.is_sealed() != seal.is_some())
+            {
+                return Err("blob codecs do not match the snapshot's encryption".into());
+            }
             if idx.file_size != file_size {
                 return Err(format!(
                     "describes {} bytes, manifest says {file_size}",
@@ -278,13 +340,23 @@ impl Store {
         live: &mut HashSet<String>,
         report: &mut GcReport,
     ) -> Result<(), StoreError> {
+        if let Some(e) = &m.encryption {
+            // Sealed indexes cannot be read without the key: the manifest lists the packs.
+            for f in &m.files {
+                live.insert(index_key(&f.index.digest));
+            }
+            for p in &e.packs {
+                live.insert(format!("{PACKS}/{p}"));
+            }
+            return Ok(());
+        }
         for f in &m.files {
             let key = index_key(&f.index.digest);
             if live.contains(&key) {
                 continue;
             }
             live.insert(key);
-            match self.inner.read_index(f).await {
+            match self.inner.read_index(f, None).await {
                 Ok(idx) => {
                     for p in &idx.packs {
                         live.insert(crate::pack_key(p));

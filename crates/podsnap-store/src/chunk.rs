@@ -53,10 +53,11 @@ pub fn compress_blob(raw: &[u8]) -> (Codec, Vec<u8>) {
 }
 
 /// Decompresses one blob into exactly `raw_len` bytes; refuses anything that would exceed it.
+/// A sealed blob must have been opened first: `stored` is what was inside the seal.
 pub fn decompress_blob(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
     let out = match codec {
-        Codec::Raw => stored.to_vec(),
-        Codec::Zstd => DECOMPRESSOR.with(|d| {
+        Codec::Raw | Codec::SealedRaw => stored.to_vec(),
+        Codec::Zstd | Codec::SealedZstd => DECOMPRESSOR.with(|d| {
             let mut d = d.borrow_mut();
             if d.is_none() {
                 *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);

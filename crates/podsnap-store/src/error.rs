@@ -89,6 +89,14 @@ pub enum StoreError {
     #[error("limit exceeded: {0}")]
     Limit(String),
 
+    /// A key file could not be used. Never carries key material.
+    #[error("key file {}: {reason}", path.display())]
+    KeyFile { path: PathBuf, reason: String },
+
+    /// The snapshot's encryption does not fit the keys configured here.
+    #[error("snapshot {id}: {reason}")]
+    Encryption { id: String, reason: String },
+
     /// A CPU worker failed.
     #[error("internal worker failed: {0}")]
     Worker(String),

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! A blob is one zstd frame (codec 1) or raw bytes (codec 0) of up to 1 MiB uncompressed, at
-//! `offset..offset+stored_len` inside a pack object. Its uncompressed bytes are consecutive
+//! `offset..offset+stored_len` inside a pack object; in an encrypted snapshot the same, sealed
+//! with AES-256-GCM (codec 2: raw, 3: zstd; `stored_len` includes the 28 bytes of nonce and
+//! tag). Its uncompressed bytes are consecutive
 //! pages (only the last may be shorter than 4 KiB). An extent maps `pages` consecutive pages
 //! of the file to pages `first_page..` of one blob, or to zeros. Extents cover the file in
 //! order; the digests follow the data extents' pages in the same order.
@@ -36,6 +38,42 @@ const EXTENT_LEN: usize = 12;
 pub enum Codec {
     Raw = 0,
     Zstd = 1,
+    /// Raw bytes sealed with the snapshot's key (see `crypto`).
+    SealedRaw = 2,
+    /// A zstd frame sealed with the snapshot's key.
+    SealedZstd = 3,
+}
+
+impl Codec {
+    pub fn from_u32(c: u32) -> Option<Codec> {
+        Some(match c {
+            0 => Codec::Raw,
+            1 => Codec::Zstd,
+            2 => Codec::SealedRaw,
+            3 => Codec::SealedZstd,
+            _ => return None,
+        })
+    }
+
+    pub fn is_sealed(self) -> bool {
+        matches!(self, Codec::SealedRaw | Codec::SealedZstd)
+    }
+
+    /// The sealed form of a plain codec.
+    pub fn sealed(self) -> Codec {
+        match self {
+            Codec::Raw | Codec::SealedRaw => Codec::SealedRaw,
+            Codec::Zstd | Codec::SealedZstd => Codec::SealedZstd,
+        }
+    }
+
+    /// The codec inside the seal.
+    pub fn unsealed(self) -> Codec {
+        match self {
+            Codec::Raw | Codec::SealedRaw => Codec::Raw,
+            Codec::Zstd | Codec::SealedZstd => Codec::Zstd,
+        }
+    }
 }
 
 /// Where one blob lives.
@@ -195,20 +233,22 @@ impl FileIndex {
             let offset = r.u64()?;
             let stored_len = r.u32()?;
             let raw_len = r.u32()?;
-            let codec = match r.u32()? {
-                0 => Codec::Raw,
-                1 => Codec::Zstd,
-                c => return Err(format!("blob {i}: unknown codec {c}")),
-            };
+            let c = r.u32()?;
+            let codec = Codec::from_u32(c).ok_or_else(|| format!("blob {i}: unknown codec {c}"))?;
             if pack as usize >= n_packs {
                 return Err(format!("blob {i}: pack {pack} out of range"));
             }
             if raw_len == 0 || raw_len as usize > MAX_BLOB_RAW {
                 return Err(format!("blob {i}: raw length {raw_len} out of range"));
             }
-            let max_stored = zstd::zstd_safe::compress_bound(raw_len as usize) as u64;
-            if stored_len == 0
-                || (codec == Codec::Raw && stored_len != raw_len)
+            let seal = if codec.is_sealed() {
+                crate::crypto::SEAL_OVERHEAD as u64
+            } else {
+                0
+            };
+            let max_stored = zstd::zstd_safe::compress_bound(raw_len as usize) as u64 + seal;
+            if stored_len as u64 <= seal
+                || (codec.unsealed() == Codec::Raw && stored_len as u64 != raw_len as u64 + seal)
                 || stored_len as u64 > max_stored
             {
                 return Err(format!("blob {i}: stored length {stored_len} out of range"));

@@ -49,6 +49,7 @@
 mod admin;
 mod backend;
 pub mod chunk;
+pub mod crypto;
 mod error;
 mod id;
 pub mod index;
@@ -70,10 +71,12 @@ use object_store::ObjectStore;
 
 pub use admin::GcReport;
 pub use backend::redact_url;
+pub use crypto::{Key, Keyring};
 pub use error::StoreError;
 pub use id::SnapshotId;
 pub use manifest::{
-    validate_rel_path, FileEntry, IndexRef, Manifest, NodeFacts, Totals, FORMAT_VERSION,
+    validate_rel_path, Encryption, FileEntry, IndexRef, Manifest, NodeFacts, Totals,
+    FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED,
 };
 pub use object_store;
 pub use progress::{NoProgress, Progress, ProgressEvent};
@@ -91,6 +94,7 @@ pub(crate) struct Inner {
     prefix: String,
     display: String,
     retry: RetryPolicy,
+    keys: Arc<Keyring>,
 }
 
 /// How the store retries its own object calls after a transient error (see the crate docs).
@@ -165,7 +169,13 @@ impl Store {
         } else {
             RetryPolicy::default()
         };
-        Ok(Self::from_parts(o.store, &o.prefix, &o.display, retry))
+        Ok(Self::from_parts(
+            o.store,
+            &o.prefix,
+            &o.display,
+            retry,
+            Default::default(),
+        ))
     }
 
     /// Wraps an existing object store; every key is placed under `prefix`.
@@ -184,6 +194,7 @@ impl Store {
             &prefix,
             &redact_url(display_url),
             RetryPolicy::default(),
+            Default::default(),
         )
     }
 
@@ -192,6 +203,7 @@ impl Store {
         prefix: &str,
         display: &str,
         retry: RetryPolicy,
+        keys: Arc<Keyring>,
     ) -> Store {
         Store {
             inner: Arc::new(Inner {
@@ -199,8 +211,26 @@ impl Store {
                 prefix: prefix.to_string(),
                 display: display.to_string(),
                 retry,
+                keys,
             }),
         }
+    }
+
+    /// The same store with group keys: a push whose group has a key (its own or the
+    /// default) is encrypted, and pulls of encrypted snapshots use them (see `crypto`).
+    pub fn with_keyring(&self, keys: Keyring) -> Store {
+        Self::from_parts(
+            self.inner.os.clone(),
+            &self.inner.prefix,
+            &self.inner.display,
+            self.inner.retry,
+            Arc::new(keys),
+        )
+    }
+
+    /// The group keys this store seals and opens snapshots with.
+    pub fn keyring(&self) -> &Keyring {
+        &self.inner.keys
     }
 
     /// The same store with another retry policy for its object calls.
@@ -213,6 +243,7 @@ impl Store {
                 attempts: retry.attempts.max(1),
                 ..retry
             },
+            self.inner.keys.clone(),
         )
     }
 
@@ -243,6 +274,7 @@ impl Store {
             &self.inner.prefix,
             &self.inner.display,
             retry,
+            self.inner.keys.clone(),
         )
     }
 

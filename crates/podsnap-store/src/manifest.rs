@@ -15,8 +15,12 @@ use crate::id::SnapshotId;
 use crate::limits::{MAX_FILES, MAX_FILE_SIZE, MAX_INDEX_SIZE, MAX_MAP_ENTRIES, MAX_PATH_LEN};
 use crate::StoreError;
 
-/// The format version this build writes.
+/// The format version this build writes for plain snapshots.
 pub const FORMAT_VERSION: &str = "1.0";
+/// The format version of encrypted snapshots (1.0 plus `encryption` and `mac`).
+pub const FORMAT_VERSION_ENCRYPTED: &str = "1.1";
+/// Most packs an encrypted manifest may list (4 PiB of 4 MiB packs).
+const MAX_PACKS: usize = 1 << 30;
 /// The major version this build reads.
 pub const FORMAT_MAJOR: u64 = 1;
 
@@ -70,6 +74,18 @@ pub struct Totals {
     pub objects_written: u64,
 }
 
+/// How an encrypted snapshot is sealed (see `crypto`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Encryption {
+    /// `aes-256-gcm`.
+    pub algorithm: String,
+    /// The public id of the group key that sealed the snapshot.
+    pub key_id: String,
+    /// Every pack the snapshot's (sealed) indexes reference, sorted: what gc keeps alive
+    /// without a key.
+    pub packs: Vec<String>,
+}
+
 /// A snapshot manifest.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Manifest {
@@ -90,9 +106,15 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     #[serde(default)]
     pub totals: Totals,
-    /// sha256 of the canonical manifest without this field.
+    /// Present when the snapshot's data is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// sha256 of the canonical manifest without this field and `mac`.
     #[serde(default)]
     pub digest: String,
+    /// Encrypted snapshots: HMAC-SHA256 of `digest` under the group key's mac sub-key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// Serialises `v` canonically: keys sorted at every level, compact.
@@ -121,16 +143,19 @@ fn digest_of(v: &Value) -> String {
     let mut v = v.clone();
     if let Value::Object(m) = &mut v {
         m.remove("digest");
+        m.remove("mac");
     }
     hex::encode(crate::chunk::sha256(&canonical(&v)))
 }
 
 impl Manifest {
-    /// Fills in `digest` and returns the canonical JSON to store.
-    pub fn seal(&mut self) -> Vec<u8> {
+    /// Fills in `digest` (and, with a key, `mac`) and returns the JSON to store.
+    pub fn seal(&mut self, key: Option<&crate::crypto::Key>) -> Vec<u8> {
         self.digest.clear();
+        self.mac = None;
         let v = serde_json::to_value(&*self).expect("manifest serialises");
         self.digest = digest_of(&v);
+        self.mac = key.map(|k| self.expected_mac(k));
         let v = serde_json::to_value(&*self).expect("manifest serialises");
         let mut out = serde_json::to_vec_pretty(&v).expect("manifest serialises");
         out.push(b'\n');
@@ -162,11 +187,37 @@ impl Manifest {
             return Err(bad(format!("manifest names itself {}", m.id)));
         }
         m.validate().map_err(bad)?;
+        match (&m.encryption, &m.mac) {
+            (None, None) => {}
+            (Some(_), Some(mac)) if mac.len() == 64 && hex::decode(mac).is_ok() => {}
+            (Some(_), _) => return Err(bad("encrypted manifest without a valid mac".into())),
+            (None, Some(_)) => return Err(bad("mac without encryption".into())),
+        }
         Ok(m)
+    }
+
+    /// The `mac` that `key` gives this manifest's digest.
+    pub fn expected_mac(&self, key: &crate::crypto::Key) -> String {
+        hex::encode(key.mac(b"podsnap manifest", self.digest.as_bytes()))
     }
 
     /// Checks every untrusted path, size and count.
     pub fn validate(&self) -> Result<(), String> {
+        let is_hex = |s: &str, len: usize| s.len() == len && hex::decode(s).is_ok();
+        if let Some(e) = &self.encryption {
+            if e.algorithm != crate::crypto::ALGORITHM {
+                return Err(format!(
+                    "unsupported encryption {:?}",
+                    e.algorithm.chars().take(32).collect::<String>()
+                ));
+            }
+            if !is_hex(&e.key_id, 32) {
+                return Err("malformed key id".into());
+            }
+            if e.packs.len() > MAX_PACKS || !e.packs.iter().all(|p| is_hex(p, 64)) {
+                return Err("malformed pack list".into());
+            }
+        }
         if time::OffsetDateTime::parse(
             &self.created,
             &time::format_description::well_known::Rfc3339,
@@ -211,7 +262,7 @@ impl Manifest {
                     f.path, f.mode
                 ));
             }
-            if f.index.digest.len() != 64 || hex::decode(&f.index.digest).is_err() {
+            if !is_hex(&f.index.digest, 64) {
                 return Err(format!("file {:?}: index digest is not a sha256", f.path));
             }
             if f.index.size > MAX_INDEX_SIZE {
@@ -299,14 +350,16 @@ mod tests {
                 zero_bytes: 0,
             }],
             totals: Totals::default(),
+            encryption: None,
             digest: String::new(),
+            mac: None,
         }
     }
 
     #[test]
     fn sealed_manifest_parses_back() {
         let mut m = sample();
-        let bytes = m.seal();
+        let bytes = m.seal(None);
         let back = Manifest::parse(&bytes, "snap-1").unwrap();
         assert_eq!(back, m);
         assert_eq!(back.digest.len(), 64);
@@ -315,7 +368,7 @@ mod tests {
     #[test]
     fn altered_manifest_fails_digest() {
         let mut m = sample();
-        let bytes = String::from_utf8(m.seal()).unwrap();
+        let bytes = String::from_utf8(m.seal(None)).unwrap();
         let altered = bytes.replace("\"web\"", "\"evil\"");
         assert_ne!(altered, bytes);
         let err = Manifest::parse(altered.as_bytes(), "snap-1").unwrap_err();
@@ -399,7 +452,9 @@ mod tests {
     #[test]
     fn manifest_stored_under_another_id_is_rejected() {
         let mut m = sample();
-        let err = Manifest::parse(&m.seal(), "other").unwrap_err().to_string();
+        let err = Manifest::parse(&m.seal(None), "other")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("names itself"), "{err}");
     }
 }

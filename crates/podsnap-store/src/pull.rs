@@ -18,6 +18,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::chunk;
+use crate::crypto::{blob_aad, Key};
 use crate::index::{page_len, Codec, FileIndex};
 use crate::limits::PAGE_SIZE;
 use crate::progress::{Progress, ProgressEvent};
@@ -127,14 +128,16 @@ impl Store {
             .to_string_lossy()
             .into_owned();
 
-        // Indexes, before anything is written locally.
+        // The key and the indexes, before anything is written locally.
         let inner = &self.inner;
+        let seal = inner.key_for(&manifest)?.cloned();
         // Owned items and an owned `Arc` keep this future `Send` for callers that spawn it.
         let indexes: Vec<Result<FileIndex, StoreError>> =
             futures::stream::iter(manifest.files.clone())
                 .map(|f| {
                     let inner = inner.clone();
-                    async move { inner.read_index(&f).await }
+                    let seal = seal.clone();
+                    async move { inner.read_index(&f, seal.as_ref()).await }
                 })
                 .buffered(8)
                 .collect()
@@ -233,6 +236,7 @@ impl Store {
         let mut results = futures::stream::iter(requests)
             .map(|req| {
                 let files = files.clone();
+                let seal = seal.clone();
                 async move {
                     let key = pack_key(&req.pack);
                     let first = req.blobs[0].1[0];
@@ -276,7 +280,9 @@ impl Store {
                             reason: format!("{key} is shorter than its index says"),
                         });
                     }
-                    let written = crate::pool::run(move || fill(&files, &req, &bytes)).await??;
+                    let written =
+                        crate::pool::run(move || fill(&files, &req, &bytes, seal.as_ref()))
+                            .await??;
                     Ok((downloaded, written))
                 }
             })
@@ -359,26 +365,34 @@ impl Store {
 
 /// Decompresses the blobs of one request, verifies every page and writes it. Returns the bytes
 /// written.
-fn fill(files: &[PullFile], req: &Request, bytes: &[u8]) -> Result<u64, StoreError> {
+fn fill(
+    files: &[PullFile],
+    req: &Request,
+    bytes: &[u8],
+    seal: Option<&Key>,
+) -> Result<u64, StoreError> {
     let mut written = 0u64;
     for (key, targets) in &req.blobs {
         let first = targets[0];
         let pf0 = &files[first.file as usize];
         let start = (key.offset - req.start) as usize;
         let stored = &bytes[start..start + key.stored_len as usize];
-        let codec = if key.codec == Codec::Zstd as u8 {
-            Codec::Zstd
-        } else {
-            Codec::Raw
+        let codec = Codec::from_u32(key.codec.into()).expect("codec checked when decoded");
+        let opened = |k: &Key| {
+            let aad = blob_aad(codec.unsealed() as u8, key.raw_len);
+            k.open(&aad, stored)
         };
-        let raw =
-            chunk::decompress_blob(codec, stored, key.raw_len as usize).map_err(|reason| {
-                StoreError::Corrupt {
-                    file: pf0.rel.clone(),
-                    offset: first.file_page * PAGE_SIZE as u64,
-                    reason: format!("blob in {}: {reason}", pack_key(&key.pack)),
-                }
-            })?;
+        // `read_index` made sure that the codecs match the snapshot's encryption.
+        let raw = match seal {
+            Some(k) => opened(k)
+                .and_then(|plain| chunk::decompress_blob(codec, &plain, key.raw_len as usize)),
+            None => chunk::decompress_blob(codec, stored, key.raw_len as usize),
+        }
+        .map_err(|reason| StoreError::Corrupt {
+            file: pf0.rel.clone(),
+            offset: first.file_page * PAGE_SIZE as u64,
+            reason: format!("blob in {}: {reason}", pack_key(&key.pack)),
+        })?;
         for t in targets {
             let pf = &files[t.file as usize];
             let size = pf.index.file_size;

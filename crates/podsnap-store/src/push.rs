@@ -27,10 +27,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::admin::index_digest;
 use crate::chunk;
+use crate::crypto::{blob_aad, Key, INDEX_AAD};
 use crate::index::{page_count, BlobRef, Codec, FileIndex, ZERO_BLOB};
 use crate::limits::{MAX_BLOB_RAW, MAX_FILES, MAX_FILE_SIZE, PACK_TARGET, PAGE_SIZE, READ_BLOCK};
-use crate::manifest::{validate_rel_path, FileEntry, IndexRef, Manifest, NodeFacts, Totals};
+use crate::manifest::{
+    validate_rel_path, Encryption, FileEntry, IndexRef, Manifest, NodeFacts, Totals,
+};
 use crate::progress::{Progress, ProgressEvent};
 use crate::{index_key, manifest_key, pack_key, Inner, SnapshotId, Store, StoreError};
 
@@ -190,6 +194,8 @@ struct Pipeline<'a> {
     inner: &'a Arc<Inner>,
     progress: &'a dyn Progress,
     snapshot: String,
+    /// The group key when this push is encrypted.
+    key: Option<Key>,
     known: HashMap<[u8; 32], PageLoc>,
     blobs: Vec<GBlob>,
     packs: Vec<[u8; 32]>,
@@ -317,6 +323,10 @@ impl<'a> Pipeline<'a> {
                 self.pack_slot = Some(s);
                 self.pack_hasher = Sha256::new();
                 self.pack_hasher.update(b"podsnap-pack\0");
+                if let Some(k) = &self.key {
+                    // Keyed names: a pack's name says nothing about its pages.
+                    self.pack_hasher.update(k.mac(b"podsnap pack name", &[]));
+                }
                 self.pack_hasher.update(self.snapshot.as_bytes());
                 self.pack_hasher.update(self.pack_seq.to_le_bytes());
                 s
@@ -425,10 +435,16 @@ impl<'a> Pipeline<'a> {
                 .event(ProgressEvent::BytesRead(block.len() as u64));
             let jobs = self.dedup(&mut build, &block, &hashes);
             if !jobs.is_empty() {
+                let key = self.key.clone();
                 compressing.push_back(crate::pool::run(move || {
                     jobs.into_iter()
                         .map(|j| {
-                            let (codec, bytes) = chunk::compress_blob(&j.data);
+                            let (mut codec, mut bytes) = chunk::compress_blob(&j.data);
+                            if let Some(k) = &key {
+                                let aad = blob_aad(codec as u8, j.data.len() as u32);
+                                bytes = k.seal(&aad, &bytes);
+                                codec = codec.sealed();
+                            }
                             Compressed {
                                 id: j.id,
                                 raw_len: j.data.len() as u32,
@@ -544,10 +560,12 @@ impl Store {
         } else {
             opts.concurrency
         };
+        let seal = inner.keys.for_group(opts.group.as_deref()).cloned();
         let mut p = Pipeline {
             inner,
             progress,
             snapshot: id.to_string(),
+            key: seal.clone(),
             known: HashMap::new(),
             blobs: Vec::new(),
             packs: Vec::new(),
@@ -569,8 +587,19 @@ impl Store {
         bases.extend(opts.dedup_from.iter().cloned());
         for base in &bases {
             let m = inner.read_manifest(base).await?;
+            // Pages are shared only between snapshots sealed by the same key (or none).
+            let base_key = m.encryption.as_ref().map(|e| e.key_id.as_str());
+            if base_key != seal.as_ref().map(Key::id) {
+                tracing::info!(snapshot = %id, base = %base,
+                    "not deduplicating against a snapshot with other encryption");
+                continue;
+            }
+            let base_key = match &seal {
+                Some(_) => inner.key_for(&m)?,
+                None => None,
+            };
             for f in &m.files {
-                let idx = inner.read_index(f).await?;
+                let idx = inner.read_index(f, base_key).await?;
                 p.add_base(&idx);
             }
         }
@@ -600,12 +629,20 @@ impl Store {
 
         // Indexes.
         let mut entries = Vec::with_capacity(files.len());
+        let mut all_packs = std::collections::BTreeSet::new();
         for (src, build) in files.iter().zip(&builds) {
             let idx = p.finish_index(build);
+            all_packs.extend(idx.packs.iter().map(hex::encode));
+            let seal = seal.clone();
             let (digest, plain_len, stored) = tokio::task::spawn_blocking(move || {
                 let plain = idx.encode();
-                let digest = hex::encode(chunk::sha256(&plain));
-                (digest, plain.len() as u64, chunk::compress_meta(&plain))
+                let digest = index_digest(seal.as_ref(), &plain);
+                let stored = chunk::compress_meta(&plain);
+                let stored = match &seal {
+                    Some(k) => k.seal(INDEX_AAD, &stored),
+                    None => stored,
+                };
+                (digest, plain.len() as u64, stored)
             })
             .await
             .map_err(StoreError::Task)?;
@@ -670,7 +707,12 @@ impl Store {
 
         progress.event(ProgressEvent::Committing);
         let mut manifest = Manifest {
-            format_version: crate::FORMAT_VERSION.to_string(),
+            format_version: if seal.is_some() {
+                crate::FORMAT_VERSION_ENCRYPTED
+            } else {
+                crate::FORMAT_VERSION
+            }
+            .to_string(),
             id: id.clone(),
             created: crate::now_rfc3339(),
             labels: opts.labels,
@@ -686,7 +728,13 @@ impl Store {
                 objects_written: p.objects_written,
             },
             files: entries,
+            encryption: seal.as_ref().map(|k| Encryption {
+                algorithm: crate::crypto::ALGORITHM.to_string(),
+                key_id: k.id().to_string(),
+                packs: all_packs.into_iter().collect(),
+            }),
             digest: String::new(),
+            mac: None,
         };
         manifest
             .validate()
@@ -694,7 +742,7 @@ impl Store {
                 id: id.to_string(),
                 reason,
             })?;
-        let body = manifest.seal();
+        let body = manifest.seal(seal.as_ref());
         let body_len = body.len() as u64;
         // A retry after a lost response meets `AlreadyExists` and is checked below: the
         // create-only put is never repeated blindly.

@@ -37,6 +37,7 @@ async fn s3_via_moto_passes_both_suites() {
     assert_eq!(store.display_url(), "s3://podsnap-test/some/prefix");
     object_store_conformance(store.object_store().clone(), "conformance").await;
     store_suite(store).await;
+    encrypted_suite(Store::open("s3://podsnap-test/sealed").unwrap()).await;
     // The prefix is honoured: nothing outside it.
     let outside = Store::open("s3://podsnap-test/other").unwrap();
     assert!(outside.list().await.unwrap().is_empty());

@@ -15,6 +15,17 @@ async fn memory_store_passes_the_store_suite() {
 }
 
 #[tokio::test]
+async fn memory_store_passes_the_encrypted_suite() {
+    encrypted_suite(Store::open("memory://").unwrap()).await;
+}
+
+#[tokio::test]
+async fn file_store_passes_the_encrypted_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    encrypted_suite(Store::open(&format!("file://{}", dir.path().display())).unwrap()).await;
+}
+
+#[tokio::test]
 async fn file_store_passes_the_store_suite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}/nested/store", dir.path().display());

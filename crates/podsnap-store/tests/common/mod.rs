@@ -118,6 +118,23 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
+/// A manifest JSON value stored as bytes with its `digest` recomputed (what someone who can
+/// write to the store, but holds no key, can do). Any `mac` is kept as it was.
+pub fn reseal(mut v: serde_json::Value) -> Vec<u8> {
+    let mac = v.as_object_mut().and_then(|m| {
+        m.remove("digest");
+        m.remove("mac")
+    });
+    let d = sha256_hex(&serde_json::to_vec(&v).unwrap());
+    if let Some(m) = v.as_object_mut() {
+        m.insert("digest".into(), d.into());
+        if let Some(mac) = mac {
+            m.insert("mac".into(), mac);
+        }
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
 /// Relative path -> (sha256, mode) of every regular file under `dir`.
 pub fn dir_digest(dir: &Path) -> BTreeMap<String, (String, u32)> {
     use std::os::unix::fs::PermissionsExt;
@@ -360,4 +377,226 @@ pub fn dir_size(dir: &Path) -> u64 {
         }
     }
     n
+}
+
+/// Every object under the store's prefix, with its bytes.
+pub async fn all_objects(store: &Store) -> Vec<(ObjPath, Bytes)> {
+    let os = store.object_store();
+    let metas: Vec<_> = os.list(None).try_collect().await.unwrap();
+    let mut out = Vec::new();
+    for m in metas {
+        let b = os.get(&m.location).await.unwrap().bytes().await.unwrap();
+        out.push((m.location, b));
+    }
+    out
+}
+
+/// Encryption at rest, over `store` (which must have no keys and may hold other snapshots):
+/// the Store suite under a group key, confidentiality of every stored byte, refusals without
+/// or with the wrong key, tamper detection, dedup only within a key, and gc without keys.
+pub async fn encrypted_suite(store: Store) {
+    use podsnap_store::{Key, Keyring, StoreError};
+    let key_a = Key::from_bytes(&[0xa1; 32]);
+    let mut ring = Keyring::new();
+    ring.set_group("g", key_a.clone());
+    let keyed = store.with_keyring(ring);
+    store_suite(keyed.clone()).await;
+
+    // A page of incompressible bytes around a marker: stored raw, so the marker is visible in
+    // a plain snapshot (the check below can fail) and must not be in a sealed one.
+    const MARKER: &[u8] = b"podsnap-confidential-marker-3f9c";
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let mut img = vec![0u8; 64 * PAGE];
+    rng.fill_bytes(&mut img[..32 * PAGE]);
+    for p in 0..32 {
+        img[p * PAGE + 100..p * PAGE + 100 + MARKER.len()].copy_from_slice(MARKER);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    write_file(&src, "pages.img", &img);
+    let contains_marker = |objs: &[(ObjPath, Bytes)]| {
+        objs.iter()
+            .any(|(_, b)| b.windows(MARKER.len()).any(|w| w == MARKER))
+    };
+    let before = all_objects(&store).await;
+    assert!(!contains_marker(&before), "marker already in the store");
+    let plain = store
+        .push(&src, opts_in_group("plain"), &NoProgress)
+        .await
+        .expect("plain push");
+    assert!(
+        contains_marker(&all_objects(&store).await),
+        "a plain push stores the raw page as it is"
+    );
+    store.delete(&plain.id).await.unwrap();
+    store.gc(std::time::Duration::ZERO).await.unwrap();
+    assert!(
+        !contains_marker(&all_objects(&store).await),
+        "gc removed the plain copy"
+    );
+
+    let sealed = keyed
+        .push(&src, opts_in_group("g"), &NoProgress)
+        .await
+        .expect("encrypted push");
+    let objs = all_objects(&store).await;
+    assert!(
+        !contains_marker(&objs),
+        "plaintext found in an encrypted snapshot's objects"
+    );
+    let m = store
+        .manifest(&sealed.id)
+        .await
+        .expect("manifest readable without a key");
+    assert_eq!(m.format_version, podsnap_store::FORMAT_VERSION_ENCRYPTED);
+    let e = m.encryption.clone().expect("encryption recorded");
+    assert_eq!(e.key_id, key_a.id());
+    assert!(!e.packs.is_empty());
+    for p in &e.packs {
+        assert!(
+            objs.iter()
+                .any(|(loc, _)| loc.as_ref().ends_with(&format!("packs/{p}"))),
+            "listed pack {p} exists"
+        );
+    }
+    let out = work.path().join("out");
+    keyed
+        .pull(&sealed.id, &out, &NoProgress)
+        .await
+        .expect("pull with the key");
+    assert_eq!(dir_digest(&out), dir_digest(&src));
+
+    // Without the key, with the wrong key: refused before anything is written.
+    let dest = work.path().join("refused");
+    let err = store
+        .pull(&sealed.id, &dest, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Encryption { .. }), "{err}");
+    assert!(err.to_string().contains("no key for group g"), "{err}");
+    let mut wrong = Keyring::new();
+    wrong.set_group("g", Key::from_bytes(&[0xb2; 32]));
+    let err = store
+        .with_keyring(wrong)
+        .pull(&sealed.id, &dest, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("but the key configured for group g"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+
+    // A plain snapshot in a group that has a key is not accepted.
+    let planted = store
+        .push(&src, opts_in_group("g"), &NoProgress)
+        .await
+        .unwrap();
+    let err = keyed
+        .pull(&planted.id, &dest, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not encrypted"), "{err}");
+    assert!(!dest.exists());
+
+    // An altered manifest with a recomputed digest fails authentication.
+    let prefix = prefix_of(&objs, &sealed.id);
+    let mkey = ObjPath::from(format!("{prefix}manifests/{}.json", sealed.id));
+    let os = store.object_store();
+    let original = os.get(&mkey).await.unwrap().bytes().await.unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    v["labels"]["app"] = "altered".into();
+    os.put(&mkey, PutPayload::from(reseal(v))).await.unwrap();
+    let err = keyed
+        .pull(&sealed.id, &dest, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+    os.put(&mkey, PutPayload::from(original)).await.unwrap();
+
+    // One flipped byte in a pack: the blob fails authentication, nothing is left behind.
+    let pack = ObjPath::from(format!("{prefix}packs/{}", e.packs[0]));
+    let good = os.get(&pack).await.unwrap().bytes().await.unwrap();
+    let mut bad = good.to_vec();
+    bad[40] ^= 0x01;
+    os.put(&pack, PutPayload::from(bad)).await.unwrap();
+    let err = keyed
+        .pull(&sealed.id, &dest, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { .. }) && err.to_string().contains("authentication"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    os.put(&pack, PutPayload::from(good)).await.unwrap();
+
+    // Dedup stays within a key: the same pages under another group key are stored again.
+    let mut two = Keyring::new();
+    two.set_group("g", key_a.clone());
+    two.set_group("h", Key::from_bytes(&[0xc3; 32]));
+    let two = store.with_keyring(two);
+    let child = two
+        .push(
+            &src,
+            PushOptions {
+                parent: Some(sealed.id.clone()),
+                ..opts_in_group("g")
+            },
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        child.bytes_deduplicated,
+        32 * PAGE as u64,
+        "same key: pages reused"
+    );
+    let other = two
+        .push(
+            &src,
+            PushOptions {
+                parent: Some(sealed.id.clone()),
+                ..opts_in_group("h")
+            },
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.bytes_deduplicated, 0, "another key: nothing reused");
+    let out2 = work.path().join("out2");
+    two.pull(&other.id, &out2, &NoProgress).await.unwrap();
+    assert_eq!(dir_digest(&out2), dir_digest(&src));
+
+    // gc needs no key: it keeps what encrypted manifests list and sweeps the rest.
+    for id in [&sealed.id, &other.id, &planted.id] {
+        store.delete(id).await.unwrap();
+    }
+    let report = store.gc(std::time::Duration::ZERO).await.unwrap();
+    assert!(report.deleted_objects > 0, "{report:?}");
+    assert!(report.broken_snapshots.is_empty(), "{report:?}");
+    let out3 = work.path().join("out3");
+    two.pull(&child.id, &out3, &NoProgress)
+        .await
+        .expect("the child survives gc: its reused packs are listed in its manifest");
+    assert_eq!(dir_digest(&out3), dir_digest(&src));
+}
+
+fn opts_in_group(g: &str) -> PushOptions {
+    PushOptions {
+        group: Some(g.into()),
+        ..Default::default()
+    }
+}
+
+/// The key prefix (with a trailing `/`, or empty) of the store holding snapshot `id`.
+fn prefix_of(objs: &[(ObjPath, Bytes)], id: &SnapshotId) -> String {
+    let suffix = format!("manifests/{id}.json");
+    let loc = objs
+        .iter()
+        .map(|(l, _)| l.as_ref().to_string())
+        .find(|l| l.ends_with(&suffix))
+        .expect("the manifest is among the objects");
+    loc[..loc.len() - suffix.len()].to_string()
 }
