@@ -76,17 +76,28 @@ pub enum ImageCmd {
     },
 }
 
-/// `--store URL`, also from `PODSNAP_STORE`.
+/// `--store URL`, also from `PODSNAP_STORE`, and the group keys.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreArg {
     /// Store URL: file:///dir, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.
     #[arg(long = "store", env = "PODSNAP_STORE", value_name = "URL")]
     pub url: String,
+    /// Key directory for encryption at rest, as podsnapd's --key-dir: pushes to a group with
+    /// a key are encrypted, and pulling an encrypted snapshot needs its group's key.
+    #[arg(long = "key-dir", env = "PODSNAP_KEY_DIR", value_name = "DIR")]
+    pub key_dir: Option<PathBuf>,
 }
 
 impl StoreArg {
     fn open(&self) -> anyhow::Result<Store> {
-        Store::open(&self.url).context("cannot open store")
+        let store = Store::open(&self.url).context("cannot open store")?;
+        match &self.key_dir {
+            Some(dir) => {
+                let keys = podsnap_store::Keyring::load_dir(dir).context("cannot load keys")?;
+                Ok(store.with_keyring(keys))
+            }
+            None => Ok(store),
+        }
     }
 }
 

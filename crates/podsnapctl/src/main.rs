@@ -5,6 +5,7 @@
 mod cpu;
 mod daemon;
 mod image;
+mod keygen;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
 ///   podsnapctl list --group app=demo
 ///   podsnapctl image push ./image --store s3://bucket/snaps
 ///   podsnapctl cpu-features --json > node-a.json
+///   podsnapctl keygen /etc/podsnap/keys --group app=demo
 #[derive(Parser, Debug)]
 #[command(name = "podsnapctl", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -59,6 +61,8 @@ enum Cmd {
     CpuFeatures(cpu::CpuFeaturesArgs),
     /// Check a recorded CPU feature set (JSON or snapshot manifest) against this host.
     CpuCheck(cpu::CpuCheckArgs),
+    /// Write a new group key for encryption at rest into a key directory.
+    Keygen(keygen::KeygenArgs),
 }
 
 fn main() {
@@ -77,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
         Cmd::CpuFeatures(a) => cpu::run_cpu_features(a).map(|_| 0),
         Cmd::CpuCheck(a) => cpu::run_cpu_check(a),
+        Cmd::Keygen(a) => keygen::run(a).map(|_| 0),
         other => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -92,7 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     Cmd::Compat(a) => daemon::compat(&cli.socket, a).await,
                     Cmd::NodeInfo(a) => daemon::node_info(&cli.socket, a).await,
                     Cmd::Jobs(a) => daemon::jobs(&cli.socket, a).await,
-                    Cmd::CpuFeatures(_) | Cmd::CpuCheck(_) => unreachable!("handled above"),
+                    Cmd::CpuFeatures(_) | Cmd::CpuCheck(_) | Cmd::Keygen(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             })
         }

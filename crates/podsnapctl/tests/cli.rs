@@ -43,6 +43,7 @@ fn help_teaches_every_command() {
         "image",
         "cpu-features",
         "cpu-check",
+        "keygen",
     ] {
         assert!(h.contains(c), "--help lacks {c}:\n{h}");
     }
@@ -172,6 +173,65 @@ fn image_push_prints_the_id_last_and_pull_restores_the_bytes() {
         .args(["--store", &store]));
     assert_ne!(o.status.code(), Some(0));
     assert!(!out2.exists());
+}
+
+#[test]
+fn keygen_then_encrypted_image_push_needs_the_key_to_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let o = run(ctl()
+        .arg("keygen")
+        .arg(&keys)
+        .args(["--group", "app=x", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let path = PathBuf::from(v["path"].as_str().unwrap());
+    assert_eq!(path, keys.join("group.app_3dx"));
+    let key_id = v["key_id"].as_str().unwrap().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!stdout(&o).contains(std::fs::read_to_string(&path).unwrap().trim()));
+    // Never overwritten.
+    let o = run(ctl().arg("keygen").arg(&keys).args(["--group", "app=x"]));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("never replaced"), "{}", stderr(&o));
+
+    let src = dir.path().join("img");
+    std::fs::create_dir_all(&src).unwrap();
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(src.join("pages.img"), &data).unwrap();
+    let store = format!("file://{}", dir.path().join("store").display());
+    let o = run(ctl()
+        .args(["image", "push"])
+        .arg(&src)
+        .args(["--store", &store, "--group", "app=x", "--key-dir"])
+        .arg(&keys));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).lines().last().unwrap().trim().to_string();
+    let o = run(ctl().args(["image", "inspect", &id, "--store", &store]));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["encryption"]["key_id"], key_id.as_str());
+
+    let out = dir.path().join("out");
+    let o = run(ctl()
+        .args(["image", "pull", &id])
+        .arg(&out)
+        .args(["--store", &store]));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("no key for group app=x"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+    let o = run(ctl()
+        .args(["image", "pull", &id])
+        .arg(&out)
+        .args(["--store", &store, "--key-dir"])
+        .arg(&keys));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(out.join("pages.img")).unwrap(), data);
 }
 
 fn podsnapd_bin() -> PathBuf {

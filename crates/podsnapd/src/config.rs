@@ -80,6 +80,12 @@ pub struct Args {
     /// Timeout for one runsc checkpoint or restore, e.g. 10m.
     #[arg(long, env = "PODSNAPD_RUNSC_TIMEOUT")]
     pub runsc_timeout: Option<String>,
+    /// Directory of group keys for encryption at rest (e.g. a mounted Kubernetes Secret):
+    /// a file `default` and/or `group.<encoded group>` files (`podsnapctl keygen` writes
+    /// them), each 32 bytes raw or 64 hex digits. Snapshots of a group with a key are sealed
+    /// with AES-256-GCM; restoring them needs the same key. Read at start.
+    #[arg(long, env = "PODSNAPD_KEY_DIR")]
+    pub key_dir: Option<PathBuf>,
 }
 
 /// The config file: the same keys as the flags.
@@ -106,6 +112,7 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub concurrency: Option<usize>,
     pub runsc_timeout: Option<String>,
+    pub key_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,6 +154,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub concurrency: usize,
     pub runsc_timeout: std::time::Duration,
+    pub key_dir: Option<PathBuf>,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/podsnap/podsnapd.sock";
@@ -264,6 +272,7 @@ impl Config {
             log_format,
             concurrency: args.concurrency.or(file.concurrency).unwrap_or(0),
             runsc_timeout,
+            key_dir: args.key_dir.or(file.key_dir),
             state_dir,
         })
     }

@@ -85,7 +85,9 @@ fn store_code(e: &StoreError) -> tonic::Code {
         | StoreError::InvalidIndex { .. }
         | StoreError::Corrupt { .. }
         | StoreError::MissingObject { .. } => Code::DataLoss,
-        StoreError::UnsupportedFormat { .. } => Code::FailedPrecondition,
+        StoreError::UnsupportedFormat { .. } | StoreError::Encryption { .. } => {
+            Code::FailedPrecondition
+        }
         StoreError::Backend { source, .. } => match &**source {
             object_store::Error::NotFound { .. } => Code::NotFound,
             _ => Code::Unavailable,

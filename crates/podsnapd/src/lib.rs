@@ -25,6 +25,15 @@ pub async fn build_engine(cfg: config::Config) -> anyhow::Result<Arc<engine::Eng
     let metrics = Arc::new(metrics::Metrics::new());
     let store = podsnap_store::Store::open(&cfg.store)
         .with_context(|| format!("opening store {}", podsnap_store::redact_url(&cfg.store)))?;
+    let store = match &cfg.key_dir {
+        Some(dir) => {
+            let keys = podsnap_store::Keyring::load_dir(dir)
+                .with_context(|| format!("loading group keys from {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), keys = keys.len(), "encryption at rest: group keys loaded");
+            store.with_keyring(keys)
+        }
+        None => store,
+    };
     let store = store_metrics::instrument(store, metrics.clone());
     let mut runsc = podsnap_runtime::Runsc::builder()
         .binary(&cfg.runsc)

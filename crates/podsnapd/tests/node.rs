@@ -355,3 +355,99 @@ async fn checkpoint_with_resume_keeps_the_sandbox_running_and_restores_under_ano
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
     drop(sb);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_snapshot_restores_only_on_a_node_holding_its_group_key() {
+    if !require(
+        "an_encrypted_snapshot_restores_only_on_a_node_holding_its_group_key",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = format!("file://{}", store_dir.display());
+    // A Secret-like key directory: the group's key, named as `podsnapctl keygen` names it.
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let group = "app=vault";
+    std::fs::write(
+        keys.join(podsnap_store::Keyring::file_name(group)),
+        format!("{}\n", "5a".repeat(32)),
+    )
+    .unwrap();
+    let with_key = [("PODSNAPD_KEY_DIR", keys.display().to_string())];
+    let a = Daemon::start(dir.path(), "node-ka", &store, &with_key);
+    let b = Daemon::start(dir.path(), "node-kb", &store, &with_key);
+    let c = Daemon::start(dir.path(), "node-kc", &store, &[]);
+
+    let id = unique_id("e2e-sealed");
+    let log = dir.path().join("counter.log");
+    let sb = CounterSandbox::start(&a.root, &id, &log, &[]).expect("counter starts");
+    wait_for_count(&log, 3, Duration::from_secs(30)).unwrap();
+    let snap = checkpoint(
+        &mut a.client().await,
+        &id,
+        true,
+        &[("app", "vault")],
+        &["app"],
+    )
+    .await;
+    let before = last_count(&log).unwrap();
+    assert_eq!(snap.group, group);
+
+    // The stored manifest names the key; no node needs the key to list it.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store_dir.join(format!("manifests/{}.json", snap.id))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["encryption"]["key_id"],
+        podsnap_store::Key::from_bytes(&[0x5a; 32]).id()
+    );
+
+    // A node without the key refuses before downloading anything, with the reason.
+    let mut cc = c.client().await;
+    let mut stream = cc
+        .restore(pb::RestoreRequest {
+            snapshot_id: snap.id.clone(),
+            bundle: sb.bundle.path().display().to_string(),
+            container_id: unique_id("e2e-nokey"),
+            log_path: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("restore without the group key succeeded"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("no key for group app=vault"),
+        "{err:?}"
+    );
+
+    // A node with the key restores it and the count continues.
+    let new_id = unique_id("e2e-unsealed");
+    let rlog = dir.path().join("restored.log");
+    restore(
+        &mut b.client().await,
+        &snap.id,
+        sb.bundle.path(),
+        &new_id,
+        &rlog,
+    )
+    .await;
+    wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
+    let after = first_count(&rlog).unwrap();
+    RunscCmd::new(&b.root).force_delete(&new_id);
+    assert!(
+        after >= before && after < before + 5,
+        "before {before}, first count after restore {after}"
+    );
+    drop(sb);
+}
