@@ -34,7 +34,7 @@ PROMETHEUS_RULE = ("monitoring.coreos.com/v1", "PrometheusRule")
 
 PODSNAPD_KEYS = {
     "listen", "store", "runsc_root", "state_dir", "runsc", "runsc_flags",
-    "containerd_socket", "work_dir", "metrics_listen", "health_listen",
+    "containerd_socket", "work_dir", "metrics_listen", "health_listen", "key_dir",
 }
 WRAPPER_KEYS = {"runsc", "socket", "prepare_timeout", "runsc_flags", "marker_dir", "restore_mode"}
 RESTORE_ANNOTATION_GLOB = "podsnap.dev/*"
@@ -171,7 +171,7 @@ def test_kustomization_lists_every_core_manifest():
     k = one("Kustomization")
     listed = set(k["resources"])
     for p in DAEMONSET.glob("*.yaml"):
-        if p.name in ("kustomization.yaml", "store-credentials.example.yaml"):
+        if p.name == "kustomization.yaml" or p.name.endswith(".example.yaml"):
             continue
         assert p.name in listed, f"{p.name} is not in kustomization.yaml"
     assert k["namespace"] == "podsnap-system"
@@ -270,7 +270,23 @@ def test_store_credentials_come_from_an_optional_secret():
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS"} <= names
     assert refs and all(r["optional"] and r["name"] == "podsnap-store-credentials" for r in refs)
     secret = [d for d in all_docs() if d["kind"] == "Secret"]
-    assert [s["metadata"]["name"] for s in secret] == ["podsnap-store-credentials"]
+    assert sorted(s["metadata"]["name"] for s in secret) == ["podsnap-keys", "podsnap-store-credentials"]
+
+
+def test_group_keys_come_from_an_optional_secret_mounted_at_key_dir():
+    cfg = podsnapd_config()
+    c = podsnapd_container()
+    spec = one("DaemonSet")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert mounts["group-keys"]["mountPath"] == cfg["key_dir"]
+    assert mounts["group-keys"]["readOnly"] is True
+    secret = vols["group-keys"]["secret"]
+    assert secret["secretName"] == "podsnap-keys" and secret["optional"] is True
+    assert secret["defaultMode"] == 0o400
+    example = [d for d in all_docs() if d["kind"] == "Secret" and d["metadata"]["name"] == "podsnap-keys"][0]
+    # The example's key names are what podsnapd reads: `default` or `group.<encoded group>`.
+    assert all(k == "default" or k.startswith("group.") for k in example["stringData"])
 
 
 def test_rbac_is_minimal():
