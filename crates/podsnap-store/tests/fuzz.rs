@@ -220,8 +220,9 @@ fn arb_index() -> impl Strategy<Value = FileIndex> {
         prop::collection::vec((any::<bool>(), 1u32..40, 0u32..3, any::<bool>()), 1..24),
         1usize..4,
         0u64..4096,
+        any::<bool>(),
     )
-        .prop_map(|(runs, n_packs, tail)| {
+        .prop_map(|(runs, n_packs, tail, sealed)| {
             let mut idx = FileIndex {
                 packs: (0..n_packs).map(|i| [i as u8 + 1; 32]).collect(),
                 ..Default::default()
@@ -233,12 +234,23 @@ fn arb_index() -> impl Strategy<Value = FileIndex> {
                 } else {
                     let blob = idx.blobs.len() as u32;
                     let raw_len = n * 4096;
+                    let (codec, stored_len) = if raw {
+                        (Codec::Raw, raw_len)
+                    } else {
+                        (Codec::Zstd, raw_len / 3)
+                    };
+                    // Sealed blobs (encrypted snapshots) carry a 28-byte nonce and tag.
+                    let (codec, stored_len) = if sealed {
+                        (codec.sealed(), stored_len + 28)
+                    } else {
+                        (codec, stored_len)
+                    };
                     idx.blobs.push(BlobRef {
                         pack: pack % n_packs as u32,
                         offset: k as u64 * 200_000,
-                        stored_len: if raw { raw_len } else { raw_len / 3 },
+                        stored_len,
                         raw_len,
-                        codec: if raw { Codec::Raw } else { Codec::Zstd },
+                        codec,
                     });
                     idx.push_extent(blob, 0, n);
                     for p in 0..n {
@@ -268,6 +280,11 @@ fn assert_consistent(idx: &FileIndex) {
         assert!((b.pack as usize) < idx.packs.len());
         assert!(e.first_page as u64 + e.pages as u64 <= b.pages() as u64);
         assert!(b.raw_len as usize <= 1 << 20);
+        let seal = if b.codec.is_sealed() { 28 } else { 0 };
+        assert!(b.stored_len as u64 > seal);
+        if b.codec.unsealed() == Codec::Raw {
+            assert_eq!(b.stored_len as u64, b.raw_len as u64 + seal);
+        }
     }
 }
 
