@@ -231,20 +231,27 @@ impl FakeRuntime {
         let mut meta = BTreeMap::new();
         meta.insert("_timestamp".to_string(), "fake".to_string());
         meta.insert("cpu_usage".to_string(), "1ms".to_string());
-        let mut bytes = image::encode_header(&meta);
+        use std::io::Write;
+        // Streamed, so that many fake checkpoints at once take little memory.
+        let mut out = std::io::BufWriter::with_capacity(
+            64 << 10,
+            std::fs::File::create(dir.join(image::CHECKPOINT_FILE))?,
+        );
+        out.write_all(&image::encode_header(&meta))?;
         // Deterministic, mostly incompressible filler with an all-zero stretch.
         let mut x: u32 = 0x2545_f491;
         for i in 0..self.image_bytes {
-            if (i / 4096) % 4 == 3 {
-                bytes.push(0);
+            let b = if (i / 4096) % 4 == 3 {
+                0
             } else {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                bytes.push(x as u8);
-            }
+                x as u8
+            };
+            out.write_all(&[b])?;
         }
-        std::fs::write(dir.join(image::CHECKPOINT_FILE), bytes)
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
     }
 }
 

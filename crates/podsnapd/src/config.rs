@@ -86,6 +86,11 @@ pub struct Args {
     /// with AES-256-GCM; restoring them needs the same key. Read at start.
     #[arg(long, env = "PODSNAPD_KEY_DIR")]
     pub key_dir: Option<PathBuf>,
+    /// Uploads and downloads (whole snapshots) that run at once; more jobs wait for a slot
+    /// (phase message "waiting for a transfer slot"). Each takes up to ~100 MiB of memory
+    /// and a few dozen file descriptors. Default 2.
+    #[arg(long, env = "PODSNAPD_MAX_TRANSFERS")]
+    pub max_transfers: Option<usize>,
 }
 
 /// The config file: the same keys as the flags.
@@ -113,6 +118,7 @@ pub struct FileConfig {
     pub concurrency: Option<usize>,
     pub runsc_timeout: Option<String>,
     pub key_dir: Option<PathBuf>,
+    pub max_transfers: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,6 +161,7 @@ pub struct Config {
     pub concurrency: usize,
     pub runsc_timeout: std::time::Duration,
     pub key_dir: Option<PathBuf>,
+    pub max_transfers: usize,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/podsnap/podsnapd.sock";
@@ -273,6 +280,10 @@ impl Config {
             concurrency: args.concurrency.or(file.concurrency).unwrap_or(0),
             runsc_timeout,
             key_dir: args.key_dir.or(file.key_dir),
+            max_transfers: match args.max_transfers.or(file.max_transfers).unwrap_or(2) {
+                0 => anyhow::bail!("max_transfers must be at least 1"),
+                n => n,
+            },
             state_dir,
         })
     }

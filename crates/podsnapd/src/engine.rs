@@ -16,7 +16,7 @@ use std::time::Instant;
 use podsnap_cpu::CpuInfo;
 use podsnap_runtime::{
     CheckpointOpts, RestoreRequest, RuntimeError, RuntimeInfo, Sandbox, SandboxKind,
-    SandboxRuntime, Target,
+    SandboxRuntime, Status, Target,
 };
 use podsnap_store::{Manifest, NodeFacts, Progress, ProgressEvent, PushOptions, SnapshotId, Store};
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::error::{DaemonError, Result};
-use crate::jobs::{JobHandle, JobKind, Jobs, Phase};
+use crate::jobs::{JobHandle, JobKind, JobRecord, Jobs, Phase};
 use crate::metrics::Metrics;
 
 /// What to do with the sandbox after its checkpoint.
@@ -114,6 +114,8 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     host_cpu: Result<CpuInfo, String>,
     locks: Locks,
+    /// Bounds the snapshot uploads and downloads running at once (`max_transfers`).
+    transfers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Label keys and values: what Kubernetes allows, bounded.
@@ -258,6 +260,7 @@ impl Engine {
         runtime: Arc<dyn SandboxRuntime>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Engine> {
+        let max_transfers = cfg.max_transfers;
         use anyhow::Context;
         for d in [
             &cfg.state_dir,
@@ -296,6 +299,7 @@ impl Engine {
             metrics,
             host_cpu,
             locks: Locks::default(),
+            transfers: Arc::new(tokio::sync::Semaphore::new(max_transfers)),
         })
     }
 
@@ -446,16 +450,7 @@ impl Engine {
         if !flag("checkpointed") {
             phase_update(job, tx, Phase::Checkpointing, "runsc checkpoint");
             let t = Instant::now();
-            if runsc_job.join("pid").exists() {
-                // A restarted daemon: runsc ran in its own session and outlived us; take its
-                // exit status from the job directory.
-                let mut dj = podsnap_runtime::runsc::job::DurableJob::attach(&runsc_job)
-                    .map_err(RuntimeError::from)?;
-                dj.wait(Some(self.cfg.runsc_timeout))
-                    .await
-                    .and_then(|o| o.into_result())
-                    .map_err(RuntimeError::from)?;
-            } else {
+            if !self.await_earlier_runsc(&runsc_job).await? {
                 std::fs::create_dir_all(&image_dir)
                     .map_err(|e| io_err("creating", &image_dir, e))?;
                 self.runtime
@@ -588,6 +583,7 @@ impl Engine {
                 .map(|m| m.id),
         };
 
+        let _slot = self.transfer_slot(job, tx, Phase::Uploading).await;
         phase_update(job, tx, Phase::Uploading, "uploading");
         let t = Instant::now();
         let progress = JobProgress::new(job, tx.clone(), Phase::Uploading, self.metrics.clone());
@@ -618,7 +614,8 @@ impl Engine {
 
     /// Finishes or rolls back the jobs an earlier run of the daemon left unfinished.
     /// Checkpoints are carried to the end (the image is uploaded and committed, the sandbox
-    /// resumed if that was asked); restores are reported failed and their work dirs removed.
+    /// resumed if that was asked); restores are finished or rolled back (`recover_restore`);
+    /// prepared restores are reported failed. Work dirs are removed.
     pub async fn recover(self: Arc<Self>) {
         let pending = self.jobs.unfinished_on_disk();
         if pending.is_empty() {
@@ -650,13 +647,12 @@ impl Engine {
                                 info!(snapshot = %m.id, "checkpoint finished after restart");
                             })
                     }
-                    JobKind::Restore | JobKind::PrepareRestore => {
-                        Err(DaemonError::Unavailable(format!(
-                            "podsnapd restarted during {} in phase {:?}; retry it",
-                            rec.kind.as_str(),
-                            rec.phase
-                        )))
-                    }
+                    JobKind::Restore => self.recover_restore(&job, &rec).await,
+                    JobKind::PrepareRestore => Err(DaemonError::Unavailable(format!(
+                        "podsnapd restarted during {} in phase {:?}; retry it",
+                        rec.kind.as_str(),
+                        rec.phase
+                    ))),
                 }
             }
             .instrument(span)
@@ -685,16 +681,70 @@ impl Engine {
         }
     }
 
+    /// Takes the outcome of a runsc operation that an earlier run of the daemon started as a
+    /// durable job in `dir` (runsc ran in its own session and outlived that daemon): waits for
+    /// it if it still runs. `Ok(false)` when no such operation was started.
+    async fn await_earlier_runsc(&self, dir: &Path) -> Result<bool> {
+        if !dir.join("pid").exists() {
+            return Ok(false);
+        }
+        let mut dj =
+            podsnap_runtime::runsc::job::DurableJob::attach(dir).map_err(RuntimeError::from)?;
+        dj.wait(Some(self.cfg.runsc_timeout))
+            .await
+            .and_then(|o| o.into_result())
+            .map_err(RuntimeError::from)?;
+        Ok(true)
+    }
+
+    /// Finishes or rolls back a restore that a killed daemon left: if runsc restore had been
+    /// started, its outcome decides (a failed or unknown one leaves no container behind);
+    /// if not, nothing was restored and the job fails asking for a retry.
+    async fn recover_restore(&self, job: &JobHandle, rec: &JobRecord) -> Result<()> {
+        let container_id = rec.details["container_id"]
+            .as_str()
+            .ok_or_else(|| DaemonError::Internal("job record lacks the container id".into()))?
+            .to_string();
+        let root = self.runtime.info().await?.root;
+        let _guard = self.locks.lock(&Self::lock_key(&root, &container_id)).await;
+        let outcome = self
+            .await_earlier_runsc(&job.dir().join("runsc-restore"))
+            .await;
+        let outcome = match outcome {
+            Ok(true) => match self.runtime.state(None, &container_id).await {
+                Ok(st) if st.status == Status::Running => {
+                    info!(container = %container_id, "restore finished after restart");
+                    return Ok(());
+                }
+                Ok(st) => Err(DaemonError::Internal(format!(
+                    "runsc restore of {container_id} succeeded but the container is {:?}",
+                    st.status
+                ))),
+                Err(e) => Err(e.into()),
+            },
+            Ok(false) => {
+                return Err(DaemonError::Unavailable(format!(
+                    "podsnapd restarted during restore in phase {:?}, before runsc restore \
+                     ran: nothing was restored; retry it",
+                    rec.phase
+                )))
+            }
+            Err(e) => Err(e),
+        };
+        // runsc restore failed, or left something that is not a running sandbox: remove it so
+        // that a retry under the same id can succeed.
+        match self.runtime.delete(None, &container_id, true).await {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+            Err(e) => {
+                warn!(container = %container_id, error = %e, "cannot remove a failed restore")
+            }
+        }
+        outcome
+    }
+
     async fn resume_in_place(&self, job: &JobHandle, sb: &Sandbox, image_dir: &Path) -> Result<()> {
         let runsc_job = job.dir().join("runsc-resume");
-        if runsc_job.join("pid").exists() {
-            // A restarted daemon: the in-place restore was started; take its outcome.
-            let mut dj = podsnap_runtime::runsc::job::DurableJob::attach(&runsc_job)
-                .map_err(RuntimeError::from)?;
-            dj.wait(Some(self.cfg.runsc_timeout))
-                .await
-                .and_then(|o| o.into_result())
-                .map_err(RuntimeError::from)?;
+        if self.await_earlier_runsc(&runsc_job).await? {
             job.set_details("resumed", serde_json::json!(true));
             return Ok(());
         }
@@ -805,6 +855,24 @@ impl Engine {
     }
 
     /// Fetches and verifies a snapshot into `dest` (which must not exist).
+    /// One of the `max_transfers` slots for an upload or download; says so when it waits.
+    async fn transfer_slot(
+        &self,
+        job: &JobHandle,
+        tx: &Option<Updates>,
+        phase: Phase,
+    ) -> tokio::sync::OwnedSemaphorePermit {
+        if let Ok(p) = self.transfers.clone().try_acquire_owned() {
+            return p;
+        }
+        phase_update(job, tx, phase, "waiting for a transfer slot");
+        self.transfers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the transfer semaphore is never closed")
+    }
+
     async fn fetch(
         &self,
         job: &JobHandle,
@@ -813,6 +881,7 @@ impl Engine {
         op: &str,
         tx: &Option<Updates>,
     ) -> Result<()> {
+        let _slot = self.transfer_slot(job, tx, Phase::Downloading).await;
         phase_update(job, tx, Phase::Downloading, "downloading");
         let t = Instant::now();
         let progress = JobProgress::new(job, tx.clone(), Phase::Downloading, self.metrics.clone());

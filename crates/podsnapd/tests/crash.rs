@@ -1,7 +1,9 @@
-//! Crash safety with real runsc: podsnapd is SIGKILLed at several points of a checkpoint and
-//! restarted on the same state dir. Whatever the point, the outcome is one of two: the
-//! snapshot is committed (and restores with the counter continuing), or the sandbox was never
-//! checkpointed and still runs. Never a stopped sandbox without a snapshot.
+//! Crash safety with real runsc: podsnapd is SIGKILLed at several points of a checkpoint or a
+//! restore and restarted on the same state dir. Whatever the point, a checkpoint ends one of
+//! two ways: the snapshot is committed (and restores with the counter continuing), or the
+//! sandbox was never checkpointed and still runs; never a stopped sandbox without a snapshot.
+//! A restore ends restored (running, the count continuing, the job done) or rolled back (no
+//! container, the job failed asking for a retry, and the retry works).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -264,5 +266,200 @@ async fn sigterm_lets_a_running_checkpoint_finish_before_the_daemon_exits() {
         .unwrap()
         .count();
     assert_eq!(manifests, 1);
+    drop(sb);
+}
+
+/// The on-disk record of the job of `kind` on `target`, if one was written.
+fn job_record(jobs_dir: &Path, kind: &str, target: &str) -> Option<serde_json::Value> {
+    std::fs::read_dir(jobs_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("job.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .find(|j| j["kind"] == kind && j["target"] == target)
+}
+
+/// Waits until every job the daemon knows of has finished.
+async fn settled_jobs(c: &mut PodsnapClient<Channel>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = c
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        if jobs.iter().all(|j| !j.finished_at.is_empty()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "jobs did not finish: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn restore_call(
+    c: &mut PodsnapClient<Channel>,
+    snapshot: &str,
+    bundle: &Path,
+    id: &str,
+    log: &Path,
+) -> Result<(), tonic::Status> {
+    let mut s = c
+        .restore(pb::RestoreRequest {
+            snapshot_id: snapshot.into(),
+            bundle: bundle.display().to_string(),
+            container_id: id.into(),
+            log_path: log.display().to_string(),
+        })
+        .await?
+        .into_inner();
+    while s.message().await?.is_some() {}
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
+    if !require(
+        "a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node {
+        dir: tmp.path().to_path_buf(),
+        sock: tmp.path().join("d.sock"),
+        root: tmp.path().join("root"),
+        store: format!("file://{}", tmp.path().join("store").display()),
+    };
+    std::fs::create_dir_all(&node.root).unwrap();
+    let id = unique_id("rsrc");
+    let log = tmp.path().join("counter.log");
+    let sb = CounterSandbox::start(&node.root, &id, &log, &[]).expect("counter starts");
+    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    let snapshot = {
+        let _daemon = spawn(&node, "d0.log");
+        let mut c = client(&node.sock).await;
+        let mut s = c
+            .checkpoint(pb::CheckpointRequest {
+                target: Some(pb::Target {
+                    kind: Some(pb::target::Kind::RunscId(id.clone())),
+                }),
+                post_checkpoint: pb::PostCheckpoint::Stop as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut snap = None;
+        while let Some(ev) = s.message().await.unwrap() {
+            if let Some(pb::checkpoint_event::Event::Snapshot(x)) = ev.event {
+                snap = Some(x.id);
+            }
+        }
+        snap.expect("a snapshot")
+    };
+    let before = last_count(&log).unwrap();
+
+    let (mut finished, mut rolled_back, mut recoveries) = (0, 0, 0);
+    for (round, delay_ms) in [0u64, 150, 400, 800, 1300, 2000].into_iter().enumerate() {
+        let new_id = unique_id(&format!("rcrash{round}"));
+        let rlog = tmp.path().join(format!("restored{round}.log"));
+        let mut daemon = spawn(&node, &format!("d{round}a.log"));
+        let mut c = client(&node.sock).await;
+        let call = {
+            let (snapshot, bundle, new_id, rlog) = (
+                snapshot.clone(),
+                sb.bundle.path().to_path_buf(),
+                new_id.clone(),
+                rlog.clone(),
+            );
+            tokio::spawn(
+                async move { restore_call(&mut c, &snapshot, &bundle, &new_id, &rlog).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        kill9(&mut daemon.0);
+        let _ = call.await;
+
+        let blog = format!("d{round}b.log");
+        let _daemon = spawn(&node, &blog);
+        let mut c = client(&node.sock).await;
+        settled_jobs(&mut c).await;
+        if std::fs::read_to_string(tmp.path().join(&blog))
+            .unwrap_or_default()
+            .contains("recovering jobs")
+        {
+            recoveries += 1;
+        }
+        // The job's durable record (also for a restore that finished before the kill).
+        let job = job_record(&tmp.path().join("state/jobs"), "restore", &new_id);
+        if let Some(j) = &job {
+            assert!(
+                j["finished_at"].is_string(),
+                "round {round}: unfinished {j}"
+            );
+        }
+        let job_error = job
+            .as_ref()
+            .map(|j| j["error"].as_str().unwrap_or("").to_string());
+        let running = RunscCmd::new(&node.root)
+            .run(&["state", &new_id])
+            .unwrap_or_default()
+            .contains("\"running\"");
+        eprintln!(
+            "round {round}: kill after {delay_ms} ms: running {running}, job error {job_error:?}"
+        );
+        match (running, job_error) {
+            (true, Some(e)) if e.is_empty() => {
+                // Restored: the count continues from the checkpoint.
+                wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
+                let first = first_count(&rlog).unwrap();
+                assert!(
+                    first >= before && first < before + 10,
+                    "round {round}: before {before}, after {first}"
+                );
+                finished += 1;
+            }
+            (false, error) => {
+                // Rolled back (or never started): no container, and a retry works.
+                if let Some(e) = error {
+                    assert!(
+                        e.contains("retry") || e.contains("runsc"),
+                        "round {round}: {e:?}"
+                    );
+                }
+                assert!(
+                    RunscCmd::new(&node.root).run(&["state", &new_id]).is_err(),
+                    "round {round}: a container record was left behind"
+                );
+                restore_call(&mut c, &snapshot, sb.bundle.path(), &new_id, &rlog)
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: retry after a rollback: {e:?}"));
+                wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
+                rolled_back += 1;
+            }
+            other => panic!(
+                "round {round} (kill after {delay_ms} ms): running {running}, job {:?}; logs: {}",
+                other.1,
+                std::fs::read_to_string(tmp.path().join(&blog)).unwrap_or_default()
+            ),
+        }
+        RunscCmd::new(&node.root).force_delete(&new_id);
+        let work: Vec<_> = std::fs::read_dir(tmp.path().join("state/work"))
+            .map(|r| r.flatten().collect())
+            .unwrap_or_default();
+        assert!(
+            work.is_empty(),
+            "round {round}: work dir not cleaned: {work:?}"
+        );
+    }
+    eprintln!(
+        "restored after restart: {finished}, rolled back: {rolled_back}, recoveries: {recoveries}"
+    );
+    assert!(
+        recoveries > 0,
+        "no round killed the daemon with a restore in flight"
+    );
     drop(sb);
 }

@@ -3,26 +3,22 @@
 //! above the runtime trait; the real runsc path is in `tests/node.rs`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use podsnap_proto::v1 as pb;
-use podsnap_proto::v1::podsnap_client::PodsnapClient;
-use podsnap_proto::v1::podsnap_server::PodsnapServer;
 use podsnap_runtime::testing::{FakeCall, FakeRuntime};
 use podsnap_runtime::{
     CheckpointOpts, RestoreRequest, Restored, RuntimeError, RuntimeInfo, Sandbox, SandboxRuntime,
     SandboxState, Target,
 };
-use podsnap_store::{NoProgress, PushOptions, Store};
-use podsnapd::config::{Args, Config, FileConfig};
-use podsnapd::engine::Engine;
-use podsnapd::metrics::Metrics;
-use podsnapd::service::Service;
-use tonic::transport::Channel;
+use podsnap_store::{NoProgress, PushOptions};
+
+mod common;
+use common::harness::*;
 
 /// Counts concurrent checkpoints per container and overall, delaying each one.
 struct Tracking {
@@ -89,106 +85,6 @@ impl SandboxRuntime for Tracking {
     async fn delete(&self, root: Option<&Path>, id: &str, force: bool) -> Result<(), RuntimeError> {
         self.inner.delete(root, id, force).await
     }
-}
-
-struct Harness {
-    _dir: tempfile::TempDir,
-    client: PodsnapClient<Channel>,
-    store: Store,
-    engine: Arc<Engine>,
-    state_dir: PathBuf,
-}
-
-async fn harness(runtime: Arc<dyn SandboxRuntime>, store: Store) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("state");
-    let cfg = Config::merge(
-        Args {
-            state_dir: Some(state_dir.clone()),
-            store: Some("memory://".into()),
-            node_name: Some("node-a".into()),
-            ..Default::default()
-        },
-        FileConfig::default(),
-    )
-    .unwrap();
-    let engine =
-        Arc::new(Engine::new(cfg, store.clone(), runtime, Arc::new(Metrics::new())).unwrap());
-    let sock = dir.path().join("d.sock");
-    let listener = podsnapd::server::bind_unix(&sock, 0o660, None).unwrap();
-    let svc = PodsnapServer::new(Service::new(engine.clone()));
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    let client = podsnapd::client::connect_unix(&sock).await.unwrap();
-    Harness {
-        _dir: dir,
-        client,
-        store,
-        engine,
-        state_dir,
-    }
-}
-
-fn memory_store() -> Store {
-    Store::open("memory://").unwrap()
-}
-
-fn checkpoint_req(
-    id: &str,
-    labels: &[(&str, &str)],
-    group_by: &[&str],
-    keep: u32,
-    stop: bool,
-) -> pb::CheckpointRequest {
-    pb::CheckpointRequest {
-        target: Some(pb::Target {
-            kind: Some(pb::target::Kind::RunscId(id.into())),
-        }),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        group_by: group_by.iter().map(|s| s.to_string()).collect(),
-        keep,
-        post_checkpoint: if stop {
-            pb::PostCheckpoint::Stop
-        } else {
-            pb::PostCheckpoint::Resume
-        } as i32,
-        parent: String::new(),
-    }
-}
-
-/// Runs a checkpoint stream to its end: (progress events, final snapshot or status).
-async fn run_checkpoint(
-    client: &mut PodsnapClient<Channel>,
-    req: pb::CheckpointRequest,
-) -> (Vec<pb::Progress>, Result<pb::Snapshot, tonic::Status>) {
-    let mut progress = Vec::new();
-    let mut stream = match client.checkpoint(req).await {
-        Ok(s) => s.into_inner(),
-        Err(e) => return (progress, Err(e)),
-    };
-    let mut snap = None;
-    loop {
-        match stream.message().await {
-            Ok(Some(ev)) => match ev.event.unwrap() {
-                pb::checkpoint_event::Event::Progress(p) => progress.push(p),
-                pb::checkpoint_event::Event::Snapshot(s) => snap = Some(s),
-            },
-            Ok(None) => break,
-            Err(e) => return (progress, Err(e)),
-        }
-    }
-    (
-        progress,
-        snap.ok_or_else(|| tonic::Status::internal("no snapshot event")),
-    )
 }
 
 #[tokio::test]

@@ -1,4 +1,8 @@
-//! Plumbing shared by podsnapd's process-level tests.
+//! Plumbing shared by podsnapd's tests (each test binary uses part of it).
+
+#![allow(dead_code)]
+
+pub mod harness;
 
 use std::process::Child;
 use std::time::{Duration, Instant};
