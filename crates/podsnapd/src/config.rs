@@ -445,7 +445,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            Config::merge(flag, file()).unwrap().otlp_endpoint.as_deref(),
+            Config::merge(flag, file())
+                .unwrap()
+                .otlp_endpoint
+                .as_deref(),
             Some("http://flag:4317")
         );
         let env_only = || Args {
@@ -466,7 +469,8 @@ mod tests {
                 .as_deref(),
             Some("http://otel-env:4317")
         );
-        let file: FileConfig = toml::from_str("otlp_endpoint = \"https://c.example:4317\"").unwrap();
+        let file: FileConfig =
+            toml::from_str("otlp_endpoint = \"https://c.example:4317\"").unwrap();
         assert_eq!(
             Config::merge(Args::default(), file)
                 .unwrap()

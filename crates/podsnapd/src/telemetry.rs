@@ -131,8 +131,8 @@ pub fn provider(endpoint: &str, node_name: &str) -> anyhow::Result<SdkTracerProv
         .with_tonic()
         .with_endpoint(endpoint);
     if endpoint.starts_with("https://") {
-        exporter = exporter
-            .with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+        exporter =
+            exporter.with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
     }
     let exporter = exporter
         .build()
@@ -283,7 +283,10 @@ mod tests {
             continue_trace(&span, "/podsnap.v1.Podsnap/ListJobs", &headers);
             let cx = span.context();
             let sc = cx.span().span_context().clone();
-            assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(
+                sc.trace_id().to_string(),
+                "4bf92f3577b34da6a3ce929d0e0e4736"
+            );
             assert!(sc.is_sampled());
         });
     }
