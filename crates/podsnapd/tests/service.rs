@@ -18,6 +18,7 @@ use podsnap_runtime::{
     SandboxState, Target,
 };
 use podsnap_store::{NoProgress, PushOptions, Store};
+use podsnap_testkit::metrics::Exposition;
 use podsnapd::config::{Args, Config, FileConfig};
 use podsnapd::engine::Engine;
 use podsnapd::metrics::Metrics;
@@ -442,14 +443,23 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
         .calls()
         .iter()
         .any(|c| matches!(c, FakeCall::Restore { .. })));
-    let text = h.engine.metrics.encode();
-    assert!(
-        !text.contains("direction=\"downloaded\""),
-        "bytes were downloaded:\n{text}"
-    );
-    assert!(
-        text.contains("podsnap_compatibility_refusals_total{reason=\"cpu_features\"} 2"),
-        "{text}"
+    let m = Exposition::parse(&h.engine.metrics.encode());
+    let downloaded = ("direction".to_string(), "downloaded".to_string());
+    for family in m.family_names() {
+        assert!(
+            !m.label_sets(family).iter().any(|s| s.contains(&downloaded)),
+            "bytes were downloaded ({family}):\n{}",
+            m.text()
+        );
+    }
+    assert_eq!(
+        m.counter(
+            "podsnap_compatibility_refusals",
+            &[("reason", "cpu_features")]
+        ),
+        Some(2.0),
+        "{}",
+        m.text()
     );
 }
 
