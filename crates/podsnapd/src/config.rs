@@ -86,11 +86,16 @@ pub struct Args {
     /// with AES-256-GCM; restoring them needs the same key. Read at start.
     #[arg(long, env = "PODSNAPD_KEY_DIR")]
     pub key_dir: Option<PathBuf>,
-    /// Export trace spans (every gRPC call and job, continuing a caller's W3C traceparent)
-    /// to this OpenTelemetry collector over OTLP/gRPC, e.g. http://127.0.0.1:4317 (https://
-    /// verifies the collector against the system's CA roots). Off by default, and then no
-    /// exporter is set up at all. Without this flag, PODSNAPD_OTLP_ENDPOINT or the config
-    /// file, the standard OTEL_EXPORTER_OTLP_ENDPOINT is used when it is set.
+    /// Export trace spans to this OpenTelemetry collector (OTLP/gRPC), e.g.
+    /// http://127.0.0.1:4317. Off by default.
+    ///
+    /// Every gRPC call and every job is a span; a caller's W3C traceparent makes them part of
+    /// the caller's trace. Spans are batched, sent in the background and flushed at shutdown;
+    /// an unreachable collector is logged as a warning and never fails a call. https:// checks
+    /// the collector's certificate against the system's CA roots. When neither this flag,
+    /// PODSNAPD_OTLP_ENDPOINT nor the config file sets it, the standard
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is used if set; an empty value turns export off. Without an
+    /// endpoint no OpenTelemetry code runs at all.
     #[arg(long, env = "PODSNAPD_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// OTEL_EXPORTER_OTLP_ENDPOINT, the lowest-precedence source of `otlp_endpoint`.
