@@ -44,11 +44,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Sends the spans still queued (bounded by a few seconds) and stops the exporter.
     /// Call it outside the async runtime's worker threads while the runtime is still alive:
     /// the gRPC channel to the collector is driven by that runtime.
