@@ -1,5 +1,6 @@
 //! Test support shared by podsnap's crates: gating of privileged tests and helpers that start
-//! the real components (runsc sandboxes, containerd, a moto S3 server) on this machine.
+//! the real components (runsc sandboxes, containerd, a moto S3 server) on this machine, and a
+//! parsed view of podsnapd's metrics exposition.
 //!
 //! Gating rule: a test that needs root, runsc, containerd or moto calls [`require`]. When
 //! `PODSNAP_REQUIRE_PRIVILEGED=1` (set by `make test`, and so by CI) a missing prerequisite is
@@ -7,6 +8,7 @@
 //! `cargo test` passes on a developer machine without those components.
 
 pub mod containerd;
+pub mod metrics;
 pub mod moto;
 pub mod runsc;
 

@@ -416,7 +416,10 @@ mod tests {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("pages.img"), vec![7u8; 100_000]).unwrap();
         let url = format!("file://{}", work.join("store").display());
-        let store = StoreArg { url: url.clone() };
+        let store = StoreArg {
+            url: url.clone(),
+            key_dir: None,
+        };
         run(ImageCmd::Push {
             dir: src.clone(),
             store: store.clone(),

@@ -91,6 +91,21 @@ pub struct Args {
     /// and a few dozen file descriptors. Default 2.
     #[arg(long, env = "PODSNAPD_MAX_TRANSFERS")]
     pub max_transfers: Option<usize>,
+    /// Export trace spans to this OpenTelemetry collector (OTLP/gRPC), e.g.
+    /// http://127.0.0.1:4317. Off by default.
+    ///
+    /// Every gRPC call and every job is a span; a caller's W3C traceparent makes them part of
+    /// the caller's trace. Spans are batched, sent in the background and flushed at shutdown;
+    /// an unreachable collector is logged as a warning and never fails a call. https:// checks
+    /// the collector's certificate against the system's CA roots. When neither this flag,
+    /// PODSNAPD_OTLP_ENDPOINT nor the config file sets it, the standard
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is used if set; an empty value turns export off. Without an
+    /// endpoint no OpenTelemetry code runs at all.
+    #[arg(long, env = "PODSNAPD_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTEL_EXPORTER_OTLP_ENDPOINT, the lowest-precedence source of `otlp_endpoint`.
+    #[arg(skip = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())]
+    pub otel_exporter_otlp_endpoint: Option<String>,
 }
 
 /// The config file: the same keys as the flags.
@@ -119,6 +134,7 @@ pub struct FileConfig {
     pub runsc_timeout: Option<String>,
     pub key_dir: Option<PathBuf>,
     pub max_transfers: Option<usize>,
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,6 +178,8 @@ pub struct Config {
     pub runsc_timeout: std::time::Duration,
     pub key_dir: Option<PathBuf>,
     pub max_transfers: usize,
+    /// OTLP/gRPC collector for trace export; `None`: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/podsnap/podsnapd.sock";
@@ -234,6 +252,15 @@ impl Config {
             Some(t) => parse_duration(&t).with_context(|| format!("--runsc-timeout {t:?}"))?,
             None => std::time::Duration::from_secs(600),
         };
+        let otlp_endpoint = match args
+            .otlp_endpoint
+            .or(file.otlp_endpoint)
+            .or(args.otel_exporter_otlp_endpoint)
+            .filter(|e| !e.trim().is_empty())
+        {
+            Some(e) => Some(parse_otlp_endpoint(&e)?),
+            None => None,
+        };
         let mut runsc_flags = file.runsc_flags;
         runsc_flags.extend(args.runsc_flags);
         for f in &runsc_flags {
@@ -284,6 +311,7 @@ impl Config {
                 0 => anyhow::bail!("max_transfers must be at least 1"),
                 n => n,
             },
+            otlp_endpoint,
             state_dir,
         })
     }
@@ -315,6 +343,18 @@ pub fn parse_listen(s: &str) -> anyhow::Result<Listen> {
         return Ok(Listen::Tcp(s.to_string()));
     }
     bail!("listen address {s:?}: expected unix:///PATH or HOST:PORT")
+}
+
+/// Checks an OTLP/gRPC collector address: `http://HOST:PORT` or `https://HOST:PORT`.
+pub fn parse_otlp_endpoint(s: &str) -> anyhow::Result<String> {
+    let s = s.trim();
+    let uri: tonic::transport::Uri = s
+        .parse()
+        .with_context(|| format!("--otlp-endpoint {s:?} is not a URL"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(a)) if !a.host().is_empty() => Ok(s.to_string()),
+        _ => bail!("--otlp-endpoint {s:?}: expected http://HOST:PORT or https://HOST:PORT"),
+    }
 }
 
 /// Parses `90s`, `10m`, `1h`, `250ms` or a bare number of seconds.
@@ -400,6 +440,82 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap().as_secs(), 600);
         assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn otlp_endpoint_is_off_by_default_and_comes_from_flag_file_or_otel_env() {
+        assert_eq!(
+            Config::merge(Args::default(), FileConfig::default())
+                .unwrap()
+                .otlp_endpoint,
+            None
+        );
+        let file = || FileConfig {
+            otlp_endpoint: Some("http://file:4317".into()),
+            ..Default::default()
+        };
+        let otel = || Some("http://otel-env:4317".to_string());
+        let flag = Args {
+            otlp_endpoint: Some("http://flag:4317".into()),
+            otel_exporter_otlp_endpoint: otel(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::merge(flag, file())
+                .unwrap()
+                .otlp_endpoint
+                .as_deref(),
+            Some("http://flag:4317")
+        );
+        let env_only = || Args {
+            otel_exporter_otlp_endpoint: otel(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::merge(env_only(), file())
+                .unwrap()
+                .otlp_endpoint
+                .as_deref(),
+            Some("http://file:4317")
+        );
+        assert_eq!(
+            Config::merge(env_only(), FileConfig::default())
+                .unwrap()
+                .otlp_endpoint
+                .as_deref(),
+            Some("http://otel-env:4317")
+        );
+        let file: FileConfig =
+            toml::from_str("otlp_endpoint = \"https://c.example:4317\"").unwrap();
+        assert_eq!(
+            Config::merge(Args::default(), file)
+                .unwrap()
+                .otlp_endpoint
+                .as_deref(),
+            Some("https://c.example:4317")
+        );
+    }
+
+    #[test]
+    fn otlp_endpoints_without_a_scheme_or_host_are_refused() {
+        for bad in ["127.0.0.1:4317", "grpc://c:4317", "http://", "not a url"] {
+            let args = Args {
+                otlp_endpoint: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = Config::merge(args, FileConfig::default()).unwrap_err();
+            assert!(err.to_string().contains("--otlp-endpoint"), "{bad}: {err}");
+        }
+        let blank = Args {
+            otlp_endpoint: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::merge(blank, FileConfig::default())
+                .unwrap()
+                .otlp_endpoint,
+            None
+        );
     }
 
     #[test]

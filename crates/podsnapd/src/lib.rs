@@ -4,7 +4,7 @@
 //! Layers: [`config`] (flags, env, TOML) -> [`engine`] (the flows, over the runtime trait and
 //! the store) -> [`service`] (gRPC adapter, no logic) -> [`server`] (listeners). [`error`] is
 //! the one place where domain errors become gRPC statuses; [`jobs`] is the durable journal;
-//! [`metrics`] the Prometheus registry.
+//! [`metrics`] the Prometheus registry; [`telemetry`] logging and OTLP trace export.
 
 pub mod client;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store_metrics;
+pub mod telemetry;
 
 use std::sync::Arc;
 

@@ -2,20 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use podsnapd::config::{Args, Config, LogFormat};
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
+use podsnapd::config::{Args, Config};
 
 fn main() {
     let args = Args::parse();
@@ -31,15 +18,22 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let cfg = Config::load(args)?;
-    init_logging(cfg.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async move {
+    // The OTLP exporter's channel lives on the runtime, so it is set up inside it.
+    let telemetry = {
+        let _rt = rt.enter();
+        podsnapd::telemetry::init(&cfg)?
+    };
+    let res = rt.block_on(async move {
         let engine = podsnapd::build_engine(cfg.clone()).await?;
         // Jobs an earlier run left unfinished are carried on in the background.
         tokio::spawn(engine.clone().recover());
         podsnapd::server::serve(cfg, engine).await
-    })
+    });
+    // Flushed from this thread while the runtime still drives the exporter's connection.
+    telemetry.shutdown();
+    res
 }

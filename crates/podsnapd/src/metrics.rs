@@ -308,49 +308,123 @@ pub async fn serve(addr: String, metrics: Arc<Metrics>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use podsnap_testkit::metrics::{Exposition, Kind};
 
     #[test]
     fn exposition_carries_the_documented_names() {
         let m = Metrics::new();
         m.operation("checkpoint", Duration::from_millis(20), None);
-        m.bytes("uploaded", 42);
+        m.operation(
+            "restore",
+            Duration::from_millis(5),
+            Some(&DaemonError::NotFound("gone".into())),
+        );
+        m.bytes("uploaded", 40);
+        m.bytes("uploaded", 2);
         m.build_info("test");
-        let text = m.encode();
-        assert!(text.contains("podsnap_operations_total{operation=\"checkpoint\",outcome=\"success\",error_kind=\"\"} 1"), "{text}");
-        assert!(
-            text.contains("podsnap_bytes_total{direction=\"uploaded\"} 42"),
+        let e = Exposition::parse(&m.encode());
+        let text = e.text();
+        assert_eq!(e.kind("podsnap_operations"), Some(Kind::Counter), "{text}");
+        assert_eq!(
+            e.counter(
+                "podsnap_operations",
+                &[
+                    ("operation", "checkpoint"),
+                    ("outcome", "success"),
+                    ("error_kind", "")
+                ]
+            ),
+            Some(1.0),
             "{text}"
         );
-        assert!(
-            text.contains("podsnap_operation_duration_seconds_count{operation=\"checkpoint\"} 1"),
+        assert_eq!(
+            e.counter(
+                "podsnap_operations",
+                &[
+                    ("operation", "restore"),
+                    ("outcome", "error"),
+                    ("error_kind", "not_found")
+                ]
+            ),
+            Some(1.0),
             "{text}"
         );
-        assert!(text.contains("podsnap_build_info{"), "{text}");
+        assert_eq!(e.label_sets("podsnap_operations").len(), 2, "{text}");
+        assert_eq!(
+            e.counter("podsnap_bytes", &[("direction", "uploaded")]),
+            Some(42.0),
+            "{text}"
+        );
+        let h = e
+            .histogram(
+                "podsnap_operation_duration_seconds",
+                &[("operation", "checkpoint")],
+            )
+            .unwrap_or_else(|| panic!("no checkpoint duration:\n{text}"));
+        assert_eq!(h.count, Some(1), "{text}");
+        assert!((h.sum.unwrap().as_f64() - 0.02).abs() < 1e-9, "{text}");
+        // 20 ms lands in the 0.02 bucket and every one above it, not in 0.01.
+        for b in &h.buckets {
+            let want = if b.upper_bound >= 0.02 { 1.0 } else { 0.0 };
+            assert_eq!(b.count.as_f64(), want, "le={} in\n{text}", b.upper_bound);
+        }
+        assert_eq!(
+            e.gauge(
+                "podsnap_build_info",
+                &[
+                    ("version", env!("CARGO_PKG_VERSION")),
+                    ("runsc_version", "test")
+                ]
+            ),
+            Some(1.0),
+            "{text}"
+        );
     }
 
     #[test]
     fn in_flight_gauge_follows_the_guard() {
         let m = Metrics::new();
         let g = m.in_flight("restore");
-        assert!(m
-            .encode()
-            .contains("podsnap_jobs_in_flight{operation=\"restore\"} 1"));
+        let e = Exposition::parse(&m.encode());
+        assert_eq!(e.kind("podsnap_jobs_in_flight"), Some(Kind::Gauge));
+        assert_eq!(
+            e.gauge("podsnap_jobs_in_flight", &[("operation", "restore")]),
+            Some(1.0),
+            "{}",
+            e.text()
+        );
         drop(g);
-        assert!(m
-            .encode()
-            .contains("podsnap_jobs_in_flight{operation=\"restore\"} 0"));
+        let e = Exposition::parse(&m.encode());
+        assert_eq!(
+            e.gauge("podsnap_jobs_in_flight", &[("operation", "restore")]),
+            Some(0.0),
+            "{}",
+            e.text()
+        );
     }
 }
 
 #[cfg(test)]
 mod names {
     use super::*;
+    use podsnap_testkit::metrics::{Exposition, Kind};
 
     /// Every metric the monitoring assets may reference (tests/k8s/metric_names.txt) is
-    /// registered here with the same type, before any operation ran.
+    /// registered here with the same type before any operation ran, and has exactly the
+    /// listed labels once used.
     #[test]
     fn the_daemon_exports_every_metric_the_dashboard_and_alerts_use() {
-        let text = Metrics::new().encode();
+        let fresh = Exposition::parse(&Metrics::new().encode());
+        let m = Metrics::new();
+        m.operation("checkpoint", Duration::from_millis(1), None);
+        m.phase("checkpoint", "upload", Duration::from_millis(1));
+        m.bytes("read", 1);
+        m.objects_written(1);
+        m.refusal("cpu_features");
+        let _running = m.in_flight("restore");
+        m.store_request("get", Duration::from_millis(1), false);
+        m.build_info("test");
+        let used = Exposition::parse(&m.encode());
         let list = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../tests/k8s/metric_names.txt"),
@@ -364,15 +438,26 @@ mod names {
             let mut words = line.split_whitespace();
             let name = words.next().unwrap();
             let kind = if line.ends_with("histogram") {
-                "histogram"
+                Kind::Histogram
             } else if line.ends_with("gauge") || name.ends_with("_info") {
-                "gauge"
+                Kind::Gauge
             } else {
-                "counter"
+                Kind::Counter
             };
             let family = name.strip_suffix("_total").unwrap_or(name);
-            let want = format!("# TYPE {family} {kind}");
-            assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+            assert_eq!(
+                fresh.kind(family),
+                Some(kind),
+                "{family} in:\n{}",
+                fresh.text()
+            );
+            let mut labels: Vec<String> = words
+                .next()
+                .filter(|w| !matches!(*w, "histogram" | "gauge"))
+                .map(|w| w.split(',').map(String::from).collect())
+                .unwrap_or_default();
+            labels.sort_unstable();
+            assert_eq!(used.label_names(family), labels, "{family}");
             checked += 1;
         }
         assert_eq!(checked, 10, "metric_names.txt changed: update this test");

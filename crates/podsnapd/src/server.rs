@@ -110,10 +110,12 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
     let service = PodsnapServer::new(Service::new(engine.clone()))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(64 << 20);
-    let mut builder = Server::builder().trace_fn(|req| {
+    let exporting = cfg.otlp_endpoint.is_some();
+    let mut builder = Server::builder().trace_fn(move |req| {
         // W3C trace context from the caller (a controller's trace) is continued: every span
-        // and log line of this call carries its trace id.
-        match req
+        // and log line of this call carries its trace id, and exported spans are its children.
+        let method = req.uri().path();
+        let span = match req
             .headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
@@ -121,12 +123,23 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
         {
             Some((trace_id, parent_id)) => tracing::info_span!(
                 "grpc",
-                method = %req.uri().path(),
+                method = %method,
                 trace_id = %trace_id,
-                parent_span_id = %parent_id
+                parent_span_id = %parent_id,
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty
             ),
-            None => tracing::info_span!("grpc", method = %req.uri().path()),
+            None => tracing::info_span!(
+                "grpc",
+                method = %method,
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty
+            ),
+        };
+        if exporting {
+            crate::telemetry::continue_trace(&span, method, req.headers());
         }
+        span
     });
     let router_shutdown = shutdown_signal();
     match &cfg.listen {

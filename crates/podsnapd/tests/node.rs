@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use podsnap_testkit::metrics::Exposition;
 use podsnap_testkit::runsc::{
     first_count, last_count, unique_id, wait_for_count, CounterSandbox, RunscCmd,
 };
@@ -72,7 +73,8 @@ impl Daemon {
         podsnapd::client::connect_unix(&self.sock).await.unwrap()
     }
 
-    fn metrics(&self) -> String {
+    /// Scrapes `/metrics` over HTTP and parses the exposition.
+    fn metrics(&self) -> Exposition {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
         write!(
@@ -82,7 +84,7 @@ impl Daemon {
         .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        out
+        Exposition::from_http_response(&out)
     }
 }
 
@@ -156,14 +158,6 @@ async fn restore(
         }
     }
     out.expect("a restored event")
-}
-
-/// The value of the first sample whose line starts with `prefix` (name and labels).
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,46 +236,100 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
 
     // Metrics moved by the right amounts on each node.
     let ma = a.metrics();
+    let checkpointed = [
+        ("operation", "checkpoint"),
+        ("outcome", "success"),
+        ("error_kind", ""),
+    ];
     assert_eq!(
-        sample(
-            &ma,
-            "podsnap_operations_total{operation=\"checkpoint\",outcome=\"success\""
-        ),
+        ma.counter("podsnap_operations", &checkpointed),
         Some(1.0),
-        "{ma}"
+        "{}",
+        ma.text()
+    );
+    assert_eq!(
+        ma.label_sets("podsnap_operations").len(),
+        1,
+        "only the one checkpoint ran on node A:\n{}",
+        ma.text()
+    );
+    assert_eq!(
+        ma.histogram_count(
+            "podsnap_operation_duration_seconds",
+            &[("operation", "checkpoint")]
+        ),
+        Some(1),
+        "{}",
+        ma.text()
     );
     assert!(
-        sample(&ma, "podsnap_bytes_total{direction=\"read\"}").unwrap()
-            >= snap.logical_bytes as f64
+        ma.counter("podsnap_bytes", &[("direction", "read")])
+            .unwrap_or_else(|| panic!("no bytes read:\n{}", ma.text()))
+            >= snap.logical_bytes as f64,
+        "{}",
+        ma.text()
     );
-    assert!(sample(&ma, "podsnap_phase_duration_seconds_count{operation=\"checkpoint\",phase=\"runsc_checkpoint\"}") == Some(1.0), "{ma}");
+    for phase in ["runsc_checkpoint", "upload"] {
+        assert_eq!(
+            ma.histogram_count(
+                "podsnap_phase_duration_seconds",
+                &[("operation", "checkpoint"), ("phase", phase)]
+            ),
+            Some(1),
+            "{phase}:\n{}",
+            ma.text()
+        );
+    }
+    assert!(
+        ma.counter("podsnap_objects_written", &[]).unwrap_or(0.0) >= 1.0,
+        "{}",
+        ma.text()
+    );
     let mb = b.metrics();
     assert_eq!(
-        sample(
-            &mb,
-            "podsnap_operations_total{operation=\"restore\",outcome=\"success\""
+        mb.counter(
+            "podsnap_operations",
+            &[
+                ("operation", "restore"),
+                ("outcome", "success"),
+                ("error_kind", "")
+            ]
         ),
         Some(1.0),
-        "{mb}"
+        "{}",
+        mb.text()
     );
-    assert!(
-        sample(&mb, "podsnap_bytes_total{direction=\"downloaded\"}").unwrap() > 0.0,
-        "{mb}"
+    assert_eq!(
+        mb.counter("podsnap_operations", &checkpointed),
+        None,
+        "node B checkpointed nothing:\n{}",
+        mb.text()
     );
+    for phase in ["download", "runsc_restore"] {
+        assert_eq!(
+            mb.histogram_count(
+                "podsnap_phase_duration_seconds",
+                &[("operation", "restore"), ("phase", phase)]
+            ),
+            Some(1),
+            "{phase}:\n{}",
+            mb.text()
+        );
+    }
     assert!(
-        sample(
-            &mb,
-            "podsnap_store_request_duration_seconds_count{method=\"get_range\"}"
-        )
-        .unwrap_or(0.0)
-            + sample(
-                &mb,
-                "podsnap_store_request_duration_seconds_count{method=\"get\"}"
-            )
+        mb.counter("podsnap_bytes", &[("direction", "downloaded")])
             .unwrap_or(0.0)
             > 0.0,
-        "{mb}"
+        "{}",
+        mb.text()
     );
+    let store_reads = ["get_range", "get"]
+        .iter()
+        .filter_map(|m| {
+            mb.histogram_count("podsnap_store_request_duration_seconds", &[("method", m)])
+        })
+        .sum::<u64>();
+    assert!(store_reads > 0, "{}", mb.text());
     // The caller's trace continues into the node: the commit is logged under its trace id.
     let alog = std::fs::read_to_string(dir.path().join("node-a.log")).unwrap();
     assert!(

@@ -16,6 +16,7 @@ use podsnap_runtime::{
     SandboxState, Target,
 };
 use podsnap_store::{NoProgress, PushOptions};
+use podsnap_testkit::metrics::Exposition;
 
 mod common;
 use common::harness::*;
@@ -338,14 +339,23 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
         .calls()
         .iter()
         .any(|c| matches!(c, FakeCall::Restore { .. })));
-    let text = h.engine.metrics.encode();
-    assert!(
-        !text.contains("direction=\"downloaded\""),
-        "bytes were downloaded:\n{text}"
-    );
-    assert!(
-        text.contains("podsnap_compatibility_refusals_total{reason=\"cpu_features\"} 2"),
-        "{text}"
+    let m = Exposition::parse(&h.engine.metrics.encode());
+    let downloaded = ("direction".to_string(), "downloaded".to_string());
+    for family in m.family_names() {
+        assert!(
+            !m.label_sets(family).iter().any(|s| s.contains(&downloaded)),
+            "bytes were downloaded ({family}):\n{}",
+            m.text()
+        );
+    }
+    assert_eq!(
+        m.counter(
+            "podsnap_compatibility_refusals",
+            &[("reason", "cpu_features")]
+        ),
+        Some(2.0),
+        "{}",
+        m.text()
     );
 }
 
