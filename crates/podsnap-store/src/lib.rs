@@ -80,7 +80,7 @@ pub use manifest::{
 };
 pub use object_store;
 pub use progress::{NoProgress, Progress, ProgressEvent};
-pub use pull::PullReport;
+pub use pull::{PullOptions, PullReport};
 pub use push::{PushOptions, PushReport};
 
 /// A snapshot store: an object store plus a key prefix. Cheap to clone.

@@ -30,6 +30,21 @@ const MAX_REQUEST: u64 = 4 << 20;
 const MAX_GAP: u64 = 256 << 10;
 const DOWNLOADS: usize = 6;
 
+/// How to pull.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PullOptions {
+    /// fsync every file and directory before the rename (the default). Without it a pull is
+    /// faster, and the result is only as durable as the page cache: for scratch images that
+    /// are consumed right away and pulled again after a crash.
+    pub durable: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions { durable: true }
+    }
+}
+
 /// What a pull did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct PullReport {
@@ -107,13 +122,25 @@ fn fsync_dir(p: &Path) -> Result<(), StoreError> {
 
 impl Store {
     /// Pulls snapshot `id` into `dir`, which must not exist or be an empty directory. `dir`
-    /// appears only once every page of every file has been verified.
-    #[tracing::instrument(skip_all, fields(store = %self.inner.display, snapshot = %id))]
+    /// appears only once every page of every file has been verified, and fsynced.
     pub async fn pull(
         &self,
         id: &SnapshotId,
         dir: &Path,
         progress: &dyn Progress,
+    ) -> Result<PullReport, StoreError> {
+        self.pull_with(id, dir, progress, PullOptions::default())
+            .await
+    }
+
+    /// [`Store::pull`] with options.
+    #[tracing::instrument(skip_all, fields(store = %self.inner.display, snapshot = %id))]
+    pub async fn pull_with(
+        &self,
+        id: &SnapshotId,
+        dir: &Path,
+        progress: &dyn Progress,
+        opts: PullOptions,
     ) -> Result<PullReport, StoreError> {
         let manifest = self.manifest(id).await?;
         let dest = std::path::absolute(dir).map_err(|e| StoreError::io("resolve", dir, e))?;
@@ -315,9 +342,11 @@ impl Store {
         let tmp2 = tmp.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             for (pf, (path, mode)) in files.iter().zip(&modes) {
-                pf.file
-                    .sync_all()
-                    .map_err(|e| StoreError::io("fsync", path, e))?;
+                if opts.durable {
+                    pf.file
+                        .sync_all()
+                        .map_err(|e| StoreError::io("fsync", path, e))?;
+                }
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode & 0o777))
                     .map_err(|e| StoreError::io("chmod", path, e))?;
             }
@@ -332,6 +361,9 @@ impl Store {
                 })
                 .filter(|d| d.starts_with(&tmp2))
                 .collect();
+            if !opts.durable {
+                return Ok(());
+            }
             dirs.sort();
             dirs.dedup();
             for d in dirs.iter().rev() {
@@ -353,7 +385,9 @@ impl Store {
         }
         std::fs::rename(&tmp, &dest).map_err(|e| StoreError::io("rename into", &dest, e))?;
         guard.0 = None;
-        fsync_dir(&parent)?;
+        if opts.durable {
+            fsync_dir(&parent)?;
+        }
         tracing::info!(
             bytes_downloaded = report.bytes_downloaded,
             bytes_written = report.bytes_written,

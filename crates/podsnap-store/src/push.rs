@@ -8,8 +8,8 @@
 //! then: indexes (one per file) ──► check reused packs still exist ──► manifest (create-only)
 //! ```
 //!
-//! Hashing and compression run on blocking threads with at most `workers + 1` blocks in each
-//! stage, uploads are bounded by `concurrency`, so memory stays bounded by a few dozen MiB
+//! Hashing and compression run on the worker pool with at most `2 * workers` blocks being
+//! hashed and `4 * workers` blobs being compressed, uploads are bounded by `concurrency`, so memory stays bounded by a few dozen MiB
 //! plus the dedup map (about 50 bytes per distinct non-zero 4 KiB page).
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +40,8 @@ use crate::{index_key, manifest_key, pack_key, Inner, SnapshotId, Store, StoreEr
 
 const PAGES_PER_BLOB: u32 = (MAX_BLOB_RAW / PAGE_SIZE) as u32;
 const DEFAULT_UPLOADS: usize = 4;
+/// Blob compression jobs (1 MiB each at most) queued per worker before the reader waits.
+const MAX_COMPRESSING_BLOBS_PER_WORKER: usize = 4;
 
 /// What to push and how to describe it.
 #[derive(Clone, Debug, Default)]
@@ -424,7 +426,7 @@ impl<'a> Pipeline<'a> {
                     Ok::<_, StoreError>((Bytes::from(buf), hashes))
                 })
             })
-            .buffered(workers + 1);
+            .buffered(2 * workers);
         let mut build = FileBuild::default();
         build.index.file_size = size;
         let mut compressing = FuturesOrdered::new();
@@ -433,40 +435,33 @@ impl<'a> Pipeline<'a> {
             self.bytes_read += block.len() as u64;
             self.progress
                 .event(ProgressEvent::BytesRead(block.len() as u64));
-            let jobs = self.dedup(&mut build, &block, &hashes);
-            if !jobs.is_empty() {
+            // One pool job per blob (up to 1 MiB), so that every worker has work even when
+            // a block holds few blobs; packed in order.
+            for j in self.dedup(&mut build, &block, &hashes) {
                 let key = self.key.clone();
                 compressing.push_back(crate::pool::run(move || {
-                    jobs.into_iter()
-                        .map(|j| {
-                            let (mut codec, mut bytes) = chunk::compress_blob(&j.data);
-                            if let Some(k) = &key {
-                                let aad = blob_aad(codec as u8, j.data.len() as u32);
-                                bytes = k.seal(&aad, &bytes);
-                                codec = codec.sealed();
-                            }
-                            Compressed {
-                                id: j.id,
-                                raw_len: j.data.len() as u32,
-                                codec,
-                                bytes,
-                                digests: j.digests,
-                            }
-                        })
-                        .collect::<Vec<_>>()
+                    let (mut codec, mut bytes) = chunk::compress_blob(&j.data);
+                    if let Some(k) = &key {
+                        let aad = blob_aad(codec as u8, j.data.len() as u32);
+                        bytes = k.seal(&aad, &bytes);
+                        codec = codec.sealed();
+                    }
+                    Compressed {
+                        id: j.id,
+                        raw_len: j.data.len() as u32,
+                        codec,
+                        bytes,
+                        digests: j.digests,
+                    }
                 }));
             }
-            while compressing.len() > workers {
-                let done = compressing.next().await.expect("non-empty")?;
-                for c in done {
-                    self.add_compressed(c).await?;
-                }
-            }
-        }
-        while let Some(done) = compressing.next().await {
-            for c in done? {
+            while compressing.len() > MAX_COMPRESSING_BLOBS_PER_WORKER * workers {
+                let c = compressing.next().await.expect("non-empty")?;
                 self.add_compressed(c).await?;
             }
+        }
+        while let Some(c) = compressing.next().await {
+            self.add_compressed(c?).await?;
         }
         // The file may have changed size while we read it.
         let now = std::fs::metadata(&src.abs).map_err(|e| StoreError::io("stat", &src.abs, e))?;

@@ -15,6 +15,30 @@ async fn memory_store_passes_the_store_suite() {
 }
 
 #[tokio::test]
+async fn a_pull_without_fsync_yields_the_same_verified_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_file(&src, "pages.img", &mixed_image(7, 300));
+    write_file(&src, "sub/meta.img", b"meta");
+    let store = Store::open(&format!("file://{}/store", dir.path().display())).unwrap();
+    let r = store
+        .push(&src, Default::default(), &NoProgress)
+        .await
+        .unwrap();
+    let out = dir.path().join("out");
+    store
+        .pull_with(
+            &r.id,
+            &out,
+            &NoProgress,
+            podsnap_store::PullOptions { durable: false },
+        )
+        .await
+        .unwrap();
+    assert_eq!(dir_digest(&out), dir_digest(&src));
+}
+
+#[tokio::test]
 async fn memory_store_passes_the_encrypted_suite() {
     encrypted_suite(Store::open("memory://").unwrap()).await;
 }

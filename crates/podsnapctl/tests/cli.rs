@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use podsnap_testkit::daemon::PodsnapdCmd;
 use podsnap_testkit::runsc::{unique_id, wait_for_count, CounterSandbox};
 use podsnap_testkit::{require, Need};
 
@@ -253,32 +254,9 @@ fn daemon_commands_checkpoint_list_inspect_compat_restore_delete() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("d.sock");
-    let root = dir.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let mut daemon = Command::new(podsnapd_bin())
-        .arg(format!("--listen=unix://{}", sock.display()))
-        .arg(format!(
-            "--store=file://{}",
-            dir.path().join("store").display()
-        ))
-        .arg(format!("--runsc-root={}", root.display()))
-        .arg(format!(
-            "--state-dir={}",
-            dir.path().join("state").display()
-        ))
-        .arg("--runsc-flag=--network=none")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("d.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "podsnapd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let s = sock.display().to_string();
+    let daemon = PodsnapdCmd::new(podsnapd_bin(), dir.path(), "d").spawn();
+    let root = daemon.root.clone();
+    let s = daemon.sock.display().to_string();
     let id = unique_id("cli");
     let log = dir.path().join("c.log");
     let sb = CounterSandbox::start(&root, &id, &log, &[]).unwrap();
@@ -336,7 +314,6 @@ fn daemon_commands_checkpoint_list_inspect_compat_restore_delete() {
     let o = run(ctl().args(["--socket", &s, "inspect", &snap]));
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     drop(sb);
 }

@@ -11,14 +11,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use podsnap_cpu::CpuInfo;
 use podsnap_runtime::{
     CheckpointOpts, RestoreRequest, RuntimeError, RuntimeInfo, Sandbox, SandboxKind,
     SandboxRuntime, Status, Target,
 };
-use podsnap_store::{Manifest, NodeFacts, Progress, ProgressEvent, PushOptions, SnapshotId, Store};
+use podsnap_store::{
+    Manifest, NodeFacts, Progress, ProgressEvent, PullOptions, PushOptions, SnapshotId, Store,
+};
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -685,11 +687,12 @@ impl Engine {
     /// durable job in `dir` (runsc ran in its own session and outlived that daemon): waits for
     /// it if it still runs. `Ok(false)` when no such operation was started.
     async fn await_earlier_runsc(&self, dir: &Path) -> Result<bool> {
-        if !dir.join("pid").exists() {
+        let found = podsnap_runtime::runsc::job::DurableJob::find(dir, Duration::from_secs(5))
+            .await
+            .map_err(RuntimeError::from)?;
+        let Some(mut dj) = found else {
             return Ok(false);
-        }
-        let mut dj =
-            podsnap_runtime::runsc::job::DurableJob::attach(dir).map_err(RuntimeError::from)?;
+        };
         dj.wait(Some(self.cfg.runsc_timeout))
             .await
             .and_then(|o| o.into_result())
@@ -885,7 +888,13 @@ impl Engine {
         phase_update(job, tx, Phase::Downloading, "downloading");
         let t = Instant::now();
         let progress = JobProgress::new(job, tx.clone(), Phase::Downloading, self.metrics.clone());
-        self.store.pull(&m.id, dest, &progress).await?;
+        // A standalone restore's image is read by runsc right away and removed afterwards
+        // (also after a crash): no fsync. A prepared image waits for the runsc wrapper and
+        // may be reused by a retried create, so it must survive a power loss intact.
+        let opts = PullOptions {
+            durable: op != "restore",
+        };
+        self.store.pull_with(&m.id, dest, &progress, opts).await?;
         self.metrics.phase(op, "download", t.elapsed());
         Ok(())
     }

@@ -17,15 +17,13 @@
 //! the daemon's socket reach it through containerd's environment (containerd passes it to the
 //! shim, the shim to its runsc binary).
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use podsnap_testkit::containerd::Containerd;
+use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
 use podsnap_testkit::runsc::{
     busybox_rootfs, first_count, last_count, unique_id, wait_for_count, COUNTER_SCRIPT,
 };
@@ -57,60 +55,16 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A podsnapd process; SIGTERM then SIGKILL on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, sock: &Path, store: &str, containerd_socket: &Path) -> Daemon {
-        let root = dir.join("podsnapd-root");
-        std::fs::create_dir_all(&root).unwrap();
-        let log = dir.join("podsnapd.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_podsnapd"))
-            .arg(format!("--listen=unix://{}", sock.display()))
-            .arg(format!("--store={store}"))
-            .arg(format!("--runsc-root={}", root.display()))
-            .arg(format!(
-                "--state-dir={}",
-                dir.join("podsnapd-state").display()
-            ))
-            .arg("--runsc-flag=--network=none")
-            .arg(format!(
-                "--containerd-socket={}",
-                containerd_socket.display()
-            ))
-            .arg("--node-name=cd-node")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("podsnapd starts");
-        let d = Daemon { child, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !sock.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "podsnapd did not create its socket: {}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        common::terminate(&mut self.child);
-    }
+/// A podsnapd that reaches the private containerd.
+fn start_daemon(dir: &Path, sock: &Path, store: &str, containerd_socket: &Path) -> Podsnapd {
+    PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, "cd-node")
+        .sock(sock)
+        .store(store)
+        .arg(format!(
+            "--containerd-socket={}",
+            containerd_socket.display()
+        ))
+        .spawn()
 }
 
 async fn client(sock: &Path) -> PodsnapClient<Channel> {
@@ -240,7 +194,7 @@ async fn containerd_container_checkpointed_through_podsnapd_restores_from_its_an
         ("PODSNAP_SOCKET", sock.as_os_str()),
     ])
     .expect("containerd starts");
-    let daemon = Daemon::start(
+    let daemon = start_daemon(
         s,
         &sock,
         &format!("file://{}", store_dir.display()),

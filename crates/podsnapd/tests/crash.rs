@@ -6,11 +6,11 @@
 //! container, the job failed asking for a retry, and the retry works).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
 use podsnap_testkit::runsc::{
     first_count, last_count, unique_id, wait_for_count, CounterSandbox, RunscCmd,
 };
@@ -24,43 +24,43 @@ struct Node {
     store: String,
 }
 
-/// A podsnapd process, SIGKILLed when dropped (also when a test panics).
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        kill9(&mut self.0);
-    }
-}
-
-fn spawn(node: &Node, log_name: &str) -> Daemon {
-    let log = std::fs::File::create(node.dir.join(log_name)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_podsnapd"))
-        .arg(format!("--listen=unix://{}", node.sock.display()))
-        .arg(format!("--store={}", node.store))
-        .arg(format!("--runsc-root={}", node.root.display()))
-        .arg(format!("--state-dir={}", node.dir.join("state").display()))
-        .arg("--runsc-flag=--network=none")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
+fn spawn(node: &Node, log_name: &str) -> Podsnapd {
+    PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), &node.dir, "d")
+        .sock(&node.sock)
+        .runsc_root(&node.root)
+        .state_dir(node.dir.join("state"))
+        .log(node.dir.join(log_name))
+        .store(&node.store)
         .spawn()
-        .expect("podsnapd starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&node.sock).is_err() {
-        assert!(Instant::now() < deadline, "podsnapd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Daemon(child)
 }
 
 async fn client(sock: &Path) -> PodsnapClient<Channel> {
     podsnapd::client::connect_unix(sock).await.unwrap()
 }
 
-fn kill9(child: &mut Child) {
-    let _ = child.kill(); // SIGKILL
-    let _ = child.wait();
+/// Where the daemon is killed: (after its job record appeared, else after the call was
+/// sent; then this many milliseconds later). A small sandbox's checkpoint or restore takes a
+/// few hundred milliseconds, so the points are taken from the job's start.
+const KILL_POINTS: [(bool, u64); 7] = [
+    (false, 0),
+    (true, 0),
+    (true, 30),
+    (true, 80),
+    (true, 150),
+    (true, 300),
+    (true, 600),
+];
+
+/// Waits (up to 10 s) until the job of `kind` on `target` has a record under `jobs_dir`.
+async fn wait_for_job_record(jobs_dir: &Path, kind: &str, target: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while job_record(jobs_dir, kind, target).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no record of the {kind} job on {target} appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +73,8 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
     }
     let mut committed_once = false;
     let mut recoveries = 0;
-    for (round, delay_ms) in [0u64, 120, 250, 400, 700].into_iter().enumerate() {
+    for (round, (after_job, delay_ms)) in KILL_POINTS.into_iter().enumerate() {
+        let point = if after_job { "job started" } else { "call" };
         let tmp = tempfile::tempdir().unwrap();
         let node = Node {
             dir: tmp.path().to_path_buf(),
@@ -101,8 +102,12 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
             while s.message().await?.is_some() {}
             Ok::<_, tonic::Status>(())
         });
+        if after_job {
+            let target = format!("runsc container {id}");
+            wait_for_job_record(&tmp.path().join("state/jobs"), "checkpoint", &target).await;
+        }
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        kill9(&mut daemon.0);
+        daemon.kill9();
         let _ = call.await;
 
         // Restart on the same state dir; recovery runs in the background.
@@ -141,7 +146,7 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
         if recovered {
             recoveries += 1;
         }
-        eprintln!("round {round}: kill after {delay_ms} ms: {} snapshot(s), sandbox running: {running}, recovery ran: {recovered}", snaps.len());
+        eprintln!("round {round}: kill {delay_ms} ms after the {point}: {} snapshot(s), sandbox running: {running}, recovery ran: {recovered}", snaps.len());
         match (snaps.len(), running) {
             (1, false) => {
                 // Committed: it restores, continuing the count.
@@ -173,7 +178,7 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
                 assert!(jobs.iter().all(|j| j.error.is_empty() || j.error.contains("restart") || j.error.contains("runsc")), "{jobs:?}");
             }
             other => panic!(
-                "round {round} (kill after {delay_ms} ms): {} snapshots, sandbox running: {}; daemon logs: {} / {}",
+                "round {round} (kill {delay_ms} ms after the {point}): {} snapshots, sandbox running: {}; daemon logs: {} / {}",
                 other.0,
                 other.1,
                 std::fs::read_to_string(tmp.path().join("d1.log")).unwrap_or_default(),
@@ -188,7 +193,7 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
             work.is_empty(),
             "round {round}: work dir not cleaned: {work:?}"
         );
-        kill9(&mut daemon.0);
+        daemon.kill9();
         drop(sb);
     }
     assert!(
@@ -235,13 +240,13 @@ async fn sigterm_lets_a_running_checkpoint_finish_before_the_daemon_exits() {
     let first = s.message().await.unwrap();
     assert!(first.is_some());
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(st) = daemon.0.try_wait().unwrap() {
+        if let Some(st) = daemon.child.try_wait().unwrap() {
             break st;
         }
         assert!(
@@ -362,7 +367,8 @@ async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
     let before = last_count(&log).unwrap();
 
     let (mut finished, mut rolled_back, mut recoveries) = (0, 0, 0);
-    for (round, delay_ms) in [0u64, 150, 400, 800, 1300, 2000].into_iter().enumerate() {
+    for (round, (after_job, delay_ms)) in KILL_POINTS.into_iter().enumerate() {
+        let point = if after_job { "job started" } else { "call" };
         let new_id = unique_id(&format!("rcrash{round}"));
         let rlog = tmp.path().join(format!("restored{round}.log"));
         let mut daemon = spawn(&node, &format!("d{round}a.log"));
@@ -378,8 +384,11 @@ async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
                 async move { restore_call(&mut c, &snapshot, &bundle, &new_id, &rlog).await },
             )
         };
+        if after_job {
+            wait_for_job_record(&tmp.path().join("state/jobs"), "restore", &new_id).await;
+        }
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        kill9(&mut daemon.0);
+        daemon.kill9();
         let _ = call.await;
 
         let blog = format!("d{round}b.log");
@@ -408,7 +417,7 @@ async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
             .unwrap_or_default()
             .contains("\"running\"");
         eprintln!(
-            "round {round}: kill after {delay_ms} ms: running {running}, job error {job_error:?}"
+            "round {round}: kill {delay_ms} ms after the {point}: running {running}, job error {job_error:?}"
         );
         match (running, job_error) {
             (true, Some(e)) if e.is_empty() => {
@@ -440,7 +449,7 @@ async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
                 rolled_back += 1;
             }
             other => panic!(
-                "round {round} (kill after {delay_ms} ms): running {running}, job {:?}; logs: {}",
+                "round {round} (kill {delay_ms} ms after the {point}): running {running}, job {:?}; logs: {}",
                 other.1,
                 std::fs::read_to_string(tmp.path().join(&blog)).unwrap_or_default()
             ),

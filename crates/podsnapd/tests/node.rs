@@ -2,14 +2,12 @@
 //! runsc sandboxes, and a real S3 server (moto) shared by two daemons acting as two nodes.
 //! Gated by `podsnap_testkit::require` (root, runsc, moto); `make test` requires them.
 
-mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
 use podsnap_testkit::metrics::Exposition;
 use podsnap_testkit::runsc::{
     first_count, last_count, unique_id, wait_for_count, CounterSandbox, RunscCmd,
@@ -20,51 +18,30 @@ use tonic::transport::Channel;
 /// A controller's trace context, sent with every checkpoint.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+/// A podsnapd with its metrics on a free local port.
 struct Daemon {
-    child: Child,
-    sock: PathBuf,
-    root: PathBuf,
-    state: PathBuf,
+    p: Podsnapd,
     metrics_port: u16,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Podsnapd;
+    fn deref(&self) -> &Podsnapd {
+        &self.p
+    }
 }
 
 impl Daemon {
     fn start(dir: &Path, name: &str, store: &str, env: &[(&'static str, String)]) -> Daemon {
-        let sock = dir.join(format!("{name}.sock"));
-        let root = dir.join(format!("{name}-root"));
-        let state = dir.join(format!("{name}-state"));
-        std::fs::create_dir_all(&root).unwrap();
         let metrics_port = podsnap_testkit::moto::free_port().unwrap();
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_podsnapd"))
-            .arg(format!("--listen=unix://{}", sock.display()))
-            .arg(format!("--store={store}"))
-            .arg(format!("--runsc-root={}", root.display()))
-            .arg(format!("--state-dir={}", state.display()))
-            .arg("--runsc-flag=--network=none")
-            .arg(format!("--node-name={name}"))
-            .arg(format!("--metrics-listen=127.0.0.1:{metrics_port}"))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("podsnapd starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !sock.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "podsnapd {name} did not create its socket: {}",
-                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let mut cmd = PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, name)
+            .store(store)
+            .arg(format!("--metrics-listen=127.0.0.1:{metrics_port}"));
+        for (k, v) in env {
+            cmd = cmd.env(*k, v);
         }
         Daemon {
-            child,
-            sock,
-            root,
-            state,
+            p: cmd.spawn(),
             metrics_port,
         }
     }
@@ -85,12 +62,6 @@ impl Daemon {
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         Exposition::from_http_response(&out)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        common::terminate(&mut self.child);
     }
 }
 
@@ -339,7 +310,6 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
         "{alog}"
     );
     drop(sb);
-    let _ = (&a.state, &b.state);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,11 +3,9 @@
 //! flushed at graceful shutdown, and a collector that is down costs a warning, not a call.
 //! No runsc or root needed (the calls used fail or answer before runsc is involved).
 
-mod common;
-
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
 use tonic::transport::Channel;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -86,100 +85,47 @@ impl Drop for Collector {
     }
 }
 
-struct Daemon {
-    child: Option<Child>,
-    sock: PathBuf,
-    log: PathBuf,
-}
+/// A podsnapd with a clean OpenTelemetry environment.
+struct Daemon(Podsnapd);
 
 impl Daemon {
     /// Starts podsnapd with `args` added, a clean OpenTelemetry environment plus `env`.
     fn start(dir: &Path, name: &str, args: &[String], env: &[(&str, &str)]) -> Daemon {
-        let sock = dir.join(format!("{name}.sock"));
-        let log = dir.join(format!("{name}.log"));
-        let root = dir.join(format!("{name}-root"));
-        std::fs::create_dir_all(&root).unwrap();
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podsnapd"));
-        cmd.arg(format!("--listen=unix://{}", sock.display()))
-            .arg(format!(
-                "--store=file://{}",
-                dir.join(format!("{name}-store")).display()
-            ))
-            .arg(format!("--runsc-root={}", root.display()))
-            .arg(format!(
-                "--state-dir={}",
-                dir.join(format!("{name}-state")).display()
-            ))
-            .arg(format!("--node-name={name}"))
-            .args(args);
+        let mut cmd = PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, name).store(&format!(
+            "file://{}",
+            dir.join(format!("{name}-store")).display()
+        ));
+        for a in args {
+            cmd = cmd.arg(a);
+        }
         for (k, _) in std::env::vars() {
             if k.starts_with("OTEL_") || k == "PODSNAPD_OTLP_ENDPOINT" {
-                cmd.env_remove(k);
+                cmd = cmd.env_remove(k);
             }
         }
-        let child = cmd
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("podsnapd starts");
-        let d = Daemon {
-            child: Some(child),
-            sock,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !d.sock.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "podsnapd {name} did not create its socket: {}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        for (k, v) in env {
+            cmd = cmd.env(*k, *v);
         }
-        d
+        Daemon(cmd.spawn())
     }
 
     async fn client(&self) -> PodsnapClient<Channel> {
-        podsnapd::client::connect_unix(&self.sock).await.unwrap()
+        podsnapd::client::connect_unix(&self.0.sock).await.unwrap()
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.log_text()
     }
 
     /// SIGTERM, then waits up to `within` for the exit status.
     fn stop(&mut self, within: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
+        match self.0.sigterm(within) {
+            Some(st) => st,
+            None => {
+                let log = self.log_text();
+                self.0.kill9();
+                panic!("podsnapd did not exit within {within:?} of SIGTERM:\n{log}");
             }
-            if Instant::now() > deadline {
-                common::terminate(&mut child);
-                panic!(
-                    "podsnapd did not exit within {within:?} of SIGTERM:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            common::terminate(child);
         }
     }
 }

@@ -13,7 +13,7 @@
 //! |---|---|
 //! | `op` | the runsc subcommand (for messages) |
 //! | `argv` | the command line, one JSON array |
-//! | `pid` | pid of the job's shell (also its process group and session id) |
+//! | `pid` | pid of the job's shell (its process group and session id), written by the shell itself and by the spawner |
 //! | `stdout`, `stderr` | the command's output (unless redirected to a log file) |
 //! | `output` | path of the log file the output went to instead, when redirected |
 //! | `exit-status` | the exit code, written last (128+N when killed by signal N) |
@@ -27,9 +27,10 @@ use std::time::Duration;
 const EXIT_STATUS: &str = "exit-status";
 const POLL: Duration = Duration::from_millis(50);
 
-/// The shell program run by a job: runs "$@" with output to the job's files (or the log file
-/// named by `PODSNAP_JOB_OUTPUT`), then records the exit code atomically.
-const SCRIPT: &str = r#"if [ -n "$PODSNAP_JOB_OUTPUT" ]; then "$@" </dev/null >>"$PODSNAP_JOB_OUTPUT" 2>&1; else "$@" </dev/null >stdout 2>stderr; fi; echo $? >exit-status.tmp && mv exit-status.tmp exit-status"#;
+/// The shell program run by a job: records its own pid (so a job is found even when the daemon
+/// that spawned it died before writing `pid`), runs "$@" with output to the job's files (or
+/// the log file named by `PODSNAP_JOB_OUTPUT`), then records the exit code atomically.
+const SCRIPT: &str = r#"echo $$ >pid.tmp && mv pid.tmp pid; if [ -n "$PODSNAP_JOB_OUTPUT" ]; then "$@" </dev/null >>"$PODSNAP_JOB_OUTPUT" 2>&1; else "$@" </dev/null >stdout 2>stderr; fi; echo $? >exit-status.tmp && mv exit-status.tmp exit-status"#;
 
 /// Where a durable job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +165,10 @@ impl DurableJob {
             source,
         })?;
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
-        write("pid", pid.to_string().as_bytes())?;
+        // The shell writes the same pid itself; both go through a rename, never half-written.
+        write("pid.spawner", pid.to_string().as_bytes())?;
+        std::fs::rename(dir.join("pid.spawner"), dir.join("pid"))
+            .map_err(|e| Error::io(format!("writing {}", dir.join("pid").display()), e))?;
         tracing::debug!(op, pid, dir = %dir.display(), "started durable job");
         Ok(DurableJob {
             dir: dir.to_path_buf(),
@@ -176,14 +180,47 @@ impl DurableJob {
         })
     }
 
+    /// Finds the job that an earlier process started in `dir`, if it started one: `None`
+    /// when no job was ever spawned there. A spawner that died between writing `argv` and
+    /// `pid` leaves it open whether the shell runs; the shell records its pid as its first
+    /// action, so this waits up to `grace` for that (or an exit status) before concluding
+    /// that nothing was spawned, and then clears the directory for a new [`DurableJob::spawn`].
+    pub async fn find(dir: &Path, grace: Duration) -> Result<Option<Self>, Error> {
+        let started = |d: &Path| d.join("pid").exists() || d.join(EXIT_STATUS).exists();
+        if started(dir) {
+            return Self::attach(dir).map(Some);
+        }
+        if !dir.join("argv").exists() {
+            return Ok(None);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if started(dir) {
+                return Self::attach(dir).map(Some);
+            }
+        }
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| Error::io(format!("clearing job directory {}", dir.display()), e))?;
+        Ok(None)
+    }
+
     /// Re-attaches to a job started earlier (possibly by another process) from its directory.
+    /// A job whose exit status is recorded needs no pid.
     pub fn attach(dir: &Path) -> Result<Self, Error> {
-        let pid_text = std::fs::read_to_string(dir.join("pid"))
-            .map_err(|e| Error::io(format!("reading {}", dir.join("pid").display()), e))?;
-        let pid = pid_text.trim().parse().map_err(|_| Error::Parse {
-            op: "job".into(),
-            reason: format!("bad pid file in {}", dir.display()),
-        })?;
+        let pid = match std::fs::read_to_string(dir.join("pid")) {
+            Ok(text) => text.trim().parse().map_err(|_| Error::Parse {
+                op: "job".into(),
+                reason: format!("bad pid file in {}", dir.display()),
+            })?,
+            Err(_) if dir.join(EXIT_STATUS).exists() => -1,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading {}", dir.join("pid").display()),
+                    e,
+                ))
+            }
+        };
         Ok(DurableJob {
             dir: dir.to_path_buf(),
             op: read_trim(&dir.join("op")).unwrap_or_else(|| "job".into()),
@@ -409,6 +446,76 @@ mod tests {
         assert_eq!(outcome.code, 0);
         assert_eq!(outcome.stdout, "done");
         assert_eq!(outcome.op, "restore");
+    }
+
+    #[tokio::test]
+    async fn find_tells_a_started_job_from_one_that_never_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_millis(300);
+        // Nothing there.
+        let none = dir.path().join("none");
+        assert!(DurableJob::find(&none, grace).await.unwrap().is_none());
+
+        // The spawner died after `argv` and before the spawn: nothing appears, the directory
+        // is cleared and a new job can be spawned there.
+        let half = dir.path().join("half");
+        std::fs::create_dir_all(&half).unwrap();
+        std::fs::write(half.join("argv"), "[]").unwrap();
+        assert!(DurableJob::find(&half, grace).await.unwrap().is_none());
+        assert!(!half.exists());
+        DurableJob::spawn("x", Path::new("/bin/true"), &[], &half, None)
+            .await
+            .unwrap()
+            .wait(Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+
+        // The spawner died after the spawn and before writing `pid`: the shell recorded its
+        // own pid, or the exit status is there; either way the outcome is found.
+        let lost_pid = dir.path().join("lost-pid");
+        DurableJob::spawn(
+            "checkpoint",
+            Path::new("/bin/sh"),
+            &args(&["-c", "sleep 0.2; exit 3"]),
+            &lost_pid,
+            None,
+        )
+        .await
+        .unwrap()
+        .wait(Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+        std::fs::remove_file(lost_pid.join("pid")).unwrap();
+        let mut found = DurableJob::find(&lost_pid, grace).await.unwrap().unwrap();
+        let outcome = found.wait(Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!((outcome.op.as_str(), outcome.code), ("checkpoint", 3));
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_spawner_died_before_writing_pid_is_found_through_the_shell() {
+        // What a spawner that died right after the spawn leaves: `argv`, and the job's shell
+        // running without anyone writing `pid` for it.
+        let dir = tempfile::tempdir().unwrap();
+        let job_dir = dir.path().join("job");
+        std::fs::create_dir_all(&job_dir).unwrap();
+        std::fs::write(job_dir.join("op"), "restore").unwrap();
+        std::fs::write(job_dir.join("argv"), "[]").unwrap();
+        let mut shell = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg("podsnap-job")
+            .args(["/bin/sh", "-c", "sleep 0.3; exit 5"])
+            .current_dir(&job_dir)
+            .spawn()
+            .unwrap();
+        let mut found = DurableJob::find(&job_dir, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("the shell's own pid file makes the job findable");
+        assert_eq!(found.pid(), shell.id() as i32);
+        let outcome = found.wait(Some(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(outcome.code, 5);
+        shell.wait().unwrap();
     }
 
     #[tokio::test]
