@@ -5,6 +5,8 @@
 //! A restore ends restored (running, the count continuing, the job done) or rolled back (no
 //! container, the job failed asking for a retry, and the retry works).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,27 @@ struct Node {
     sock: PathBuf,
     root: PathBuf,
     store: String,
+}
+
+/// A node in `dir` (socket, runsc root, file store) running a counter sandbox whose id starts
+/// with `prefix`, once it has counted to `count`.
+fn node_with_counter(
+    dir: &Path,
+    prefix: &str,
+    count: u64,
+) -> (Node, String, PathBuf, CounterSandbox) {
+    let node = Node {
+        dir: dir.to_path_buf(),
+        sock: dir.join("d.sock"),
+        root: dir.join("root"),
+        store: format!("file://{}", dir.join("store").display()),
+    };
+    std::fs::create_dir_all(&node.root).unwrap();
+    let id = unique_id(prefix);
+    let log = dir.join("counter.log");
+    let sb = CounterSandbox::start(&node.root, &id, &log, &[]).expect("counter starts");
+    wait_for_count(&log, count, Duration::from_secs(30)).unwrap();
+    (node, id, log, sb)
 }
 
 fn spawn(node: &Node, log_name: &str) -> Podsnapd {
@@ -76,17 +99,7 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
     for (round, (after_job, delay_ms)) in KILL_POINTS.into_iter().enumerate() {
         let point = if after_job { "job started" } else { "call" };
         let tmp = tempfile::tempdir().unwrap();
-        let node = Node {
-            dir: tmp.path().to_path_buf(),
-            sock: tmp.path().join("d.sock"),
-            root: tmp.path().join("root"),
-            store: format!("file://{}", tmp.path().join("store").display()),
-        };
-        std::fs::create_dir_all(&node.root).unwrap();
-        let id = unique_id(&format!("crash{round}"));
-        let log = tmp.path().join("counter.log");
-        let sb = CounterSandbox::start(&node.root, &id, &log, &[]).expect("counter starts");
-        wait_for_count(&log, 1, Duration::from_secs(30)).unwrap();
+        let (node, id, log, sb) = node_with_counter(tmp.path(), &format!("crash{round}"), 1);
 
         let mut daemon = spawn(&node, "d1.log");
         let mut c = client(&node.sock).await;
@@ -153,17 +166,9 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
                 let before = last_count(&log).unwrap();
                 let new_id = unique_id(&format!("crash{round}r"));
                 let rlog = tmp.path().join("restored.log");
-                let mut s = c
-                    .restore(pb::RestoreRequest {
-                        snapshot_id: snaps[0].id.clone(),
-                        bundle: sb.bundle.path().display().to_string(),
-                        container_id: new_id.clone(),
-                        log_path: rlog.display().to_string(),
-                    })
+                common::restore(&mut c, &snaps[0].id, sb.bundle.path(), &new_id, Some(&rlog))
                     .await
-                    .unwrap()
-                    .into_inner();
-                while s.message().await.expect("restore after recovery").is_some() {}
+                    .expect("restore after recovery");
                 wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
                 let first = first_count(&rlog).unwrap();
                 RunscCmd::new(&node.root).force_delete(&new_id);
@@ -215,17 +220,7 @@ async fn sigterm_lets_a_running_checkpoint_finish_before_the_daemon_exits() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let node = Node {
-        dir: tmp.path().to_path_buf(),
-        sock: tmp.path().join("d.sock"),
-        root: tmp.path().join("root"),
-        store: format!("file://{}", tmp.path().join("store").display()),
-    };
-    std::fs::create_dir_all(&node.root).unwrap();
-    let id = unique_id("term");
-    let log = tmp.path().join("counter.log");
-    let sb = CounterSandbox::start(&node.root, &id, &log, &[]).expect("counter starts");
-    wait_for_count(&log, 1, Duration::from_secs(30)).unwrap();
+    let (node, id, _log, sb) = node_with_counter(tmp.path(), "term", 1);
     let mut daemon = spawn(&node, "d1.log");
     let mut c = client(&node.sock).await;
     let req = pb::CheckpointRequest {
@@ -302,26 +297,6 @@ async fn settled_jobs(c: &mut PodsnapClient<Channel>) {
     }
 }
 
-async fn restore_call(
-    c: &mut PodsnapClient<Channel>,
-    snapshot: &str,
-    bundle: &Path,
-    id: &str,
-    log: &Path,
-) -> Result<(), tonic::Status> {
-    let mut s = c
-        .restore(pb::RestoreRequest {
-            snapshot_id: snapshot.into(),
-            bundle: bundle.display().to_string(),
-            container_id: id.into(),
-            log_path: log.display().to_string(),
-        })
-        .await?
-        .into_inner();
-    while s.message().await?.is_some() {}
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
     if !require(
@@ -331,17 +306,7 @@ async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let node = Node {
-        dir: tmp.path().to_path_buf(),
-        sock: tmp.path().join("d.sock"),
-        root: tmp.path().join("root"),
-        store: format!("file://{}", tmp.path().join("store").display()),
-    };
-    std::fs::create_dir_all(&node.root).unwrap();
-    let id = unique_id("rsrc");
-    let log = tmp.path().join("counter.log");
-    let sb = CounterSandbox::start(&node.root, &id, &log, &[]).expect("counter starts");
-    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    let (node, id, log, sb) = node_with_counter(tmp.path(), "rsrc", 2);
     let snapshot = {
         let _daemon = spawn(&node, "d0.log");
         let mut c = client(&node.sock).await;
@@ -380,9 +345,9 @@ async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
                 new_id.clone(),
                 rlog.clone(),
             );
-            tokio::spawn(
-                async move { restore_call(&mut c, &snapshot, &bundle, &new_id, &rlog).await },
-            )
+            tokio::spawn(async move {
+                common::restore(&mut c, &snapshot, &bundle, &new_id, Some(&rlog)).await
+            })
         };
         if after_job {
             wait_for_job_record(&tmp.path().join("state/jobs"), "restore", &new_id).await;
@@ -442,7 +407,7 @@ async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
                     RunscCmd::new(&node.root).run(&["state", &new_id]).is_err(),
                     "round {round}: a container record was left behind"
                 );
-                restore_call(&mut c, &snapshot, sb.bundle.path(), &new_id, &rlog)
+                common::restore(&mut c, &snapshot, sb.bundle.path(), &new_id, Some(&rlog))
                     .await
                     .unwrap_or_else(|e| panic!("round {round}: retry after a rollback: {e:?}"));
                 wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();

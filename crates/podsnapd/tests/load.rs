@@ -98,24 +98,13 @@ async fn many_concurrent_checkpoints_and_restores_stay_within_memory_and_fd_boun
     std::fs::write(bundle.path().join("config.json"), "{}").unwrap();
     let mut tasks = Vec::new();
     for (i, snap) in snaps.iter().enumerate() {
-        let mut c = h.client.clone();
-        let req = pb::RestoreRequest {
-            snapshot_id: snap.clone(),
-            bundle: bundle.path().display().to_string(),
-            container_id: format!("restored{i}"),
-            log_path: String::new(),
-        };
+        let (mut c, snap, bundle) = (h.client.clone(), snap.clone(), bundle.path().to_owned());
         tasks.push(tokio::spawn(async move {
-            let mut s = c.restore(req).await.expect("restore call").into_inner();
-            let mut restored = false;
-            while let Some(ev) = s.message().await.expect("restore succeeds") {
-                restored |= matches!(ev.event, Some(pb::restore_event::Event::Restored(_)));
-            }
-            restored
+            common::restore(&mut c, &snap, &bundle, &format!("restored{i}"), None).await
         }));
     }
     for t in tasks {
-        assert!(t.await.unwrap(), "a restore ended without a restored event");
+        t.await.unwrap().expect("every restore succeeds");
     }
     stop.store(true, Ordering::Relaxed);
     let (rss_peak, fds_peak) = peaks.join().unwrap();

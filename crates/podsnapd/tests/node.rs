@@ -2,6 +2,8 @@
 //! runsc sandboxes, and a real S3 server (moto) shared by two daemons acting as two nodes.
 //! Gated by `podsnap_testkit::require` (root, runsc, moto); `make test` requires them.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -105,32 +107,6 @@ async fn checkpoint(
     snap.expect("a snapshot event")
 }
 
-async fn restore(
-    c: &mut PodsnapClient<Channel>,
-    snap: &str,
-    bundle: &Path,
-    id: &str,
-    log: &Path,
-) -> pb::Restored {
-    let mut stream = c
-        .restore(pb::RestoreRequest {
-            snapshot_id: snap.into(),
-            bundle: bundle.display().to_string(),
-            container_id: id.into(),
-            log_path: log.display().to_string(),
-        })
-        .await
-        .expect("restore call")
-        .into_inner();
-    let mut out = None;
-    while let Some(ev) = stream.message().await.expect("restore succeeds") {
-        if let Some(pb::restore_event::Event::Restored(r)) = ev.event {
-            out = Some(r);
-        }
-    }
-    out.expect("a restored event")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
     if !require(
@@ -195,7 +171,9 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
 
     let new_id = unique_id("e2e-restored");
     let rlog = dir.path().join("restored.log");
-    let r = restore(&mut cb, &snap.id, sb.bundle.path(), &new_id, &rlog).await;
+    let r = common::restore(&mut cb, &snap.id, sb.bundle.path(), &new_id, Some(&rlog))
+        .await
+        .expect("restore succeeds");
     assert_eq!(r.container_id, new_id);
     wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
     let after = first_count(&rlog).unwrap();
@@ -344,7 +322,9 @@ async fn checkpoint_with_resume_keeps_the_sandbox_running_and_restores_under_ano
     // And the snapshot restores under another id, from the checkpointed count.
     let other = unique_id("e2e-second");
     let rlog = dir.path().join("second.log");
-    restore(&mut c, &snap.id, sb.bundle.path(), &other, &rlog).await;
+    common::restore(&mut c, &snap.id, sb.bundle.path(), &other, Some(&rlog))
+        .await
+        .expect("restore succeeds");
     wait_for_count(&rlog, at_checkpoint + 1, Duration::from_secs(30)).unwrap();
     let first = first_count(&rlog).unwrap();
     RunscCmd::new(&a.root).force_delete(&other);
@@ -353,23 +333,9 @@ async fn checkpoint_with_resume_keeps_the_sandbox_running_and_restores_under_ano
         "checkpointed at {at_checkpoint}, restored copy started at {first}"
     );
     // A restore under an id that exists is refused.
-    let mut stream = c
-        .restore(pb::RestoreRequest {
-            snapshot_id: snap.id.clone(),
-            bundle: sb.bundle.path().display().to_string(),
-            container_id: id.clone(),
-            log_path: String::new(),
-        })
+    let err = common::restore(&mut c, &snap.id, sb.bundle.path(), &id, None)
         .await
-        .unwrap()
-        .into_inner();
-    let err = loop {
-        match stream.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("restore over a live container id succeeded"),
-            Err(e) => break e,
-        }
-    };
+        .expect_err("restore over a live container id succeeded");
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
     drop(sb);
 }
@@ -426,23 +392,15 @@ async fn an_encrypted_snapshot_restores_only_on_a_node_holding_its_group_key() {
 
     // A node without the key refuses before downloading anything, with the reason.
     let mut cc = c.client().await;
-    let mut stream = cc
-        .restore(pb::RestoreRequest {
-            snapshot_id: snap.id.clone(),
-            bundle: sb.bundle.path().display().to_string(),
-            container_id: unique_id("e2e-nokey"),
-            log_path: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let err = loop {
-        match stream.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("restore without the group key succeeded"),
-            Err(e) => break e,
-        }
-    };
+    let err = common::restore(
+        &mut cc,
+        &snap.id,
+        sb.bundle.path(),
+        &unique_id("e2e-nokey"),
+        None,
+    )
+    .await
+    .expect_err("restore without the group key succeeded");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(
         err.message().contains("no key for group app=vault"),
@@ -452,14 +410,15 @@ async fn an_encrypted_snapshot_restores_only_on_a_node_holding_its_group_key() {
     // A node with the key restores it and the count continues.
     let new_id = unique_id("e2e-unsealed");
     let rlog = dir.path().join("restored.log");
-    restore(
+    common::restore(
         &mut b.client().await,
         &snap.id,
         sb.bundle.path(),
         &new_id,
-        &rlog,
+        Some(&rlog),
     )
-    .await;
+    .await
+    .expect("restore succeeds");
     wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
     let after = first_count(&rlog).unwrap();
     RunscCmd::new(&b.root).force_delete(&new_id);

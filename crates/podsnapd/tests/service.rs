@@ -314,24 +314,15 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains(lacking), "{}", err.message());
 
-    let mut stream = h
-        .client
-        .restore(pb::RestoreRequest {
-            snapshot_id: report.id.to_string(),
-            bundle: bundle.path().display().to_string(),
-            container_id: "restored1".into(),
-            log_path: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let err = loop {
-        match stream.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("restore of an incompatible snapshot succeeded"),
-            Err(e) => break e,
-        }
-    };
+    let err = common::restore(
+        &mut h.client,
+        report.id.as_str(),
+        bundle.path(),
+        "restored1",
+        None,
+    )
+    .await
+    .expect_err("restore of an incompatible snapshot succeeded");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains(lacking), "{}", err.message());
     // Nothing was downloaded, and runsc was never asked to restore.

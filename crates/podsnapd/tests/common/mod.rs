@@ -1,6 +1,39 @@
-//! Plumbing shared by podsnapd's in-process tests (each test binary uses part of it). The
-//! process-level tests start podsnapd with `podsnap_testkit::daemon`.
+//! Plumbing shared by podsnapd's tests (each test binary uses part of it). The process-level
+//! tests start podsnapd with `podsnap_testkit::daemon`.
 
 #![allow(dead_code)]
 
 pub mod harness;
+
+use std::path::Path;
+
+use podsnap_proto::v1 as pb;
+use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use tonic::transport::Channel;
+
+/// Runs a Restore call to its end: the restored event, or the call's error. `log` `None`
+/// leaves the sandbox's output to the daemon's default log.
+pub async fn restore(
+    c: &mut PodsnapClient<Channel>,
+    snapshot: &str,
+    bundle: &Path,
+    id: &str,
+    log: Option<&Path>,
+) -> Result<pb::Restored, tonic::Status> {
+    let mut stream = c
+        .restore(pb::RestoreRequest {
+            snapshot_id: snapshot.into(),
+            bundle: bundle.display().to_string(),
+            container_id: id.into(),
+            log_path: log.map(|l| l.display().to_string()).unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    let mut restored = None;
+    while let Some(ev) = stream.message().await? {
+        if let Some(pb::restore_event::Event::Restored(r)) = ev.event {
+            restored = Some(r);
+        }
+    }
+    restored.ok_or_else(|| tonic::Status::internal("the restore stream ended without a result"))
+}
