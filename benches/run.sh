@@ -8,6 +8,8 @@
 #   BENCH_RUNSC_MIB  tmpfs data in the real runsc sandbox (default 64; 0 skips the runsc case)
 #   BENCH_S3=0       skip the S3 (moto) cases;  BENCH_LATENCY_MS (default 20) for the proxy case
 #   BENCH_KEEP=1     keep BENCH_DIR
+#   BENCH_E2E_MIB    memory of the end-to-end sandbox (default 1024; 0 skips benches/e2e.sh,
+#                    which also reads BENCH_E2E_ROUNDS, BENCH_E2E_S3, BENCH_E2E_RESULTS)
 #   CARGO_TARGET_DIR respected for the release build.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,7 +46,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if [ -n "$sandbox" ]; then runsc --root "$runsc_root" --network=none delete --force "$sandbox" >/dev/null 2>&1; fi
   if [ "${BENCH_KEEP:-0}" != 1 ]; then
-    if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D"/{data,ps,ps1,tz,tz1,rr,out,real,bundle,runsc-root}; fi
+    if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D"/{data,ps,ps1,tz,tz1,rr,out,real,bundle,runsc-root,e2e}; fi
   fi
 }
 trap cleanup EXIT
@@ -198,3 +200,12 @@ mkdir -p "$(dirname "$RESULTS")"
 python3 "$here/report.py" "$TSV" "$img_bytes" "$SIZE" "$D" "$real_note" "$((SECONDS - T0))" \
   "${S3}" | tee "$RESULTS"
 echo "results written to $RESULTS" >&2
+
+# ---- end to end: a real sandbox through podsnapd against raw runsc (its own report) ----------
+if [ "${BENCH_E2E_MIB:-1024}" != 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v runsc >/dev/null && command -v gcc >/dev/null; then
+    BENCH_DIR=$D BENCH_KEEP=1 bash "$here/e2e.sh"
+  else
+    echo "bench: end-to-end case skipped (needs root, runsc and gcc)" >&2
+  fi
+fi
