@@ -136,6 +136,8 @@ if [ "$S3" = 1 ] && python3 -c 'import moto.server' 2>/dev/null; then
   }
   s3run "$port" s3_push_gen1 gen1 "podsnap → S3 (moto)" push \
     "'$ctl' image push '$D/data/gen1' --store s3://bench/direct --id bench-gen1 --json"
+  s3run "$port" s3_push_gen1_c1 gen1 "podsnap → S3 (moto) --concurrency 1" push \
+    "'$ctl' image push '$D/data/gen1' --store s3://bench/direct-c1 --id bench-gen1 --json --concurrency 1"
   s3run "$port" s3_push_gen2 gen2 "podsnap → S3 (moto) --parent" push \
     "'$ctl' image push '$D/data/gen2' --store s3://bench/direct --id bench-gen2 --parent bench-gen1 --json"
   rm -rf "$D/out"
@@ -147,10 +149,15 @@ if [ "$S3" = 1 ] && python3 -c 'import moto.server' 2>/dev/null; then
   for _ in $(seq 50); do grep -q ready "$D/log/proxy.log" 2>/dev/null && break; sleep 0.1; done
   s3run "$lport" s3lat_push_gen1 gen1 "podsnap → S3 (moto) +${LAT_MS}ms/req" push \
     "'$ctl' image push '$D/data/gen1' --store s3://bench/latency --id bench-gen1 --json"
+  # Upload concurrency (uploads in flight; the default is 4) against the added latency.
+  for c in 1 16; do
+    s3run "$lport" "s3lat_push_gen1_c$c" gen1 "podsnap → S3 (moto) +${LAT_MS}ms/req --concurrency $c" push \
+      "'$ctl' image push '$D/data/gen1' --store s3://bench/latency-c$c --id bench-gen1 --json --concurrency $c"
+  done
   s3run "$lport" s3lat_pull_gen1 gen1 "podsnap ← S3 (moto) +${LAT_MS}ms/req" pull \
     "'$ctl' image pull bench-gen1 '$D/out' --store s3://bench/latency"
   cmp "$D/out/pages.img" "$D/data/gen1/pages.img"; rm -rf "$D/out"
-  for k in s3_push_gen1 s3_push_gen2 s3lat_push_gen1; do
+  for k in s3_push_gen1 s3_push_gen1_c1 s3_push_gen2 s3lat_push_gen1 s3lat_push_gen1_c1 s3lat_push_gen1_c16; do
     # S3 has no du: the stored column is what podsnap reports it uploaded.
     up=$(json_field "$D/log/$k.out" bytes_uploaded)
     python3 - "$TSV" "$k" "$up" <<'PY'
@@ -204,7 +211,7 @@ echo "results written to $RESULTS" >&2
 # ---- end to end: a real sandbox through podsnapd against raw runsc (its own report) ----------
 if [ "${BENCH_E2E_MIB:-1024}" != 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v runsc >/dev/null && command -v gcc >/dev/null; then
-    BENCH_DIR=$D BENCH_KEEP=1 bash "$here/e2e.sh"
+    BENCH_DIR=$D BENCH_KEEP=1 BENCH_E2E_S3=${BENCH_E2E_S3:-$S3} bash "$here/e2e.sh"
   else
     echo "bench: end-to-end case skipped (needs root, runsc and gcc)" >&2
   fi
