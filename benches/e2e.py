@@ -17,12 +17,13 @@ and per case a fresh sandbox is started and, once it counts, checkpointed and re
 Checkpoint-to-durable ends when the command (and, raw, the fsync) returns. Restore-to-running
 ends when the restored sandbox prints a count beyond the last one before the checkpoint (same
 criterion on every side); the first restored count must be the next one (the memory was
-restored, not restarted). The order of the cases alternates between rounds. podsnapd's CPU
-time and peak RSS per operation come from /proc (utime+stime, VmHWM reset through
-clear_refs), its phase timings from its /metrics histograms.
+restored, not restarted). The order of the cases alternates between rounds, and before every
+timed operation the harness syncs and waits a second, so no case pays for the previous one's
+writeback. podsnapd's CPU time and peak RSS per operation come from /proc (utime+stime,
+VmHWM reset through clear_refs), its phase timings from its /metrics histograms.
 
-Writes a TSV of every measurement and a markdown report (--results) with the medians, the
-spread and the podsnap / raw ratios.
+Writes every measurement as JSON (next to --results) and a markdown report (--results) with
+the medians, the spread and the podsnap / raw ratios.
 """
 import argparse
 import json
@@ -92,6 +93,14 @@ def hwm_kib(pid):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return 0
+
+
+def settle():
+    """The same starting point for every timed operation: nothing left dirty by the previous
+    step (its image, the store's objects) being written back meanwhile, and a moment for a
+    deleted sandbox's memory to be released."""
+    os.sync()
+    time.sleep(1.0)
 
 
 def fsync_path(path):
@@ -246,6 +255,7 @@ class Bench:
         src_log = self.start_sandbox(src)
         dst_log = os.path.join(self.work, "log", f"{dst}.log")
         row = {"round": rnd, "case": name}
+        settle()
         load = os.getloadavg()[0]
         if name == "raw":
             img = os.path.join(self.work, f"img-{rnd}")
@@ -260,6 +270,7 @@ class Bench:
                        image_bytes=os.path.getsize(os.path.join(img, "checkpoint.img")))
             before = counts(src_log)[-1]
             self.delete(src)
+            settle()
             t0 = time.monotonic()
             with open(dst_log, "wb") as out:
                 self.live.add(dst)
@@ -310,6 +321,7 @@ class Bench:
                 row["stored_bytes"] = sum(os.path.getsize(p) for p in new)
             before = counts(src_log)[-1]
             self.delete(src)
+            settle()
             ph0, cpu0 = d.phases(), proc_cpu(pid)
             reset_hwm(pid)
             t0 = time.monotonic()
@@ -401,7 +413,8 @@ def report(rows, a, elapsed):
     if imgs:
         p(f"Image: `checkpoint.img` {med(imgs) / 2**20:.0f} MiB (runsc's flate compression of "
           f"the {a.mib} MiB sandbox; {min(imgs)}–{max(imgs)} bytes over the rounds).\n")
-    p(f"{a.rounds} rounds, the case order alternating; median and min–max in seconds; "
+    p(f"{a.rounds} rounds, the case order alternating, `sync` and 1 s pause before every timed "
+      "operation; median and min–max in seconds; "
       "ratio = podsnap median / raw median of this run. Checkpoint: call until durable "
       "(raw: `runsc checkpoint` + fsync of checkpoint.img; podsnap: `podsnapctl checkpoint "
       "--stop` until the snapshot id is printed, i.e. the manifest is committed). Restore: "
