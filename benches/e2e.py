@@ -388,37 +388,31 @@ def spread(xs):
     return f"{min(xs):.2f}–{max(xs):.2f}" if xs else "-"
 
 
-def report(rows, a, elapsed):
-    import platform
+def report(rows, meta):
     by = {}
     for r in rows:
         by.setdefault(r["case"], []).append(r)
-    label = {"raw": "raw runsc, local disk", "file": "podsnap, file:// store",
-             "s3": "podsnap, S3 (moto)"}
+    label = {"raw": "raw runsc", "file": "podsnap, file:// store", "s3": "podsnap, S3 (moto)"}
     out = []
     p = out.append
+    mib, rounds = meta["mib"], meta["rounds"]
     imgs = [r["image_bytes"] for r in by.get("raw", [])]
-    p(f"# End-to-end: {a.mib} MiB sandbox, podsnapd against raw runsc\n")
-    p(f"Command: `make bench-e2e` with `BENCH_E2E_MIB={a.mib} BENCH_E2E_ROUNDS={a.rounds} "
-      f"BENCH_E2E_S3={int(a.s3)}` (whole e2e run {elapsed:.0f} s).\n")
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), "?")
-    memk = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
-    p(f"Machine: {os.cpu_count()} CPUs, {cpu}, {memk / 2**20:.1f} GiB RAM, kernel "
-      f"{platform.release()}; "
-      + subprocess.run("runsc --version | head -n 1", shell=True, capture_output=True,
-                       text=True).stdout.strip()
-      + ", ptrace platform, `--network=none`. Load average (1 min) at the start of each "
-      f"case: {min(r['load'] for r in rows):.1f}–{max(r['load'] for r in rows):.1f}.\n")
+    p(f"# End-to-end: {mib} MiB sandbox, podsnapd against raw runsc\n")
+    p(f"Command: `{meta['command']}` (whole e2e run {meta['elapsed']:.0f} s), source "
+      f"`{meta['source']}`.\n")
+    p(f"Machine: {meta['machine']}; {meta['runsc']}, ptrace platform, `--network=none`. "
+      f"Scratch (images, stores, podsnapd state): {meta['scratch']}. Load average (1 min) "
+      f"at the start of each case: {min(r['load'] for r in rows):.1f}–"
+      f"{max(r['load'] for r in rows):.1f}.\n")
     if imgs:
         p(f"Image: `checkpoint.img` {med(imgs) / 2**20:.0f} MiB (runsc's flate compression of "
-          f"the {a.mib} MiB sandbox; {min(imgs)}–{max(imgs)} bytes over the rounds).\n")
-    p(f"{a.rounds} rounds, the case order alternating, `sync` and 1 s pause before every timed "
-      "operation; median and min–max in seconds; "
-      "ratio = podsnap median / raw median of this run. Checkpoint: call until durable "
-      "(raw: `runsc checkpoint` + fsync of checkpoint.img; podsnap: `podsnapctl checkpoint "
-      "--stop` until the snapshot id is printed, i.e. the manifest is committed). Restore: "
-      "call until the restored counter prints its next count.\n")
+          f"the {mib} MiB sandbox; {min(imgs)}–{max(imgs)} bytes over the rounds).\n")
+    p(f"{rounds} rounds, the case order alternating, `sync` and 1 s pause before every timed "
+      "operation; median and min–max in seconds; ratio = podsnap median / raw median of this "
+      "run. Checkpoint: call until durable (raw: `runsc checkpoint` + fsync of "
+      "checkpoint.img; podsnap: `podsnapctl checkpoint --stop` until the snapshot id is "
+      "printed, i.e. the manifest is committed). Restore: call until the restored counter "
+      "prints its next count.\n")
     p("| case | checkpoint s | ratio | restore s | ratio | podsnapd CPU s (ckpt / restore) "
       "| podsnapd peak RSS MiB (ckpt / restore) |")
     p("|---|---:|---:|---:|---:|---:|---:|")
@@ -439,25 +433,30 @@ def report(rows, a, elapsed):
         p(f"| {label[name]} | {med(c):.2f} ({spread(c)}) | {med(c) / rc:.2f} | "
           f"{med(rst):.2f} ({spread(rst)}) | {med(rst) / rr:.2f} | {cpu_s} | {rss} |")
     p("")
-    p("Where the time goes (medians, s):\n")
-    p("| case | ckpt: runsc checkpoint | ckpt: fsync / upload | ckpt: rest | restore: "
-      "download (verified pull) | restore: runsc restore | restore: rest |")
-    p("|---|---:|---:|---:|---:|---:|---:|")
+    p("Where the time goes (medians, s). podsnap's runsc phases are the same runsc "
+      "operations as the raw case, so \"podsnap adds\" (its total minus its own runsc "
+      "phase, per operation) is the overhead with the runsc noise taken out; \"ratio from "
+      "added\" = (raw runsc command median + podsnap adds) / raw median (for the "
+      "checkpoint, podsnap's upload takes the place of raw's fsync).\n")
+    p("| case | ckpt: runsc checkpoint | ckpt: fsync / upload | ckpt: podsnap adds | "
+      "ratio from added | restore: download (verified pull) | restore: runsc restore | "
+      "restore: podsnap adds | ratio from added |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     if raw:
         p(f"| raw | {med([r['ckpt_cmd'] for r in raw]):.2f} | "
-          f"{med([r['ckpt_sync'] for r in raw]):.2f} | - | - | "
-          f"{med([r['restore_cmd'] for r in raw]):.2f} (command) | "
-          f"{med([r['restore'] - r['restore_cmd'] for r in raw]):.2f} |")
+          f"{med([r['ckpt_sync'] for r in raw]):.2f} (fsync) | - | - | - | "
+          f"{med([r['restore_cmd'] for r in raw]):.2f} | - | - |")
     for name in ("file", "s3"):
         rs = by.get(name)
         if not rs:
             continue
+        rcc, rrc = med([r["ckpt_cmd"] for r in raw]), med([r["restore_cmd"] for r in raw])
+        ca = med([r["ckpt"] - r["ph_runsc_ckpt"] for r in rs])
+        ra = med([r["restore"] - r["ph_runsc_restore"] for r in rs])
         p(f"| {name} | {med([r['ph_runsc_ckpt'] for r in rs]):.2f} | "
-          f"{med([r['ph_upload'] for r in rs]):.2f} | "
-          f"{med([r['ckpt'] - r['ph_runsc_ckpt'] - r['ph_upload'] for r in rs]):.2f} | "
-          f"{med([r['ph_download'] for r in rs]):.2f} | "
-          f"{med([r['ph_runsc_restore'] for r in rs]):.2f} | "
-          f"{med([r['restore'] - r['ph_download'] - r['ph_runsc_restore'] for r in rs]):.2f} |")
+          f"{med([r['ph_upload'] for r in rs]):.2f} (upload) | {ca:.2f} | "
+          f"{(rcc + ca) / rc:.2f} | {med([r['ph_download'] for r in rs]):.2f} | "
+          f"{med([r['ph_runsc_restore'] for r in rs]):.2f} | {ra:.2f} | {(rrc + ra) / rr:.2f} |")
     fs = by.get("file")
     if fs:
         p("")
@@ -489,15 +488,50 @@ def report(rows, a, elapsed):
     return "\n".join(out) + "\n"
 
 
+def describe(a, elapsed):
+    """What the report says about the run: command, machine, scratch filesystem."""
+    import platform
+
+    def sh(cmd):
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "?")
+    memk = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    env = f"BENCH_E2E_MIB={a.mib} BENCH_E2E_ROUNDS={a.rounds} BENCH_E2E_S3={int(a.s3)}"
+    scratch = os.path.abspath(a.dir)
+    dirty = sh(f"git -C {HERE} status --porcelain --untracked-files=no -- ../crates ../benches")
+    return {
+        "mib": a.mib, "rounds": a.rounds, "s3": int(a.s3), "elapsed": elapsed,
+        "command": f"{env} make bench-e2e",
+        "source": sh(f"git -C {HERE} rev-parse --short HEAD")
+        + (" with uncommitted changes" if dirty else ""),
+        "machine": f"{os.cpu_count()} CPUs, {cpu}, {memk / 2**20:.1f} GiB RAM, kernel "
+                   f"{platform.release()}",
+        "runsc": sh("runsc --version | head -n 1"),
+        "scratch": f"`{scratch}` on "
+                   f"`{sh(f'df --output=source,fstype {scratch} | tail -n 1')}`",
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bin", required=True, help="directory holding podsnapd and podsnapctl")
-    ap.add_argument("--dir", required=True, help="scratch directory")
+    ap.add_argument("--bin", help="directory holding podsnapd and podsnapctl")
+    ap.add_argument("--dir", help="scratch directory")
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--s3", type=int, default=0)
     ap.add_argument("--results", default=os.path.join(HERE, "results", "e2e-latest.md"))
+    ap.add_argument("--report-from", metavar="JSON",
+                    help="only render the report of an earlier run's .json")
     a = ap.parse_args()
+    if a.report_from:
+        with open(a.report_from) as f:
+            saved = json.load(f)
+        sys.stdout.write(report(saved["rows"], saved["meta"]))
+        return
+    if not a.bin or not a.dir:
+        ap.error("--bin and --dir are required")
     for t in ("runsc", "gcc"):
         if not shutil.which(t):
             sys.exit(f"e2e: {t} is required")
@@ -517,12 +551,13 @@ def main():
         b.cleanup()
         with open(os.path.join(b.work, "rows.json"), "w") as f:
             json.dump(b.rows, f, indent=1)
-    text = report(b.rows, a, time.monotonic() - t)
+    meta = describe(a, time.monotonic() - t)
+    text = report(b.rows, meta)
     os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
     with open(a.results, "w") as f:
         f.write(text)
     with open(os.path.splitext(a.results)[0] + ".json", "w") as f:
-        json.dump(b.rows, f, indent=1)
+        json.dump({"meta": meta, "rows": b.rows}, f, indent=1)
     print(text)
     log(f"results written to {a.results}")
 
