@@ -83,9 +83,9 @@ if os.path.exists(meta):
         n = int(kv["s3lat_objects"])
         ms = float(os.environ.get("BENCH_LATENCY_MS", "20"))
         lat = by["s3lat_push_gen1"]["wall"] - by["s3_push_gen1"]["wall"]
-        p(f"Latency proxy: the push wrote {n} objects; one request at a time would add at least "
-          f"{n} x {ms:g} ms = {n * ms / 1000:.2f} s, measured "
-          f"{lat:+.2f} s over the direct moto push.")
+        p(f"Latency proxy: the push wrote {n} objects, so requests made one at a time would "
+          f"spend {n} x {ms:g} ms = {n * ms / 1000:.2f} s waiting; with the default 4 uploads "
+          f"in flight the push took {lat:+.2f} s over the direct moto push.")
         # Upload concurrency: the same push with 1, 4 (default) and 16 uploads in flight.
         conc = [(c, by.get(f"s3lat_push_gen1{sfx}"), by.get(f"s3_push_gen1{sfx}"))
                 for c, sfx in ((1, "_c1"), (4, ""), (16, "_c16"))]
