@@ -500,7 +500,8 @@ def describe(a, elapsed):
     memk = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
     env = f"BENCH_E2E_MIB={a.mib} BENCH_E2E_ROUNDS={a.rounds} BENCH_E2E_S3={int(a.s3)}"
     scratch = os.path.abspath(a.dir)
-    dirty = sh(f"git -C {HERE} status --porcelain --untracked-files=no -- ../crates ../benches")
+    dirty = sh(f"git -C {HERE} status --porcelain --untracked-files=no -- ../crates ../benches "
+               "':!../benches/results'")
     return {
         "mib": a.mib, "rounds": a.rounds, "s3": int(a.s3), "elapsed": elapsed,
         "command": f"{env} make bench-e2e",
