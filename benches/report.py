@@ -101,7 +101,7 @@ if os.path.exists(meta):
                   f"{img_bytes / 1048576 / r['wall']:.0f} | {added} |")
 p("")
 
-# Targets from the issue.
+# The targets.
 p("## Targets\n")
 p("| target | measured | met? |")
 p("|---|---|---|")
