@@ -137,8 +137,9 @@ class Daemon:
         cmd = [binary, "--listen", f"unix://{self.sock}", "--store", store,
                "--runsc-root", runsc_root, "--state-dir", os.path.join(work, f"state-{name}"),
                "--runsc-flag=--network=none", "--metrics-listen", f"127.0.0.1:{self.mport}"]
+        self.store, self.env = store, {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env=self.env)
         for _ in range(200):
             if os.path.exists(self.sock):
                 break
@@ -341,8 +342,12 @@ class Bench:
                        - ph0.get(("restore", "download"), 0),
                        ph_runsc_restore=ph1.get(("restore", "runsc_restore"), 0)
                        - ph0.get(("restore", "runsc_restore"), 0))
+            # Untimed: drop the snapshot and its packs so a long run does not fill the disk
+            # (or moto's memory).
             subprocess.run([self.ctl, "--socket", d.sock, "delete", snap],
                            capture_output=True, timeout=120)
+            subprocess.run([self.ctl, "image", "gc", "--store", d.store, "--grace", "0s"],
+                           capture_output=True, timeout=300, env=d.env)
         if first != before + 1:
             raise RuntimeError(f"{name} round {rnd}: the counter was at {before} when "
                                f"checkpointed and restored at {first} (expected {before + 1})")
