@@ -4,7 +4,7 @@ CARGO ?= cargo
 PODSNAP_REQUIRE_PRIVILEGED ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 export PODSNAP_REQUIRE_PRIVILEGED
 
-.PHONY: build demo test test-rust test-python lint fmt bench soak clean
+.PHONY: build demo test test-rust test-python lint fmt bench bench-e2e soak clean
 
 build:
 	$(CARGO) build --workspace --bins
@@ -31,6 +31,9 @@ fmt:
 
 bench:
 	bash benches/run.sh
+
+bench-e2e:
+	bash benches/e2e.sh
 
 soak: build
 	bash scripts/soak.sh

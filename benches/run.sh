@@ -8,6 +8,8 @@
 #   BENCH_RUNSC_MIB  tmpfs data in the real runsc sandbox (default 64; 0 skips the runsc case)
 #   BENCH_S3=0       skip the S3 (moto) cases;  BENCH_LATENCY_MS (default 20) for the proxy case
 #   BENCH_KEEP=1     keep BENCH_DIR
+#   BENCH_E2E_MIB    memory of the end-to-end sandbox (default 1024; 0 skips benches/e2e.sh,
+#                    which also reads BENCH_E2E_ROUNDS, BENCH_E2E_S3, BENCH_E2E_RESULTS)
 #   CARGO_TARGET_DIR respected for the release build.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,7 +46,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if [ -n "$sandbox" ]; then runsc --root "$runsc_root" --network=none delete --force "$sandbox" >/dev/null 2>&1; fi
   if [ "${BENCH_KEEP:-0}" != 1 ]; then
-    if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D"/{data,ps,ps1,tz,tz1,rr,out,real,bundle,runsc-root}; fi
+    if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D"/{data,ps,ps1,tz,tz1,rr,out,real,bundle,runsc-root,e2e}; fi
   fi
 }
 trap cleanup EXIT
@@ -134,6 +136,8 @@ if [ "$S3" = 1 ] && python3 -c 'import moto.server' 2>/dev/null; then
   }
   s3run "$port" s3_push_gen1 gen1 "podsnap → S3 (moto)" push \
     "'$ctl' image push '$D/data/gen1' --store s3://bench/direct --id bench-gen1 --json"
+  s3run "$port" s3_push_gen1_c1 gen1 "podsnap → S3 (moto) --concurrency 1" push \
+    "'$ctl' image push '$D/data/gen1' --store s3://bench/direct-c1 --id bench-gen1 --json --concurrency 1"
   s3run "$port" s3_push_gen2 gen2 "podsnap → S3 (moto) --parent" push \
     "'$ctl' image push '$D/data/gen2' --store s3://bench/direct --id bench-gen2 --parent bench-gen1 --json"
   rm -rf "$D/out"
@@ -145,10 +149,15 @@ if [ "$S3" = 1 ] && python3 -c 'import moto.server' 2>/dev/null; then
   for _ in $(seq 50); do grep -q ready "$D/log/proxy.log" 2>/dev/null && break; sleep 0.1; done
   s3run "$lport" s3lat_push_gen1 gen1 "podsnap → S3 (moto) +${LAT_MS}ms/req" push \
     "'$ctl' image push '$D/data/gen1' --store s3://bench/latency --id bench-gen1 --json"
+  # Upload concurrency (uploads in flight; the default is 4) against the added latency.
+  for c in 1 16; do
+    s3run "$lport" "s3lat_push_gen1_c$c" gen1 "podsnap → S3 (moto) +${LAT_MS}ms/req --concurrency $c" push \
+      "'$ctl' image push '$D/data/gen1' --store s3://bench/latency-c$c --id bench-gen1 --json --concurrency $c"
+  done
   s3run "$lport" s3lat_pull_gen1 gen1 "podsnap ← S3 (moto) +${LAT_MS}ms/req" pull \
     "'$ctl' image pull bench-gen1 '$D/out' --store s3://bench/latency"
   cmp "$D/out/pages.img" "$D/data/gen1/pages.img"; rm -rf "$D/out"
-  for k in s3_push_gen1 s3_push_gen2 s3lat_push_gen1; do
+  for k in s3_push_gen1 s3_push_gen1_c1 s3_push_gen2 s3lat_push_gen1 s3lat_push_gen1_c1 s3lat_push_gen1_c16; do
     # S3 has no du: the stored column is what podsnap reports it uploaded.
     up=$(json_field "$D/log/$k.out" bytes_uploaded)
     python3 - "$TSV" "$k" "$up" <<'PY'
@@ -198,3 +207,12 @@ mkdir -p "$(dirname "$RESULTS")"
 python3 "$here/report.py" "$TSV" "$img_bytes" "$SIZE" "$D" "$real_note" "$((SECONDS - T0))" \
   "${S3}" | tee "$RESULTS"
 echo "results written to $RESULTS" >&2
+
+# ---- end to end: a real sandbox through podsnapd against raw runsc (its own report) ----------
+if [ "${BENCH_E2E_MIB:-1024}" != 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v runsc >/dev/null && command -v gcc >/dev/null; then
+    BENCH_DIR=$D BENCH_KEEP=1 BENCH_E2E_S3=${BENCH_E2E_S3:-$S3} bash "$here/e2e.sh"
+  else
+    echo "bench: end-to-end case skipped (needs root, runsc and gcc)" >&2
+  fi
+fi

@@ -74,7 +74,8 @@ pub struct Args {
     /// Log format: text or json. Level from RUST_LOG (default info).
     #[arg(long, env = "PODSNAPD_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Parallel uploads/downloads per job.
+    /// Uploads in flight per checkpoint (each a ~4 MiB pack object); 0 = the store's
+    /// default, 4. Raise it for a high-latency store. Downloads are not affected.
     #[arg(long, env = "PODSNAPD_CONCURRENCY")]
     pub concurrency: Option<usize>,
     /// Timeout for one runsc checkpoint or restore, e.g. 10m.

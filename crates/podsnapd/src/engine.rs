@@ -3,9 +3,9 @@
 //!
 //! Checkpoint: resolve -> lock the sandbox -> job record -> runsc checkpoint into the job's
 //! work dir -> (resume: restore it in place) -> push (dedup against the group's newest
-//! snapshot) -> commit -> retention -> remove the work dir.
+//! snapshot) -> commit -> retention -> answer, and remove the work dir in the background.
 //! Restore: manifest -> compatibility check (before any chunk is fetched) -> pull (verified)
-//! -> runsc restore -> remove the work dir.
+//! -> runsc restore -> answer, and remove the work dir in the background.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -412,13 +412,31 @@ impl Engine {
             )
             .map_err(|e| DaemonError::Internal(format!("writing the job record: {e}")))?;
         let res = self.clone().run_checkpoint(&job, &info, &tx).await;
-        if res.is_ok() {
-            // The image is in the store: the work dir goes, before the job is marked done so
-            // that a crash in between leaves a job that recovery finishes and cleans.
-            let _ = std::fs::remove_dir_all(self.cfg.work_dir.join(&job.id));
-        }
         job.finish(res.as_ref().err().map(|e| e.to_string()));
+        if res.is_ok() {
+            // The image is in the store: the work dir goes.
+            self.remove_work_dir_later(&job.id);
+        }
         res
+    }
+
+    /// Removes a job's work dir in the background, after the caller has its answer: freeing
+    /// a checkpoint image of several hundred MiB takes the filesystem a noticeable time
+    /// (0.2-0.5 s for 450 MiB on ext4), which would otherwise be added to every checkpoint
+    /// and restore. Only finished jobs' dirs are removed this way; if the daemon stops first,
+    /// the next start removes every work dir that no unfinished job owns.
+    fn remove_work_dir_later(&self, job_id: &str) {
+        let dir = self.cfg.work_dir.join(job_id);
+        if !dir.exists() {
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(dir = %dir.display(), error = %e, "could not remove a work dir");
+                }
+            }
+        });
     }
 
     /// Runs (or, after a restart, resumes) a checkpoint job from its durable record: each
@@ -957,8 +975,9 @@ impl Engine {
             )
             .map_err(|e| DaemonError::Internal(format!("writing the job record: {e}")))?;
         let res = self.run_restore(&job, &spec, &id, &tx).await;
-        let _ = std::fs::remove_dir_all(self.cfg.work_dir.join(&job.id));
         job.finish(res.as_ref().err().map(|e| e.to_string()));
+        // runsc has read the image (or failed): the local copy goes.
+        self.remove_work_dir_later(&job.id);
         res
     }
 

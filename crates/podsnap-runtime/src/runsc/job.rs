@@ -306,6 +306,8 @@ impl DurableJob {
 
     /// Waits until the job finishes (polling its status file). With a timeout, the job's
     /// whole process group is killed when it expires and [`Error::CommandTimeout`] returned.
+    /// A job this process started is also awaited directly, so its end is seen at once
+    /// rather than at the next poll.
     pub async fn wait(&mut self, timeout: Option<Duration>) -> Result<JobOutcome, Error> {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         loop {
@@ -321,7 +323,13 @@ impl DurableJob {
                     });
                 }
             }
-            tokio::time::sleep(POLL).await;
+            match self.child.as_mut() {
+                // The shell writes the exit status before it exits.
+                Some(child) => {
+                    let _ = tokio::time::timeout(POLL, child.wait()).await;
+                }
+                None => tokio::time::sleep(POLL).await,
+            }
         }
     }
 

@@ -1,0 +1,572 @@
+#!/usr/bin/env python3
+"""End-to-end checkpoint and restore of a real runsc sandbox: podsnapd against raw runsc.
+
+    e2e.py --bin DIR --dir SCRATCH [--mib 1024] [--rounds 3] [--s3 0|1] [--results FILE]
+
+The sandbox runs benches/memfill.c (built static with gcc): it touches MIB MiB of memory
+(1/3 zero, 1/3 random, 1/3 text-like pages) and then prints "Count: N" every 20 ms. Per round
+and per case a fresh sandbox is started and, once it counts, checkpointed and restored:
+
+* raw: `runsc checkpoint --image-path DIR ID` + fsync of checkpoint.img and DIR (local
+  disk), then `runsc restore --detach --image-path DIR --bundle B NEW`;
+* podsnap (file): podsnapd with a file:// store on the same disk: `podsnapctl checkpoint ID
+  --stop` until it prints the snapshot id (committed), then `podsnapctl restore SNAP --bundle B
+  --id NEW`;
+* podsnap (S3): the same against moto (`--s3 1`, needs `python3 -m moto.server`).
+
+Checkpoint-to-durable ends when the command (and, raw, the fsync) returns. Restore-to-running
+ends when the restored sandbox prints a count beyond the last one before the checkpoint (same
+criterion on every side); the first restored count must be the next one (the memory was
+restored, not restarted). The order of the cases alternates between rounds, and before every
+timed operation the harness syncs and waits a second, so no case pays for the previous one's
+writeback. podsnapd's CPU time and peak RSS per operation come from /proc (utime+stime,
+VmHWM reset through clear_refs), its phase timings from its /metrics histograms.
+
+Writes every measurement as JSON (next to --results) and a markdown report (--results) with
+the medians, the spread and the podsnap / raw ratios.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+INTERVAL_MS = 20
+COUNT = re.compile(rb"Count: (\d+)\n")
+TIMEOUT = 900
+
+
+def log(msg):
+    print(f"== e2e: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def counts(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read().replace(b"\0", b"")
+    except FileNotFoundError:
+        return []
+    return [int(m.group(1)) for m in COUNT.finditer(data)]
+
+
+def wait_count_above(path, above, deadline):
+    """Polls `path` every 2 ms until a count > `above` appears; returns the first such."""
+    while time.monotonic() < deadline:
+        c = [n for n in counts(path) if n > above]
+        if c:
+            return c[0]
+        time.sleep(0.002)
+    raise RuntimeError(f"no count above {above} in {path} before the deadline")
+
+
+def proc_cpu(pid):
+    """user+sys seconds of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reset_hwm(pid):
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def settle():
+    """The same starting point for every timed operation: nothing left dirty by the previous
+    step (its image, the store's objects) being written back meanwhile, and a moment for a
+    deleted sandbox's memory to be released."""
+    os.sync()
+    time.sleep(1.0)
+
+
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def files_under(d):
+    out = {}
+    for root, _, names in os.walk(d):
+        for n in names:
+            p = os.path.join(root, n)
+            try:
+                out[p] = os.stat(p).st_mtime_ns
+            except FileNotFoundError:
+                pass
+    return out
+
+
+def du(d):
+    return sum(os.path.getsize(p) for p in files_under(d))
+
+
+class Daemon:
+    """A podsnapd with its own socket, state dir and metrics port."""
+
+    def __init__(self, binary, work, name, store, runsc_root, env=None):
+        self.sock = os.path.join(work, f"{name}.sock")
+        self.mport = free_port()
+        self.logf = open(os.path.join(work, "log", f"podsnapd-{name}.log"), "wb")
+        cmd = [binary, "--listen", f"unix://{self.sock}", "--store", store,
+               "--runsc-root", runsc_root, "--state-dir", os.path.join(work, f"state-{name}"),
+               "--runsc-flag=--network=none", "--metrics-listen", f"127.0.0.1:{self.mport}"]
+        self.store, self.env = store, {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
+                                     env=self.env)
+        for _ in range(200):
+            if os.path.exists(self.sock):
+                break
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not os.path.exists(self.sock):
+            raise RuntimeError(f"podsnapd {name} did not start (see {self.logf.name})")
+
+    def phases(self):
+        """{(operation, phase): seconds so far} from the metrics histograms' sums."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.mport}/metrics",
+                                      timeout=10).read().decode()
+        out = {}
+        for m in re.finditer(r'^podsnap_phase_duration_seconds_sum\{([^}]*)\} (\S+)$', text,
+                             re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            out[(labels.get("operation"), labels.get("phase"))] = float(m.group(2))
+        return out
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.work = os.path.abspath(os.path.join(a.dir, "e2e"))
+        shutil.rmtree(self.work, ignore_errors=True)
+        os.makedirs(os.path.join(self.work, "log"))
+        self.root = os.path.join(self.work, "runsc-root")
+        self.bundle = os.path.join(self.work, "bundle")
+        self.ctl = os.path.join(a.bin, "podsnapctl")
+        self.rows = []
+        self.live = set()
+        self.daemons = {}
+        self.moto = None
+
+    # ---- setup ----------------------------------------------------------------------------
+    def build_bundle(self):
+        rootfs = os.path.join(self.bundle, "rootfs")
+        for d in ("bin", "proc", "dev", "tmp"):
+            os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-static", "-o", os.path.join(rootfs, "bin", "memfill"),
+                        os.path.join(HERE, "memfill.c")], check=True)
+        spec = {
+            "ociVersion": "1.0.0",
+            "process": {"terminal": False, "user": {"uid": 0, "gid": 0},
+                        "args": ["/bin/memfill", str(self.a.mib), str(INTERVAL_MS)],
+                        "env": ["PATH=/bin"], "cwd": "/"},
+            "root": {"path": "rootfs", "readonly": True},
+            "hostname": "memfill",
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                       {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                                     {"type": "mount"}]},
+        }
+        with open(os.path.join(self.bundle, "config.json"), "w") as f:
+            json.dump(spec, f)
+
+    def start_moto(self):
+        port = free_port()
+        self.moto_log = open(os.path.join(self.work, "log", "moto.log"), "wb")
+        self.moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
+                                     stdout=self.moto_log, stderr=subprocess.STDOUT)
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.1)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/e2e", method="PUT")
+        urllib.request.urlopen(req, timeout=10)
+        return {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                "AWS_REGION": "us-east-1"}
+
+    # ---- runsc ----------------------------------------------------------------------------
+    def runsc(self, *args, check=True, stdout=None):
+        cmd = ["runsc", "--root", self.root, "--network=none", *args]
+        r = subprocess.run(cmd, stdout=stdout if stdout else subprocess.PIPE,
+                           stderr=subprocess.STDOUT if stdout else subprocess.PIPE,
+                           timeout=TIMEOUT)
+        if check and r.returncode != 0:
+            err = (r.stderr or b"").decode(errors="replace")[-2000:]
+            raise RuntimeError(f"runsc {' '.join(args)} failed: {err}")
+        return r
+
+    def delete(self, cid):
+        self.runsc("delete", "--force", cid, check=False)
+        self.live.discard(cid)
+
+    def start_sandbox(self, cid):
+        logp = os.path.join(self.work, "log", f"{cid}.log")
+        with open(logp, "wb") as out:
+            self.live.add(cid)
+            t = time.monotonic()
+            self.runsc("run", "--detach", "--bundle", self.bundle, cid, stdout=out)
+        # Counting means the memory is filled; let it count a little.
+        wait_count_above(logp, 4, time.monotonic() + TIMEOUT)
+        log(f"{cid}: {self.a.mib} MiB filled and counting after {time.monotonic() - t:.1f} s")
+        return logp
+
+    # ---- one case -------------------------------------------------------------------------
+    def case(self, rnd, name):
+        src, dst = f"pb-{rnd}-{name}-src-x", f"pb-{rnd}-{name}-dst-x"
+        src_log = self.start_sandbox(src)
+        dst_log = os.path.join(self.work, "log", f"{dst}.log")
+        row = {"round": rnd, "case": name}
+        settle()
+        load = os.getloadavg()[0]
+        if name == "raw":
+            img = os.path.join(self.work, f"img-{rnd}")
+            os.makedirs(img)
+            t0 = time.monotonic()
+            self.runsc("checkpoint", f"--image-path={img}", src)
+            t1 = time.monotonic()
+            fsync_path(os.path.join(img, "checkpoint.img"))
+            fsync_path(img)
+            t2 = time.monotonic()
+            row.update(ckpt=t2 - t0, ckpt_cmd=t1 - t0, ckpt_sync=t2 - t1,
+                       image_bytes=os.path.getsize(os.path.join(img, "checkpoint.img")))
+            before = counts(src_log)[-1]
+            self.delete(src)
+            settle()
+            t0 = time.monotonic()
+            with open(dst_log, "wb") as out:
+                self.live.add(dst)
+                self.runsc("restore", "--detach", f"--image-path={img}",
+                           f"--bundle={self.bundle}", dst, stdout=out)
+            t1 = time.monotonic()
+            first = wait_count_above(dst_log, before, t0 + TIMEOUT)
+            t2 = time.monotonic()
+            row.update(restore=t2 - t0, restore_cmd=t1 - t0)
+            shutil.rmtree(img)
+        else:
+            d = self.daemons[name]
+            pid = d.proc.pid
+            store_dir = os.path.join(self.work, "store")
+            seen = files_under(store_dir) if name == "file" else {}
+            ph0, cpu0 = d.phases(), proc_cpu(pid)
+            reset_hwm(pid)
+            t0 = time.monotonic()
+            out = subprocess.run([self.ctl, "--socket", d.sock, "checkpoint", src, "--stop"],
+                                 capture_output=True, timeout=TIMEOUT)
+            t1 = time.monotonic()
+            if out.returncode != 0:
+                raise RuntimeError(f"podsnapctl checkpoint failed: {out.stderr.decode()[-2000:]}")
+            snap = out.stdout.decode().strip().splitlines()[-1]
+            ph1, cpu1, hwm = d.phases(), proc_cpu(pid), hwm_kib(pid)
+            row.update(ckpt=t1 - t0, ckpt_cmd=t1 - t0, d_cpu_ckpt=cpu1 - cpu0,
+                       d_hwm_ckpt=hwm, snapshot=snap,
+                       ph_runsc_ckpt=ph1.get(("checkpoint", "runsc_checkpoint"), 0)
+                       - ph0.get(("checkpoint", "runsc_checkpoint"), 0),
+                       ph_upload=ph1.get(("checkpoint", "upload"), 0)
+                       - ph0.get(("checkpoint", "upload"), 0))
+            m = json.loads(subprocess.run(
+                [self.ctl, "--socket", d.sock, "inspect", snap, "--json"],
+                capture_output=True, check=True).stdout)
+            row["image_bytes"] = m["logical_bytes"]
+            row["uploaded_bytes"] = m["uploaded_bytes"]
+            if name == "file":
+                # object_store's local backend does not fsync; what it would cost to make
+                # the new objects durable, measured separately (not in ckpt).
+                now = files_under(store_dir)
+                new = [p for p, mt in now.items() if seen.get(p) != mt]
+                t2 = time.monotonic()
+                for p in new:
+                    fsync_path(p)
+                for dd in {os.path.dirname(p) for p in new}:
+                    fsync_path(dd)
+                row["store_fsync"] = time.monotonic() - t2
+                row["stored_bytes"] = sum(os.path.getsize(p) for p in new)
+            before = counts(src_log)[-1]
+            self.delete(src)
+            settle()
+            ph0, cpu0 = d.phases(), proc_cpu(pid)
+            reset_hwm(pid)
+            t0 = time.monotonic()
+            self.live.add(dst)
+            out = subprocess.run([self.ctl, "--socket", d.sock, "restore", snap, "--bundle",
+                                  self.bundle, "--id", dst, "--log", dst_log],
+                                 capture_output=True, timeout=TIMEOUT)
+            t1 = time.monotonic()
+            if out.returncode != 0:
+                raise RuntimeError(f"podsnapctl restore failed: {out.stderr.decode()[-2000:]}")
+            first = wait_count_above(dst_log, before, t0 + TIMEOUT)
+            t2 = time.monotonic()
+            ph1, cpu1, hwm = d.phases(), proc_cpu(pid), hwm_kib(pid)
+            row.update(restore=t2 - t0, restore_cmd=t1 - t0, d_cpu_restore=cpu1 - cpu0,
+                       d_hwm_restore=hwm,
+                       ph_download=ph1.get(("restore", "download"), 0)
+                       - ph0.get(("restore", "download"), 0),
+                       ph_runsc_restore=ph1.get(("restore", "runsc_restore"), 0)
+                       - ph0.get(("restore", "runsc_restore"), 0))
+            # Untimed: drop the snapshot and its packs so a long run does not fill the disk
+            # (or moto's memory).
+            subprocess.run([self.ctl, "--socket", d.sock, "delete", snap],
+                           capture_output=True, timeout=120)
+            subprocess.run([self.ctl, "image", "gc", "--store", d.store, "--grace", "0s"],
+                           capture_output=True, timeout=300, env=d.env)
+        if first != before + 1:
+            raise RuntimeError(f"{name} round {rnd}: the counter was at {before} when "
+                               f"checkpointed and restored at {first} (expected {before + 1})")
+        row.update(count_before=before, count_after=first, load=load)
+        self.delete(dst)
+        self.rows.append(row)
+        log(f"round {rnd} {name}: checkpoint {row['ckpt']:.2f} s, restore {row['restore']:.2f} s "
+            f"(image {row['image_bytes'] / 2**20:.0f} MiB, counter {before} -> {first})")
+
+    def run(self):
+        self.build_bundle()
+        podsnapd = os.path.join(self.a.bin, "podsnapd")
+        cases = ["raw", "file"]
+        self.daemons["file"] = Daemon(podsnapd, self.work, "file",
+                                      f"file://{self.work}/store", self.root)
+        if self.a.s3:
+            env = self.start_moto()
+            self.daemons["s3"] = Daemon(podsnapd, self.work, "s3", "s3://e2e/snaps",
+                                        self.root, env)
+            cases.append("s3")
+        for rnd in range(1, self.a.rounds + 1):
+            order = cases if rnd % 2 else list(reversed(cases))
+            for name in order:
+                self.case(rnd, name)
+
+    def cleanup(self):
+        for cid in list(self.live):
+            self.delete(cid)
+        for d in self.daemons.values():
+            d.stop()
+        if self.moto:
+            self.moto.terminate()
+            self.moto.wait()
+            self.moto_log.close()
+
+
+# ---- report -------------------------------------------------------------------------------
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def spread(xs):
+    return f"{min(xs):.2f}–{max(xs):.2f}" if xs else "-"
+
+
+def report(rows, meta):
+    by = {}
+    for r in rows:
+        by.setdefault(r["case"], []).append(r)
+    label = {"raw": "raw runsc", "file": "podsnap, file:// store", "s3": "podsnap, S3 (moto)"}
+    out = []
+    p = out.append
+    mib, rounds = meta["mib"], meta["rounds"]
+    imgs = [r["image_bytes"] for r in by.get("raw", [])]
+    p(f"# End-to-end: {mib} MiB sandbox, podsnapd against raw runsc\n")
+    p(f"Command: `{meta['command']}` (whole e2e run {meta['elapsed']:.0f} s), source "
+      f"`{meta['source']}`.\n")
+    p(f"Machine: {meta['machine']}; {meta['runsc']}, ptrace platform, `--network=none`. "
+      f"Scratch (images, stores, podsnapd state): {meta['scratch']}. Load average (1 min) "
+      f"at the start of each case: {min(r['load'] for r in rows):.1f}–"
+      f"{max(r['load'] for r in rows):.1f}.\n")
+    if imgs:
+        p(f"Image: `checkpoint.img` {med(imgs) / 2**20:.0f} MiB (runsc's flate compression of "
+          f"the {mib} MiB sandbox; {min(imgs)}–{max(imgs)} bytes over the rounds).\n")
+    p(f"{rounds} rounds, the case order alternating, `sync` and 1 s pause before every timed "
+      "operation; median and min–max in seconds; ratio = podsnap median / raw median of this "
+      "run. Checkpoint: call until durable (raw: `runsc checkpoint` + fsync of "
+      "checkpoint.img; podsnap: `podsnapctl checkpoint --stop` until the snapshot id is "
+      "printed, i.e. the manifest is committed). Restore: call until the restored counter "
+      "prints its next count.\n")
+    p("| case | checkpoint s | ratio | restore s | ratio | podsnapd CPU s (ckpt / restore) "
+      "| podsnapd peak RSS MiB (ckpt / restore) |")
+    p("|---|---:|---:|---:|---:|---:|---:|")
+    raw = by.get("raw", [])
+    rc, rr = med([r["ckpt"] for r in raw]), med([r["restore"] for r in raw])
+    for name in ("raw", "file", "s3"):
+        rs = by.get(name)
+        if not rs:
+            continue
+        c, rst = [r["ckpt"] for r in rs], [r["restore"] for r in rs]
+        if name == "raw":
+            cpu_s = rss = "-"
+        else:
+            cpu_s = (f"{med([r['d_cpu_ckpt'] for r in rs]):.2f} / "
+                     f"{med([r['d_cpu_restore'] for r in rs]):.2f}")
+            rss = (f"{max(r['d_hwm_ckpt'] for r in rs) / 1024:.0f} / "
+                   f"{max(r['d_hwm_restore'] for r in rs) / 1024:.0f}")
+        p(f"| {label[name]} | {med(c):.2f} ({spread(c)}) | {med(c) / rc:.2f} | "
+          f"{med(rst):.2f} ({spread(rst)}) | {med(rst) / rr:.2f} | {cpu_s} | {rss} |")
+    p("")
+    p("Where the time goes (medians, s). podsnap's runsc phases are the same runsc "
+      "operations as the raw case, so \"podsnap adds\" (its total minus its own runsc "
+      "phase, per operation) is the overhead with the runsc noise taken out; \"ratio from "
+      "added\" = (raw runsc command median + podsnap adds) / raw median (for the "
+      "checkpoint, podsnap's upload takes the place of raw's fsync).\n")
+    p("| case | ckpt: runsc checkpoint | ckpt: fsync / upload | ckpt: podsnap adds | "
+      "ratio from added | restore: download (verified pull) | restore: runsc restore | "
+      "restore: podsnap adds | ratio from added |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if raw:
+        p(f"| raw | {med([r['ckpt_cmd'] for r in raw]):.2f} | "
+          f"{med([r['ckpt_sync'] for r in raw]):.2f} (fsync) | - | - | - | "
+          f"{med([r['restore_cmd'] for r in raw]):.2f} | - | - |")
+    for name in ("file", "s3"):
+        rs = by.get(name)
+        if not rs:
+            continue
+        rcc, rrc = med([r["ckpt_cmd"] for r in raw]), med([r["restore_cmd"] for r in raw])
+        ca = med([r["ckpt"] - r["ph_runsc_ckpt"] for r in rs])
+        ra = med([r["restore"] - r["ph_runsc_restore"] for r in rs])
+        p(f"| {name} | {med([r['ph_runsc_ckpt'] for r in rs]):.2f} | "
+          f"{med([r['ph_upload'] for r in rs]):.2f} (upload) | {ca:.2f} | "
+          f"{(rcc + ca) / rc:.2f} | {med([r['ph_download'] for r in rs]):.2f} | "
+          f"{med([r['ph_runsc_restore'] for r in rs]):.2f} | {ra:.2f} | {(rrc + ra) / rr:.2f} |")
+    fs = by.get("file")
+    if fs:
+        p("")
+        p(f"The file:// store does not fsync what it writes (object_store's local backend); "
+          f"fsyncing the new objects afterwards took {med([r['store_fsync'] for r in fs]):.2f} s "
+          f"(median), for {med([r['stored_bytes'] for r in fs]) / 2**20:.0f} MiB stored. "
+          f"Checkpoint ratio with it included: "
+          f"{med([r['ckpt'] + r['store_fsync'] for r in fs]) / rc:.2f}.")
+    p("")
+    p("## Targets\n")
+    p("| target | measured | met? |")
+    p("|---|---|---|")
+    for name in ("file", "s3"):
+        rs = by.get(name)
+        if not rs or not raw:
+            continue
+        c = med([r["ckpt"] for r in rs]) / rc
+        r_ = med([r["restore"] for r in rs]) / rr
+        p(f"| checkpoint-to-durable <= 1.5x raw ({label[name]}) | "
+          f"{med([r['ckpt'] for r in rs]):.2f} s vs {rc:.2f} s ({c:.2f}x) | "
+          f"{'met' if c <= 1.5 else '**missed**'} |")
+        p(f"| restore-to-running <= 1.5x raw ({label[name]}) | "
+          f"{med([r['restore'] for r in rs]):.2f} s vs {rr:.2f} s ({r_:.2f}x) | "
+          f"{'met' if r_ <= 1.5 else '**missed**'} |")
+    p("")
+    p("Per round (s): " + "; ".join(
+        f"{r['round']} {r['case']}: ckpt {r['ckpt']:.2f}, restore {r['restore']:.2f}"
+        for r in sorted(rows, key=lambda r: (r["round"], r["case"]))) + ".")
+    return "\n".join(out) + "\n"
+
+
+def describe(a, elapsed):
+    """What the report says about the run: command, machine, scratch filesystem."""
+    import platform
+
+    def sh(cmd):
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "?")
+    memk = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    env = f"BENCH_E2E_MIB={a.mib} BENCH_E2E_ROUNDS={a.rounds} BENCH_E2E_S3={int(a.s3)}"
+    scratch = os.path.abspath(a.dir)
+    dirty = sh(f"git -C {HERE} status --porcelain --untracked-files=no -- ../crates ../benches "
+               "':!../benches/results'")
+    return {
+        "mib": a.mib, "rounds": a.rounds, "s3": int(a.s3), "elapsed": elapsed,
+        "command": f"{env} make bench-e2e",
+        "source": sh(f"git -C {HERE} rev-parse --short HEAD")
+        + (" with uncommitted changes" if dirty else ""),
+        "machine": f"{os.cpu_count()} CPUs, {cpu}, {memk / 2**20:.1f} GiB RAM, kernel "
+                   f"{platform.release()}",
+        "runsc": sh("runsc --version | head -n 1"),
+        "scratch": f"`{scratch}` on "
+                   f"`{sh(f'df --output=source,fstype {scratch} | tail -n 1')}`",
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bin", help="directory holding podsnapd and podsnapctl")
+    ap.add_argument("--dir", help="scratch directory")
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--s3", type=int, default=0)
+    ap.add_argument("--results", default=os.path.join(HERE, "results", "e2e-latest.md"))
+    ap.add_argument("--report-from", metavar="JSON",
+                    help="only render the report of an earlier run's .json")
+    a = ap.parse_args()
+    if a.report_from:
+        with open(a.report_from) as f:
+            saved = json.load(f)
+        sys.stdout.write(report(saved["rows"], saved["meta"]))
+        return
+    if not a.bin or not a.dir:
+        ap.error("--bin and --dir are required")
+    for t in ("runsc", "gcc"):
+        if not shutil.which(t):
+            sys.exit(f"e2e: {t} is required")
+    if os.getuid() != 0:
+        sys.exit("e2e: runsc needs root")
+    if a.s3:
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            log("moto is not installed: skipping the S3 case")
+            a.s3 = 0
+    t = time.monotonic()
+    b = Bench(a)
+    try:
+        b.run()
+    finally:
+        b.cleanup()
+        with open(os.path.join(b.work, "rows.json"), "w") as f:
+            json.dump(b.rows, f, indent=1)
+    meta = describe(a, time.monotonic() - t)
+    text = report(b.rows, meta)
+    os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
+    with open(a.results, "w") as f:
+        f.write(text)
+    with open(os.path.splitext(a.results)[0] + ".json", "w") as f:
+        json.dump({"meta": meta, "rows": b.rows}, f, indent=1)
+    print(text)
+    log(f"results written to {a.results}")
+
+
+if __name__ == "__main__":
+    main()

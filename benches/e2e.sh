@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: checkpoint-to-durable and restore-to-running of a real runsc sandbox
+# holding BENCH_E2E_MIB of memory, through podsnapd and with raw runsc on local disk, in one
+# run (benches/e2e.py has the details). Usage: make bench-e2e   (make bench runs it too)
+#
+#   BENCH_E2E_MIB      sandbox memory in MiB (default 1024; 128 for a quick run)
+#   BENCH_E2E_ROUNDS   rounds, each checkpointing and restoring every case once (default 3)
+#   BENCH_E2E_S3       1 adds podsnapd against S3 (moto) as a third case (default 0)
+#   BENCH_E2E_RESULTS  report (default benches/results/e2e-latest.md, plus a .json of the rows)
+#   BENCH_DIR          scratch directory (default: a new /tmp/podsnap-e2e.XXXXXX, removed after)
+#   BENCH_KEEP=1       keep the scratch directory
+#   CARGO_TARGET_DIR   respected for the release build.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+[ "$(id -u)" = 0 ] || { echo "bench-e2e: runsc needs root" >&2; exit 1; }
+for t in runsc gcc python3; do
+  command -v "$t" >/dev/null || { echo "bench-e2e: $t is required" >&2; exit 1; }
+done
+
+echo "== building release binaries" >&2
+(cd "$repo" && cargo build --release -q -p podsnapctl -p podsnapd)
+tdir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+
+if [ -n "${BENCH_DIR:-}" ]; then D=$BENCH_DIR; mkdir -p "$D"; own_dir=0
+else D=$(mktemp -d /tmp/podsnap-e2e.XXXXXX); own_dir=1; fi
+cleanup() {
+  if [ "${BENCH_KEEP:-0}" != 1 ]; then
+    if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D/e2e"; fi
+  fi
+}
+trap cleanup EXIT
+
+echo "== load before the run: $(uptime)" >&2
+python3 "$here/e2e.py" --bin "$tdir/release" --dir "$D" \
+  --mib "${BENCH_E2E_MIB:-1024}" --rounds "${BENCH_E2E_ROUNDS:-3}" --s3 "${BENCH_E2E_S3:-0}" \
+  --results "${BENCH_E2E_RESULTS:-$here/results/e2e-latest.md}"
