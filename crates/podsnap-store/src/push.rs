@@ -188,7 +188,7 @@ struct Compressed {
     id: u32,
     raw_len: u32,
     codec: Codec,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     digests: Vec<[u8; 32]>,
 }
 
@@ -440,10 +440,14 @@ impl<'a> Pipeline<'a> {
             for j in self.dedup(&mut build, &block, &hashes) {
                 let key = self.key.clone();
                 compressing.push_back(crate::pool::run(move || {
-                    let (mut codec, mut bytes) = chunk::compress_blob(&j.data);
+                    // A raw blob is a slice of the block: no copy.
+                    let (mut codec, mut bytes) = match chunk::try_compress(&j.data) {
+                        Some(z) => (Codec::Zstd, Bytes::from(z)),
+                        None => (Codec::Raw, j.data.clone()),
+                    };
                     if let Some(k) = &key {
                         let aad = blob_aad(codec as u8, j.data.len() as u32);
-                        bytes = k.seal(&aad, &bytes);
+                        bytes = Bytes::from(k.seal(&aad, &bytes));
                         codec = codec.sealed();
                     }
                     Compressed {

@@ -632,12 +632,24 @@ impl Engine {
         Ok(report.manifest)
     }
 
+    /// Takes the jobs an earlier run of the daemon left unfinished into this run's job list,
+    /// for [`Engine::recover`].
+    pub fn adopt_unfinished(&self) -> Vec<(JobHandle, JobRecord)> {
+        self.jobs
+            .unfinished_on_disk()
+            .into_iter()
+            .map(|rec| (self.jobs.adopt(rec.clone()), rec))
+            .collect()
+    }
+
     /// Finishes or rolls back the jobs an earlier run of the daemon left unfinished.
     /// Checkpoints are carried to the end (the image is uploaded and committed, the sandbox
     /// resumed if that was asked); restores are finished or rolled back (`recover_restore`);
     /// prepared restores are reported failed. Work dirs are removed.
-    pub async fn recover(self: Arc<Self>) {
-        let pending = self.jobs.unfinished_on_disk();
+    ///
+    /// Call [`Engine::adopt_unfinished`] first, before serving, so that the jobs are listed
+    /// (unfinished) from the first call on.
+    pub async fn recover(self: Arc<Self>, pending: Vec<(JobHandle, JobRecord)>) {
         if pending.is_empty() {
             return;
         }
@@ -645,8 +657,7 @@ impl Engine {
             jobs = pending.len(),
             "recovering jobs left by an earlier run"
         );
-        for rec in pending {
-            let job = self.jobs.adopt(rec.clone());
+        for (job, rec) in pending {
             let span = info_span!("recover", job = %rec.id, kind = rec.kind.as_str(), target = %rec.target);
             let res = async {
                 match rec.kind {

@@ -29,8 +29,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let res = rt.block_on(async move {
         let engine = podsnapd::build_engine(cfg.clone()).await?;
-        // Jobs an earlier run left unfinished are carried on in the background.
-        tokio::spawn(engine.clone().recover());
+        // Jobs an earlier run left unfinished are listed from the start and carried on in
+        // the background.
+        let pending = engine.adopt_unfinished();
+        tokio::spawn(engine.clone().recover(pending));
         podsnapd::server::serve(cfg, engine).await
     });
     // Flushed from this thread while the runtime still drives the exporter's connection.
