@@ -412,13 +412,10 @@ fn fill(
         let start = (key.offset - req.start) as usize;
         let stored = &bytes[start..start + key.stored_len as usize];
         let codec = Codec::from_u32(key.codec.into()).expect("codec checked when decoded");
-        let opened = |k: &Key| {
-            let aad = blob_aad(codec.unsealed() as u8, key.raw_len);
-            k.open(&aad, stored)
-        };
         // `read_index` made sure that the codecs match the snapshot's encryption.
         let raw = match seal {
-            Some(k) => opened(k)
+            Some(k) => k
+                .open(&blob_aad(codec.unsealed() as u8, key.raw_len), stored)
                 .and_then(|plain| chunk::decompress_blob(codec, &plain, key.raw_len as usize)),
             None => chunk::decompress_blob(codec, stored, key.raw_len as usize),
         }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::harness::*;
-use podsnap_proto::v1 as pb;
 use podsnap_runtime::testing::FakeRuntime;
 use podsnap_store::Store;
 use podsnapd::config::Args;
@@ -69,21 +68,15 @@ async fn many_concurrent_checkpoints_and_restores_stay_within_memory_and_fd_boun
     for i in 0..JOBS {
         let mut c = h.client.clone();
         tasks.push(tokio::spawn(async move {
-            let mut s = c
-                .checkpoint(checkpoint_req(&format!("load{i}"), &[], &[], 0, true))
-                .await
-                .expect("checkpoint call")
-                .into_inner();
-            let (mut waited, mut snap) = (false, None);
-            while let Some(ev) = s.message().await.expect("checkpoint succeeds") {
-                match ev.event.unwrap() {
-                    pb::checkpoint_event::Event::Progress(p) => {
-                        waited |= p.message.contains("waiting for a transfer slot")
-                    }
-                    pb::checkpoint_event::Event::Snapshot(x) => snap = Some(x.id),
-                }
-            }
-            (waited, snap.expect("a snapshot"))
+            let (progress, snap) = run_checkpoint(
+                &mut c,
+                checkpoint_req(&format!("load{i}"), &[], &[], 0, true),
+            )
+            .await;
+            let waited = progress
+                .iter()
+                .any(|p| p.message.contains("waiting for a transfer slot"));
+            (waited, snap.expect("checkpoint succeeds").id)
         }));
     }
     let mut snaps = Vec::new();

@@ -74,23 +74,9 @@ async fn checkpoint(
     labels: &[(&str, &str)],
     group_by: &[&str],
 ) -> pb::Snapshot {
-    let mut req = tonic::Request::new(pb::CheckpointRequest {
-        target: Some(pb::Target {
-            kind: Some(pb::target::Kind::RunscId(id.into())),
-        }),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        group_by: group_by.iter().map(|s| s.to_string()).collect(),
-        keep: 0,
-        post_checkpoint: if stop {
-            pb::PostCheckpoint::Stop
-        } else {
-            pb::PostCheckpoint::Resume
-        } as i32,
-        parent: String::new(),
-    });
+    let mut req = tonic::Request::new(common::harness::checkpoint_req(
+        id, labels, group_by, 0, stop,
+    ));
     req.metadata_mut()
         .insert("traceparent", TRACEPARENT.parse().unwrap());
     let mut stream = c
