@@ -104,6 +104,13 @@ for g in gen1 gen2; do
     "zstd -q -d -T0 < '$D/tz/$g.tar.zst' | tar -C '$D/out' -xf -"
   cmp "$D/out/pages.img" "$D/data/$g/pages.img"
   rm -rf "$D/out"
+  measure "ps_pull_${g}_nofsync" "$g" "podsnap --no-fsync" pull "" \
+    "'$ctl' image pull --no-fsync bench-$g '$D/out' --store '$PS'"
+  cmp "$D/out/pages.img" "$D/data/$g/pages.img"
+  # Durable against durable: podsnap's default pull fsyncs every file and directory.
+  fresh; measure "tar_pull_${g}_sync" "$g" "zstd -d -T0|tar -x; sync" pull "" \
+    "zstd -q -d -T0 < '$D/tz/$g.tar.zst' | tar -C '$D/out' -xf - && sync '$D/out/pages.img' '$D/out'"
+  rm -rf "$D/out"
   measure "ps_pull_$g" "$g" "podsnap" pull "" \
     "'$ctl' image pull bench-$g '$D/out' --store '$PS'"
   cmp "$D/out/pages.img" "$D/data/$g/pages.img"
@@ -115,8 +122,8 @@ for g in gen1 gen2; do
   cmp "$D/out/$D/data/$g/pages.img" "$D/data/$g/pages.img"
 done
 rm -rf "$D/out"
-measure ps_pull_gen1_1cpu gen1 "podsnap (1 CPU)" pull "" \
-  "taskset -c 0 '$ctl' image pull bench-gen1 '$D/out' --store 'file://$D/ps1'"
+measure ps_pull_gen1_1cpu gen1 "podsnap --no-fsync (1 CPU)" pull "" \
+  "taskset -c 0 '$ctl' image pull --no-fsync bench-gen1 '$D/out' --store 'file://$D/ps1'"
 rm -rf "$D/out"
 fresh
 measure tar_pull_gen1_1cpu gen1 "zstd -d|tar -x (1 CPU)" pull "" \
