@@ -79,6 +79,7 @@ pub use manifest::{
     FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED,
 };
 pub use object_store;
+pub use pool::limit_malloc_arenas;
 pub use progress::{NoProgress, Progress, ProgressEvent};
 pub use pull::{PullOptions, PullReport};
 pub use push::{PushOptions, PushReport};

@@ -64,3 +64,44 @@ where
         Err(_) => Err(crate::StoreError::Worker("worker dropped the job".into())),
     }
 }
+
+/// Caps glibc's malloc arenas at `n` for this process, unless `MALLOC_ARENA_MAX` is set (then
+/// glibc already follows it). Call it first thing in `main`, before any thread starts.
+///
+/// Why: glibc gives threads that contend for the allocator arenas of their own (up to 8 per
+/// core), and memory freed into an arena mostly stays with the process. A push or pull moves
+/// multi-MiB buffers between tokio's threads, its blocking pool and the worker pool, so every
+/// arena ends up holding some of them. Measured in podsnapd over three 1 GiB checkpoints:
+/// peak RSS 92-143 MiB with the default, 74-87 MiB with 2 arenas, at the same speed.
+/// Returns whether the cap was applied. Other C libraries: nothing to do, returns false.
+pub fn limit_malloc_arenas(n: usize) -> bool {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return false;
+    }
+    set_arena_max(n)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_arena_max(n: usize) -> bool {
+    let n = libc::c_int::try_from(n.max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt takes two integers and changes a malloc tunable; it is safe to call
+    // at any time (glibc takes its own lock), and arenas already created stay valid.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, n) };
+    ok == 1
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_arena_max(_n: usize) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_arena_cap_is_applied_on_glibc_unless_the_environment_sets_one() {
+        let expected = cfg!(all(target_os = "linux", target_env = "gnu"))
+            && std::env::var_os("MALLOC_ARENA_MAX").is_none();
+        assert_eq!(super::limit_malloc_arenas(2), expected);
+    }
+}

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Hashing and compression run on the worker pool with at most `2 * workers` blocks being
-//! hashed and `4 * workers` blobs being compressed, uploads are bounded by `concurrency`, so memory stays bounded by a few dozen MiB
+//! hashed and `4 * workers` blobs being compressed (their read blocks are reused), uploads
+//! are bounded by `concurrency`, so memory stays bounded by a few dozen MiB
 //! plus the dedup map (about 50 bytes per distinct non-zero 4 KiB page).
 
 use std::collections::{BTreeMap, HashMap};
@@ -175,6 +176,53 @@ const PENDING: u32 = u32::MAX;
 struct FileBuild {
     index: FileIndex,
     zero_bytes: u64,
+}
+
+/// Read-block buffers, reused: a fresh 4 MiB buffer costs a page fault per 4 KiB page the
+/// first time it is written (as much CPU as the read itself), and freeing and allocating
+/// them in turn churns the allocator. A block goes back to the pool when the last blob
+/// slicing it has been packed.
+struct BlockPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Buffers kept for reuse at most (more are freed).
+    keep: usize,
+}
+
+impl BlockPool {
+    fn new(keep: usize) -> Arc<Self> {
+        Arc::new(BlockPool {
+            free: std::sync::Mutex::new(Vec::new()),
+            keep,
+        })
+    }
+
+    /// A buffer of READ_BLOCK bytes with unspecified contents.
+    fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        reused.unwrap_or_else(|| vec![0u8; READ_BLOCK])
+    }
+}
+
+/// A filled block: the first `len` bytes of a pooled buffer.
+struct PooledBlock {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Arc<BlockPool>,
+}
+
+impl AsRef<[u8]> for PooledBlock {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PooledBlock {
+    fn drop(&mut self) {
+        let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.pool.keep {
+            free.push(std::mem::take(&mut self.buf));
+        }
+    }
 }
 
 /// A new blob handed to compression.
@@ -412,18 +460,23 @@ impl<'a> Pipeline<'a> {
         let size = src.size;
         let blocks = size.div_ceil(READ_BLOCK as u64);
         let path = src.abs.clone();
+        // Blocks alive at once: those being hashed, and those that blobs being compressed
+        // or waiting to be packed still slice.
+        let pool = BlockPool::new(2 * workers + MAX_COMPRESSING_BLOBS_PER_WORKER * workers);
         let mut hashed = futures::stream::iter(0..blocks)
             .map(|b| {
                 let file = file.clone();
                 let path = path.clone();
+                let pool = pool.clone();
                 crate::pool::run(move || {
                     let start = b * READ_BLOCK as u64;
                     let len = (size - start).min(READ_BLOCK as u64) as usize;
-                    let mut buf = vec![0u8; len];
-                    file.read_exact_at(&mut buf, start)
+                    let mut buf = pool.take();
+                    file.read_exact_at(&mut buf[..len], start)
                         .map_err(|e| StoreError::io("read", &path, e))?;
-                    let hashes = chunk::hash_pages(&buf);
-                    Ok::<_, StoreError>((Bytes::from(buf), hashes))
+                    let hashes = chunk::hash_pages(&buf[..len]);
+                    let block = PooledBlock { buf, len, pool };
+                    Ok::<_, StoreError>((Bytes::from_owner(block), hashes))
                 })
             })
             .buffered(2 * workers);
@@ -489,14 +542,15 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Turns a file's push-wide blob numbers into the index's own tables.
-    fn finish_index(&self, build: &FileBuild) -> FileIndex {
+    /// Takes the build's digests (the extents stay, for the reused-pack check).
+    fn finish_index(&self, build: &mut FileBuild) -> FileIndex {
         let mut packs: Vec<[u8; 32]> = Vec::new();
         let mut pack_map: HashMap<u32, u32> = HashMap::new();
         let mut blobs: Vec<BlobRef> = Vec::new();
         let mut blob_map: HashMap<u32, u32> = HashMap::new();
         let mut idx = FileIndex {
             file_size: build.index.file_size,
-            digests: build.index.digests.clone(),
+            digests: std::mem::take(&mut build.index.digests),
             ..Default::default()
         };
         for e in &build.index.extents {
@@ -626,15 +680,18 @@ impl Store {
         p.seal_pack().await?;
         p.collect_uploads(true).await?;
 
-        // Indexes.
+        // Indexes. The dedup map is no longer needed: free it first (about 40 bytes per
+        // distinct page), since the indexes are built at the push's memory peak.
+        p.known = HashMap::new();
         let mut entries = Vec::with_capacity(files.len());
         let mut all_packs = std::collections::BTreeSet::new();
-        for (src, build) in files.iter().zip(&builds) {
+        for (src, build) in files.iter().zip(builds.iter_mut()) {
             let idx = p.finish_index(build);
             all_packs.extend(idx.packs.iter().map(hex::encode));
             let seal = seal.clone();
             let (digest, plain_len, stored) = tokio::task::spawn_blocking(move || {
                 let plain = idx.encode();
+                drop(idx);
                 let digest = index_digest(seal.as_ref(), &plain);
                 let stored = chunk::compress_meta(&plain);
                 let stored = match &seal {

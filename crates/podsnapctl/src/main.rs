@@ -66,6 +66,8 @@ enum Cmd {
 }
 
 fn main() {
+    // Before any thread starts: bounds the memory the allocator keeps (see the function).
+    podsnap_store::limit_malloc_arenas(2);
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,

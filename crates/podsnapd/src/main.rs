@@ -5,6 +5,8 @@ use clap::Parser;
 use podsnapd::config::{Args, Config};
 
 fn main() {
+    // Before any thread starts: bounds the memory the allocator keeps (see the function).
+    podsnap_store::limit_malloc_arenas(2);
     let args = Args::parse();
     let code = match run(args) {
         Ok(()) => 0,
