@@ -96,6 +96,9 @@ const RECENT: usize = 64;
 pub struct Jobs {
     dir: PathBuf,
     inner: Arc<Mutex<VecDeque<JobRecord>>>,
+    /// Serializes durable updates, so the records on disk change in the order the
+    /// registry's do.
+    persisting: Arc<Mutex<()>>,
 }
 
 /// A live job: updates go to the registry and, at phase changes, to disk.
@@ -111,6 +114,7 @@ impl Jobs {
         Ok(Jobs {
             dir,
             inner: Arc::new(Mutex::new(VecDeque::new())),
+            persisting: Arc::new(Mutex::new(())),
         })
     }
 
@@ -223,19 +227,29 @@ impl Jobs {
         }
     }
 
-    fn update(&self, id: &str, durable: bool, f: impl FnOnce(&mut JobRecord)) {
-        let rec = {
-            let mut g = self.inner.lock().expect("jobs lock");
-            let Some(rec) = g.iter_mut().find(|j| j.id == id) else {
-                return;
-            };
-            f(rec);
-            rec.clone()
-        };
+    /// Applies `f` to job `id`. A durable update is written to disk first and only then
+    /// shown by `list`: whoever sees a job finished (or in a new phase) can rely on its
+    /// record on disk saying so too.
+    fn update(&self, id: &str, durable: bool, f: impl Fn(&mut JobRecord)) {
+        let _order = durable.then(|| self.persisting.lock().expect("jobs persist lock"));
         if durable {
-            if let Err(e) = self.persist(&rec) {
+            let copy = {
+                let g = self.inner.lock().expect("jobs lock");
+                let Some(rec) = g.iter().find(|j| j.id == id) else {
+                    return;
+                };
+                let mut copy = rec.clone();
+                f(&mut copy);
+                copy
+            };
+            // Not under the registry's lock: listing never waits for an fsync.
+            if let Err(e) = self.persist(&copy) {
                 tracing::warn!(job = %id, error = %e, "could not write job record");
             }
+        }
+        let mut g = self.inner.lock().expect("jobs lock");
+        if let Some(rec) = g.iter_mut().find(|j| j.id == id) {
+            f(rec);
         }
     }
 }
@@ -262,7 +276,7 @@ impl JobHandle {
             if !r.details.is_object() {
                 r.details = serde_json::json!({});
             }
-            r.details[key] = value;
+            r.details[key] = value.clone();
         });
     }
 
@@ -281,14 +295,15 @@ impl JobHandle {
     }
 
     pub fn finish(&self, error: Option<String>) {
+        let at = now_rfc3339();
         self.jobs.update(&self.id, true, |r| {
             r.phase = if error.is_some() {
                 Phase::Failed
             } else {
                 Phase::Done
             };
-            r.error = error;
-            r.finished_at = Some(now_rfc3339());
+            r.error = error.clone();
+            r.finished_at = Some(at.clone());
         });
     }
 }
@@ -296,6 +311,32 @@ impl JobHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_listed_as_finished_is_finished_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            let jobs = Jobs::new(dir.path().join(format!("jobs{round}"))).unwrap();
+            let h = jobs
+                .start(JobKind::Restore, "r".into(), None, serde_json::json!({}))
+                .unwrap();
+            let record = jobs.job_dir(&h.id).join("job.json");
+            let watcher = {
+                let jobs = jobs.clone();
+                std::thread::spawn(move || loop {
+                    if jobs.list()[0].finished_at.is_some() {
+                        let disk: JobRecord =
+                            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+                        assert!(disk.finished_at.is_some(), "listed finished before written");
+                        assert_eq!(disk.phase, Phase::Done);
+                        return;
+                    }
+                })
+            };
+            h.finish(None);
+            watcher.join().unwrap();
+        }
+    }
 
     #[test]
     fn a_job_is_durable_until_finished() {
