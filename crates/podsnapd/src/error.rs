@@ -123,10 +123,19 @@ fn runtime_code(e: &RuntimeError) -> tonic::Code {
     }
 }
 
-/// The one place where domain errors become gRPC statuses.
+/// The one place where domain errors become gRPC statuses. The call's span, when this runs
+/// inside one (the server gives each call a span with these fields), records the failure, so
+/// an exported span of a failed call has an error status with the message.
 impl From<DaemonError> for tonic::Status {
     fn from(e: DaemonError) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        let status = tonic::Status::new(e.code(), e.to_string());
+        let span = tracing::Span::current();
+        span.record("otel.status_code", "ERROR");
+        span.record(
+            "otel.status_description",
+            format!("{:?}: {}", status.code(), status.message()),
+        );
+        status
     }
 }
 

@@ -127,13 +127,17 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
                 trace_id = %trace_id,
                 parent_span_id = %parent_id,
                 otel.name = tracing::field::Empty,
-                otel.kind = tracing::field::Empty
+                otel.kind = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty
             ),
             None => tracing::info_span!(
                 "grpc",
                 method = %method,
                 otel.name = tracing::field::Empty,
-                otel.kind = tracing::field::Empty
+                otel.kind = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty
             ),
         };
         if exporting {

@@ -164,12 +164,14 @@ where
     F: std::future::Future<Output = Result<R, DaemonError>> + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
+    // The call's span: kept open until the result is known, which then goes on it.
+    let call = tracing::Span::current();
     let handle = tokio::spawn(work(tx).in_current_span());
     let updates = UnboundedReceiverStream::new(rx).map(move |u| Ok(progress(progress_pb(u))));
     let last = futures::stream::once(async move {
         match handle.await {
             Ok(Ok(r)) => Ok(done(r)),
-            Ok(Err(e)) => Err(Status::from(e)),
+            Ok(Err(e)) => Err(call.in_scope(|| Status::from(e))),
             Err(e) => Err(Status::internal(format!("job task failed: {e}"))),
         }
     });

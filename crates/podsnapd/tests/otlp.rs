@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
+use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -148,6 +149,26 @@ async fn make_calls(c: &mut PodsnapClient<Channel>) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    // A streamed call whose job fails: the error arrives after the handler has returned.
+    let mut events = c
+        .restore(with_traceparent(pb::RestoreRequest {
+            snapshot_id: MISSING_SNAPSHOT.into(),
+            bundle: "/nonexistent/bundle".into(),
+            container_id: "otlp-c2".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("the restore stream opens")
+        .into_inner();
+    let mut failed = None;
+    while let Some(ev) = events.next().await {
+        if let Err(e) = ev {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.expect("the restore of a missing snapshot fails");
+    assert_ne!(failed.code(), tonic::Code::Ok, "{failed:?}");
     c.list_jobs(pb::ListJobsRequest {})
         .await
         .expect("ListJobs answers");
@@ -242,12 +263,33 @@ fn check_exported_calls(reqs: &[ExportTraceServiceRequest], node: &str) {
         "{attrs:?}"
     );
 
+    // Failed calls carry an error status with the gRPC code and message; a call that
+    // answered does not.
+    let error = opentelemetry_proto::tonic::trace::v1::status::StatusCode::Error as i32;
+    let status = call.status.clone().unwrap_or_default();
+    assert_eq!(status.code, error, "{call:?}");
+    assert!(status.message.starts_with("NotFound: "), "{status:?}");
+    assert!(status.message.contains(MISSING_SNAPSHOT), "{status:?}");
+    let (_, restore) = all
+        .iter()
+        .find(|(_, s)| s.name == "podsnap.v1.Podsnap/Restore")
+        .unwrap_or_else(|| panic!("no Restore call span among {names:?}"));
+    assert_eq!(hex(&restore.trace_id), TRACE_ID, "{restore:?}");
+    let status = restore.status.clone().unwrap_or_default();
+    assert_eq!(status.code, error, "{restore:?}");
+    assert!(!status.message.is_empty(), "{status:?}");
+
     // A call without a traceparent starts a trace of its own.
     let (_, list) = all
         .iter()
         .find(|(_, s)| s.name == "podsnap.v1.Podsnap/ListJobs")
         .unwrap_or_else(|| panic!("no ListJobs call span among {names:?}"));
     assert!(list.parent_span_id.is_empty(), "{list:?}");
+    assert_ne!(
+        list.status.clone().unwrap_or_default().code,
+        error,
+        "{list:?}"
+    );
     assert_ne!(hex(&list.trace_id), TRACE_ID, "{list:?}");
     assert_eq!(list.trace_id.len(), 16, "{list:?}");
 }
