@@ -10,6 +10,9 @@
 
 use std::collections::BTreeMap;
 
+/// Label name/value pairs, sorted by name.
+type LabelSet = Vec<(String, String)>;
+
 /// The type of a metric family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -68,7 +71,7 @@ enum Value {
 struct Family {
     kind: Kind,
     /// Label set (sorted by name) -> value.
-    samples: BTreeMap<Vec<(String, String)>, Value>,
+    samples: BTreeMap<LabelSet, Value>,
 }
 
 /// A parsed exposition.
@@ -272,7 +275,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// `name{k="v",...} value [timestamp] [# exemplar]` -> name, labels sorted by name, value.
-fn parse_sample(line: &str) -> Result<(String, Vec<(String, String)>, f64), String> {
+fn parse_sample(line: &str) -> Result<(String, LabelSet, f64), String> {
     let line = line.split(" # ").next().unwrap_or(line);
     let name_end = line.find(['{', ' ']).ok_or("a sample without a value")?;
     let name = &line[..name_end];
