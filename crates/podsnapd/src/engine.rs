@@ -91,6 +91,14 @@ impl Compat {
     }
 }
 
+/// A job an earlier run of the daemon left unfinished, adopted by this run, with its
+/// sandbox's lock held until [`Engine::recover`] is done with it.
+pub struct Adopted {
+    pub job: JobHandle,
+    pub rec: JobRecord,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
 /// Per-sandbox locks: one operation at a time per sandbox, many sandboxes at once.
 #[derive(Default)]
 pub struct Locks {
@@ -633,13 +641,38 @@ impl Engine {
     }
 
     /// Takes the jobs an earlier run of the daemon left unfinished into this run's job list,
-    /// for [`Engine::recover`].
-    pub fn adopt_unfinished(&self) -> Vec<(JobHandle, JobRecord)> {
-        self.jobs
-            .unfinished_on_disk()
-            .into_iter()
-            .map(|rec| (self.jobs.adopt(rec.clone()), rec))
-            .collect()
+    /// for [`Engine::recover`], and locks their sandboxes: a new call for one of them waits
+    /// until its interrupted job has been finished or rolled back (a rollback must not
+    /// delete a container that a newer restore created).
+    pub async fn adopt_unfinished(&self) -> Vec<Adopted> {
+        let mut out = Vec::new();
+        for rec in self.jobs.unfinished_on_disk() {
+            let key = match rec.kind {
+                JobKind::Checkpoint => {
+                    serde_json::from_value::<Sandbox>(rec.details["sandbox"].clone())
+                        .ok()
+                        .map(|sb| Self::lock_key(&sb.root, &sb.container_id))
+                }
+                JobKind::Restore => match (
+                    rec.details["container_id"].as_str(),
+                    self.runtime.info().await,
+                ) {
+                    (Some(id), Ok(info)) => Some(Self::lock_key(&info.root, id)),
+                    _ => None,
+                },
+                JobKind::PrepareRestore => None,
+            };
+            let guard = match key {
+                Some(k) => Some(self.locks.lock(&k).await),
+                None => None,
+            };
+            out.push(Adopted {
+                job: self.jobs.adopt(rec.clone()),
+                rec,
+                guard,
+            });
+        }
+        out
     }
 
     /// Finishes or rolls back the jobs an earlier run of the daemon left unfinished.
@@ -649,7 +682,7 @@ impl Engine {
     ///
     /// Call [`Engine::adopt_unfinished`] first, before serving, so that the jobs are listed
     /// (unfinished) from the first call on.
-    pub async fn recover(self: Arc<Self>, pending: Vec<(JobHandle, JobRecord)>) {
+    pub async fn recover(self: Arc<Self>, pending: Vec<Adopted>) {
         if pending.is_empty() {
             return;
         }
@@ -657,7 +690,7 @@ impl Engine {
             jobs = pending.len(),
             "recovering jobs left by an earlier run"
         );
-        for (job, rec) in pending {
+        for Adopted { job, rec, guard } in pending {
             let span = info_span!("recover", job = %rec.id, kind = rec.kind.as_str(), target = %rec.target);
             let res = async {
                 match rec.kind {
@@ -666,10 +699,14 @@ impl Engine {
                             .map_err(|_| {
                                 DaemonError::Internal("job record lacks the sandbox".into())
                             })?;
-                        let _guard = self
-                            .locks
-                            .lock(&Self::lock_key(&sb.root, &sb.container_id))
-                            .await;
+                        let _guard = match guard {
+                            Some(g) => g,
+                            None => {
+                                self.locks
+                                    .lock(&Self::lock_key(&sb.root, &sb.container_id))
+                                    .await
+                            }
+                        };
                         let info = self.runtime.info().await?;
                         self.clone()
                             .run_checkpoint(&job, &info, &None)
@@ -678,7 +715,7 @@ impl Engine {
                                 info!(snapshot = %m.id, "checkpoint finished after restart");
                             })
                     }
-                    JobKind::Restore => self.recover_restore(&job, &rec).await,
+                    JobKind::Restore => self.recover_restore(&job, &rec, guard).await,
                     JobKind::PrepareRestore => Err(DaemonError::Unavailable(format!(
                         "podsnapd restarted during {} in phase {:?}; retry it",
                         rec.kind.as_str(),
@@ -732,13 +769,23 @@ impl Engine {
     /// Finishes or rolls back a restore that a killed daemon left: if runsc restore had been
     /// started, its outcome decides (a failed or unknown one leaves no container behind);
     /// if not, nothing was restored and the job fails asking for a retry.
-    async fn recover_restore(&self, job: &JobHandle, rec: &JobRecord) -> Result<()> {
+    async fn recover_restore(
+        &self,
+        job: &JobHandle,
+        rec: &JobRecord,
+        guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<()> {
         let container_id = rec.details["container_id"]
             .as_str()
             .ok_or_else(|| DaemonError::Internal("job record lacks the container id".into()))?
             .to_string();
-        let root = self.runtime.info().await?.root;
-        let _guard = self.locks.lock(&Self::lock_key(&root, &container_id)).await;
+        let _guard = match guard {
+            Some(g) => g,
+            None => {
+                let root = self.runtime.info().await?.root;
+                self.locks.lock(&Self::lock_key(&root, &container_id)).await
+            }
+        };
         let outcome = self
             .await_earlier_runsc(&job.dir().join("runsc-restore"))
             .await;

@@ -33,7 +33,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let engine = podsnapd::build_engine(cfg.clone()).await?;
         // Jobs an earlier run left unfinished are listed from the start and carried on in
         // the background.
-        let pending = engine.adopt_unfinished();
+        let pending = engine.adopt_unfinished().await;
         tokio::spawn(engine.clone().recover(pending));
         podsnapd::server::serve(cfg, engine).await
     });

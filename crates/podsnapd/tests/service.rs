@@ -445,3 +445,65 @@ async fn the_unix_socket_is_created_0660_and_a_live_socket_is_not_stolen() {
     let err = podsnapd::server::bind_unix(&sock, 0o660, None).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
 }
+
+/// After a restart, a call for a sandbox whose job the killed daemon left unfinished waits
+/// until that job has been finished or rolled back: the rollback of an interrupted restore
+/// must not run after (and delete the container of) a newer restore of the same id.
+#[tokio::test]
+async fn a_new_call_waits_for_the_recovery_of_its_sandboxs_interrupted_job() {
+    let fake = Arc::new(FakeRuntime::new());
+    let rt: Arc<dyn SandboxRuntime> = fake.clone();
+    let h = harness(rt, memory_store()).await;
+    // The record a daemon killed during a restore of "again" leaves (runsc never started).
+    let earlier = podsnapd::jobs::Jobs::new(h.state_dir.join("jobs")).unwrap();
+    let interrupted = earlier
+        .start(
+            podsnapd::jobs::JobKind::Restore,
+            "again".into(),
+            Some("20990101T000000Z-00000000".into()),
+            serde_json::json!({ "container_id": "again" }),
+        )
+        .unwrap();
+    let pending = h.engine.adopt_unfinished().await;
+    assert_eq!(pending.len(), 1);
+
+    let bundle = tempfile::tempdir().unwrap();
+    std::fs::write(bundle.path().join("config.json"), "{}").unwrap();
+    let mut c = h.client.clone();
+    let bundle_path = bundle.path().to_path_buf();
+    let call = tokio::spawn(async move {
+        common::restore(
+            &mut c,
+            "20990101T000000Z-00000001",
+            &bundle_path,
+            "again",
+            None,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !call.is_finished(),
+        "a restore of \"again\" ran before its interrupted restore was recovered"
+    );
+
+    h.engine.clone().recover(pending).await;
+    let res = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the new restore goes on once the recovery is done")
+        .unwrap();
+    // It reached the store only now (the snapshot does not exist).
+    assert_eq!(res.unwrap_err().code(), tonic::Code::NotFound);
+    let rec = h
+        .engine
+        .jobs
+        .list()
+        .into_iter()
+        .find(|j| j.id == interrupted.id)
+        .unwrap();
+    assert!(rec.finished_at.is_some(), "{rec:?}");
+    assert!(
+        rec.error.as_deref().unwrap_or("").contains("retry"),
+        "{rec:?}"
+    );
+}
