@@ -11,6 +11,7 @@ pub mod containerd;
 pub mod daemon;
 pub mod metrics;
 pub mod moto;
+pub mod pki;
 pub mod runsc;
 
 use std::path::Path;

@@ -98,7 +98,8 @@ pub struct Args {
     /// Every gRPC call and every job is a span; a caller's W3C traceparent makes them part of
     /// the caller's trace. Spans are batched, sent in the background and flushed at shutdown;
     /// an unreachable collector is logged as a warning and never fails a call. https:// checks
-    /// the collector's certificate against the system's CA roots. When neither this flag,
+    /// the collector's certificate against the system's CA roots, plus the PEM CA file named
+    /// by OTEL_EXPORTER_OTLP_CERTIFICATE (or ..._TRACES_CERTIFICATE) if set. When neither this flag,
     /// PODSNAPD_OTLP_ENDPOINT nor the config file sets it, the standard
     /// OTEL_EXPORTER_OTLP_ENDPOINT is used if set; an empty value turns export off. Without an
     /// endpoint no OpenTelemetry code runs at all.

@@ -118,7 +118,9 @@ where
     }
 }
 
-/// A tracer provider with a batch OTLP/gRPC exporter to `endpoint`. The other standard
+/// A tracer provider with a batch OTLP/gRPC exporter to `endpoint`. An `https://` endpoint
+/// is verified against the system's roots plus, if set, the CA certificate (PEM) named by
+/// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or `OTEL_EXPORTER_OTLP_CERTIFICATE`. The other standard
 /// `OTEL_*` variables (headers, timeout, compression, `OTEL_BSP_*` batching,
 /// `OTEL_RESOURCE_ATTRIBUTES`) apply as the OpenTelemetry SDK defines them.
 pub fn provider(endpoint: &str, node_name: &str) -> anyhow::Result<SdkTracerProvider> {
@@ -126,8 +128,24 @@ pub fn provider(endpoint: &str, node_name: &str) -> anyhow::Result<SdkTracerProv
         .with_tonic()
         .with_endpoint(endpoint);
     if endpoint.starts_with("https://") {
-        exporter =
-            exporter.with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        // A collector with a private CA: the standard OTLP variable names its PEM file.
+        if let Some(ca) = [
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ]
+        .iter()
+        .find_map(|v| std::env::var_os(v).filter(|p| !p.is_empty()))
+        {
+            let pem = std::fs::read(&ca).with_context(|| {
+                format!(
+                    "reading the OTLP collector's CA certificate {}",
+                    ca.to_string_lossy()
+                )
+            })?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        exporter = exporter.with_tls_config(tls);
     }
     let exporter = exporter
         .build()

@@ -2,87 +2,12 @@
 //! plaintext health-only listener a kubelet gRPC probe reaches. Certificates are made with
 //! the openssl CLI; no runsc is needed (the daemon starts without it).
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let st = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(st.success(), "openssl {args:?} failed");
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA.
-fn make_pki(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=podsnap-test-ca",
-        ],
-    );
-    for (name, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "1",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -110,7 +35,7 @@ fn wait_port(port: u16) {
 
 #[tokio::test]
 async fn tcp_requires_client_certificates_and_the_health_listener_serves_only_health() {
-    if Command::new("openssl").arg("version").output().is_err() {
+    if !podsnap_testkit::pki::openssl_available() {
         assert!(
             !podsnap_testkit::privileged_required(),
             "openssl is required"
@@ -119,7 +44,7 @@ async fn tcp_requires_client_certificates_and_the_health_listener_serves_only_he
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    make_pki(dir.path());
+    podsnap_testkit::pki::make_pki(dir.path());
     let (port, health) = (free_port(), free_port());
     let p = |n: &str| dir.path().join(n).display().to_string();
     let _d = Guard(

@@ -71,8 +71,34 @@ impl Collector {
         Collector { sink, port, task }
     }
 
+    /// The same collector behind TLS, with the server certificate of `make_pki(pki)`.
+    async fn start_tls(pki: &Path) -> Collector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sink = Sink::default();
+        let service = TraceServiceServer::new(sink.clone());
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(pki.join("server.pem")).unwrap(),
+            std::fs::read(pki.join("server.key")).unwrap(),
+        );
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("TLS config")
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .expect("the collector serves");
+        });
+        Collector { sink, port, task }
+    }
+
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn https_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     fn requests(&self) -> Vec<ExportTraceServiceRequest> {
@@ -389,4 +415,50 @@ async fn a_collector_that_is_down_costs_a_warning_not_a_call() {
         !log.lines().any(|l| l.contains("ERROR")),
         "export failures are logged at warn at most:\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_is_verified_against_the_configured_ca() {
+    if !podsnap_testkit::pki::openssl_available() {
+        assert!(
+            !podsnap_testkit::privileged_required(),
+            "openssl is required"
+        );
+        eprintln!("skipping: no openssl");
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    podsnap_testkit::pki::make_pki(pki.path());
+    let collector = Collector::start_tls(pki.path()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("--otlp-endpoint={}", collector.https_endpoint());
+
+    // Without the CA, the collector's certificate is not trusted: nothing is sent, and the
+    // calls and the shutdown are unaffected.
+    let mut d = Daemon::start(
+        dir.path(),
+        "otlp-untrusted",
+        std::slice::from_ref(&endpoint),
+        &[],
+    );
+    make_calls(&mut d.client().await).await;
+    let status = d.stop(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", d.log_text());
+    assert!(
+        collector.requests().is_empty(),
+        "spans reached a collector whose certificate is not trusted"
+    );
+
+    // With it (the standard OTLP variable), the spans arrive over TLS.
+    let ca = pki.path().join("ca.pem").display().to_string();
+    let mut d = Daemon::start(
+        dir.path(),
+        "otlp-tls",
+        &[endpoint],
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str())],
+    );
+    make_calls(&mut d.client().await).await;
+    let status = d.stop(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", d.log_text());
+    check_exported_calls(&collector.requests(), "otlp-tls");
 }
