@@ -10,6 +10,17 @@ pub fn openssl_available() -> bool {
     Command::new("openssl").arg("version").output().is_ok()
 }
 
+/// For a test that needs openssl: true if it runs here; otherwise says the test is skipped
+/// and returns false, or fails when privileged tests are required (CI).
+pub fn require_openssl() -> bool {
+    if openssl_available() {
+        return true;
+    }
+    assert!(!crate::privileged_required(), "openssl is required");
+    eprintln!("skipping: no openssl");
+    false
+}
+
 fn openssl(dir: &Path, args: &[&str]) {
     let st = Command::new("openssl")
         .args(args)

@@ -35,12 +35,7 @@ fn wait_port(port: u16) {
 
 #[tokio::test]
 async fn tcp_requires_client_certificates_and_the_health_listener_serves_only_health() {
-    if !podsnap_testkit::pki::openssl_available() {
-        assert!(
-            !podsnap_testkit::privileged_required(),
-            "openssl is required"
-        );
-        eprintln!("skipping: no openssl");
+    if !podsnap_testkit::pki::require_openssl() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -419,12 +419,7 @@ async fn a_collector_that_is_down_costs_a_warning_not_a_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_collector_is_verified_against_the_configured_ca() {
-    if !podsnap_testkit::pki::openssl_available() {
-        assert!(
-            !podsnap_testkit::privileged_required(),
-            "openssl is required"
-        );
-        eprintln!("skipping: no openssl");
+    if !podsnap_testkit::pki::require_openssl() {
         return;
     }
     let pki = tempfile::tempdir().unwrap();
