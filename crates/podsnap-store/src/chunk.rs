@@ -53,10 +53,19 @@ pub fn try_compress(raw: &[u8]) -> Option<Vec<u8>> {
         let c = c.as_mut()?;
         OUTPUT.with(|out| {
             let mut out = out.borrow_mut();
-            out.clear();
-            out.reserve(bound);
-            let n = c.compress_to_buffer(raw, &mut *out).ok()?;
-            (n + raw.len() / MIN_GAIN_DIVISOR <= raw.len()).then(|| out[..n].to_vec())
+            if out.len() < bound + PAGE_SIZE {
+                out.resize(bound + PAGE_SIZE, 0);
+            }
+            // Start the output half a page away from the input, modulo 4 KiB. Blobs start on
+            // page boundaries of their block, and when the output sits at the same offset
+            // within a page, zstd's copy of incompressible input into raw blocks suffers
+            // 4 KiB aliasing: measured 3.0 ms instead of 0.97 ms per 4 MiB of random bytes.
+            let src = raw.as_ptr() as usize % PAGE_SIZE;
+            let dst = out.as_ptr() as usize % PAGE_SIZE;
+            let start = (src + PAGE_SIZE / 2 + PAGE_SIZE - dst) % PAGE_SIZE;
+            let window = &mut out[start..start + bound];
+            let n = c.compress_to_buffer(raw, window).ok()?;
+            (n + raw.len() / MIN_GAIN_DIVISOR <= raw.len()).then(|| out[start..start + n].to_vec())
         })
     })
 }
