@@ -647,25 +647,7 @@ impl Engine {
     pub async fn adopt_unfinished(&self) -> Vec<Adopted> {
         let mut out = Vec::new();
         for rec in self.jobs.unfinished_on_disk() {
-            let key = match rec.kind {
-                JobKind::Checkpoint => {
-                    serde_json::from_value::<Sandbox>(rec.details["sandbox"].clone())
-                        .ok()
-                        .map(|sb| Self::lock_key(&sb.root, &sb.container_id))
-                }
-                JobKind::Restore => match (
-                    rec.details["container_id"].as_str(),
-                    self.runtime.info().await,
-                ) {
-                    (Some(id), Ok(info)) => Some(Self::lock_key(&info.root, id)),
-                    _ => None,
-                },
-                JobKind::PrepareRestore => None,
-            };
-            let guard = match key {
-                Some(k) => Some(self.locks.lock(&k).await),
-                None => None,
-            };
+            let guard = self.lock_for_recovery(&rec).await;
             out.push(Adopted {
                 job: self.jobs.adopt(rec.clone()),
                 rec,
@@ -673,6 +655,24 @@ impl Engine {
             });
         }
         out
+    }
+
+    /// The lock of the sandbox an unfinished job worked on; `None` when the record does not
+    /// name one (such a job fails in recovery before touching anything) or, for a restore,
+    /// the runtime cannot say its root yet.
+    async fn lock_for_recovery(&self, rec: &JobRecord) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let key = match rec.kind {
+            JobKind::Checkpoint => {
+                let sb: Sandbox = serde_json::from_value(rec.details["sandbox"].clone()).ok()?;
+                Self::lock_key(&sb.root, &sb.container_id)
+            }
+            JobKind::Restore => {
+                let id = rec.details["container_id"].as_str()?;
+                Self::lock_key(&self.runtime.info().await.ok()?.root, id)
+            }
+            JobKind::PrepareRestore => return None,
+        };
+        Some(self.locks.lock(&key).await)
     }
 
     /// Finishes or rolls back the jobs an earlier run of the daemon left unfinished.
@@ -693,20 +693,17 @@ impl Engine {
         for Adopted { job, rec, guard } in pending {
             let span = info_span!("recover", job = %rec.id, kind = rec.kind.as_str(), target = %rec.target);
             let res = async {
+                // Held since adoption; taken now if the runtime could not be asked then.
+                let _guard = match guard {
+                    Some(g) => Some(g),
+                    None => self.lock_for_recovery(&rec).await,
+                };
                 match rec.kind {
                     JobKind::Checkpoint => {
-                        let sb: Sandbox = serde_json::from_value(rec.details["sandbox"].clone())
-                            .map_err(|_| {
-                                DaemonError::Internal("job record lacks the sandbox".into())
-                            })?;
-                        let _guard = match guard {
-                            Some(g) => g,
-                            None => {
-                                self.locks
-                                    .lock(&Self::lock_key(&sb.root, &sb.container_id))
-                                    .await
-                            }
-                        };
+                        // run_checkpoint reads the sandbox from the record too.
+                        serde_json::from_value::<Sandbox>(rec.details["sandbox"].clone()).map_err(
+                            |_| DaemonError::Internal("job record lacks the sandbox".into()),
+                        )?;
                         let info = self.runtime.info().await?;
                         self.clone()
                             .run_checkpoint(&job, &info, &None)
@@ -715,7 +712,7 @@ impl Engine {
                                 info!(snapshot = %m.id, "checkpoint finished after restart");
                             })
                     }
-                    JobKind::Restore => self.recover_restore(&job, &rec, guard).await,
+                    JobKind::Restore => self.recover_restore(&job, &rec).await,
                     JobKind::PrepareRestore => Err(DaemonError::Unavailable(format!(
                         "podsnapd restarted during {} in phase {:?}; retry it",
                         rec.kind.as_str(),
@@ -769,23 +766,12 @@ impl Engine {
     /// Finishes or rolls back a restore that a killed daemon left: if runsc restore had been
     /// started, its outcome decides (a failed or unknown one leaves no container behind);
     /// if not, nothing was restored and the job fails asking for a retry.
-    async fn recover_restore(
-        &self,
-        job: &JobHandle,
-        rec: &JobRecord,
-        guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    ) -> Result<()> {
+    /// The caller holds the container's lock ([`Engine::lock_for_recovery`]).
+    async fn recover_restore(&self, job: &JobHandle, rec: &JobRecord) -> Result<()> {
         let container_id = rec.details["container_id"]
             .as_str()
             .ok_or_else(|| DaemonError::Internal("job record lacks the container id".into()))?
             .to_string();
-        let _guard = match guard {
-            Some(g) => g,
-            None => {
-                let root = self.runtime.info().await?.root;
-                self.locks.lock(&Self::lock_key(&root, &container_id)).await
-            }
-        };
         let outcome = self
             .await_earlier_runsc(&job.dir().join("runsc-restore"))
             .await;
