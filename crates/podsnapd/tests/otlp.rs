@@ -57,34 +57,31 @@ struct Collector {
 
 impl Collector {
     async fn start() -> Collector {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let sink = Sink::default();
-        let service = TraceServiceServer::new(sink.clone());
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .expect("the collector serves");
-        });
-        Collector { sink, port, task }
+        Collector::serve(None).await
     }
 
     /// The same collector behind TLS, with the server certificate of `make_pki(pki)`.
     async fn start_tls(pki: &Path) -> Collector {
+        Collector::serve(Some(tonic::transport::Identity::from_pem(
+            std::fs::read(pki.join("server.pem")).unwrap(),
+            std::fs::read(pki.join("server.key")).unwrap(),
+        )))
+        .await
+    }
+
+    async fn serve(tls: Option<tonic::transport::Identity>) -> Collector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let sink = Sink::default();
         let service = TraceServiceServer::new(sink.clone());
-        let identity = tonic::transport::Identity::from_pem(
-            std::fs::read(pki.join("server.pem")).unwrap(),
-            std::fs::read(pki.join("server.key")).unwrap(),
-        );
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(identity) = tls {
+            server = server
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .expect("TLS config")
+                .expect("TLS config");
+        }
+        let task = tokio::spawn(async move {
+            server
                 .add_service(service)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
