@@ -75,7 +75,7 @@ pub use crypto::{Key, Keyring};
 pub use error::StoreError;
 pub use id::SnapshotId;
 pub use manifest::{
-    validate_rel_path, Encryption, FileEntry, IndexRef, Manifest, NodeFacts, Totals,
+    validate_rel_path, Encryption, FileEntry, IndexRef, Manifest, NodeFacts, OverlayMedium, Totals,
     FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED,
 };
 pub use object_store;
