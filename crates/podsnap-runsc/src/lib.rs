@@ -32,7 +32,7 @@ use std::process::{Command, Stdio};
 
 use args::Invocation;
 use config::{Config, Env, RestoreMode};
-use marker::Marker;
+use marker::{Marker, MarkerMode};
 
 /// What to do with a call.
 #[derive(Debug, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
                 ));
             }
             let record = Marker {
-                mode: marker::mode_name(mode).to_string(),
+                mode: mode.into(),
                 snapshot_id: snapshot.clone(),
                 image_dir: image_dir.clone(),
                 bundle,
@@ -131,13 +131,13 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
             let path = marker::path(&cfg.marker_dir, &inv.root_or_default(), id);
             match marker::read(&path) {
                 Ok(None) => Ok(passthrough()),
-                Ok(Some(m)) => Ok(match m.restore_mode() {
-                    RestoreMode::RestoreOnStart => exec(inv.start_as_restore(
+                Ok(Some(m)) => Ok(match m.mode {
+                    MarkerMode::RestoreOnStart => exec(inv.start_as_restore(
                         m.image_dir.as_os_str(),
                         m.bundle.as_os_str(),
                         id,
                     )),
-                    _ => Plan::Exit0,
+                    MarkerMode::ReplaceCreate => Plan::Exit0,
                 }),
                 Err(e) => Err(format!(
                     "cannot read restore marker {}: {e}",

@@ -15,28 +15,32 @@ use crate::config::RestoreMode;
 /// What a marker records.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Marker {
-    /// How the restore is done (`replace-create` or `restore-on-start`).
-    pub mode: String,
+    /// How the restore is done.
+    pub mode: MarkerMode,
     pub snapshot_id: String,
     pub image_dir: PathBuf,
     pub bundle: PathBuf,
 }
 
-impl Marker {
-    /// The marker's restore mode.
-    pub fn restore_mode(&self) -> RestoreMode {
-        match self.mode.as_str() {
-            "restore-on-start" => RestoreMode::RestoreOnStart,
-            _ => RestoreMode::ReplaceCreate,
-        }
-    }
+/// How a marked container is restored: the [`RestoreMode`] the wrapper settled on at `create`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MarkerMode {
+    /// `create` ran as given; `start` becomes `restore`.
+    RestoreOnStart,
+    /// `create` became `restore --detach`; `start` is answered with success. Also what a
+    /// marker with a mode this build does not know is read as.
+    #[serde(other)]
+    ReplaceCreate,
 }
 
-/// The name of a mode in a marker.
-pub fn mode_name(mode: RestoreMode) -> &'static str {
-    match mode {
-        RestoreMode::RestoreOnStart => "restore-on-start",
-        _ => "replace-create",
+impl From<RestoreMode> for MarkerMode {
+    /// `Auto` is decided before a marker is written; it is taken for `ReplaceCreate`.
+    fn from(mode: RestoreMode) -> MarkerMode {
+        match mode {
+            RestoreMode::RestoreOnStart => MarkerMode::RestoreOnStart,
+            RestoreMode::ReplaceCreate | RestoreMode::Auto => MarkerMode::ReplaceCreate,
+        }
     }
 }
 
@@ -129,16 +133,38 @@ mod tests {
         let p = path(dir.path(), OsStr::new("/root"), OsStr::new("c1"));
         assert_eq!(read(&p).unwrap(), None);
         let m = Marker {
-            mode: mode_name(RestoreMode::ReplaceCreate).into(),
+            mode: RestoreMode::ReplaceCreate.into(),
             snapshot_id: "s1".into(),
             image_dir: "/img".into(),
             bundle: "/b".into(),
         };
         write(&p, &m).unwrap();
         assert_eq!(read(&p).unwrap(), Some(m.clone()));
-        assert_eq!(m.restore_mode(), RestoreMode::ReplaceCreate);
+        assert_eq!(m.mode, MarkerMode::ReplaceCreate);
         remove(&p).unwrap();
         remove(&p).unwrap();
         assert_eq!(read(&p).unwrap(), None);
+    }
+
+    #[test]
+    fn modes_are_written_as_before_and_unknown_ones_read_as_replace_create() {
+        let json = |mode: &str| {
+            format!(r#"{{"mode":"{mode}","snapshot_id":"s","image_dir":"/i","bundle":"/b"}}"#)
+        };
+        for (text, mode) in [
+            ("replace-create", MarkerMode::ReplaceCreate),
+            ("restore-on-start", MarkerMode::RestoreOnStart),
+            ("something-newer", MarkerMode::ReplaceCreate),
+        ] {
+            let m: Marker = serde_json::from_str(&json(text)).unwrap();
+            assert_eq!(m.mode, mode, "{text}");
+        }
+        let m = Marker {
+            mode: RestoreMode::RestoreOnStart.into(),
+            snapshot_id: "s".into(),
+            image_dir: "/i".into(),
+            bundle: "/b".into(),
+        };
+        assert_eq!(serde_json::to_string(&m).unwrap(), json("restore-on-start"));
     }
 }

@@ -832,14 +832,16 @@ impl SandboxRuntime for RunscRuntime {
                         reason,
                     })
                 }
-                ResumeMethod::RestoreInPlace => return Err(RuntimeError::Unsupported {
-                    op: "checkpoint",
-                    target,
-                    reason: format!(
+                ResumeMethod::RestoreInPlace => {
+                    return Err(RuntimeError::Unsupported {
+                        op: "checkpoint",
+                        target,
+                        reason: format!(
                         "--leave-running of runsc {} is unreliable; resume by restoring in place",
                         policy.version()
                     ),
-                }),
+                    })
+                }
             }
         }
         let id = sb.checkpoint_id();

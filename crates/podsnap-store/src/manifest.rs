@@ -32,9 +32,9 @@ pub struct NodeFacts {
     pub cpu: Option<podsnap_cpu::CpuInfo>,
     pub runsc_version: Option<String>,
     pub platform: Option<String>,
-    /// The rootfs overlay medium (`memory`, `self`, ...) or `None` when writes stayed on the
-    /// source node's rootfs.
-    pub rootfs_overlay: Option<String>,
+    /// The rootfs overlay medium when the container's filesystem writes travel with the
+    /// checkpoint; `None` when they stayed on the source node's rootfs.
+    pub rootfs_overlay: Option<OverlayMedium>,
     pub extra: BTreeMap<String, String>,
 }
 
@@ -78,6 +78,66 @@ pub struct SandboxRecord {
     pub containers: Vec<ContainerRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
+}
+
+/// What backs a sandbox's rootfs overlay (runsc's `--overlay2` medium). In a manifest it is a
+/// string: `memory`, `self`, `dir:<host path>`; a value this build does not know is kept as
+/// it is ([`OverlayMedium::Other`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OverlayMedium {
+    /// Sandbox memory (`root:memory`).
+    Memory,
+    /// A filestore inside the rootfs (`root:self`).
+    SelfBacked,
+    /// A filestore in a host directory.
+    Dir(std::path::PathBuf),
+    /// A value written by another build.
+    Other(String),
+}
+
+impl std::fmt::Display for OverlayMedium {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OverlayMedium::Memory => f.write_str("memory"),
+            OverlayMedium::SelfBacked => f.write_str("self"),
+            OverlayMedium::Dir(p) => write!(f, "dir:{}", p.display()),
+            OverlayMedium::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl OverlayMedium {
+    /// Reads the manifest's string, including what earlier builds wrote (`selfbacked`, and
+    /// `dir("<path>")` with the path lowercased).
+    pub fn parse(s: &str) -> OverlayMedium {
+        match s {
+            "memory" => OverlayMedium::Memory,
+            "self" | "selfbacked" => OverlayMedium::SelfBacked,
+            _ => {
+                if let Some(p) = s.strip_prefix("dir:") {
+                    OverlayMedium::Dir(p.into())
+                } else if let Some(p) = s.strip_prefix("dir(\"").and_then(|r| r.strip_suffix("\")"))
+                {
+                    OverlayMedium::Dir(p.into())
+                } else {
+                    OverlayMedium::Other(s.to_string())
+                }
+            }
+        }
+    }
+}
+
+impl Serialize for OverlayMedium {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OverlayMedium {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(OverlayMedium::parse(&s))
+    }
 }
 
 /// Reference to a file's index object.
@@ -406,6 +466,31 @@ pub fn validate_rel_path(p: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlay_media_round_trip_and_earlier_spellings_are_read() {
+        for m in [
+            OverlayMedium::Memory,
+            OverlayMedium::SelfBacked,
+            OverlayMedium::Dir("/var/lib/Overlay".into()),
+            OverlayMedium::Other("tmpfs".into()),
+        ] {
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<OverlayMedium>(&json).unwrap(), m);
+        }
+        assert_eq!(
+            serde_json::to_string(&OverlayMedium::Dir("/d".into())).unwrap(),
+            "\"dir:/d\""
+        );
+        // What earlier builds wrote (`{:?}` of the runtime's enum, lowercased).
+        let old = |s: &str| serde_json::from_value::<OverlayMedium>(s.into()).unwrap();
+        assert_eq!(old("memory"), OverlayMedium::Memory);
+        assert_eq!(old("selfbacked"), OverlayMedium::SelfBacked);
+        assert_eq!(
+            old("dir(\"/var/lib/overlay\")"),
+            OverlayMedium::Dir("/var/lib/overlay".into())
+        );
+    }
 
     pub(crate) fn sample() -> Manifest {
         Manifest {

@@ -7,7 +7,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use podsnap_store::{NoProgress, Progress, ProgressEvent, PushOptions, SnapshotId, Store};
+use podsnap_store::{
+    NoProgress, OverlayMedium, Progress, ProgressEvent, PushOptions, SnapshotId, Store,
+};
 
 #[tokio::test]
 async fn memory_store_passes_the_store_suite() {
@@ -333,7 +335,7 @@ async fn explicit_ids_labels_and_facts_are_recorded() {
     };
     opts.source.node_name = "node-a".into();
     opts.source.runsc_version = Some("release-20221219.0".into());
-    opts.source.rootfs_overlay = Some("memory".into());
+    opts.source.rootfs_overlay = Some(OverlayMedium::Memory);
     store.push(&src, opts, &NoProgress).await.unwrap();
     let m = store.manifest(&id).await.unwrap();
     assert_eq!(m.format_version, "1.0");
@@ -341,7 +343,7 @@ async fn explicit_ids_labels_and_facts_are_recorded() {
     assert_eq!(m.group.as_deref(), Some("grp"));
     assert_eq!(m.runsc_metadata["arch"], "amd64");
     assert_eq!(m.source.node_name, "node-a");
-    assert_eq!(m.source.rootfs_overlay.as_deref(), Some("memory"));
+    assert_eq!(m.source.rootfs_overlay, Some(OverlayMedium::Memory));
     assert_eq!(m.digest.len(), 64);
 }
 

@@ -31,7 +31,8 @@ pub struct Args {
     /// runsc --root of the sandboxes this daemon checkpoints and restores by runsc id.
     #[arg(long, env = "PODSNAPD_RUNSC_ROOT")]
     pub runsc_root: Option<PathBuf>,
-    /// State directory: job journal, locks, cache, logs and (by default) the work dir.
+    /// State directory: the job journal (jobs/), sandbox logs (logs/), prepared restores
+    /// (prepared/) and, by default, the work dir (work/).
     #[arg(long, env = "PODSNAPD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// The runsc binary to drive.

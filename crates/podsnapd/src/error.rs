@@ -23,6 +23,14 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("{}", chain(.0))]
     Runtime(#[from] RuntimeError),
+    /// A file operation of the daemon's own (job records, work dirs) failed; the message is
+    /// what was being done, the source says why.
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -43,6 +51,19 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 impl DaemonError {
+    /// An [`DaemonError::Io`]: `context` says what was being done (`writing the job record`).
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        DaemonError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The one-line message callers see: the error and its causes ([`chain`]).
+    pub fn message(&self) -> String {
+        chain(self)
+    }
+
     /// A short, stable label for metrics (`error_kind`).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -54,7 +75,7 @@ impl DaemonError {
             DaemonError::Unavailable(_) => "unavailable",
             DaemonError::Store(_) => "store",
             DaemonError::Runtime(_) => "runtime",
-            DaemonError::Internal(_) => "internal",
+            DaemonError::Io { .. } | DaemonError::Internal(_) => "internal",
         }
     }
 
@@ -68,7 +89,8 @@ impl DaemonError {
             DaemonError::Unavailable(_) => Code::Unavailable,
             DaemonError::Store(e) => store_code(e),
             DaemonError::Runtime(e) => runtime_code(e),
-            DaemonError::Internal(_) => Code::Internal,
+            DaemonError::Io { source, .. } if is_disk_full(source) => Code::ResourceExhausted,
+            DaemonError::Io { .. } | DaemonError::Internal(_) => Code::Internal,
         }
     }
 }
@@ -128,7 +150,7 @@ fn runtime_code(e: &RuntimeError) -> tonic::Code {
 /// an exported span of a failed call has an error status with the message.
 impl From<DaemonError> for tonic::Status {
     fn from(e: DaemonError) -> Self {
-        let status = tonic::Status::new(e.code(), e.to_string());
+        let status = tonic::Status::new(e.code(), e.message());
         let span = tracing::Span::current();
         span.record("otel.status_code", "ERROR");
         span.record(
@@ -140,3 +162,44 @@ impl From<DaemonError> for tonic::Status {
 }
 
 pub type Result<T, E = DaemonError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_and_the_message_keeps_its_cause() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = DaemonError::io(
+                "writing the job record",
+                std::io::Error::from_raw_os_error(errno),
+            );
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+            let status = tonic::Status::from(e);
+            assert!(
+                status.message().starts_with("writing the job record: "),
+                "{}",
+                status.message()
+            );
+            assert!(
+                status
+                    .message()
+                    .contains(&std::io::Error::from_raw_os_error(errno).to_string()),
+                "{}",
+                status.message()
+            );
+        }
+        let other = DaemonError::io(
+            "creating /w",
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert_eq!(other.code(), tonic::Code::Internal);
+        assert_eq!(other.kind(), "internal");
+    }
+
+    #[test]
+    fn messages_do_not_repeat_their_sources() {
+        let e = DaemonError::from(StoreError::SnapshotNotFound("s1".into()));
+        assert_eq!(e.message(), e.to_string());
+    }
+}

@@ -2,11 +2,17 @@
 //! `<state-dir>/jobs/<job-id>/job.json`, written (fsync + rename) before each phase acts, so a
 //! restarted daemon knows what was in flight and can finish or roll back. The in-memory
 //! registry keeps in-flight and recent jobs for `ListJobs` and progress.
+//!
+//! A record's `kind` and `details` hold its [`JobSpec`]: what the job does and what recovery
+//! needs to finish it, including the stages already done. The layout on disk is the one every
+//! earlier release wrote and read (`tests/fixtures/jobs/` holds records written by them).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use podsnap_runtime::Sandbox;
+use podsnap_store::SnapshotId;
 use serde::{Deserialize, Serialize};
 
 /// Phase of a job; mirrors the proto's `Phase`.
@@ -45,11 +51,85 @@ impl JobKind {
     }
 }
 
+/// What a job does: its kind and what recovery needs to carry it to the end. On disk, the
+/// tag is the record's `kind` and the content its `details`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "details", rename_all = "kebab-case")]
+pub enum JobSpec {
+    Checkpoint(CheckpointJob),
+    Restore(RestoreJob),
+    PrepareRestore(PrepareJob),
+}
+
+impl JobSpec {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobSpec::Checkpoint(_) => JobKind::Checkpoint,
+            JobSpec::Restore(_) => JobKind::Restore,
+            JobSpec::PrepareRestore(_) => JobKind::PrepareRestore,
+        }
+    }
+}
+
+/// A checkpoint: the resolved sandbox, where its snapshot goes, and the stages done so far.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointJob {
+    pub sandbox: Sandbox,
+    pub group: String,
+    pub labels: BTreeMap<String, String>,
+    /// The group's retention (0: keep all).
+    pub keep: u32,
+    /// Bring the sandbox back after the checkpoint (`PostAction::Resume`).
+    pub resume: bool,
+    pub parent: Option<SnapshotId>,
+    /// runsc keeps the sandbox running itself (`--leave-running`); otherwise a resume restores
+    /// it in place.
+    pub leave_running: bool,
+    /// Stage done: runsc wrote the image into the work dir.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub checkpointed: bool,
+    /// Stage done: the stopped sandbox was restored in place.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resumed: bool,
+}
+
+/// A stage of a checkpoint that, once recorded, a re-run skips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointStage {
+    Checkpointed,
+    Resumed,
+}
+
+impl CheckpointJob {
+    pub fn done(&self, stage: CheckpointStage) -> bool {
+        match stage {
+            CheckpointStage::Checkpointed => self.checkpointed,
+            CheckpointStage::Resumed => self.resumed,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A standalone restore under the daemon's runsc root.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestoreJob {
+    pub bundle: PathBuf,
+    pub container_id: String,
+}
+
+/// A restore prepared for the runsc wrapper: nothing to recover (a restart fails it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrepareJob {}
+
 /// The durable and reported state of one job.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "OnDisk", into = "OnDisk")]
 pub struct JobRecord {
     pub id: String,
-    pub kind: JobKind,
+    pub spec: JobSpec,
     pub target: String,
     pub snapshot_id: Option<String>,
     pub phase: Phase,
@@ -58,9 +138,79 @@ pub struct JobRecord {
     pub started_at: String,
     pub finished_at: Option<String>,
     pub error: Option<String>,
-    /// What recovery needs: the sandbox's runsc root, bundle, post-checkpoint action, image dir.
+}
+
+impl JobRecord {
+    pub fn kind(&self) -> JobKind {
+        self.spec.kind()
+    }
+}
+
+/// A record as stored in `job.json`: the spec's tag and content are the record's `kind` and
+/// `details` fields.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct OnDisk {
+    id: String,
+    kind: JobKind,
+    target: String,
+    snapshot_id: Option<String>,
+    phase: Phase,
+    bytes_done: u64,
+    bytes_total: u64,
+    started_at: String,
+    finished_at: Option<String>,
+    error: Option<String>,
     #[serde(default)]
-    pub details: serde_json::Value,
+    details: serde_json::Value,
+}
+
+impl TryFrom<OnDisk> for JobRecord {
+    type Error = String;
+
+    fn try_from(d: OnDisk) -> Result<Self, String> {
+        let details = match d.details {
+            serde_json::Value::Null => serde_json::json!({}),
+            v => v,
+        };
+        let spec: JobSpec =
+            serde_json::from_value(serde_json::json!({ "kind": d.kind, "details": details }))
+                .map_err(|e| format!("the details of a {} job: {e}", d.kind.as_str()))?;
+        Ok(JobRecord {
+            id: d.id,
+            spec,
+            target: d.target,
+            snapshot_id: d.snapshot_id,
+            phase: d.phase,
+            bytes_done: d.bytes_done,
+            bytes_total: d.bytes_total,
+            started_at: d.started_at,
+            finished_at: d.finished_at,
+            error: d.error,
+        })
+    }
+}
+
+impl From<JobRecord> for OnDisk {
+    fn from(r: JobRecord) -> OnDisk {
+        let kind = r.spec.kind();
+        let details = match serde_json::to_value(&r.spec) {
+            Ok(serde_json::Value::Object(mut m)) => m.remove("details").unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        };
+        OnDisk {
+            id: r.id,
+            kind,
+            target: r.target,
+            snapshot_id: r.snapshot_id,
+            phase: r.phase,
+            bytes_done: r.bytes_done,
+            bytes_total: r.bytes_total,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            error: r.error,
+            details,
+        }
+    }
 }
 
 pub fn now_rfc3339() -> String {
@@ -128,14 +278,13 @@ impl Jobs {
 
     pub fn start(
         &self,
-        kind: JobKind,
+        spec: JobSpec,
         target: String,
         snapshot_id: Option<String>,
-        details: serde_json::Value,
     ) -> std::io::Result<JobHandle> {
         let rec = JobRecord {
             id: new_job_id(),
-            kind,
+            spec,
             target,
             snapshot_id,
             phase: Phase::Queued,
@@ -144,7 +293,6 @@ impl Jobs {
             started_at: now_rfc3339(),
             finished_at: None,
             error: None,
-            details,
         };
         std::fs::create_dir_all(self.job_dir(&rec.id))?;
         self.persist(&rec)?;
@@ -166,6 +314,10 @@ impl Jobs {
     }
 
     fn persist(&self, rec: &JobRecord) -> std::io::Result<()> {
+        self.persist_on_disk(&OnDisk::from(rec.clone()))
+    }
+
+    fn persist_on_disk(&self, rec: &OnDisk) -> std::io::Result<()> {
         let dir = self.job_dir(&rec.id);
         let tmp = dir.join("job.json.tmp");
         let data = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
@@ -197,7 +349,9 @@ impl Jobs {
             .count()
     }
 
-    /// Durable records of jobs that never finished (from an earlier run of the daemon).
+    /// Durable records of jobs that never finished (from an earlier run of the daemon). A
+    /// record whose details cannot be read is finished on disk as failed, saying why: nothing
+    /// could carry it on.
     pub fn unfinished_on_disk(&self) -> Vec<JobRecord> {
         let mut out = Vec::new();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
@@ -205,10 +359,29 @@ impl Jobs {
         };
         for e in rd.flatten() {
             let p = e.path().join("job.json");
-            if let Ok(data) = std::fs::read(&p) {
-                if let Ok(rec) = serde_json::from_slice::<JobRecord>(&data) {
-                    if rec.finished_at.is_none() {
-                        out.push(rec);
+            let Ok(data) = std::fs::read(&p) else {
+                continue;
+            };
+            let Ok(raw) = serde_json::from_slice::<OnDisk>(&data) else {
+                continue;
+            };
+            if raw.finished_at.is_some() {
+                continue;
+            }
+            match JobRecord::try_from(raw.clone()) {
+                Ok(rec) => out.push(rec),
+                Err(why) => {
+                    tracing::warn!(job = %raw.id, error = %why, "an unfinished job's record cannot be read; it is marked failed");
+                    let failed = OnDisk {
+                        phase: Phase::Failed,
+                        finished_at: Some(now_rfc3339()),
+                        error: Some(format!(
+                            "podsnapd restarted and cannot read the job record: {why}"
+                        )),
+                        ..raw
+                    };
+                    if let Err(e) = self.persist_on_disk(&failed) {
+                        tracing::warn!(job = %failed.id, error = %e, "could not write job record");
                     }
                 }
             }
@@ -271,12 +444,15 @@ impl JobHandle {
         });
     }
 
-    pub fn set_details(&self, key: &str, value: serde_json::Value) {
+    /// Records that a checkpoint stage is done, so a re-run after a restart skips it.
+    pub fn stage_done(&self, stage: CheckpointStage) {
         self.jobs.update(&self.id, true, |r| {
-            if !r.details.is_object() {
-                r.details = serde_json::json!({});
+            if let JobSpec::Checkpoint(c) = &mut r.spec {
+                match stage {
+                    CheckpointStage::Checkpointed => c.checkpointed = true,
+                    CheckpointStage::Resumed => c.resumed = true,
+                }
             }
-            r.details[key] = value.clone();
         });
     }
 
@@ -312,14 +488,19 @@ impl JobHandle {
 mod tests {
     use super::*;
 
+    fn restore_spec(id: &str) -> JobSpec {
+        JobSpec::Restore(RestoreJob {
+            bundle: "/b".into(),
+            container_id: id.into(),
+        })
+    }
+
     #[test]
     fn a_job_listed_as_finished_is_finished_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         for round in 0..20 {
             let jobs = Jobs::new(dir.path().join(format!("jobs{round}"))).unwrap();
-            let h = jobs
-                .start(JobKind::Restore, "r".into(), None, serde_json::json!({}))
-                .unwrap();
+            let h = jobs.start(restore_spec("r"), "r".into(), None).unwrap();
             let record = jobs.job_dir(&h.id).join("job.json");
             let watcher = {
                 let jobs = jobs.clone();
@@ -342,14 +523,7 @@ mod tests {
     fn a_job_is_durable_until_finished() {
         let dir = tempfile::tempdir().unwrap();
         let jobs = Jobs::new(dir.path().join("jobs")).unwrap();
-        let h = jobs
-            .start(
-                JobKind::Checkpoint,
-                "c1".into(),
-                None,
-                serde_json::json!({}),
-            )
-            .unwrap();
+        let h = jobs.start(restore_spec("c1"), "c1".into(), None).unwrap();
         h.phase(Phase::Uploading);
         // A second registry over the same dir (a restarted daemon) sees it unfinished.
         let again = Jobs::new(dir.path().join("jobs")).unwrap();
@@ -360,6 +534,124 @@ mod tests {
         assert!(again.unfinished_on_disk().is_empty());
         assert_eq!(jobs.in_flight(), 0);
         assert_eq!(jobs.list()[0].phase, Phase::Done);
+    }
+
+    /// Records written by the release before typed specs (`tests/fixtures/jobs/`), each
+    /// caught on disk while its job ran or once it was done.
+    const EARLIER: [(&str, &str); 5] = [
+        (
+            "checkpoint-checkpointing",
+            include_str!("../tests/fixtures/jobs/checkpoint-checkpointing.json"),
+        ),
+        (
+            "checkpoint-resuming",
+            include_str!("../tests/fixtures/jobs/checkpoint-resuming.json"),
+        ),
+        (
+            "checkpoint-done",
+            include_str!("../tests/fixtures/jobs/checkpoint-done.json"),
+        ),
+        (
+            "restore-restoring",
+            include_str!("../tests/fixtures/jobs/restore-restoring.json"),
+        ),
+        (
+            "prepare-restore-done",
+            include_str!("../tests/fixtures/jobs/prepare-restore-done.json"),
+        ),
+    ];
+
+    #[test]
+    fn records_of_the_earlier_release_are_read_typed_and_written_back_unchanged() {
+        for (name, text) in EARLIER {
+            let rec: JobRecord =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Written back, the record is what the earlier release wrote: it reads it again.
+            let original: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::to_value(&rec).unwrap(), original, "{name}");
+            match (&rec.spec, name) {
+                (JobSpec::Checkpoint(c), _) => {
+                    assert_eq!(c.sandbox.container_id, "app1", "{name}");
+                    assert_eq!(c.group, "app=web");
+                    assert_eq!(c.labels.get("app").map(String::as_str), Some("web"));
+                    assert_eq!(c.keep, 3);
+                    assert!(c.resume);
+                    assert!(!c.leave_running, "runsc 20221219 resumes in place");
+                    assert_eq!(c.parent, None);
+                    assert_eq!(
+                        c.done(CheckpointStage::Checkpointed),
+                        name != "checkpoint-checkpointing",
+                        "{name}"
+                    );
+                    assert_eq!(
+                        c.done(CheckpointStage::Resumed),
+                        name == "checkpoint-done",
+                        "{name}"
+                    );
+                    assert_eq!(rec.finished_at.is_some(), name == "checkpoint-done");
+                }
+                (JobSpec::Restore(r), "restore-restoring") => {
+                    assert_eq!(r.container_id, "app2");
+                    assert!(r.bundle.is_absolute());
+                    assert_eq!(rec.phase, Phase::Restoring);
+                    assert!(rec.finished_at.is_none());
+                }
+                (JobSpec::PrepareRestore(_), "prepare-restore-done") => {
+                    assert_eq!(rec.target, "app3");
+                    assert_eq!(rec.phase, Phase::Done);
+                }
+                (spec, _) => panic!("{name}: read as {spec:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unfinished_record_with_unreadable_details_is_failed_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::new(dir.path().join("jobs")).unwrap();
+        let mut rec: serde_json::Value = serde_json::from_str(EARLIER[1].1).unwrap();
+        rec["details"] = serde_json::json!({ "group": "g" });
+        let id = rec["id"].as_str().unwrap().to_string();
+        std::fs::create_dir_all(jobs.job_dir(&id)).unwrap();
+        std::fs::write(
+            jobs.job_dir(&id).join("job.json"),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+        assert!(jobs.unfinished_on_disk().is_empty());
+        let disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(jobs.job_dir(&id).join("job.json")).unwrap())
+                .unwrap();
+        assert_eq!(disk["phase"], "failed");
+        assert!(disk["finished_at"].is_string());
+        assert!(
+            disk["error"].as_str().unwrap().contains("sandbox"),
+            "{disk}"
+        );
+    }
+
+    #[test]
+    fn stages_are_recorded_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::new(dir.path().join("jobs")).unwrap();
+        let JobSpec::Checkpoint(mut cp) = serde_json::from_str::<JobRecord>(EARLIER[2].1)
+            .unwrap()
+            .spec
+        else {
+            panic!("a checkpoint fixture");
+        };
+        cp.checkpointed = false;
+        cp.resumed = false;
+        let h = jobs
+            .start(JobSpec::Checkpoint(cp), "c".into(), None)
+            .unwrap();
+        h.stage_done(CheckpointStage::Checkpointed);
+        let again = Jobs::new(dir.path().join("jobs")).unwrap();
+        let JobSpec::Checkpoint(cp) = &again.unfinished_on_disk()[0].spec else {
+            panic!("a checkpoint");
+        };
+        assert!(cp.done(CheckpointStage::Checkpointed));
+        assert!(!cp.done(CheckpointStage::Resumed));
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
         });
     }
     if let Some(addr) = cfg.metrics_listen.clone() {
-        let m = engine.metrics.clone();
+        let m = engine.metrics().clone();
         tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(addr, m).await {
                 tracing::error!(error = %format!("{e:#}"), "metrics listener failed");
@@ -149,7 +149,7 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
     match &cfg.listen {
         Listen::Unix(path) => {
             let listener = bind_unix(path, cfg.socket_mode, cfg.socket_group.as_deref())?;
-            info!(socket = %path.display(), mode = format!("{:o}", cfg.socket_mode), store = %engine.store.display_url(), "podsnapd listening");
+            info!(socket = %path.display(), mode = format!("{:o}", cfg.socket_mode), store = %engine.store().display_url(), "podsnapd listening");
             builder
                 .add_service(service)
                 .add_service(health_service)
@@ -181,12 +181,12 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
     }
     // Let running jobs finish; what does not finish in time is resumable from the journal.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while engine.jobs.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+    while engine.jobs().in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    if engine.jobs.in_flight() > 0 {
+    if engine.jobs().in_flight() > 0 {
         tracing::warn!(
-            jobs = engine.jobs.in_flight(),
+            jobs = engine.jobs().in_flight(),
             "exiting with jobs in flight; they resume at the next start"
         );
     }

@@ -17,7 +17,9 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::engine::{CheckpointSpec, Compat, Engine, PostAction, RestoreSpec, Update};
+use crate::engine::{
+    CheckpointSpec, Compat, ContainerSpec, Engine, PostAction, RestoreSpec, Update,
+};
 use crate::error::DaemonError;
 use crate::jobs::{JobRecord, Phase};
 
@@ -84,7 +86,12 @@ pub fn snapshot_to_pb(m: &Manifest) -> pb::Snapshot {
             cpu: m.source.cpu.as_ref().map(cpu_to_pb),
             runsc_version: m.source.runsc_version.clone().unwrap_or_default(),
             platform: m.source.platform.clone().unwrap_or_default(),
-            rootfs_overlay: m.source.rootfs_overlay.clone().unwrap_or_default(),
+            rootfs_overlay: m
+                .source
+                .rootfs_overlay
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             extra: m.source.extra.clone().into_iter().collect(),
         }),
         files: m
@@ -138,7 +145,7 @@ fn compat_to_pb(c: &Compat) -> pb::CheckCompatibilityResponse {
 pub fn job_to_pb(j: &JobRecord) -> pb::Job {
     pb::Job {
         id: j.id.clone(),
-        kind: j.kind.as_str().into(),
+        kind: j.kind().as_str().into(),
         target: j.target.clone(),
         snapshot_id: j.snapshot_id.clone().unwrap_or_default(),
         phase: phase_to_pb(j.phase) as i32,
@@ -267,6 +274,16 @@ impl Podsnap for Service {
             bundle: PathBuf::from(r.bundle),
             container_id: r.container_id,
             log: nonempty(r.log_path).map(PathBuf::from),
+            containers: r
+                .containers
+                .into_iter()
+                .map(|c| ContainerSpec {
+                    name: c.name,
+                    container_id: c.container_id,
+                    bundle: PathBuf::from(c.bundle),
+                    log: nonempty(c.log_path).map(PathBuf::from),
+                })
+                .collect(),
         };
         let engine = self.engine.clone();
         Ok(Response::new(stream_job(
@@ -380,13 +397,13 @@ impl Podsnap for Service {
             }
         });
         Ok(Response::new(pb::NodeInfo {
-            node_name: e.cfg.node_name.clone(),
+            node_name: e.config().node_name.clone(),
             podsnap_version: env!("CARGO_PKG_VERSION").into(),
             cpu: e.host_cpu().ok().map(cpu_to_pb),
             runsc,
-            store_url: e.store.display_url().to_string(),
-            state_dir: e.cfg.state_dir.display().to_string(),
-            jobs_in_flight: e.jobs.in_flight() as u32,
+            store_url: e.store().display_url().to_string(),
+            state_dir: e.config().state_dir.display().to_string(),
+            jobs_in_flight: e.jobs().in_flight() as u32,
         }))
     }
 
@@ -395,7 +412,7 @@ impl Podsnap for Service {
         _req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: self.engine.jobs.list().iter().map(job_to_pb).collect(),
+            jobs: self.engine.jobs().list().iter().map(job_to_pb).collect(),
         }))
     }
 }

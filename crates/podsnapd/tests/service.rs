@@ -340,7 +340,7 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
         .calls()
         .iter()
         .any(|c| matches!(c, FakeCall::Restore { .. })));
-    let m = Exposition::parse(&h.engine.metrics.encode());
+    let m = Exposition::parse(&h.engine.metrics().encode());
     let downloaded = ("direction".to_string(), "downloaded".to_string());
     for family in m.family_names() {
         assert!(
@@ -458,10 +458,12 @@ async fn a_new_call_waits_for_the_recovery_of_its_sandboxs_interrupted_job() {
     let earlier = podsnapd::jobs::Jobs::new(h.state_dir.join("jobs")).unwrap();
     let interrupted = earlier
         .start(
-            podsnapd::jobs::JobKind::Restore,
+            podsnapd::jobs::JobSpec::Restore(podsnapd::jobs::RestoreJob {
+                bundle: "/bundles/again".into(),
+                container_id: "again".into(),
+            }),
             "again".into(),
             Some("20990101T000000Z-00000000".into()),
-            serde_json::json!({ "container_id": "again" }),
         )
         .unwrap();
     let pending = h.engine.adopt_unfinished().await;
@@ -496,7 +498,7 @@ async fn a_new_call_waits_for_the_recovery_of_its_sandboxs_interrupted_job() {
     assert_eq!(res.unwrap_err().code(), tonic::Code::NotFound);
     let rec = h
         .engine
-        .jobs
+        .jobs()
         .list()
         .into_iter()
         .find(|j| j.id == interrupted.id)
@@ -506,4 +508,69 @@ async fn a_new_call_waits_for_the_recovery_of_its_sandboxs_interrupted_job() {
         rec.error.as_deref().unwrap_or("").contains("retry"),
         "{rec:?}"
     );
+}
+
+/// A checkpoint that the earlier release's daemon left between `runsc checkpoint` and the
+/// resume (its record, as that release wrote it, is a fixture) is carried to the end by this
+/// one: runsc is not run again, the sandbox is resumed, the snapshot is committed with the
+/// recorded labels and group.
+#[tokio::test]
+async fn a_checkpoint_left_by_the_earlier_release_is_finished_from_its_record() {
+    let fake = Arc::new(FakeRuntime::new());
+    let sb = fake.add_running("app1");
+    let rt: Arc<dyn SandboxRuntime> = fake.clone();
+    let h = harness(rt, memory_store()).await;
+    let text = include_str!("fixtures/jobs/checkpoint-resuming.json");
+    let rec: serde_json::Value = serde_json::from_str(text).unwrap();
+    let job_id = rec["id"].as_str().unwrap();
+    let job_dir = h.state_dir.join("jobs").join(job_id);
+    std::fs::create_dir_all(&job_dir).unwrap();
+    std::fs::write(job_dir.join("job.json"), text).unwrap();
+    // The image runsc wrote before the daemon went away.
+    fake.checkpoint(
+        &sb,
+        &h.state_dir.join("work").join(job_id).join("image"),
+        &CheckpointOpts::default(),
+    )
+    .await
+    .unwrap();
+    let calls_before = fake.calls().len();
+
+    let pending = h.engine.adopt_unfinished().await;
+    assert_eq!(pending.len(), 1);
+    h.engine.clone().recover(pending).await;
+
+    let done = h
+        .engine
+        .jobs()
+        .list()
+        .into_iter()
+        .find(|j| j.id == job_id)
+        .unwrap();
+    assert_eq!(done.error, None, "{done:?}");
+    assert_eq!(done.phase, podsnapd::jobs::Phase::Done);
+    let calls = &fake.calls()[calls_before..];
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, FakeCall::Checkpoint { .. })),
+        "runsc checkpoint ran again: {calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| matches!(c, FakeCall::Restore { id, .. } if id == "app1")),
+        "the sandbox was not resumed: {calls:?}"
+    );
+    let snapshot = podsnap_store::SnapshotId::new(done.snapshot_id.as_deref().unwrap()).unwrap();
+    let m = h.store.manifest(&snapshot).await.unwrap();
+    assert_eq!(m.group.as_deref(), Some("app=web"));
+    assert_eq!(m.labels.get("app").map(String::as_str), Some("web"));
+    // The record on disk says done, in the layout the earlier release reads.
+    let disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job_dir.join("job.json")).unwrap()).unwrap();
+    assert_eq!(disk["phase"], "done");
+    assert_eq!(disk["kind"], "checkpoint");
+    assert_eq!(disk["details"]["resumed"], true);
+    assert_eq!(disk["details"]["sandbox"], rec["details"]["sandbox"]);
 }

@@ -1,0 +1,509 @@
+//! The checkpoint flow: validate -> resolve -> refuse what runsc cannot do -> lock -> job
+//! record -> `runsc checkpoint` -> (resume in place) -> push -> commit -> retention.
+//!
+//! [`Engine::run_checkpoint`] works from the job's durable record alone, so the same path
+//! carries a checkpoint that a killed daemon left to the end (see `recovery`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use podsnap_cpu::CpuInfo;
+use podsnap_runtime::{
+    CheckpointOpts, ContainerRole, RestoreRequest, ResumeMethod, RootfsOverlay, RuntimeError,
+    RuntimeInfo, Sandbox, SandboxKind, Target,
+};
+use podsnap_store::{
+    ContainerRecord, Manifest, NodeFacts, OverlayMedium, PodRef, PushOptions, SandboxRecord,
+    SnapshotId,
+};
+use tracing::{info, info_span, warn};
+
+use super::progress::{phase_update, JobProgress};
+use super::{group_key, snapshot_id, validate_label, Engine, Updates};
+use crate::error::{DaemonError, Result};
+use crate::jobs::{CheckpointJob, CheckpointStage, JobHandle, JobSpec, Phase};
+
+/// What to do with the sandbox after its checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PostAction {
+    #[default]
+    Resume,
+    Stop,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointSpec {
+    pub target: Option<Target>,
+    pub labels: BTreeMap<String, String>,
+    pub group_by: Vec<String>,
+    pub keep: u32,
+    pub post: PostAction,
+    pub parent: Option<String>,
+}
+
+/// How `post` is honoured for `sb` on this runsc (the release rules live in
+/// `podsnap_runtime::policy`): `Ok(true)` to checkpoint with `--leave-running`, `Ok(false)` to
+/// let runsc stop the sandbox (then, for `resume`, restore it in place), or why not.
+pub(super) fn leave_running_for(
+    post: PostAction,
+    sb: &Sandbox,
+    info: &RuntimeInfo,
+    target: &Target,
+) -> Result<bool> {
+    let policy = info.policy();
+    if sb.is_multi_container() {
+        if let Some(reason) = policy.multi_container_checkpoint().reason() {
+            return Err(DaemonError::Unsupported(format!(
+                "cannot checkpoint {target}: sandbox {} holds {} containers and {reason}",
+                sb.sandbox_id, sb.container_count
+            )));
+        }
+    }
+    if post == PostAction::Stop {
+        return Ok(false);
+    }
+    match policy.resume_method(sb.manager()) {
+        ResumeMethod::LeaveRunning => Ok(true),
+        ResumeMethod::RestoreInPlace if !sb.is_multi_container() => Ok(false),
+        ResumeMethod::RestoreInPlace => Err(DaemonError::Unsupported(format!(
+            "post-checkpoint resume of {target} is not available with runsc {}: a sandbox of several containers cannot be restored in place; use --stop",
+            policy.version()
+        ))),
+        ResumeMethod::Unsupported(reason) => Err(DaemonError::Unsupported(format!(
+            "post-checkpoint resume is not available for {target}: {reason}; use --stop"
+        ))),
+    }
+}
+
+/// The manifest's record of the sandbox: its containers in restore order and its pod.
+fn sandbox_record(sb: &Sandbox) -> Option<SandboxRecord> {
+    let pod = match &sb.kind {
+        SandboxKind::Containerd { pod: Some(p), .. } => match (&p.namespace, &p.name) {
+            (Some(namespace), Some(name)) => Some(PodRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: p.uid.clone(),
+            }),
+            _ => None,
+        },
+        _ => None,
+    };
+    if sb.containers.is_empty() && pod.is_none() {
+        return None;
+    }
+    Some(SandboxRecord {
+        containers: sb
+            .containers
+            .iter()
+            .map(|c| ContainerRecord {
+                name: c.name.clone(),
+                role: match c.role {
+                    ContainerRole::Root => podsnap_store::ContainerRole::Root,
+                    ContainerRole::Container => podsnap_store::ContainerRole::Container,
+                },
+                id: c.id.clone(),
+            })
+            .collect(),
+        pod,
+    })
+}
+
+/// How the manifest names a rootfs overlay whose writes travel with the checkpoint; `None`
+/// when the writes stayed on this node's rootfs.
+fn overlay_medium(o: &RootfsOverlay) -> Option<OverlayMedium> {
+    match o {
+        RootfsOverlay::Memory => Some(OverlayMedium::Memory),
+        RootfsOverlay::SelfBacked => Some(OverlayMedium::SelfBacked),
+        RootfsOverlay::Dir(p) => Some(OverlayMedium::Dir(p.clone())),
+        RootfsOverlay::None | RootfsOverlay::Unknown => None,
+    }
+}
+
+impl Engine {
+    /// Checkpoints a sandbox into the store. Runs to completion even if the caller goes away.
+    pub async fn checkpoint(
+        self: Arc<Self>,
+        spec: CheckpointSpec,
+        tx: Option<Updates>,
+    ) -> Result<Manifest> {
+        let target = spec
+            .target
+            .clone()
+            .ok_or_else(|| DaemonError::InvalidArgument("a checkpoint needs a target".into()))?;
+        if spec.labels.len() > 64 {
+            return Err(DaemonError::InvalidArgument(
+                "at most 64 labels per snapshot".into(),
+            ));
+        }
+        for (k, v) in &spec.labels {
+            validate_label(k, v)?;
+        }
+        let group = group_key(&spec.labels, &spec.group_by, &target)?;
+        let parent = spec.parent.as_deref().map(snapshot_id).transpose()?;
+        let span = info_span!("checkpoint", target = %target, group = %group, snapshot = tracing::field::Empty);
+        let work = self
+            .clone()
+            .start_checkpoint(spec, target, group, parent, tx);
+        self.operation("checkpoint", span, work).await
+    }
+
+    /// Resolves the target, decides how to honour the post-checkpoint action, locks the
+    /// sandbox and writes the job record; then runs the job.
+    async fn start_checkpoint(
+        self: Arc<Self>,
+        spec: CheckpointSpec,
+        target: Target,
+        group: String,
+        parent: Option<SnapshotId>,
+        tx: Option<Updates>,
+    ) -> Result<Manifest> {
+        let info = self.runtime.info().await?;
+        let sb = self.runtime.resolve(&target).await?;
+        // Decide how to honour `resume` before touching the sandbox.
+        let leave_running = leave_running_for(spec.post, &sb, &info, &target)?;
+        let resume = spec.post == PostAction::Resume;
+        let _guard = self.locks.lock_container(&sb.root, &sb.container_id).await;
+        let job = self
+            .jobs
+            .start(
+                JobSpec::Checkpoint(CheckpointJob {
+                    sandbox: sb,
+                    group,
+                    labels: spec.labels,
+                    keep: spec.keep,
+                    resume,
+                    parent,
+                    leave_running,
+                    checkpointed: false,
+                    resumed: false,
+                }),
+                target.to_string(),
+                None,
+            )
+            .map_err(|e| DaemonError::io("writing the job record", e))?;
+        let res = self.clone().run_checkpoint(&job, &info, &tx).await;
+        job.finish(res.as_ref().err().map(DaemonError::message));
+        if res.is_ok() {
+            // The image is in the store: the work dir goes.
+            self.remove_work_dir_later(&job.id);
+        }
+        res
+    }
+
+    /// Runs (or, after a restart, resumes) a checkpoint job from its durable record: each
+    /// stage records its completion, and a re-run skips what is done.
+    pub(super) async fn run_checkpoint(
+        self: Arc<Self>,
+        job: &JobHandle,
+        info: &RuntimeInfo,
+        tx: &Option<Updates>,
+    ) -> Result<Manifest> {
+        let rec = job
+            .record()
+            .ok_or_else(|| DaemonError::Internal(format!("job {} vanished", job.id)))?;
+        let JobSpec::Checkpoint(cp) = rec.spec else {
+            return Err(DaemonError::Internal(format!(
+                "job {} is a {} job, not a checkpoint",
+                job.id,
+                rec.spec.kind().as_str()
+            )));
+        };
+
+        let image_dir = self.work_dir(&job.id).join("image");
+        if !cp.done(CheckpointStage::Checkpointed) {
+            phase_update(job, tx, Phase::Checkpointing, "runsc checkpoint");
+            self.runsc_checkpoint(job, &cp, &image_dir).await?;
+        }
+
+        if cp.resume && !cp.leave_running && !cp.done(CheckpointStage::Resumed) {
+            // runsc stopped the sandbox: bring it back under the same id from the local image.
+            phase_update(job, tx, Phase::Resuming, "restoring the sandbox in place");
+            self.resume_in_place(job, &cp.sandbox, &image_dir).await?;
+        }
+
+        let id = match rec.snapshot_id.as_deref() {
+            Some(s) => snapshot_id(s)?,
+            None => {
+                let id = SnapshotId::generate();
+                job.set_snapshot(id.as_str());
+                id
+            }
+        };
+        tracing::Span::current().record("snapshot", id.as_str());
+        // Committed before a crash: nothing left to push.
+        let manifest = match self.store.manifest(&id).await {
+            Ok(m) => m,
+            Err(podsnap_store::StoreError::SnapshotNotFound(_)) => {
+                self.push_image(job, &cp, info, &image_dir, id, tx).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        if cp.keep > 0 {
+            phase_update(job, tx, Phase::Retention, "applying retention");
+            self.apply_retention(&cp.group, cp.keep).await;
+        }
+        phase_update(job, tx, Phase::Done, "done");
+        Ok(manifest)
+    }
+
+    /// `runsc checkpoint` into `image_dir`, as a durable runsc job in the job's dir; after a
+    /// restart, the outcome of the one an earlier run started.
+    async fn runsc_checkpoint(
+        &self,
+        job: &JobHandle,
+        cp: &CheckpointJob,
+        image_dir: &Path,
+    ) -> Result<()> {
+        let runsc_job = job.dir().join("runsc-checkpoint");
+        let t = Instant::now();
+        if !self.await_earlier_runsc(&runsc_job).await? {
+            std::fs::create_dir_all(image_dir)
+                .map_err(|e| DaemonError::io(format!("creating {}", image_dir.display()), e))?;
+            self.runtime
+                .checkpoint(
+                    &cp.sandbox,
+                    image_dir,
+                    &CheckpointOpts {
+                        leave_running: cp.leave_running,
+                        job_dir: Some(runsc_job),
+                        timeout: Some(self.cfg.runsc_timeout),
+                    },
+                )
+                .await?;
+        }
+        self.metrics
+            .phase("checkpoint", "runsc_checkpoint", t.elapsed());
+        job.stage_done(CheckpointStage::Checkpointed);
+        Ok(())
+    }
+
+    /// Restores a sandbox that runsc stopped under its own id from the local image.
+    async fn resume_in_place(&self, job: &JobHandle, sb: &Sandbox, image_dir: &Path) -> Result<()> {
+        let runsc_job = job.dir().join("runsc-resume");
+        if self.await_earlier_runsc(&runsc_job).await? {
+            job.stage_done(CheckpointStage::Resumed);
+            return Ok(());
+        }
+        // runsc refuses to restore over an existing (stopped) container record.
+        if let Err(e) = self
+            .runtime
+            .delete(Some(&sb.root), &sb.container_id, true)
+            .await
+        {
+            if !matches!(e, RuntimeError::NotFound { .. }) {
+                return Err(e.into());
+            }
+        }
+        let log = self.cfg.logs_dir().join(format!("{}.log", sb.container_id));
+        let t = Instant::now();
+        self.runtime
+            .restore(&RestoreRequest {
+                id: sb.container_id.clone(),
+                bundle: sb.bundle.clone(),
+                image_dir: image_dir.to_path_buf(),
+                log_file: Some(log),
+                root: Some(sb.root.clone()),
+                job_dir: Some(runsc_job),
+                pid_file: None,
+                timeout: Some(self.cfg.runsc_timeout),
+                containers: Vec::new(),
+            })
+            .await?;
+        self.metrics
+            .phase("checkpoint", "runsc_restore", t.elapsed());
+        job.stage_done(CheckpointStage::Resumed);
+        Ok(())
+    }
+
+    /// The CPU features the sandbox saw: the host's, narrowed by the gVisor allow-list
+    /// annotation when this runsc honours it.
+    fn sandbox_cpu(&self, sb: &Sandbox, info: &RuntimeInfo) -> Option<CpuInfo> {
+        let host = self.host_cpu.as_ref().ok()?.clone();
+        match sb.annotations.get(podsnap_cpu::CPUFEATURES_ANNOTATION) {
+            Some(list) if info.capabilities.cpu_features_command => {
+                match podsnap_cpu::apply_allow_list(&host, list) {
+                    Ok(narrowed) => Some(narrowed),
+                    Err(e) => {
+                        warn!(error = %e, "ignoring the sandbox's CPU feature allow-list");
+                        Some(host)
+                    }
+                }
+            }
+            _ => Some(host),
+        }
+    }
+
+    /// The facts a restore checks: this node, the CPU features the sandbox saw, runsc's
+    /// version and platform, the rootfs overlay, and what the sandbox was.
+    fn node_facts(&self, sb: &Sandbox, info: &RuntimeInfo) -> NodeFacts {
+        let mut extra = BTreeMap::new();
+        extra.insert("container_id".to_string(), sb.container_id.clone());
+        if let SandboxKind::Containerd {
+            namespace,
+            container,
+            pod,
+            ..
+        } = &sb.kind
+        {
+            extra.insert("containerd_namespace".into(), namespace.clone());
+            extra.insert("containerd_container".into(), container.clone());
+            if let Some(p) = pod {
+                if let (Some(ns), Some(name)) = (&p.namespace, &p.name) {
+                    extra.insert("pod".into(), format!("{ns}/{name}"));
+                }
+            }
+        }
+        NodeFacts {
+            node_name: self.cfg.node_name.clone(),
+            cpu: self.sandbox_cpu(sb, info),
+            runsc_version: Some(info.version.version.clone()),
+            platform: sb.platform.clone().or_else(|| Some(info.platform.clone())),
+            rootfs_overlay: overlay_medium(&sb.rootfs_overlay),
+            extra,
+        }
+    }
+
+    /// Pushes the image in the work dir as snapshot `id`, deduplicating against the named
+    /// parent or the group's newest snapshot; commits the manifest last.
+    async fn push_image(
+        &self,
+        job: &JobHandle,
+        cp: &CheckpointJob,
+        info: &RuntimeInfo,
+        image_dir: &Path,
+        id: SnapshotId,
+        tx: &Option<Updates>,
+    ) -> Result<Manifest> {
+        let runsc_metadata = podsnap_runtime::read_image_dir_header(image_dir)
+            .map(|h| h.metadata)
+            .map_err(|e| {
+                DaemonError::Internal(format!(
+                    "runsc wrote an image without a valid header in {}: {e}",
+                    image_dir.display()
+                ))
+            })?;
+        let source = self.node_facts(&cp.sandbox, info);
+        let parent = match &cp.parent {
+            Some(p) => Some(p.clone()),
+            None => self
+                .store
+                .latest_in_group(&cp.group)
+                .await
+                .ok()
+                .flatten()
+                .map(|m| m.id),
+        };
+
+        let _slot = self.transfer_slot(job, tx, Phase::Uploading).await;
+        phase_update(job, tx, Phase::Uploading, "uploading");
+        let t = Instant::now();
+        let progress = JobProgress::new(job, tx.clone(), Phase::Uploading, self.metrics.clone());
+        let report = self
+            .store
+            .push(
+                image_dir,
+                PushOptions {
+                    id: Some(id),
+                    labels: cp.labels.clone(),
+                    group: Some(cp.group.clone()),
+                    parent,
+                    dedup_from: Vec::new(),
+                    source,
+                    runsc_metadata,
+                    sandbox: sandbox_record(&cp.sandbox),
+                    concurrency: self.cfg.concurrency,
+                },
+                &progress,
+            )
+            .await?;
+        self.metrics.phase("checkpoint", "upload", t.elapsed());
+        self.metrics
+            .bytes("deduplicated", report.bytes_deduplicated);
+        self.metrics.objects_written(report.objects_written);
+        info!(snapshot = %report.id, bytes_read = report.bytes_read, bytes_uploaded = report.bytes_uploaded, "snapshot committed");
+        Ok(report.manifest)
+    }
+
+    /// Keeps the newest `keep` snapshots of the group. The snapshot is committed already: a
+    /// failure is logged and retried by the next checkpoint.
+    async fn apply_retention(&self, group: &str, keep: u32) {
+        let t = Instant::now();
+        match self.store.retain(group, keep as usize).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                info!(group = %group, deleted = deleted.len(), "retention removed old snapshots")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(group = %group, error = %e, "retention failed"),
+        }
+        self.metrics.phase("checkpoint", "retention", t.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podsnap_runtime::testing::fake_info;
+
+    fn target() -> Target {
+        Target::Runsc { id: "c".into() }
+    }
+
+    #[test]
+    fn resume_follows_the_release_policy() {
+        use podsnap_runtime::testing::fake_sandbox;
+        let mut info = fake_info();
+        let mut sb = fake_sandbox("c");
+        // 20221219: standalone resumes in place, containerd is refused, pods are refused.
+        assert!(!leave_running_for(PostAction::Resume, &sb, &info, &target()).unwrap());
+        assert!(!leave_running_for(PostAction::Stop, &sb, &info, &target()).unwrap());
+        sb.kind = SandboxKind::Containerd {
+            namespace: "k8s.io".into(),
+            container: "c".into(),
+            runtime: "io.containerd.runc.v2".into(),
+            pod: None,
+            task_status: None,
+            task_pid: None,
+        };
+        let err = leave_running_for(PostAction::Resume, &sb, &info, &target()).unwrap_err();
+        assert!(err.to_string().contains("hangs under containerd"), "{err}");
+        assert!(!leave_running_for(PostAction::Stop, &sb, &info, &target()).unwrap());
+        sb.container_count = 2;
+        let err = leave_running_for(PostAction::Stop, &sb, &info, &target()).unwrap_err();
+        assert!(err.to_string().contains("2 containers"), "{err}");
+        // 20240729: --leave-running everywhere, pods allowed.
+        info.version =
+            podsnap_runtime::RunscVersion::parse("runsc version 0.0~20240729.0").unwrap();
+        assert!(leave_running_for(PostAction::Resume, &sb, &info, &target()).unwrap());
+        assert!(!leave_running_for(PostAction::Stop, &sb, &info, &target()).unwrap());
+    }
+
+    #[test]
+    fn only_overlays_whose_writes_travel_reach_the_manifest() {
+        assert_eq!(
+            overlay_medium(&RootfsOverlay::Memory),
+            Some(OverlayMedium::Memory)
+        );
+        assert_eq!(
+            overlay_medium(&RootfsOverlay::Dir("/var/Fs".into())),
+            Some(OverlayMedium::Dir("/var/Fs".into()))
+        );
+        for o in [RootfsOverlay::None, RootfsOverlay::Unknown] {
+            assert_eq!(overlay_medium(&o), None);
+        }
+        for o in [
+            RootfsOverlay::Memory,
+            RootfsOverlay::SelfBacked,
+            RootfsOverlay::Dir("/d".into()),
+            RootfsOverlay::None,
+            RootfsOverlay::Unknown,
+        ] {
+            assert_eq!(
+                overlay_medium(&o).is_some(),
+                o.writes_travel_with_checkpoint()
+            );
+        }
+    }
+}

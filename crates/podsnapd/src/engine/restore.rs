@@ -1,0 +1,322 @@
+//! The standalone restore flow: validate -> lock the new container id -> job record ->
+//! manifest -> compatibility (before any chunk is fetched) -> pull (verified) ->
+//! `runsc restore` under the daemon's root. Also the pull both restore flows share.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use podsnap_runtime::{ContainerRestore, RestoreRequest, RuntimeError};
+use podsnap_store::{Manifest, PullOptions, SnapshotId};
+use tracing::{info, info_span};
+
+use super::progress::{phase_update, JobProgress};
+use super::{snapshot_id, Engine, Updates};
+use crate::error::{DaemonError, Result};
+use crate::jobs::{JobHandle, JobSpec, Phase, RestoreJob};
+
+#[derive(Clone, Debug, Default)]
+pub struct RestoreSpec {
+    pub snapshot: String,
+    pub bundle: PathBuf,
+    pub container_id: String,
+    pub log: Option<PathBuf>,
+    /// The non-root containers of a multi-container snapshot, by name.
+    pub containers: Vec<ContainerSpec>,
+}
+
+/// Where a non-root container of a snapshot is restored.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub container_id: String,
+    pub bundle: PathBuf,
+    pub log: Option<PathBuf>,
+}
+
+/// Matches the snapshot's non-root containers to the request's, by name: every one needs an
+/// entry, and no entry may name a container the snapshot does not have. Returns them in the
+/// snapshot's order (the order runsc restores them in).
+pub(super) fn match_containers(
+    m: &Manifest,
+    given: &[ContainerSpec],
+) -> Result<Vec<ContainerRestore>> {
+    let wanted: Vec<&str> = m
+        .sandbox
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter(|c| c.role == podsnap_store::ContainerRole::Container)
+        .map(|c| c.name.as_str())
+        .collect();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|w| !given.iter().any(|g| g.name == *w))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DaemonError::InvalidArgument(format!(
+            "snapshot {} holds containers {} besides its root; give each a bundle and id (podsnapctl restore --container NAME=ID:DIR), missing: {}",
+            m.id,
+            wanted.join(", "),
+            missing.join(", ")
+        )));
+    }
+    if let Some(extra) = given.iter().find(|g| !wanted.contains(&g.name.as_str())) {
+        return Err(DaemonError::InvalidArgument(format!(
+            "snapshot {} has no container named {:?} (it has: {})",
+            m.id,
+            extra.name,
+            if wanted.is_empty() {
+                "only its root".to_string()
+            } else {
+                wanted.join(", ")
+            }
+        )));
+    }
+    Ok(wanted
+        .iter()
+        .filter_map(|w| given.iter().find(|g| g.name == *w))
+        .map(|g| ContainerRestore {
+            name: g.name.clone(),
+            id: g.container_id.clone(),
+            bundle: g.bundle.clone(),
+            log_file: g.log.clone(),
+        })
+        .collect())
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoredInfo {
+    pub container_id: String,
+    pub snapshot: String,
+    pub pid: i32,
+    pub log: PathBuf,
+}
+
+/// Which flow a pull serves; it decides whether the image must survive a power loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PullFor {
+    /// A standalone restore's scratch image: runsc reads it right away and it is removed
+    /// afterwards (also after a crash), so it is not fsynced.
+    Restore,
+    /// A prepared image waits for the runsc wrapper and may be reused by a retried create,
+    /// so it must survive a power loss intact.
+    Prepare,
+}
+
+impl PullFor {
+    /// The operation's name in metrics.
+    fn operation(self) -> &'static str {
+        match self {
+            PullFor::Restore => "restore",
+            PullFor::Prepare => "prepare-restore",
+        }
+    }
+
+    fn options(self) -> PullOptions {
+        PullOptions {
+            durable: self == PullFor::Prepare,
+        }
+    }
+}
+
+impl Engine {
+    /// Standalone restore under the daemon's runsc root.
+    pub async fn restore(
+        self: Arc<Self>,
+        spec: RestoreSpec,
+        tx: Option<Updates>,
+    ) -> Result<RestoredInfo> {
+        let span = info_span!("restore", snapshot = %spec.snapshot, container = %spec.container_id);
+        let work = self.clone().start_restore(spec, tx);
+        self.operation("restore", span, work).await
+    }
+
+    /// Validates the request, locks the new container id, checks that it is free and writes
+    /// the job record; then runs the job.
+    async fn start_restore(
+        self: Arc<Self>,
+        spec: RestoreSpec,
+        tx: Option<Updates>,
+    ) -> Result<RestoredInfo> {
+        let id = snapshot_id(&spec.snapshot)?;
+        if spec.container_id.is_empty() {
+            return Err(DaemonError::InvalidArgument(
+                "a restore needs a new container id".into(),
+            ));
+        }
+        if !spec.bundle.is_absolute() || !spec.bundle.join("config.json").is_file() {
+            return Err(DaemonError::InvalidArgument(format!(
+                "bundle {} must be an absolute path to a directory holding config.json",
+                spec.bundle.display()
+            )));
+        }
+        let root = self.runtime.info().await?.root;
+        let _guard = self.locks.lock_container(&root, &spec.container_id).await;
+        match self.runtime.state(None, &spec.container_id).await {
+            Ok(_) => {
+                return Err(DaemonError::AlreadyExists(format!(
+                    "container {} already exists under {}",
+                    spec.container_id,
+                    root.display()
+                )))
+            }
+            Err(RuntimeError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let job = self
+            .jobs
+            .start(
+                JobSpec::Restore(RestoreJob {
+                    bundle: spec.bundle.clone(),
+                    container_id: spec.container_id.clone(),
+                }),
+                spec.container_id.clone(),
+                Some(id.to_string()),
+            )
+            .map_err(|e| DaemonError::io("writing the job record", e))?;
+        let res = self.run_restore(&job, &spec, &id, &tx).await;
+        job.finish(res.as_ref().err().map(DaemonError::message));
+        // runsc has read the image (or failed): the local copy goes.
+        self.remove_work_dir_later(&job.id);
+        res
+    }
+
+    async fn run_restore(
+        &self,
+        job: &JobHandle,
+        spec: &RestoreSpec,
+        id: &SnapshotId,
+        tx: &Option<Updates>,
+    ) -> Result<RestoredInfo> {
+        phase_update(job, tx, Phase::Checking, "checking compatibility");
+        let m = self.store.manifest(id).await?;
+        self.require_compatible(&m).await?;
+        let containers = match_containers(&m, &spec.containers)?;
+        let work = self.work_dir(&job.id);
+        std::fs::create_dir_all(&work)
+            .map_err(|e| DaemonError::io(format!("creating {}", work.display()), e))?;
+        let image_dir = work.join("image");
+        self.fetch(job, &m, &image_dir, PullFor::Restore, tx)
+            .await?;
+
+        phase_update(job, tx, Phase::Restoring, "runsc restore");
+        let log = spec.log.clone().unwrap_or_else(|| {
+            self.cfg
+                .logs_dir()
+                .join(format!("{}.log", spec.container_id))
+        });
+        let t = Instant::now();
+        let restored = self
+            .runtime
+            .restore(&RestoreRequest {
+                id: spec.container_id.clone(),
+                bundle: spec.bundle.clone(),
+                image_dir: image_dir.clone(),
+                log_file: Some(log.clone()),
+                root: None,
+                job_dir: Some(job.dir().join("runsc-restore")),
+                pid_file: None,
+                timeout: Some(self.cfg.runsc_timeout),
+                containers,
+            })
+            .await?;
+        self.metrics.phase("restore", "runsc_restore", t.elapsed());
+        phase_update(job, tx, Phase::Done, "done");
+        info!(pid = ?restored.pid, "sandbox restored");
+        Ok(RestoredInfo {
+            container_id: restored.id,
+            snapshot: id.to_string(),
+            pid: restored.pid.unwrap_or(0),
+            log,
+        })
+    }
+
+    /// Fetches and verifies a snapshot into `dest` (which must not exist), in one of the
+    /// `max_transfers` slots.
+    pub(super) async fn fetch(
+        &self,
+        job: &JobHandle,
+        m: &Manifest,
+        dest: &Path,
+        pull_for: PullFor,
+        tx: &Option<Updates>,
+    ) -> Result<()> {
+        let _slot = self.transfer_slot(job, tx, Phase::Downloading).await;
+        phase_update(job, tx, Phase::Downloading, "downloading");
+        let t = Instant::now();
+        let progress = JobProgress::new(job, tx.clone(), Phase::Downloading, self.metrics.clone());
+        self.store
+            .pull_with(&m.id, dest, &progress, pull_for.options())
+            .await?;
+        self.metrics
+            .phase(pull_for.operation(), "download", t.elapsed());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_manifest() -> Manifest {
+        use podsnap_store::{ContainerRecord, ContainerRole, SandboxRecord};
+        let c = |name: &str, role| ContainerRecord {
+            name: name.into(),
+            role,
+            id: name.into(),
+        };
+        let json = serde_json::json!({
+            "format_version": "1.0", "id": "snap-1", "created": "2026-01-01T00:00:00Z",
+            "files": [],
+        });
+        let mut m: Manifest = serde_json::from_value(json).unwrap();
+        m.sandbox = Some(SandboxRecord {
+            containers: vec![
+                c("pause", ContainerRole::Root),
+                c("app", ContainerRole::Container),
+                c("side", ContainerRole::Container),
+            ],
+            pod: None,
+        });
+        m
+    }
+
+    fn spec(name: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: name.into(),
+            container_id: format!("new-{name}"),
+            bundle: PathBuf::from("/b"),
+            log: None,
+        }
+    }
+
+    #[test]
+    fn containers_are_matched_by_name_in_the_snapshots_order() {
+        let m = pod_manifest();
+        let got = match_containers(&m, &[spec("side"), spec("app")]).unwrap();
+        let ids: Vec<_> = got.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["new-app", "new-side"]);
+    }
+
+    #[test]
+    fn a_restore_missing_a_container_or_naming_an_unknown_one_is_refused() {
+        let m = pod_manifest();
+        let err = match_containers(&m, &[spec("app")]).unwrap_err();
+        assert!(err.to_string().contains("missing: side"), "{err}");
+        let err = match_containers(&m, &[spec("app"), spec("side"), spec("db")]).unwrap_err();
+        assert!(err.to_string().contains("\"db\""), "{err}");
+        let mut single = pod_manifest();
+        single.sandbox = None;
+        assert!(match_containers(&single, &[]).unwrap().is_empty());
+        assert!(match_containers(&single, &[spec("app")]).is_err());
+    }
+
+    #[test]
+    fn only_a_prepared_image_is_pulled_durably() {
+        assert!(PullFor::Prepare.options().durable);
+        assert!(!PullFor::Restore.options().durable);
+        assert_eq!(PullFor::Prepare.operation(), "prepare-restore");
+        assert_eq!(PullFor::Restore.operation(), "restore");
+    }
+}
