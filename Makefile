@@ -3,16 +3,33 @@ CARGO ?= cargo
 # Privileged tests (runsc, containerd, moto) must run, not skip, when we are root (CI is).
 PODSNAP_REQUIRE_PRIVILEGED ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 export PODSNAP_REQUIRE_PRIVILEGED
+# bookworm's runsc 20221219, kept beside the system runsc for the tests of that release
+# (scripts/install-deps.sh puts it there).
+RUNSC_20221219 := /opt/podsnap/runsc-20221219/runsc
+ifneq ($(wildcard $(RUNSC_20221219)),)
+PODSNAP_RUNSC_20221219 ?= $(RUNSC_20221219)
+export PODSNAP_RUNSC_20221219
+endif
 
-.PHONY: build demo test test-rust test-python lint fmt bench bench-e2e soak clean
+.PHONY: build deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e soak clean
 
 build:
 	$(CARGO) build --workspace --bins
 
-demo: build
+# Check (and as root install) the prerequisites before compiling anything.
+deps:
+	bash scripts/install-deps.sh test
+
+deps-demo:
+	bash scripts/install-deps.sh demo
+
+# A new make after the install step, so that what it installed is seen (PODSNAP_RUNSC_20221219).
+demo: deps-demo
+	@$(MAKE) --no-print-directory build
 	bash scripts/demo.sh
 
-test: test-rust test-python
+test: deps
+	@$(MAKE) --no-print-directory test-rust test-python
 
 # Bins first: the CLI and containerd tests run podsnapd and podsnap-runsc from the target dir.
 test-rust:
