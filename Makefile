@@ -37,7 +37,7 @@ test-rust:
 	$(CARGO) test --workspace --no-fail-fast
 
 test-python:
-	python3 -m pytest -q tests/k8s
+	python3 -m pytest -q tests/k8s tests/grpc
 
 lint:
 	$(CARGO) fmt --all -- --check
