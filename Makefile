@@ -11,10 +11,14 @@ PODSNAP_RUNSC_20221219 ?= $(RUNSC_20221219)
 export PODSNAP_RUNSC_20221219
 endif
 
-.PHONY: build deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e soak clean
+.PHONY: build man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e soak clean
 
 build:
 	$(CARGO) build --workspace --bins
+
+# podsnapctl's man pages from its clap definitions, into target/man (man -l target/man/podsnapctl.1).
+man:
+	$(CARGO) run -q -p podsnapctl -- man target/man
 
 # Check (and as root install) the prerequisites before compiling anything.
 deps:
