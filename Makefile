@@ -11,10 +11,19 @@ PODSNAP_RUNSC_20221219 ?= $(RUNSC_20221219)
 export PODSNAP_RUNSC_20221219
 endif
 
-.PHONY: build man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e soak clean
+# The workspace version (Cargo.toml's [workspace.package]); the image is podsnap:$(VERSION).
+VERSION := $(shell awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/ { print $$2; exit }' Cargo.toml)
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+.PHONY: build image man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e soak clean
 
 build:
 	$(CARGO) build --workspace --bins
+
+# The DaemonSet's image as an OCI archive, from the release binaries (no registry, no engine).
+image:
+	$(CARGO) build --release --bins -p podsnapd -p podsnapctl -p podsnap-runsc
+	python3 scripts/build-image.py --bin-dir $(TARGET_DIR)/release --version $(VERSION) --out target/oci/podsnap.tar
 
 # podsnapctl's man pages from its clap definitions, into target/man (man -l target/man/podsnapctl.1).
 man:
@@ -33,7 +42,7 @@ demo: deps-demo
 	bash scripts/demo.sh
 
 test: deps
-	@$(MAKE) --no-print-directory test-rust test-python
+	@$(MAKE) --no-print-directory image test-rust test-python
 
 # Bins first: the CLI and containerd tests run podsnapd and podsnap-runsc from the target dir.
 test-rust:
