@@ -3,16 +3,46 @@ CARGO ?= cargo
 # Privileged tests (runsc, containerd, moto) must run, not skip, when we are root (CI is).
 PODSNAP_REQUIRE_PRIVILEGED ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 export PODSNAP_REQUIRE_PRIVILEGED
+# bookworm's runsc 20221219, kept beside the system runsc for the tests of that release
+# (scripts/install-deps.sh puts it there).
+RUNSC_20221219 := /opt/podsnap/runsc-20221219/runsc
+ifneq ($(wildcard $(RUNSC_20221219)),)
+PODSNAP_RUNSC_20221219 ?= $(RUNSC_20221219)
+export PODSNAP_RUNSC_20221219
+endif
 
-.PHONY: build demo test test-rust test-python lint fmt bench bench-e2e soak clean
+# The workspace version (Cargo.toml's [workspace.package]); the image is podsnap:$(VERSION).
+VERSION := $(shell awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/ { print $$2; exit }' Cargo.toml)
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+.PHONY: build image man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e soak clean
 
 build:
 	$(CARGO) build --workspace --bins
 
-demo: build
+# The DaemonSet's image as an OCI archive, from the release binaries (no registry, no engine).
+image:
+	$(CARGO) build --release --bins -p podsnapd -p podsnapctl -p podsnap-runsc
+	python3 scripts/build-image.py --bin-dir $(TARGET_DIR)/release --version $(VERSION) --out target/oci/podsnap.tar
+
+# podsnapctl's man pages from its clap definitions, into target/man (man -l target/man/podsnapctl.1).
+man:
+	$(CARGO) run -q -p podsnapctl -- man target/man
+
+# Check (and as root install) the prerequisites before compiling anything.
+deps:
+	bash scripts/install-deps.sh test
+
+deps-demo:
+	bash scripts/install-deps.sh demo
+
+# A new make after the install step, so that what it installed is seen (PODSNAP_RUNSC_20221219).
+demo: deps-demo
+	@$(MAKE) --no-print-directory build
 	bash scripts/demo.sh
 
-test: test-rust test-python
+test: deps
+	@$(MAKE) --no-print-directory image test-rust test-python
 
 # Bins first: the CLI and containerd tests run podsnapd and podsnap-runsc from the target dir.
 test-rust:
@@ -20,7 +50,7 @@ test-rust:
 	$(CARGO) test --workspace --no-fail-fast
 
 test-python:
-	python3 -m pytest -q tests/k8s
+	python3 -m pytest -q tests/k8s tests/grpc
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -397,3 +397,19 @@ def test_alerts_reference_only_exported_metrics():
     assert "podsnap_operations_total" in alerts["PodsnapOperationFailureRatioHigh"]
     assert "histogram_quantile(0.95" in alerts["PodsnapRestoreLatencyP95High"]
     assert "podsnap_store_errors_total" in alerts["PodsnapStoreErrors"]
+
+
+def workspace_version():
+    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    return cargo["workspace"]["package"]["version"]
+
+
+def test_daemonset_runs_the_image_that_make_image_builds():
+    # `make image` names its archive podsnap:<workspace version>; every container of the
+    # DaemonSet and the kustomization's image entry must name that same image.
+    version = workspace_version()
+    spec = daemonset()["spec"]["template"]["spec"]
+    images = {c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+    assert images == {f"podsnap:{version}"}
+    entries = {e["name"]: e for e in one("Kustomization").get("images", [])}
+    assert entries["podsnap"].get("newTag") == version

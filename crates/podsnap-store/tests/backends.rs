@@ -1,8 +1,10 @@
-//! The same two suites (object store conformance, Store round trips) against real S3 over
-//! HTTP (moto) and the GCS XML-API fake under `tests/gcs_fake/`, both opened the way the
-//! daemon opens them: by URL, configured from the environment.
+//! The same suites (object store conformance, Store round trips, faults injected in front of
+//! the backend, encryption at rest) against real S3 over HTTP (moto), the GCS XML-API fake
+//! under `tests/gcs_fake/` and Azure Blob Storage as Azurite serves it, each opened the way the
+//! daemon opens it: by URL, configured from the environment.
 //!
-//! Gated: without moto/python3 these skip, unless PODSNAP_REQUIRE_PRIVILEGED=1.
+//! Gated: without moto/python3 (or azurite-blob) these skip, unless
+//! PODSNAP_REQUIRE_PRIVILEGED=1.
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use podsnap_store::Store;
+use podsnap_testkit::azurite::Azurite;
 use podsnap_testkit::moto::{free_port, wait_for_port, Moto};
 use podsnap_testkit::{require, workspace_path, Need};
 
@@ -38,6 +41,8 @@ async fn s3_via_moto_passes_both_suites() {
     object_store_conformance(store.object_store().clone(), "conformance").await;
     store_suite(store).await;
     encrypted_suite(Store::open("s3://podsnap-test/sealed").unwrap()).await;
+    let faulty = Store::open("s3://podsnap-test").unwrap();
+    fault_suite(faulty.object_store().clone(), "faults").await;
     // The prefix is honoured: nothing outside it.
     let outside = Store::open("s3://podsnap-test/other").unwrap();
     assert!(outside.list().await.unwrap().is_empty());
@@ -98,6 +103,29 @@ async fn gcs_via_fake_passes_both_suites() {
     let store = Store::open("gs://podsnap-test/p").expect("gcs store opens");
     object_store_conformance(store.object_store().clone(), "conformance").await;
     store_suite(store).await;
+    encrypted_suite(Store::open("gs://podsnap-test/sealed").unwrap()).await;
+    let faulty = Store::open("gs://podsnap-test").unwrap();
+    fault_suite(faulty.object_store().clone(), "faults").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_via_azurite_passes_every_suite() {
+    if !require("azure_via_azurite_passes_every_suite", &[Need::Azurite]) {
+        return;
+    }
+    let _env = ENV.lock().await;
+    let azurite = Azurite::start("podsnap-test").expect("azurite starts");
+    set_env(&azurite.env());
+    let store = Store::open("az://podsnap-test/some/prefix").expect("azure store opens");
+    assert_eq!(store.display_url(), "az://podsnap-test/some/prefix");
+    object_store_conformance(store.object_store().clone(), "conformance").await;
+    store_suite(store).await;
+    encrypted_suite(Store::open("az://podsnap-test/sealed").unwrap()).await;
+    let faulty = Store::open("az://podsnap-test").unwrap();
+    fault_suite(faulty.object_store().clone(), "faults").await;
+    // The prefix is honoured: nothing outside it.
+    let outside = Store::open("az://podsnap-test/other").unwrap();
+    assert!(outside.list().await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Test support shared by podsnap's crates: gating of privileged tests and helpers that start
-//! the real components (runsc sandboxes, containerd, a moto S3 server) on this machine, and a
+//! the real components (runsc sandboxes, containerd, a moto S3 server, Azurite) on this machine, and a
 //! parsed view of podsnapd's metrics exposition.
 //!
 //! Gating rule: a test that needs root, runsc, containerd or moto calls [`require`]. When
@@ -7,6 +7,7 @@
 //! a test failure; otherwise the test prints why it is skipped and returns early, so a plain
 //! `cargo test` passes on a developer machine without those components.
 
+pub mod azurite;
 pub mod containerd;
 pub mod daemon;
 pub mod metrics;
@@ -23,6 +24,8 @@ pub enum Need {
     Runsc,
     Containerd,
     Moto,
+    /// Azurite's blob service (`azurite-blob`, npm package `azurite`) and python3.
+    Azurite,
 }
 
 fn is_root() -> bool {
@@ -55,6 +58,8 @@ fn missing(need: Need) -> Option<String> {
                 .unwrap_or(false);
             (!ok).then(|| "python3 module moto[server] not installed".to_string())
         }
+        Need::Azurite => (!have_binary("azurite-blob") || !have_binary("python3"))
+            .then(|| "azurite-blob (npm install -g azurite) or python3 not on PATH".to_string()),
     }
 }
 

@@ -1,7 +1,6 @@
 //! Commands that talk to podsnapd over its Unix socket.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -10,6 +9,8 @@ use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::progress::Reporter;
 
 #[derive(clap::Args, Debug)]
 pub struct CheckpointArgs {
@@ -181,43 +182,9 @@ fn phase_name(p: i32) -> &'static str {
         .unwrap_or("?")
 }
 
-/// Progress on stderr, only when stderr is a terminal.
-struct ProgressView {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl ProgressView {
-    fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {msg:14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .expect("template")
-                .progress_chars("=> "),
-            );
-            b.enable_steady_tick(std::time::Duration::from_millis(120));
-            b
-        });
-        ProgressView { bar }
-    }
-
-    fn update(&self, p: &pb::Progress) {
-        if let Some(b) = &self.bar {
-            b.set_message(phase_name(p.phase));
-            if p.bytes_total > 0 {
-                b.set_length(p.bytes_total);
-            }
-            b.set_position(p.bytes_done);
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
+/// Daemon job progress events into a [`Reporter`].
+fn show(view: &Reporter, p: &pb::Progress) {
+    view.update(phase_name(p.phase), p.bytes_done, p.bytes_total);
 }
 
 pub fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
@@ -279,12 +246,12 @@ pub async fn checkpoint(socket: &str, a: CheckpointArgs) -> anyhow::Result<i32> 
         .await
         .map_err(|s| status_err("checkpoint", s))?
         .into_inner();
-    let view = ProgressView::new();
+    let view = Reporter::new("checkpoint");
     let mut snapshot = None;
     loop {
         match stream.message().await {
             Ok(Some(ev)) => match ev.event {
-                Some(pb::checkpoint_event::Event::Progress(p)) => view.update(&p),
+                Some(pb::checkpoint_event::Event::Progress(p)) => show(&view, &p),
                 Some(pb::checkpoint_event::Event::Snapshot(s)) => snapshot = Some(s),
                 None => {}
             },
@@ -337,12 +304,12 @@ pub async fn restore(socket: &str, a: RestoreArgs) -> anyhow::Result<i32> {
         .await
         .map_err(|s| status_err("restore", s))?
         .into_inner();
-    let view = ProgressView::new();
+    let view = Reporter::new("restore");
     let mut restored = None;
     loop {
         match stream.message().await {
             Ok(Some(ev)) => match ev.event {
-                Some(pb::restore_event::Event::Progress(p)) => view.update(&p),
+                Some(pb::restore_event::Event::Progress(p)) => show(&view, &p),
                 Some(pb::restore_event::Event::Restored(r)) => restored = Some(r),
                 None => {}
             },

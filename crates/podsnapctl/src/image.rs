@@ -2,18 +2,16 @@
 //!
 //! Every subcommand takes `--store URL` (or `PODSNAP_STORE`): `file:///dir`, `s3://bucket/prefix`,
 //! `gs://bucket/prefix`, `az://container/prefix`. `push` prints the snapshot id as stdout's last
-//! line (`--json`: one JSON object instead); progress bars go to stderr, and only when stderr is
-//! a terminal.
+//! line (`--json`: one JSON object instead); progress goes to stderr (see [`crate::progress`]).
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use podsnap_store::{
-    NoProgress, Progress, ProgressEvent, PullOptions, PushOptions, SnapshotId, Store,
-};
+use podsnap_store::{Progress, PullOptions, PushOptions, SnapshotId, Store};
+
+use crate::progress::Reporter;
 
 /// Offline store commands.
 #[derive(clap::Subcommand, Debug)]
@@ -160,49 +158,17 @@ fn snapshot_id(s: &str) -> anyhow::Result<SnapshotId> {
     SnapshotId::new(s).map_err(anyhow::Error::from)
 }
 
-/// An indicatif bar on stderr, fed by store progress events.
-struct Bar(indicatif::ProgressBar);
-
-impl Bar {
-    fn new(verb: &'static str) -> Bar {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_message(verb);
-        Bar(bar)
-    }
-}
-
-impl Progress for Bar {
-    fn event(&self, ev: ProgressEvent) {
-        match ev {
-            ProgressEvent::Started { total_bytes } => self.0.set_length(total_bytes),
-            ProgressEvent::BytesRead(n) | ProgressEvent::BytesWritten(n) => self.0.inc(n),
-            ProgressEvent::Committing => self.0.set_message("committing"),
-            _ => {}
-        }
-    }
-}
-
-/// Runs `f` with a progress bar when stderr is a terminal, silently otherwise.
+/// Runs `f` with the process's progress view (a bar on a terminal, plain lines otherwise).
 async fn with_progress<T, F, Fut>(verb: &'static str, f: F) -> T
 where
     F: FnOnce(&'static dyn Progress) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
-    if std::io::stderr().is_terminal() {
-        let bar: &'static Bar = Box::leak(Box::new(Bar::new(verb)));
-        let out = f(bar).await;
-        bar.0.finish_and_clear();
-        out
-    } else {
-        f(&NoProgress).await
-    }
+    // 'static for the store's API; one per command, so leaking it costs nothing.
+    let reporter: &'static Reporter = Box::leak(Box::new(Reporter::new(verb)));
+    let out = f(reporter).await;
+    reporter.finish();
+    out
 }
 
 fn human_bytes(n: u64) -> String {

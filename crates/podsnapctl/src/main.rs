@@ -6,8 +6,13 @@ mod cpu;
 mod daemon;
 mod image;
 mod keygen;
+mod progress;
 
-use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Checkpoint and restore gVisor sandboxes with podsnapd, and manage snapshot stores.
 ///
@@ -32,6 +37,16 @@ struct Cli {
         default_value = "/run/podsnap/podsnapd.sock"
     )]
     socket: String,
+    /// Progress of long transfers on stderr: a bar on a terminal and plain lines otherwise
+    /// (auto), or always one of them, or none.
+    #[arg(
+        long,
+        global = true,
+        env = "PODSNAP_PROGRESS",
+        value_enum,
+        default_value_t = progress::ProgressMode::Auto
+    )]
+    progress: progress::ProgressMode,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -63,12 +78,28 @@ enum Cmd {
     CpuCheck(cpu::CpuCheckArgs),
     /// Write a new group key for encryption at rest into a key directory.
     Keygen(keygen::KeygenArgs),
+    /// Print a shell completion script for podsnapctl.
+    ///
+    /// bash: `podsnapctl completions bash > /etc/bash_completion.d/podsnapctl`;
+    /// zsh: `podsnapctl completions zsh > "${fpath[1]}/_podsnapctl"`;
+    /// fish: `podsnapctl completions fish > ~/.config/fish/completions/podsnapctl.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write podsnapctl's man pages (podsnapctl.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
 }
 
 fn main() {
     // Before any thread starts: bounds the memory the allocator keeps (see the function).
     podsnap_store::limit_malloc_arenas(2);
     let cli = Cli::parse();
+    progress::set_mode(cli.progress);
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -84,6 +115,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::CpuFeatures(a) => cpu::run_cpu_features(a).map(|_| 0),
         Cmd::CpuCheck(a) => cpu::run_cpu_check(a),
         Cmd::Keygen(a) => keygen::run(a).map(|_| 0),
+        Cmd::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "podsnapctl", &mut script);
+            match std::io::stdout().write_all(&script) {
+                // `podsnapctl completions bash | head` is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(e).context("writing the completion script"))
+                }
+                _ => Ok(0),
+            }
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            Ok(0)
+        }
         other => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -99,7 +147,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     Cmd::Compat(a) => daemon::compat(&cli.socket, a).await,
                     Cmd::NodeInfo(a) => daemon::node_info(&cli.socket, a).await,
                     Cmd::Jobs(a) => daemon::jobs(&cli.socket, a).await,
-                    Cmd::CpuFeatures(_) | Cmd::CpuCheck(_) | Cmd::Keygen(_) => {
+                    Cmd::CpuFeatures(_)
+                    | Cmd::CpuCheck(_)
+                    | Cmd::Keygen(_)
+                    | Cmd::Completions { .. }
+                    | Cmd::Man { .. } => {
                         unreachable!("handled above")
                     }
                 }

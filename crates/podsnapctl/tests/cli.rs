@@ -276,12 +276,29 @@ fn daemon_commands_checkpoint_list_inspect_compat_restore_delete() {
         "--stop",
     ]));
     assert!(o.status.success(), "{}", stderr(&o));
-    // Progress goes to stderr only on a terminal: stdout is exactly the id.
+    // Progress goes to stderr (plain lines, not a terminal): stdout is exactly the id.
     let snap = stdout(&o).lines().last().unwrap().trim().to_string();
     assert_eq!(stdout(&o).trim(), snap);
+    assert!(
+        stderr(&o).lines().any(|l| l.starts_with("checkpoint: ")),
+        "no plain progress lines: {}",
+        stderr(&o)
+    );
 
     let o = run(ctl().args(["--socket", &s, "list"]));
     assert!(stdout(&o).contains(&snap), "{}", stdout(&o));
+    let o = run(ctl().args(["--socket", &s, "list", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.as_array().unwrap().iter().any(|s| s["id"] == snap), "{v}");
+    let o = run(ctl().args(["--socket", &s, "jobs", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["kind"] == "checkpoint"),
+        "{v}"
+    );
     let o = run(ctl().args(["--socket", &s, "inspect", &snap, "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["group"], "app=cli");
@@ -316,4 +333,183 @@ fn daemon_commands_checkpoint_list_inspect_compat_restore_delete() {
     assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
     drop(daemon);
     drop(sb);
+}
+
+/// The subcommand paths of every listing command (each must take `--json`).
+const LISTING_COMMANDS: &[&[&str]] = &[
+    &["list"],
+    &["jobs"],
+    &["node-info"],
+    &["inspect"],
+    &["compat"],
+    &["image", "ls"],
+    &["cpu-features"],
+];
+
+#[test]
+fn every_listing_command_takes_json() {
+    for cmd in LISTING_COMMANDS {
+        let o = run(ctl().args(*cmd).arg("--help"));
+        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains("--json"), "{cmd:?} --help lacks --json");
+    }
+    // Offline, so it runs everywhere: `image ls --json` is a JSON array of the manifests.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("img");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("pages.img"), vec![7u8; 64 << 10]).unwrap();
+    let store = format!("file://{}", dir.path().join("store").display());
+    let o = run(ctl().args(["image", "ls", "--json", "--store", &store]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v, serde_json::json!([]));
+    let o = run(ctl()
+        .args(["image", "push"])
+        .arg(&src)
+        .args(["--store", &store]));
+    let id = stdout(&o).lines().last().unwrap().trim().to_string();
+    let o = run(ctl().args(["image", "ls", "--json", "--store", &store]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
+}
+
+#[test]
+fn completions_are_generated_for_bash_zsh_and_fish() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef podsnapctl"),
+        ("fish", "complete -c podsnapctl"),
+    ] {
+        let o = run(ctl().args(["completions", shell]));
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(script.contains(marker), "{shell} script lacks {marker:?}");
+        for word in ["checkpoint", "restore", "node-info", "--group-by", "push"] {
+            assert!(script.contains(word), "{shell} script lacks {word}");
+        }
+    }
+    // The bash script is valid bash, and completing `podsnapctl chec` offers `checkpoint`.
+    let o = run(ctl().args(["completions", "bash"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("podsnapctl.bash");
+    std::fs::write(&file, &o.stdout).unwrap();
+    let probe = format!(
+        r#"source {}; COMP_WORDS=(podsnapctl chec); COMP_CWORD=1; COMP_LINE="podsnapctl chec"; COMP_POINT=15; _podsnapctl podsnapctl chec podsnapctl; printf '%s\n' "${{COMPREPLY[@]}}""#,
+        file.display()
+    );
+    let o = run(Command::new("bash").args(["--norc", "-c", &probe]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "checkpoint");
+    // An unknown shell is refused.
+    let o = run(ctl().args(["completions", "tcsh"]));
+    assert_ne!(o.status.code(), Some(0));
+}
+
+#[test]
+fn man_pages_are_written_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man");
+    let o = run(ctl().arg("man").arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    for page in [
+        "podsnapctl.1",
+        "podsnapctl-checkpoint.1",
+        "podsnapctl-restore.1",
+        "podsnapctl-image.1",
+        "podsnapctl-image-push.1",
+        "podsnapctl-completions.1",
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is not roff"
+        );
+    }
+    let top = std::fs::read_to_string(out.join("podsnapctl.1")).unwrap();
+    assert!(
+        top.contains("checkpoint") && top.contains("\\-\\-socket"),
+        "{top}"
+    );
+    // The generator itself is hidden: no page and no mention in --help.
+    assert!(!out.join("podsnapctl-man.1").exists());
+    let o = run(ctl().arg("--help"));
+    assert!(!stdout(&o)
+        .lines()
+        .any(|l| l.trim_start().starts_with("man ")));
+}
+
+fn push_dir(dir: &Path) -> (PathBuf, String) {
+    let src = dir.join("img");
+    std::fs::create_dir_all(&src).unwrap();
+    let data: Vec<u8> = (0..(6usize << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(src.join("pages.img"), data).unwrap();
+    (src, format!("file://{}", dir.join("store").display()))
+}
+
+#[test]
+fn image_push_prints_plain_progress_lines_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, store) = push_dir(dir.path());
+    let o = run(ctl()
+        .args(["image", "push"])
+        .arg(&src)
+        .args(["--store", &store]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("push: ")).collect();
+    assert!(
+        progress
+            .iter()
+            .any(|l| l.starts_with("push: uploading ") && l.contains(" of 6.0 MiB")),
+        "{err}"
+    );
+    assert!(
+        progress.iter().any(|l| l.starts_with("push: committing")),
+        "{err}"
+    );
+    // Lines, not a redrawn bar.
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
+    assert!(
+        !stdout(&o).contains("push: "),
+        "progress never goes to stdout"
+    );
+
+    // --progress none: no progress at all.
+    let o = run(ctl()
+        .args(["--progress", "none", "image", "push"])
+        .arg(&src)
+        .args(["--store", &store]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("push: "), "{}", stderr(&o));
+}
+
+#[test]
+fn image_push_draws_a_progress_bar_in_a_terminal() {
+    // `script` gives podsnapctl a pseudo-terminal for stdin, stdout and stderr.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: script(1) not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (src, store) = push_dir(dir.path());
+    let cmd = format!(
+        "{} image push {} --store {}",
+        env!("CARGO_BIN_EXE_podsnapctl"),
+        src.display(),
+        store
+    );
+    let o = run(Command::new("script").args(["-qefc", &cmd, "/dev/null"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tty = stdout(&o);
+    // The bar redraws in place (carriage returns / escape sequences) and has a bar; no plain
+    // progress lines.
+    assert!(tty.contains('\r') || tty.contains('\x1b'), "{tty:?}");
+    assert!(!tty.contains("push: uploading"), "{tty:?}");
 }

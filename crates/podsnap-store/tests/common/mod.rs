@@ -600,3 +600,64 @@ fn prefix_of(objs: &[(ObjPath, Bytes)], id: &SnapshotId) -> String {
         .expect("the manifest is among the objects");
     loc[..loc.len() - suffix.len()].to_string()
 }
+
+/// Faults injected in front of a real backend (`under`, the store a URL opened): transient
+/// errors on every kind of call are retried through by push and pull, and a lost response to
+/// the manifest's create-only put is checked, not repeated blindly. The backend must give
+/// `AlreadyExists` to the repeated create-only put, as the conformance suite requires.
+pub async fn fault_suite(under: Arc<dyn ObjectStore>, prefix: &str) {
+    use faults::{Faults, Op};
+    let f = Faults::new(under);
+    let store = Store::from_object_store(f.clone(), prefix, "faults");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let mut img = vec![0u8; 5 << 20];
+    rand::rngs::StdRng::seed_from_u64(41).fill_bytes(&mut img);
+    write_file(&src, "pages.img", &img);
+    write_file(&src, "checkpoint.img", &runsc_like_image(5, 20));
+
+    f.fail_next(Op::Head, 2);
+    f.fail_next(Op::Put, 3);
+    f.fail_next(Op::PutCreate, 1);
+    let pushed = store
+        .push(&src, PushOptions::default(), &NoProgress)
+        .await
+        .expect("push retries transient errors");
+    for op in [Op::Head, Op::Put, Op::PutCreate] {
+        assert_eq!(f.pending(op), 0, "every injected {op:?} error was hit");
+    }
+    f.fail_next(Op::Get, 2);
+    f.fail_next(Op::GetRange, 3);
+    let out = work.path().join("out");
+    store
+        .pull(&pushed.id, &out, &NoProgress)
+        .await
+        .expect("pull retries transient errors");
+    assert_eq!(f.pending(Op::Get), 0);
+    assert_eq!(f.pending(Op::GetRange), 0);
+    assert_eq!(
+        dir_digest(&out),
+        dir_digest(&src),
+        "byte-exact after faults"
+    );
+
+    // The commit lands but its answer is lost: the retry meets AlreadyExists from the real
+    // backend, finds the manifest is ours, and the push succeeds once.
+    let creates = f.calls(Op::PutCreate);
+    f.lose_create_responses(1);
+    write_file(&src, "checkpoint.img", &runsc_like_image(6, 20));
+    let again = store
+        .push(&src, PushOptions::default(), &NoProgress)
+        .await
+        .expect("a lost response to our own commit is success");
+    assert_eq!(
+        f.calls(Op::PutCreate) - creates,
+        2,
+        "one retry, answered by AlreadyExists"
+    );
+    let stored = store.manifest(&again.id).await.unwrap();
+    assert_eq!(
+        stored.digest, again.manifest.digest,
+        "the committed manifest is ours"
+    );
+}

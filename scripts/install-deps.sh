@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Checks, and as root installs, what podsnap's demo and tests need on Debian 12. Idempotent:
+# when everything is present it only checks (about a second) and changes nothing.
+#
+#   scripts/install-deps.sh [demo|test]     (default: test, the superset)
+#
+# As root, what is missing is installed:
+#   - apt (bookworm): containerd busybox-static zstd restic openssl curl python3 python3-pip
+#   - runsc 20240729 from Debian trixie as the system runsc (/usr/bin/runsc), with trixie pinned
+#     at priority 100 so nothing else comes from it;
+#   - runsc 20221219 (bookworm's) at /opt/podsnap/runsc-20221219/runsc, for the tests of the
+#     older release;
+#   - pip: moto[server] kubernetes-validate pytest pyyaml grpcio (test only);
+#   - npm: azurite (the Azure Storage emulator; test only), pinned to a release that runs on
+#     bookworm's Node.
+# Not as root, it prints the exact commands that would install what is missing and exits 1.
+# No protoc is needed: the build uses a vendored one.
+#
+# PODSNAP_SKIP_DEPS=1 skips the whole step (for machines set up some other way).
+set -euo pipefail
+
+profile=${1:-test}
+case "$profile" in demo|test) ;; *) echo "usage: $0 [demo|test]" >&2; exit 2 ;; esac
+[ "${PODSNAP_SKIP_DEPS:-0}" = 1 ] && exit 0
+
+OLD_RUNSC_VERSION=0.0~20221219.0-2+b3
+OLD_RUNSC=/opt/podsnap/runsc-20221219/runsc
+MIN_RUNSC=0.0~20240729.0
+AZURITE_VERSION=3.35.0   # 3.36 and later need Node >= 21; bookworm has Node 18, this machine 20
+TRIXIE_SOURCES=/etc/apt/sources.list.d/trixie.sources
+TRIXIE_PIN=/etc/apt/preferences.d/podsnap-trixie
+
+apt_pkgs="busybox-static python3"
+pip_mods=""
+pip_pkgs=""
+if [ "$profile" = test ]; then
+  apt_pkgs="$apt_pkgs containerd zstd restic openssl curl python3-pip npm"
+  # module to import -> pip requirement
+  pip_mods="moto flask flask_cors kubernetes_validate pytest yaml grpc"
+  pip_pkgs="'moto[server]' kubernetes-validate pytest pyyaml 'grpcio>=1.57'"
+fi
+
+# ---- checks (fast; nothing is compiled or downloaded) ----
+missing_apt=""
+for p in $apt_pkgs; do
+  case "$p" in
+    python3|npm)
+      # Any install will do (pyenv, nodesource, ...), not necessarily Debian's package.
+      command -v "$p" >/dev/null 2>&1 || missing_apt="$missing_apt $p" ;;
+    python3-pip)
+      python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("pip") is None)' 2>/dev/null \
+        || missing_apt="$missing_apt $p" ;;
+    *) dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing_apt="$missing_apt $p" ;;
+  esac
+done
+
+need_trixie_source=0
+[ -f "$TRIXIE_SOURCES" ] && [ -f "$TRIXIE_PIN" ] || need_trixie_source=1
+need_runsc=0
+v=$(dpkg-query -W -f '${Version}' runsc 2>/dev/null || true)
+if [ -z "$v" ] || ! dpkg --compare-versions "$v" ge "$MIN_RUNSC" || [ ! -x /usr/bin/runsc ]; then
+  need_runsc=1
+fi
+need_old_runsc=0
+[ -x "$OLD_RUNSC" ] || need_old_runsc=1
+
+missing_pip=""
+if [ -n "$pip_mods" ]; then
+  # find_spec, not import: importing moto.server alone takes a second.
+  missing_pip=$(python3 - $pip_mods <<'PY' 2>/dev/null || echo python3
+import importlib.metadata as md, importlib.util as u, sys
+missing = [m for m in sys.argv[1:] if u.find_spec(m.split(".")[0]) is None]
+try:
+    if tuple(int(x) for x in md.version("grpcio").split(".")[:2]) < (1, 57):
+        missing.append("grpc>=1.57")
+except md.PackageNotFoundError:
+    pass
+print(" ".join(missing))
+PY
+)
+fi
+
+need_azurite=0
+if [ "$profile" = test ]; then
+  # The version from the package's own package.json (running azurite-blob --version takes 2 s).
+  main=$(readlink -f "$(command -v azurite-blob 2>/dev/null || echo /nonexistent)")
+  pkg=${main%/dist/*}/package.json
+  grep -q "\"version\": *\"$AZURITE_VERSION\"" "$pkg" 2>/dev/null || need_azurite=1
+fi
+
+missing_tools=""
+command -v cargo >/dev/null 2>&1 || missing_tools="$missing_tools cargo(rustup.rs)"
+if [ "$profile" = test ]; then
+  cargo fmt --version >/dev/null 2>&1 || missing_tools="$missing_tools rustfmt(rustup component add rustfmt)"
+  cargo clippy --version >/dev/null 2>&1 || missing_tools="$missing_tools clippy(rustup component add clippy)"
+fi
+
+if [ -z "$missing_apt" ] && [ $need_trixie_source = 0 ] && [ $need_runsc = 0 ] && [ $need_old_runsc = 0 ] \
+  && [ -z "$missing_pip" ] && [ $need_azurite = 0 ] && [ -z "$missing_tools" ]; then
+  exit 0
+fi
+
+# ---- what would be done ----
+cmds=()
+if [ $need_trixie_source = 1 ]; then
+  cmds+=("printf 'Types: deb\\nURIs: http://deb.debian.org/debian\\nSuites: trixie\\nComponents: main\\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\\n' >$TRIXIE_SOURCES")
+  cmds+=("printf 'Package: *\\nPin: release n=trixie\\nPin-Priority: 100\\n' >$TRIXIE_PIN")
+fi
+if [ -n "$missing_apt" ] || [ $need_trixie_source = 1 ] || [ $need_runsc = 1 ] || [ $need_old_runsc = 1 ]; then
+  cmds+=("apt-get update")
+fi
+[ -n "$missing_apt" ] && cmds+=("apt-get install -y --no-install-recommends$missing_apt")
+[ $need_runsc = 1 ] && cmds+=("apt-get install -y -t trixie runsc")
+if [ $need_old_runsc = 1 ]; then
+  cmds+=("(d=\$(mktemp -d) && cd \$d && chmod 777 \$d && apt-get download runsc=$OLD_RUNSC_VERSION && dpkg -x runsc_*.deb x && install -D -m 0755 x/usr/bin/runsc $OLD_RUNSC && rm -rf \$d)")
+fi
+[ -n "$missing_pip" ] && cmds+=("python3 -m pip install -q $pip_pkgs")
+[ $need_azurite = 1 ] && cmds+=("npm install -g --no-fund --no-audit azurite@$AZURITE_VERSION")
+
+if [ -n "$missing_tools" ]; then
+  echo "install-deps: missing, install them yourself:$missing_tools" >&2
+  [ ${#cmds[@]} = 0 ] && exit 1
+fi
+
+if [ "$(id -u)" != 0 ]; then
+  {
+    echo "install-deps: podsnap's $profile needs packages that are not installed."
+    echo "Run as root (or run 'make $profile' as root, which does this):"
+    echo
+    for c in "${cmds[@]}"; do echo "  $c"; done
+    echo
+    echo "(or set PODSNAP_SKIP_DEPS=1 to go on without them)"
+  } >&2
+  exit 1
+fi
+
+echo "install-deps: installing what is missing for '$profile'" >&2
+export DEBIAN_FRONTEND=noninteractive
+for c in "${cmds[@]}"; do
+  echo "+ $c" >&2
+  bash -euo pipefail -c "$c" >/dev/null
+done
+[ -n "$missing_tools" ] && exit 1
+/usr/bin/runsc --version | sed -n 1p >&2
+echo "install-deps: done" >&2
