@@ -5,6 +5,7 @@ PODSNAP_REQUIRE_PRIVILEGED ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 export PODSNAP_REQUIRE_PRIVILEGED
 
 .PHONY: build demo test test-rust test-python lint fmt bench bench-e2e soak clean
+.PHONY: cluster-up cluster-down
 
 build:
 	$(CARGO) build --workspace --bins
@@ -40,3 +41,10 @@ soak: build
 
 clean:
 	$(CARGO) clean
+
+# A one-node Kubernetes cluster of real parts built from Go modules (docs/cluster.md).
+cluster-up:
+	bash scripts/cluster/up.sh
+
+cluster-down:
+	bash scripts/cluster/down.sh
