@@ -248,8 +248,16 @@ EOF
 
 # The gvisor handler's binary: podsnap-runsc from this clone's build (the newer of release and
 # debug) in front of the system runsc; the system runsc itself when podsnap is not built.
+# runsc's network: runsc 20240729 (and older) decides that a sandbox sits in the root network
+# namespace when /proc/sys/net/core/rmem_default exists, which kernels of 6.x show in every
+# network namespace, so pod sandboxes with the default `sandbox` network fail to start
+# ("cannot run with network enabled in root network namespace"). gVisor pods here therefore
+# run with --network=none (loopback only); PODSNAP_CLUSTER_RUNSC_NETWORK=sandbox for a runsc
+# that checks otherwise (later releases test net/core/dev_weight).
+RUNSC_NETWORK="${PODSNAP_CLUSTER_RUNSC_NETWORK:-none}"
 cat >"$CLUSTER_DIR/podsnap-runsc.toml" <<EOF
 runsc = "/usr/bin/runsc"
+runsc_flags = ["--network=$RUNSC_NETWORK"]
 marker_dir = "$CLUSTER_RUN/podsnap/restored"
 EOF
 cat >"$CLUSTER_DIR/bin/runsc-handler" <<EOF
@@ -266,7 +274,7 @@ fi
 if [ -n "\$wrapper" ]; then
     PODSNAP_RUNSC=/usr/bin/runsc PODSNAP_CONFIG="$CLUSTER_DIR/podsnap-runsc.toml" exec "\$wrapper" "\$@"
 fi
-exec /usr/bin/runsc "\$@"
+exec /usr/bin/runsc --network=$RUNSC_NETWORK "\$@"
 EOF
 chmod +x "$CLUSTER_DIR/bin/runsc-handler"
 
@@ -344,6 +352,7 @@ authorization:
   mode: Webhook
 clusterDomain: cluster.local
 resolvConf: /etc/resolv.conf
+podLogsDir: $CLUSTER_VAR/pod-logs
 # Images come from ctr import only: never garbage-collect them, never evict for disk.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99

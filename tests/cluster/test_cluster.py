@@ -125,31 +125,45 @@ def test_gvisor_pod_runs_under_runsc(core):
     assert "Count: 0\nCount: 1\n" in text, text
 
 
-def test_agent_sandbox_claim_gives_ready_sandbox(api, core):
+def sandbox_template(name, runtime_class):
+    spec = {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{
+            "name": "counter",
+            "image": BUSYBOX,
+            "imagePullPolicy": "Never",
+            "command": ["sh", "-c", COUNTER],
+        }],
+    }
+    if runtime_class:
+        spec["runtimeClassName"] = runtime_class
+    return {
+        "apiVersion": "/".join(EXTENSIONS),
+        "kind": "SandboxTemplate",
+        "metadata": {"name": name},
+        "spec": {"podTemplate": {"metadata": {"labels": {"app": "agent-sandbox-workload"}}, "spec": spec}},
+    }
+
+
+def delete_quietly(fn, *args):
+    try:
+        fn(*args)
+    except client.ApiException as e:
+        if e.status != 404:
+            raise
+
+
+@pytest.mark.parametrize("runtime_class", [None, "gvisor"], ids=["runc", "gvisor"])
+def test_agent_sandbox_claim_gives_ready_sandbox(api, core, runtime_class):
+    """A SandboxClaim of a SandboxTemplate becomes a Ready Sandbox whose pod runs the template;
+    replicas 0 removes the pod and replicas 1 brings it back under the same name (what SDK
+    0.4.6's suspend and resume do)."""
     custom = client.CustomObjectsApi(api)
     suffix = uuid.uuid4().hex[:6]
     template = f"smoke-template-{suffix}"
     claim = f"smoke-claim-{suffix}"
-    custom.create_namespaced_custom_object(*EXTENSIONS, NAMESPACE, "sandboxtemplates", {
-        "apiVersion": "/".join(EXTENSIONS),
-        "kind": "SandboxTemplate",
-        "metadata": {"name": template},
-        "spec": {
-            "podTemplate": {
-                "metadata": {"labels": {"app": "agent-sandbox-workload"}},
-                "spec": {
-                    "runtimeClassName": "gvisor",
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "counter",
-                        "image": BUSYBOX,
-                        "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", COUNTER],
-                    }],
-                },
-            },
-        },
-    })
+    custom.create_namespaced_custom_object(*EXTENSIONS, NAMESPACE, "sandboxtemplates",
+                                           sandbox_template(template, runtime_class))
     try:
         custom.create_namespaced_custom_object(*EXTENSIONS, NAMESPACE, "sandboxclaims", {
             "apiVersion": "/".join(EXTENSIONS),
@@ -170,17 +184,27 @@ def test_agent_sandbox_claim_gives_ready_sandbox(api, core):
             return None
 
         sandbox = wait(f"a Ready Sandbox for claim {claim}", 180, ready_sandbox)
-        pod_name = sandbox["metadata"]["annotations"].get("agents.x-k8s.io/pod-name",
-                                                          sandbox["metadata"]["name"])
+        name = sandbox["metadata"]["name"]
+        pod_name = sandbox["metadata"]["annotations"]["agents.x-k8s.io/pod-name"]
+        assert sandbox["status"]["selector"].startswith("agents.x-k8s.io/sandbox-name-hash=")
         pod = core.read_namespaced_pod(pod_name, NAMESPACE)
         assert pod.status.phase == "Running"
-        assert pod.spec.runtime_class_name == "gvisor"
+        assert pod.spec.runtime_class_name == runtime_class
+        assert pod.metadata.labels["app"] == "agent-sandbox-workload"
         wait(f"counter in the log of {pod_name}", 60,
              lambda: "Count: 1" in core.read_namespaced_pod_log(pod_name, NAMESPACE))
+        first_uid = pod.metadata.uid
+
+        def pod_gone():
+            return not [p for p in core.list_namespaced_pod(NAMESPACE).items if p.metadata.name == pod_name]
+
+        custom.patch_namespaced_custom_object(*AGENTS, NAMESPACE, "sandboxes", name, {"spec": {"replicas": 0}})
+        wait(f"pod {pod_name} gone after replicas 0", 120, pod_gone)
+        custom.patch_namespaced_custom_object(*AGENTS, NAMESPACE, "sandboxes", name, {"spec": {"replicas": 1}})
+        wait(f"Sandbox {name} Ready again after replicas 1", 180, ready_sandbox)
+        pod = core.read_namespaced_pod(pod_name, NAMESPACE)
+        assert pod.metadata.uid != first_uid
+        assert pod.status.phase == "Running"
     finally:
-        for plural, name in (("sandboxclaims", claim), ("sandboxtemplates", template)):
-            try:
-                custom.delete_namespaced_custom_object(*EXTENSIONS, NAMESPACE, plural, name)
-            except client.ApiException as e:
-                if e.status != 404:
-                    raise
+        delete_quietly(custom.delete_namespaced_custom_object, *EXTENSIONS, NAMESPACE, "sandboxclaims", claim)
+        delete_quietly(custom.delete_namespaced_custom_object, *EXTENSIONS, NAMESPACE, "sandboxtemplates", template)
