@@ -1,6 +1,9 @@
 # Sourced by the scripts in scripts/cluster: paths, versions and the build cache key.
 # shellcheck shell=bash
 
+log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
 CLUSTER_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$CLUSTER_SCRIPTS/../.." && pwd)"
 # shellcheck source=versions.env
@@ -13,6 +16,8 @@ export GOMODCACHE="${PODSNAP_CLUSTER_GOMODCACHE:-$CLUSTER_CACHE/gomod}"
 export GOCACHE="${PODSNAP_CLUSTER_GOCACHE:-$CLUSTER_CACHE/gocache}"
 export GOFLAGS="-buildvcs=false"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+
+command -v go >/dev/null || die "go not found: the cluster's parts are built from Go modules"
 
 cluster_key() {
     {
@@ -31,5 +36,3 @@ CLUSTER_DIR="$REPO_ROOT/target/cluster"
 CLUSTER_RUN="${PODSNAP_CLUSTER_RUN:-/run/podsnap-cluster}"
 CLUSTER_VAR="${PODSNAP_CLUSTER_VAR:-/var/lib/podsnap-cluster}"
 
-log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
