@@ -36,7 +36,14 @@ bash "$CLUSTER_SCRIPTS/build.sh"
 if [ -f "$CLUSTER_RUN/pids/kube-apiserver.pid" ] && kill -0 "$(cat "$CLUSTER_RUN/pids/kube-apiserver.pid")" 2>/dev/null; then
     die "a cluster is already up ($CLUSTER_RUN); run make cluster-down first"
 fi
+# Leftovers of a cluster that was not taken down (state that no longer matches fresh
+# certificates): clean them first.
+if [ -e "$CLUSTER_VAR" ] || [ -e "$CLUSTER_RUN" ]; then
+    log "cleaning up the state of an earlier cluster"
+    bash "$CLUSTER_SCRIPTS/down.sh"
+fi
 need_debs
+trap 'log "cluster-up failed: logs in $CLUSTER_DIR/logs; make cluster-down stops what started"' ERR
 
 NODE_NAME="${PODSNAP_CLUSTER_NODE:-podsnap-node}"
 # The node's address: the source address of the default route (what the API server dials for
