@@ -201,10 +201,16 @@ def test_agent_sandbox_claim_gives_ready_sandbox(api, core, runtime_class):
         custom.patch_namespaced_custom_object(*AGENTS, NAMESPACE, "sandboxes", name, {"spec": {"replicas": 0}})
         wait(f"pod {pod_name} gone after replicas 0", 120, pod_gone)
         custom.patch_namespaced_custom_object(*AGENTS, NAMESPACE, "sandboxes", name, {"spec": {"replicas": 1}})
-        wait(f"Sandbox {name} Ready again after replicas 1", 180, ready_sandbox)
-        pod = core.read_namespaced_pod(pod_name, NAMESPACE)
-        assert pod.metadata.uid != first_uid
-        assert pod.status.phase == "Running"
+
+        def new_pod_running():
+            pods = [p for p in core.list_namespaced_pod(NAMESPACE).items
+                    if p.metadata.name == pod_name and p.metadata.uid != first_uid
+                    and p.status.phase == "Running"]
+            return bool(pods) and ready_sandbox() is not None
+
+        # The Sandbox's Ready condition may still be the old pod's: wait for the new pod.
+        wait(f"a new pod {pod_name} Running and Sandbox {name} Ready after replicas 1", 180,
+             new_pod_running)
     finally:
         delete_quietly(custom.delete_namespaced_custom_object, *EXTENSIONS, NAMESPACE, "sandboxclaims", claim)
         delete_quietly(custom.delete_namespaced_custom_object, *EXTENSIONS, NAMESPACE, "sandboxtemplates", template)
