@@ -31,8 +31,10 @@ stop kubelet
 
 # Pods: kill every task containerd knows in the CRI namespace while containerd still runs,
 # so the shims exit and runsc tears its sandboxes down.
+CONTAINERS=()
 if [ -S "$SOCK" ] && [ -f "$PIDS/containerd.pid" ]; then
     CTR=("$CLUSTER_BIN/ctr" --address "$SOCK" -n k8s.io)
+    mapfile -t CONTAINERS < <(timeout 20 "${CTR[@]}" containers ls -q 2>/dev/null)
     for id in $(timeout 20 "${CTR[@]}" tasks ls -q 2>/dev/null); do
         timeout 10 "${CTR[@]}" tasks kill -s SIGKILL "$id" >/dev/null 2>&1
     done
@@ -50,6 +52,12 @@ for pid in $(pgrep -f -- "-address $SOCK" 2>/dev/null); do
         log "stopping shim pid $pid"
         kill -KILL "$pid" 2>/dev/null
     fi
+done
+# Shim sockets live in containerd's fixed /run/containerd/s, named by the sha256 of
+# "<containerd address>/<namespace>/<id>"; a killed shim leaves its socket behind.
+for id in "${CONTAINERS[@]}"; do
+    hash="$(printf '%s' "$SOCK/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+    rm -f "/run/containerd/s/$hash"
 done
 # gVisor sandboxes left behind by a shim that died: runsc's own state under this root.
 if [ -d "$CLUSTER_RUN/runsc/k8s.io" ] && command -v runsc >/dev/null; then
@@ -80,6 +88,10 @@ for ctl in /sys/fs/cgroup/*/; do
     [ -d "${ctl}kubepods" ] || continue
     find "${ctl}kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null
 done
+
+# The kubelet's device-plugin socket has a fixed path.
+rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null
 
 rm -rf "$CLUSTER_RUN" "$CLUSTER_VAR"
 rm -f "$CLUSTER_DIR/containerd.sock"

@@ -230,7 +230,7 @@ python3 "$CLUSTER_SCRIPTS/oci-image.py" "$IMAGES/busybox.tar" "$BUSYBOX_IMAGE" \
 
 log "containerd"
 CNI_CONF="$CLUSTER_VAR/cni/net.d"
-mkdir -p "$CNI_CONF" "$CLUSTER_VAR/cni/ipam" "$CLUSTER_RUN/containerd" "$CLUSTER_RUN/runsc" \
+mkdir -p "$CNI_CONF" "$CLUSTER_VAR/cni/ipam" "$CLUSTER_RUN/containerd" "$CLUSTER_RUN/runsc" "$CLUSTER_RUN/runc" \
     "$CLUSTER_RUN/podsnap/restored"
 cat >"$CNI_CONF/10-podsnap.conflist" <<EOF
 {
@@ -314,6 +314,7 @@ state = "$CLUSTER_RUN/containerd"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = 'io.containerd.runc.v2'
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        Root = '$CLUSTER_RUN/runc'
         SystemdCgroup = false
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runsc]
       runtime_type = 'io.containerd.runc.v2'
