@@ -94,5 +94,6 @@ rm -f /var/lib/kubelet/device-plugins/kubelet.sock
 rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null
 
 rm -rf "$CLUSTER_RUN" "$CLUSTER_VAR"
-rm -f "$CLUSTER_DIR/containerd.sock"
+# Logs and certificates stay for a look afterwards; the kubeconfig and socket say "up".
+rm -f "$CLUSTER_DIR/containerd.sock" "$CLUSTER_DIR/kubeconfig"
 log "down"

@@ -4,7 +4,12 @@ Skipped unless target/cluster/kubeconfig exists or PODSNAP_CLUSTER=1 (then a clu
 up fails the tests). Everything goes through the Kubernetes API with the `kubernetes` client:
 the node is Ready, a runc pod and a gVisor pod (RuntimeClass `gvisor`) run and their logs are
 served through `pods/log`, and the agent-sandbox controller turns a SandboxTemplate and a
-SandboxClaim into a Ready Sandbox with a running pod.
+SandboxClaim into a Ready Sandbox with a running pod, under runc and under gVisor, and
+replicas 0 and 1 remove and recreate that pod (what SDK 0.4.6's suspend and resume do).
+
+The gVisor cases need a podsnap-runsc in target/{release,debug} whose waiter lets app
+containers start under containerd's runc shim (docs/cluster.md, "gVisor pods"): with plain
+runsc StartContainer never returns and they fail after the kubelet's 2-minute deadline.
 
 Run: make cluster-up && python3 -m pytest -q tests/cluster
 (needs: pip install pytest kubernetes==34.1.0; newer clients require python-dateutil 3, which
