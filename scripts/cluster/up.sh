@@ -256,7 +256,7 @@ EOF
 
 # The gvisor handler's binary: podsnap-runsc from this clone's build (the newer of release and
 # debug) in front of the system runsc; the system runsc itself when podsnap is not built.
-# runsc's network: runsc 20240729 (and older) decides that a sandbox sits in the root network
+# runsc's network: runsc 20240729 decides that a sandbox sits in the root network
 # namespace when /proc/sys/net/core/rmem_default exists, which kernels of 6.x show in every
 # network namespace, so pod sandboxes with the default `sandbox` network fail to start
 # ("cannot run with network enabled in root network namespace"). gVisor pods here therefore
