@@ -219,3 +219,32 @@ def test_agent_sandbox_claim_gives_ready_sandbox(api, core, runtime_class):
     finally:
         delete_quietly(custom.delete_namespaced_custom_object, *EXTENSIONS, NAMESPACE, "sandboxclaims", claim)
         delete_quietly(custom.delete_namespaced_custom_object, *EXTENSIONS, NAMESPACE, "sandboxtemplates", template)
+
+
+def test_sdk_create_sandbox_on_gvisor(api, core, monkeypatch):
+    """The agent-sandbox SDK the tutorial pins (k8s-agent-sandbox 0.4.6) claims a Sandbox from a
+    gVisor template on this cluster, finds its pod, and deletes it again."""
+    sdk = pytest.importorskip("k8s_agent_sandbox")
+    # The SDK calls load_kube_config(), whose default path was read from KUBECONFIG at import.
+    monkeypatch.setattr(config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(KUBECONFIG))
+    custom = client.CustomObjectsApi(api)
+    template = f"smoke-sdk-{uuid.uuid4().hex[:6]}"
+    custom.create_namespaced_custom_object(*EXTENSIONS, NAMESPACE, "sandboxtemplates",
+                                           sandbox_template(template, "gvisor"))
+    sandboxes = sdk.SandboxClient()
+    try:
+        sandbox = sandboxes.create_sandbox(template=template, namespace=NAMESPACE)
+        pod_name = sandbox.get_pod_name()
+        pod = core.read_namespaced_pod(pod_name, NAMESPACE)
+        assert pod.spec.runtime_class_name == "gvisor"
+        assert pod.status.phase == "Running"
+        wait(f"counter in the log of {pod_name}", 60,
+             lambda: "Count: 1" in core.read_namespaced_pod_log(pod_name, NAMESPACE))
+        claim = sandbox.claim_name
+        sandbox.terminate()
+        wait(f"claim {claim} deleted", 60, lambda: claim not in [
+            c["metadata"]["name"] for c in
+            custom.list_namespaced_custom_object(*EXTENSIONS, NAMESPACE, "sandboxclaims")["items"]])
+    finally:
+        sandboxes.delete_all()
+        delete_quietly(custom.delete_namespaced_custom_object, *EXTENSIONS, NAMESPACE, "sandboxtemplates", template)
