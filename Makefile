@@ -16,6 +16,7 @@ VERSION := $(shell awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: build image man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e soak clean
+.PHONY: cluster-up cluster-down
 
 build:
 	$(CARGO) build --workspace --bins
@@ -70,3 +71,10 @@ soak: build
 
 clean:
 	$(CARGO) clean
+
+# A one-node Kubernetes cluster of real parts built from Go modules (docs/cluster.md).
+cluster-up:
+	bash scripts/cluster/up.sh
+
+cluster-down:
+	bash scripts/cluster/down.sh
