@@ -8,6 +8,7 @@
 //! `cargo test` passes on a developer machine without those components.
 
 pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod metrics;
 pub mod moto;
