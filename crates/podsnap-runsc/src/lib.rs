@@ -143,30 +143,45 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
                 })?;
                 create_args.insert(0, flag.into());
             }
+            let create_container = |inv: &Invocation| {
+                // The waiter's arguments: ID, then the global flags of its runsc calls.
+                let mut waiter_args: Vec<OsString> = vec![id.to_os_string()];
+                waiter_args.extend(cfg.runsc_flags.iter().map(OsString::from));
+                waiter_args.extend_from_slice(inv.globals());
+                let Plan::Exec { runsc, args } = exec(inv.args.clone()) else {
+                    unreachable!("exec makes an Exec plan")
+                };
+                Plan::CreateContainer {
+                    runsc,
+                    args,
+                    waiter_args,
+                    pid_file: inv.create_pid_file().map(|p| absolute(p.into()).into()),
+                    record: pod::waiter_dir(&cfg.marker_dir, &root, id),
+                }
+            };
             let Some(snapshot) = spec.restore_from.clone() else {
                 let _ = marker::remove(&marker);
                 if spec.role == spec::Role::PodContainer {
-                    let inv = Invocation::parse(create_args);
-                    // The waiter's arguments: ID, then the global flags of its runsc calls.
-                    let mut waiter_args: Vec<OsString> = vec![id.to_os_string()];
-                    waiter_args.extend(cfg.runsc_flags.iter().map(OsString::from));
-                    waiter_args.extend_from_slice(inv.globals());
-                    let Plan::Exec { runsc, args } = exec(inv.args.clone()) else {
-                        unreachable!("exec makes an Exec plan")
-                    };
-                    return Ok(Plan::CreateContainer {
-                        runsc,
-                        args,
-                        waiter_args,
-                        pid_file: inv.create_pid_file().map(|p| absolute(p.into()).into()),
-                        record: pod::waiter_dir(&cfg.marker_dir, &root, id),
-                    });
+                    return Ok(create_container(&Invocation::parse(create_args)));
                 }
                 return Ok(exec(create_args));
             };
             let inv = &Invocation::parse(create_args);
             let id_text = id.to_string_lossy();
             let what = format!("cannot restore container {id_text} from snapshot {snapshot}");
+            if spec.role == spec::Role::PodContainer {
+                // The pod's sandbox was restored from the whole pod's image: this container
+                // is restored from the same directory into the restoring sandbox.
+                let record = pod::container_restore_marker(&cfg.marker_dir, &root, &spec, &bundle)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                marker::write(&marker, &record).map_err(|e| {
+                    format!(
+                        "{what}: cannot write restore marker {}: {e}",
+                        marker.display()
+                    )
+                })?;
+                return Ok(create_container(inv));
+            }
             let mode = match cfg.restore_mode {
                 RestoreMode::Auto => restore_mode_for(&runsc),
                 m => m,
@@ -204,7 +219,17 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
             let root = inv.root_or_default();
             let record = pod::waiter_dir(&cfg.marker_dir, &root, id);
             if record.is_dir() {
-                let Plan::Exec { runsc, args } = passthrough() else {
+                let path = marker::path(&cfg.marker_dir, &root, id);
+                let restore = marker::read(&path)
+                    .map_err(|e| format!("cannot read restore marker {}: {e}", path.display()))?;
+                let Plan::Exec { runsc, args } = (match restore {
+                    Some(m) => exec(inv.start_as_restore(
+                        m.image_dir.as_os_str(),
+                        m.bundle.as_os_str(),
+                        id,
+                    )),
+                    None => passthrough(),
+                }) else {
                     unreachable!("exec makes an Exec plan")
                 };
                 return Ok(Plan::StartContainer {

@@ -48,7 +48,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::args::Invocation;
-use crate::marker;
+use crate::config::RestoreMode;
+use crate::marker::{self, Marker};
+use crate::spec;
 
 /// argv[1] of a waiter process.
 pub const WAITER_ARG: &str = "podsnap-waiter";
@@ -106,6 +108,40 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+/// The restore marker of an app container of a pod being restored: the image its pod
+/// sandbox was restored from (one image holds the whole pod), restored on `start` into the
+/// created container (`runsc create` + `runsc restore`, what runsc 20240729 needs for a
+/// sub-container). Refused unless the sandbox was restored from the same snapshot.
+pub fn container_restore_marker(
+    marker_dir: &Path,
+    root: &OsStr,
+    spec: &spec::Bundle,
+    bundle: &Path,
+) -> Result<Marker, String> {
+    let snapshot = spec.restore_from.as_deref().unwrap_or_default();
+    let sandbox = spec
+        .sandbox_id
+        .as_deref()
+        .ok_or_else(|| format!("the OCI config has no {} annotation", spec::SANDBOX_ID))?;
+    let sandbox_marker = marker::read(&marker::path(marker_dir, root, OsStr::new(sandbox)))
+        .map_err(|e| format!("cannot read the pod sandbox's restore marker: {e}"))?
+        .ok_or_else(|| {
+            format!("its pod sandbox {sandbox} was not restored from snapshot {snapshot}")
+        })?;
+    if sandbox_marker.snapshot_id != snapshot {
+        return Err(format!(
+            "its pod sandbox {sandbox} was restored from snapshot {}, not {snapshot}",
+            sandbox_marker.snapshot_id
+        ));
+    }
+    Ok(Marker {
+        mode: marker::mode_name(RestoreMode::RestoreOnStart).to_string(),
+        snapshot_id: snapshot.to_string(),
+        image_dir: sandbox_marker.image_dir,
+        bundle: bundle.to_path_buf(),
+    })
 }
 
 /// `create` of an app container: `runsc create` as a child, then the waiter. Returns the
@@ -259,6 +295,17 @@ pub fn waiter_main(args: &[OsString]) -> ! {
             .as_ref()
             .filter(|o| o.status.success())
             .and_then(|o| exit_status(&o.stdout));
+        let gone = waited.as_ref().is_some_and(|o| {
+            !o.status.success()
+                && sandbox_gone(&format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ))
+        });
+        if gone {
+            std::process::exit(GONE_STATUS);
+        }
         if !runsc_out("state").is_some_and(|o| o.status.success() && still_running(&o.stdout)) {
             std::process::exit(code.unwrap_or(GONE_STATUS));
         }
@@ -340,9 +387,143 @@ pub fn run_reworded(runsc: &Path, args: &[OsString], inv: &Invocation) -> Result
     Ok(out.status.code().unwrap_or(1))
 }
 
+/// What a pod snapshot's manifest says about the pod it was taken from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSnapshot {
+    pub snapshot_id: String,
+    pub namespace: String,
+    pub name: String,
+    /// The app containers' CRI names, in restore order.
+    pub containers: Vec<String>,
+}
+
+/// The refusal of a pod sandbox's restore: the pod's namespace must be the snapshot's, or
+/// one the operator allowed (`cross_namespace_restores` in the wrapper's config).
+pub fn check_pod_namespace(
+    cfg: &crate::config::Config,
+    snap: &PodSnapshot,
+    pod: &spec::Bundle,
+) -> Result<(), String> {
+    let target = pod.pod_namespace.as_deref().ok_or_else(|| {
+        format!(
+            "the pod's namespace is unknown (no {} annotation)",
+            spec::SANDBOX_NAMESPACE
+        )
+    })?;
+    if cfg.restore_allowed(&snap.namespace, target) {
+        return Ok(());
+    }
+    Err(format!(
+        "snapshot {} is of pod {}/{}: a pod of namespace {target} may not be restored from a          snapshot of namespace {} (an operator may allow it with cross_namespace_restores in          the node's podsnap.toml)",
+        snap.snapshot_id, snap.namespace, snap.name, snap.namespace
+    ))
+}
+
+/// The refusal of an app container's restore: it must be the snapshot's next container, by
+/// name (`already` are the names restored into this pod so far).
+pub fn check_container_name(
+    snap: &PodSnapshot,
+    already: &[String],
+    name: Option<&str>,
+) -> Result<(), String> {
+    let name = name.ok_or_else(|| {
+        format!(
+            "the container has no {} annotation to match it by",
+            spec::CONTAINER_NAME
+        )
+    })?;
+    match snap.containers.get(already.len()) {
+        Some(next) if next == name => Ok(()),
+        _ if !snap.containers.iter().any(|c| c == name) => Err(format!(
+            "snapshot {} has no container {name:?} (its containers: {})",
+            snap.snapshot_id,
+            snap.containers.join(", ")
+        )),
+        _ if already.iter().any(|c| c == name) => Err(format!(
+            "container {name:?} of snapshot {} is already restored in this pod",
+            snap.snapshot_id
+        )),
+        Some(next) => Err(format!(
+            "snapshot {} restores its containers in the order {}: {next:?} comes before {name:?}",
+            snap.snapshot_id,
+            snap.containers.join(", ")
+        )),
+        None => Err(format!(
+            "every container of snapshot {} is already restored",
+            snap.snapshot_id
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snap() -> PodSnapshot {
+        PodSnapshot {
+            snapshot_id: "s1".into(),
+            namespace: "team-a".into(),
+            name: "web".into(),
+            containers: vec!["app".into(), "sidecar".into()],
+        }
+    }
+
+    fn pod_in(ns: &str) -> spec::Bundle {
+        spec::Bundle {
+            role: spec::Role::PodSandbox,
+            restore_from: Some("s1".into()),
+            container_name: None,
+            pod_namespace: Some(ns.into()),
+            pod_name: Some("web-2".into()),
+            sandbox_id: None,
+            network_namespace: false,
+        }
+    }
+
+    #[test]
+    fn restore_refuses_a_pod_of_another_namespace_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |text: &str| {
+            let p = dir.path().join("podsnap.toml");
+            std::fs::write(&p, text).unwrap();
+            crate::config::Config::load(&crate::config::Env {
+                config: Some(p.into_os_string()),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let strict = cfg("");
+        assert!(check_pod_namespace(&strict, &snap(), &pod_in("team-a")).is_ok());
+        let e = check_pod_namespace(&strict, &snap(), &pod_in("team-b")).unwrap_err();
+        assert!(e.contains("namespace team-b may not be restored"), "{e}");
+        assert!(e.contains("cross_namespace_restores"), "{e}");
+        let mut unknown = pod_in("x");
+        unknown.pod_namespace = None;
+        assert!(check_pod_namespace(&strict, &snap(), &unknown).is_err());
+        // Allowed one way only, for the named pair only.
+        let allowed = cfg("[cross_namespace_restores]\nteam-b = [\"team-a\"]\n");
+        assert!(check_pod_namespace(&allowed, &snap(), &pod_in("team-b")).is_ok());
+        assert!(check_pod_namespace(&allowed, &snap(), &pod_in("team-c")).is_err());
+    }
+
+    #[test]
+    fn restore_matches_containers_by_name_in_order() {
+        let s = snap();
+        assert!(check_container_name(&s, &[], Some("app")).is_ok());
+        assert!(check_container_name(&s, &["app".into()], Some("sidecar")).is_ok());
+        let cases: &[(&[&str], Option<&str>, &str)] = &[
+            (&[], Some("db"), "has no container \"db\""),
+            (&[], Some("sidecar"), "comes before"),
+            (&["app"], Some("app"), "already restored"),
+            (&["app", "sidecar"], Some("app"), "already restored"),
+            (&[], None, "no io.kubernetes.cri.container-name"),
+        ];
+        for (already, name, want) in cases {
+            let already: Vec<String> = already.iter().map(|s| s.to_string()).collect();
+            let e = check_container_name(&s, &already, *name).unwrap_err();
+            assert!(e.contains(want), "{name:?} after {already:?}: {e}");
+        }
+    }
 
     #[test]
     fn reads_runsc_waits_exit_status() {

@@ -31,6 +31,8 @@ pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 /// The CRI annotations holding the pod's namespace and name.
 pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+/// The CRI annotation holding an app container's pod sandbox id.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
 #[derive(serde::Deserialize)]
 struct Spec {
@@ -74,6 +76,8 @@ pub struct Bundle {
     /// The pod's namespace and name (CRI containers).
     pub pod_namespace: Option<String>,
     pub pod_name: Option<String>,
+    /// The pod sandbox's container id (app containers).
+    pub sandbox_id: Option<String>,
     /// Whether the spec asks for a network namespace. The CRI leaves it out for
     /// `hostNetwork` pods.
     pub network_namespace: bool,
@@ -117,6 +121,7 @@ pub fn read(bundle: &Path) -> Result<Bundle, SpecError> {
         container_name: text(CONTAINER_NAME),
         pod_namespace: text(SANDBOX_NAMESPACE),
         pod_name: text(SANDBOX_NAME),
+        sandbox_id: text(SANDBOX_ID),
         network_namespace,
     })
 }

@@ -223,3 +223,161 @@ fn pod_of_one_app_container_runs_through_the_cri_on_runsc_20221219() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     pod_lifecycle(Path::new(RUNSC_20221219), false);
 }
+
+/// A binary built next to the wrapper (`make test` builds every bin first).
+fn sibling_binary(name: &str) -> PathBuf {
+    let p = Path::new(WRAPPER).parent().unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before this test",
+        p.display()
+    );
+    p
+}
+
+/// A counter that also appends each count to `/data.txt` in its rootfs.
+const FILE_COUNTER: &str =
+    r#"i=0; while :; do echo "Count: $i"; echo "$i" >> /data.txt; i=$((i+1)); sleep 1; done"#;
+
+/// Checkpoints the whole sandbox of pod `pod_id` with runsc (the pod snapshot's image) and
+/// pushes it into `store` with podsnapctl; returns the snapshot id.
+fn snapshot_pod(c: &CriContainerd, runsc: &Path, pod_id: &str, work: &Path, store: &str) -> String {
+    let image = work.join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    let out = std::process::Command::new(runsc)
+        .arg(format!("--root={}", c.runsc_root().display()))
+        .args(["--network=none", "checkpoint", "--compression=none"])
+        .arg(format!("--image-path={}", image.display()))
+        .arg(pod_id)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "runsc checkpoint: {out:?}");
+    let out = std::process::Command::new(sibling_binary("podsnapctl"))
+        .args(["image", "push"])
+        .arg(&image)
+        .arg(format!("--store={store}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "podsnapctl image push: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A pod of two app containers is checkpointed as one image; a new pod annotated
+/// `podsnap.dev/restore-from` comes up with both containers restored by name: RUNNING, their
+/// counters continuing in the new pod's CRI log files, the rootfs file of one intact.
+#[test]
+fn annotated_pod_comes_up_with_every_container_restored() {
+    if !require(
+        "cri_pod_restore",
+        &[Need::Root, Need::Runsc, Need::Containerd],
+    ) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let runsc = system_runsc();
+    let help = std::process::Command::new(&runsc)
+        .args(["checkpoint", "--help"])
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&[help.stdout, help.stderr].concat()).contains("-compression") {
+        eprintln!("skipping: {} cannot checkpoint pods", runsc.display());
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let store = format!("file://{}", s.join("store").display());
+    let daemon = podsnap_testkit::daemon::PodsnapdCmd::new(sibling_binary("podsnapd"), s, "node")
+        .store(&store)
+        .sock(s.join("podsnapd.sock"))
+        .spawn();
+    let c = start(s, &runsc);
+    let logs = s.join("pod-logs");
+    let names = ["counter-a", "counter-b"];
+
+    // The source pod.
+    let pod = cri::pod_config("tenant-a", "counters", &logs.join("src"), true, &[]);
+    let pod_id = c.run_pod(&pod).expect("RunPodSandbox");
+    for name in names {
+        c.run_container(&pod_id, &pod, &cri::container_config(name, 0, FILE_COUNTER))
+            .expect("app container starts");
+    }
+    for name in names {
+        cri::wait_for_log_count(
+            &logs.join(format!("src/{name}/0.log")),
+            3,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    }
+    let snapshot = snapshot_pod(&c, &runsc, &pod_id, s, &store);
+    let last: Vec<u64> = names
+        .iter()
+        .map(|n| {
+            *cri::log_counts(&logs.join(format!("src/{n}/0.log")))
+                .last()
+                .unwrap()
+        })
+        .collect();
+    // The checkpoint stopped the sandbox: the kubelet's StopPodSandbox/RemovePodSandbox of
+    // the source pod still succeed.
+    c.stop_pod(&pod_id)
+        .expect("StopPodSandbox of the checkpointed pod");
+    c.remove_pod(&pod_id)
+        .expect("RemovePodSandbox of the checkpointed pod");
+
+    // The restored pod: same namespace, containers of the same names, created in order.
+    let pod = cri::pod_config(
+        "tenant-a",
+        "counters-restored",
+        &logs.join("dst"),
+        true,
+        &[("podsnap.dev/restore-from", snapshot.as_str())],
+    );
+    let pod_id = c.run_pod(&pod).expect("RunPodSandbox of the restored pod");
+    let ids: Vec<String> = names
+        .iter()
+        .map(|name| {
+            c.run_container(&pod_id, &pod, &cri::container_config(name, 0, FILE_COUNTER))
+                .unwrap_or_else(|e| panic!("restored {name} starts: {e}"))
+        })
+        .collect();
+    for ((name, id), before) in names.iter().zip(&ids).zip(&last) {
+        let log = logs.join(format!("dst/{name}/0.log"));
+        cri::wait_for_log_count(&log, before + 2, Duration::from_secs(60)).unwrap();
+        let counts = cri::log_counts(&log);
+        // It continued where it was: no fresh start from 0.
+        assert!(
+            counts[0] > 0 && counts[0] <= before + 1,
+            "{name}: {counts:?} after {before}"
+        );
+        assert!(
+            counts.windows(2).all(|w| w[1] == w[0] + 1),
+            "{name}: {counts:?}"
+        );
+        let st = c.container_status(id).unwrap();
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
+        // The rootfs file written before the checkpoint is all there, and goes on.
+        let r = c
+            .exec_sync(id, &["/bin/cat", "/data.txt"], Duration::from_secs(30))
+            .unwrap();
+        let lines: Vec<u64> = String::from_utf8_lossy(&r.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        assert_eq!(
+            lines[..=*before as usize],
+            (0..=*before).collect::<Vec<_>>()[..],
+            "{name}"
+        );
+    }
+    c.stop_pod(&pod_id).expect("StopPodSandbox");
+    c.remove_pod(&pod_id).expect("RemovePodSandbox");
+    assert_eq!(runsc_ids(&runsc, &c.runsc_root()), Vec::<String>::new());
+    assert_eq!(waiters(&s.join("markers")), Vec::<i32>::new());
+    drop(daemon);
+}
