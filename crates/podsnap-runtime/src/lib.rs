@@ -20,6 +20,7 @@
 
 pub mod containerd;
 pub mod image;
+pub mod policy;
 pub mod rootdir;
 pub mod runsc;
 pub mod runtime;
@@ -28,9 +29,11 @@ pub mod testing;
 
 pub use containerd::{ContainerdClient, ContainerdConfig, ContainerdError, PodInfo, TaskStatus};
 pub use image::{read_header, read_header_file, read_image_dir_header, HeaderError, ImageHeader};
+pub use policy::{Manager, ReleasePolicy, ResumeMethod, Support};
 pub use rootdir::RootfsOverlay;
 pub use runsc::{Capabilities, Runsc, RunscBuilder, RunscVersion, Status};
 pub use runtime::{
-    CheckpointOpts, RestoreRequest, Restored, RunscRuntime, RuntimeError, RuntimeInfo, Sandbox,
-    SandboxKind, SandboxRuntime, SandboxState, Target,
+    CheckpointOpts, ContainerRestore, ContainerRole, RestoreRequest, Restored, RunscRuntime,
+    RuntimeError, RuntimeInfo, Sandbox, SandboxContainer, SandboxKind, SandboxRuntime,
+    SandboxState, Target,
 };

@@ -68,6 +68,61 @@ pub fn containers_in_sandbox(root: &Path, sandbox_id: &str) -> std::io::Result<V
         .collect())
 }
 
+/// The annotation the CRI puts on every container it creates: `sandbox` (the pause container)
+/// or `container`.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The annotation holding a CRI container's name in its pod.
+pub const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+/// The annotation naming the sandbox (root container id) a CRI container joins.
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// One container of a sandbox, as its state file describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerFile {
+    /// Container id.
+    pub id: String,
+    /// True for the sandbox's root container (its id is the sandbox id).
+    pub root: bool,
+    /// The CRI container name, when the CRI created it.
+    pub cri_name: Option<String>,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// Creation time as runsc wrote it.
+    pub created_at: String,
+    /// Status word.
+    pub status: String,
+}
+
+/// The containers of sandbox `sandbox_id`: the root first, then the others in creation order.
+pub fn sandbox_container_files(
+    root: &Path,
+    sandbox_id: &str,
+) -> std::io::Result<Vec<ContainerFile>> {
+    let mut out = Vec::new();
+    for (name, path) in state_files(root)? {
+        if name.sandbox_id != sandbox_id {
+            continue;
+        }
+        let file = StateFile::read(&path).unwrap_or_default();
+        let annotations = file.annotations();
+        out.push(ContainerFile {
+            root: name.container_id == sandbox_id,
+            cri_name: annotations.get(CRI_CONTAINER_NAME).cloned(),
+            id: name.container_id,
+            bundle: file.bundle_dir,
+            created_at: file.created_at,
+            status: file.status,
+        });
+    }
+    out.sort_by(|a, b| {
+        b.root
+            .cmp(&a.root)
+            .then_with(|| a.created_at.cmp(&b.created_at))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    Ok(out)
+}
+
 /// The parts of a state file podsnap uses.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct StateFile {
@@ -83,6 +138,9 @@ pub struct StateFile {
     /// Status word.
     #[serde(default)]
     pub status: String,
+    /// Creation time (RFC 3339), orders the containers of a sandbox.
+    #[serde(default, rename = "createdAt")]
+    pub created_at: String,
     /// The sandbox.
     #[serde(default)]
     pub sandbox: Option<StateSandbox>,
@@ -155,6 +213,17 @@ impl RootfsOverlay {
         )
     }
 
+    /// A stable word for reports: `memory`, `self`, `dir:PATH`, `none`, `unknown`.
+    pub fn label(&self) -> String {
+        match self {
+            RootfsOverlay::None => "none".into(),
+            RootfsOverlay::Memory => "memory".into(),
+            RootfsOverlay::SelfBacked => "self".into(),
+            RootfsOverlay::Dir(p) => format!("dir:{}", p.display()),
+            RootfsOverlay::Unknown => "unknown".into(),
+        }
+    }
+
     /// Interprets one `--overlay2` value (`{mount}:{medium}`).
     pub fn from_overlay2(value: &str) -> RootfsOverlay {
         let (mount, medium) = match value.split_once(':') {
@@ -206,20 +275,67 @@ impl RootfsOverlay {
     }
 
     /// Reads the overlay setting from a running sandbox process's command line. `None` when the
-    /// process cannot be read; `Some(None)` when it runs without an overlay flag.
+    /// process cannot be read or names no overlay (then the release's default applies).
     pub fn from_sandbox_pid(pid: i32) -> Option<RootfsOverlay> {
-        if pid <= 0 {
-            return None;
-        }
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        // args[0] is the program (`runsc-sandbox`).
-        Some(RootfsOverlay::from_flags(args.get(1..).unwrap_or(&[])).unwrap_or(RootfsOverlay::None))
+        RootfsOverlay::from_sandbox_args(&sandbox_args(pid)?)
     }
+
+    /// The overlay a sandbox process's arguments (after the program name) show: the global
+    /// `--overlay2` flag, or else the root mount's medium in `boot --gofer-mount-confs=`
+    /// (`lisafs:self`, `lisafs:memory`, `lisafs:none`), which releases that overlay by default
+    /// pass even when no flag was given.
+    pub fn from_sandbox_args<S: AsRef<str>>(args: &[S]) -> Option<RootfsOverlay> {
+        if let Some(o) = RootfsOverlay::from_flags(args) {
+            return Some(o);
+        }
+        let confs = flag_value(args, "gofer-mount-confs")?;
+        let root = confs.split(',').next()?;
+        let medium = root.split_once(':').map(|(_, m)| m).unwrap_or("");
+        Some(match medium {
+            "none" | "" => RootfsOverlay::None,
+            "memory" => RootfsOverlay::Memory,
+            "self" => RootfsOverlay::SelfBacked,
+            _ => RootfsOverlay::Unknown,
+        })
+    }
+}
+
+/// The arguments of a running sandbox process after the program name (`runsc-sandbox`).
+pub fn sandbox_args(pid: i32) -> Option<Vec<String>> {
+    if pid <= 0 {
+        return None;
+    }
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .skip(1)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// The value of `--name=V` / `-name=V` / `--name V` anywhere in `args` (last one wins).
+pub fn flag_value<S: AsRef<str>>(args: &[S], name: &str) -> Option<String> {
+    let mut found = None;
+    let mut iter = args.iter().map(AsRef::as_ref);
+    while let Some(arg) = iter.next() {
+        if !arg.starts_with('-') {
+            continue;
+        }
+        let flag = arg.trim_start_matches('-');
+        if let Some(v) = flag.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            found = Some(v.to_string());
+        } else if flag == name {
+            found = iter.next().map(str::to_string);
+        }
+    }
+    found
+}
+
+/// The platform a sandbox process was started with (`--platform=systrap`), when it names one.
+pub fn platform_from_sandbox_args<S: AsRef<str>>(args: &[S]) -> Option<String> {
+    flag_value(args, "platform")
 }
 
 #[cfg(test)]
@@ -262,6 +378,42 @@ mod tests {
         assert_eq!(n.sandbox_id, "pause");
         assert!(find_state_file(dir.path(), "ap").unwrap().is_none());
         assert!(state_files(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_overlay_of_a_current_release_is_read_from_its_gofer_mount_confs() {
+        let args = [
+            "--network=none",
+            "--root=/r",
+            "boot",
+            "--bundle=/b",
+            "--gofer-mount-confs=lisafs:self,lisafs:none",
+            "c2",
+        ];
+        assert_eq!(
+            RootfsOverlay::from_sandbox_args(&args),
+            Some(RootfsOverlay::SelfBacked)
+        );
+        let ro = ["--root=/r", "boot", "--gofer-mount-confs=lisafs:none", "c"];
+        assert_eq!(
+            RootfsOverlay::from_sandbox_args(&ro),
+            Some(RootfsOverlay::None)
+        );
+        let flag = [
+            "--overlay2=root:memory",
+            "boot",
+            "--gofer-mount-confs=lisafs:self",
+        ];
+        assert_eq!(
+            RootfsOverlay::from_sandbox_args(&flag),
+            Some(RootfsOverlay::Memory)
+        );
+        assert_eq!(RootfsOverlay::from_sandbox_args(&["boot", "c"]), None);
+        assert_eq!(
+            platform_from_sandbox_args(&["--platform=systrap", "boot"]),
+            Some("systrap".into())
+        );
+        assert_eq!(platform_from_sandbox_args(&["--root=/r", "boot"]), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::containerd::{ContainerdClient, ContainerdError, PodInfo, TaskStatus};
 use crate::image::{self, HeaderError};
+use crate::policy::{Manager, ReleasePolicy, ResumeMethod};
 use crate::rootdir::{self, RootfsOverlay};
 use crate::runsc::{self, Capabilities, Runsc, RunscVersion, Status};
 use async_trait::async_trait;
@@ -29,7 +30,18 @@ pub enum Target {
         /// Container id.
         id: String,
     },
+    /// A Kubernetes pod, found through the CRI's labels in containerd's `k8s.io` namespace:
+    /// the whole sandbox (pause and app containers) is checkpointed as one.
+    Pod {
+        /// Kubernetes namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
 }
+
+/// containerd namespace the CRI plugin keeps pods in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,6 +50,7 @@ impl std::fmt::Display for Target {
             Target::Containerd { namespace, id } => {
                 write!(f, "containerd container {namespace}/{id}")
             }
+            Target::Pod { namespace, name } => write!(f, "pod {namespace}/{name}"),
         }
     }
 }
@@ -83,6 +96,13 @@ pub struct Sandbox {
     pub annotations: BTreeMap<String, String>,
     /// Containers in this sandbox (runsc 20221219 checkpoints only sandboxes with one).
     pub container_count: usize,
+    /// The sandbox's containers, root first then in creation order (empty in job records
+    /// written before containers were recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<SandboxContainer>,
+    /// The platform the sandbox runs on (its `--platform`, or the release's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// Container status.
     pub status: Status,
     /// Sandbox process pid (when running).
@@ -91,7 +111,62 @@ pub struct Sandbox {
     pub rootfs_overlay: RootfsOverlay,
 }
 
+/// The part a container plays in its sandbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerRole {
+    /// The root container: its id is the sandbox id (the pause container of a pod). Restoring
+    /// it restores the whole sandbox.
+    Root,
+    /// Any other container of the sandbox, restored after the root.
+    Container,
+}
+
+impl std::fmt::Display for ContainerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ContainerRole::Root => "root",
+            ContainerRole::Container => "container",
+        })
+    }
+}
+
+/// One container of a sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxContainer {
+    /// runsc container id.
+    pub id: String,
+    /// Its name: the CRI container name when the CRI made it, else its id.
+    pub name: String,
+    /// Root or not.
+    pub role: ContainerRole,
+    /// Its bundle directory.
+    pub bundle: PathBuf,
+}
+
 impl Sandbox {
+    /// True when the sandbox holds more than one container (a pod).
+    pub fn is_multi_container(&self) -> bool {
+        self.container_count > 1
+    }
+
+    /// The id runsc checkpoints: the root container's, which saves the whole sandbox.
+    pub fn checkpoint_id(&self) -> &str {
+        if self.is_multi_container() {
+            &self.sandbox_id
+        } else {
+            &self.container_id
+        }
+    }
+
+    /// Who manages the sandbox, for release policy.
+    pub fn manager(&self) -> Manager {
+        match self.kind {
+            SandboxKind::Standalone => Manager::Standalone,
+            SandboxKind::Containerd { .. } => Manager::Containerd,
+        }
+    }
+
     /// True when the container's filesystem writes travel with a checkpoint.
     pub fn rootfs_in_memory(&self) -> bool {
         self.rootfs_overlay.writes_travel_with_checkpoint()
@@ -129,6 +204,23 @@ pub struct RestoreRequest {
     pub pid_file: Option<PathBuf>,
     /// Timeout of the runsc call.
     pub timeout: Option<Duration>,
+    /// The other containers of a multi-container image, restored after the root (`id` and
+    /// `bundle` above) in this order. Each bundle's `io.kubernetes.cri.sandbox-id` annotation
+    /// must name `id`, the restored root.
+    pub containers: Vec<ContainerRestore>,
+}
+
+/// A non-root container of a multi-container restore.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerRestore {
+    /// Its name in the snapshot (for messages).
+    pub name: String,
+    /// Its new container id.
+    pub id: String,
+    /// Its bundle.
+    pub bundle: PathBuf,
+    /// Where its stdout/stderr go; the root's log when unset.
+    pub log_file: Option<PathBuf>,
 }
 
 /// The result of a restore.
@@ -176,6 +268,13 @@ pub struct RuntimeInfo {
     pub global_flags: Vec<String>,
     /// The rootfs overlay those flags configure for sandboxes this daemon starts.
     pub rootfs_overlay: RootfsOverlay,
+}
+
+impl RuntimeInfo {
+    /// What this runsc release can do.
+    pub fn policy(&self) -> ReleasePolicy {
+        ReleasePolicy::new(&self.version, &self.capabilities)
+    }
 }
 
 /// Errors of the runtime layer.
@@ -280,12 +379,8 @@ pub trait SandboxRuntime: Send + Sync {
 pub struct RunscRuntime {
     runsc: Runsc,
     containerd: Option<ContainerdClient>,
-    multi_container_checkpoint: bool,
     facts: tokio::sync::OnceCell<(RunscVersion, Capabilities)>,
 }
-
-/// Release date of the runsc whose `--leave-running` hung under containerd (and older ones).
-const LEAVE_RUNNING_BROKEN_UNTIL: u32 = 20221219;
 
 fn valid_id(id: &str) -> Result<(), RuntimeError> {
     if id.is_empty()
@@ -307,7 +402,6 @@ impl RunscRuntime {
         RunscRuntime {
             runsc,
             containerd: None,
-            multi_container_checkpoint: false,
             facts: tokio::sync::OnceCell::new(),
         }
     }
@@ -315,13 +409,6 @@ impl RunscRuntime {
     /// Adds a containerd client (connected lazily).
     pub fn with_containerd(mut self, client: ContainerdClient) -> Self {
         self.containerd = Some(client);
-        self
-    }
-
-    /// Allows checkpointing sandboxes with several containers (only for a runsc release known
-    /// to support it; 20221219 does not).
-    pub fn allow_multi_container_checkpoint(mut self, allow: bool) -> Self {
-        self.multi_container_checkpoint = allow;
         self
     }
 
@@ -360,8 +447,60 @@ impl RunscRuntime {
             .await
     }
 
-    fn configured_overlay(&self) -> RootfsOverlay {
-        RootfsOverlay::from_flags(self.runsc.extra_flags()).unwrap_or(RootfsOverlay::None)
+    async fn policy(&self) -> Result<ReleasePolicy, RuntimeError> {
+        let (v, c) = self.facts().await?;
+        Ok(ReleasePolicy::new(v, c))
+    }
+
+    /// The overlay of sandboxes this runsc starts with the configured flags: the flag's, or
+    /// the release's default.
+    fn configured_overlay(&self, policy: &ReleasePolicy) -> RootfsOverlay {
+        RootfsOverlay::from_flags(self.runsc.extra_flags())
+            .unwrap_or_else(|| policy.default_overlay())
+    }
+
+    /// The platform of sandboxes this runsc starts with the configured flags.
+    fn configured_platform(&self, policy: &ReleasePolicy) -> String {
+        self.runsc
+            .platform()
+            .map(str::to_string)
+            .unwrap_or_else(|| policy.default_platform())
+    }
+
+    /// After a checkpoint that stopped the sandbox, makes runsc's record say so. runsc
+    /// 20240729 keeps reporting the container `running` with the dead sandbox's pid; a `kill`
+    /// makes it notice (it then fails, since nothing is left to signal) and record `stopped`.
+    async fn settle_after_stop(&self, root: &Path, id: &str) {
+        let client = self.runsc.with_root(root);
+        let Ok(state) = client.state(id).await else {
+            return;
+        };
+        if state.status != Status::Running {
+            return;
+        }
+        // The sandbox exits shortly after runsc checkpoint returns.
+        let alive = |pid: i32| {
+            pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while alive(state.pid) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !alive(state.pid) {
+            let _ = client.kill(id, "KILL", &runsc::KillOpts::default()).await;
+            match client.state(id).await {
+                Ok(s) if s.status != Status::Running => {
+                    tracing::debug!(container = id, status = %s.status, "runsc state settled after checkpoint")
+                }
+                Ok(_) => tracing::warn!(
+                    container = id,
+                    "runsc still reports a checkpointed container running"
+                ),
+                Err(e) => {
+                    tracing::debug!(container = id, error = %e, "runsc state after checkpoint")
+                }
+            }
+        }
     }
 
     /// Describes container `id` under `root` from runsc's state and its root directory.
@@ -391,10 +530,22 @@ impl RunscRuntime {
             Some((name, path)) => (name.sandbox_id.clone(), rootdir::StateFile::read(path).ok()),
             None => (id.to_string(), None),
         };
-        let container_count = rootdir::containers_in_sandbox(root, &sandbox_id)
-            .map_err(io)?
-            .len()
-            .max(1);
+        let files = rootdir::sandbox_container_files(root, &sandbox_id).map_err(io)?;
+        let container_count = files.len().max(1);
+        let containers = files
+            .into_iter()
+            .map(|f| SandboxContainer {
+                name: f.cri_name.unwrap_or_else(|| f.id.clone()),
+                role: if f.root {
+                    ContainerRole::Root
+                } else {
+                    ContainerRole::Container
+                },
+                id: f.id,
+                bundle: f.bundle,
+            })
+            .collect();
+        let policy = self.policy().await?;
         let pid = (state.pid > 0).then_some(state.pid);
         let annotations = file.as_ref().map(|f| f.annotations()).unwrap_or_default();
         let sandbox_pid = file
@@ -403,15 +554,24 @@ impl RunscRuntime {
             .map(|s| s.pid)
             .filter(|p| *p > 0)
             .or(pid);
-        let rootfs_overlay = sandbox_pid
-            .and_then(RootfsOverlay::from_sandbox_pid)
+        let sandbox_args = sandbox_pid.and_then(rootdir::sandbox_args);
+        let platform = match &sandbox_args {
+            Some(args) => rootdir::platform_from_sandbox_args(args)
+                .or_else(|| Some(policy.default_platform())),
+            None => None,
+        };
+        let rootfs_overlay = sandbox_args
+            .as_deref()
+            .map(|args| {
+                RootfsOverlay::from_sandbox_args(args).unwrap_or_else(|| policy.default_overlay())
+            })
             .or_else(|| {
                 annotations
                     .get("dev.gvisor.flag.overlay2")
                     .map(|v| RootfsOverlay::from_overlay2(v))
             })
             .unwrap_or_else(|| match kind {
-                SandboxKind::Standalone => self.configured_overlay(),
+                SandboxKind::Standalone => self.configured_overlay(&policy),
                 SandboxKind::Containerd { .. } => RootfsOverlay::Unknown,
             });
         Ok(Sandbox {
@@ -422,6 +582,8 @@ impl RunscRuntime {
             bundle: state.bundle,
             annotations,
             container_count,
+            containers,
+            platform,
             status: state.status,
             pid,
             rootfs_overlay,
@@ -473,6 +635,119 @@ impl RunscRuntime {
     }
 }
 
+/// A non-root container's bundle must join the restored root: its spec's
+/// `io.kubernetes.cri.sandbox-id` names `root_id`.
+fn check_sub_bundle(c: &ContainerRestore, root_id: &str) -> Result<(), RuntimeError> {
+    let path = c.bundle.join("config.json");
+    let spec: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            RuntimeError::InvalidRequest(format!(
+                "bundle {} of container {} has no readable config.json",
+                c.bundle.display(),
+                c.name
+            ))
+        })?;
+    let ann = rootdir::annotations_of(&spec);
+    match ann.get(rootdir::CRI_SANDBOX_ID) {
+        Some(s) if s == root_id => Ok(()),
+        other => Err(RuntimeError::InvalidRequest(format!(
+            "bundle {} of container {} must carry the annotation {}={root_id} (the restored root), found {}",
+            c.bundle.display(),
+            c.name,
+            rootdir::CRI_SANDBOX_ID,
+            other.map(String::as_str).unwrap_or("none")
+        ))),
+    }
+}
+
+impl RunscRuntime {
+    async fn restore_container(
+        &self,
+        client: &Runsc,
+        req: &RestoreRequest,
+        c: &ContainerRestore,
+    ) -> Result<(), RuntimeError> {
+        let log = c.log_file.clone().or_else(|| req.log_file.clone());
+        tracing::info!(container = %c.id, name = %c.name, sandbox = %req.id, "restoring a container into the sandbox");
+        client
+            .create(
+                &c.id,
+                &runsc::CreateOpts {
+                    bundle: c.bundle.clone(),
+                    pid_file: None,
+                    log_file: log.clone(),
+                    timeout: req.timeout,
+                },
+            )
+            .await?;
+        client
+            .restore(
+                &c.id,
+                &runsc::RestoreOpts {
+                    image_path: req.image_dir.clone(),
+                    bundle: c.bundle.clone(),
+                    detach: true,
+                    log_file: log,
+                    timeout: req.timeout,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl RunscRuntime {
+    /// The pod's sandbox (pause) container in containerd's CRI namespace, resolved as a
+    /// containerd target. Of several sandboxes of one pod (a pod recreated under its name),
+    /// the one whose task runs wins.
+    async fn resolve_pod(&self, namespace: &str, name: &str) -> Result<Sandbox, RuntimeError> {
+        let target = Target::Pod {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+        .to_string();
+        if namespace.is_empty() || name.is_empty() {
+            return Err(RuntimeError::InvalidRequest(
+                "a pod is named NAMESPACE/NAME".into(),
+            ));
+        }
+        let client = self
+            .containerd
+            .as_ref()
+            .ok_or_else(|| RuntimeError::NoContainerd {
+                target: target.clone(),
+            })?;
+        let mut candidates = Vec::new();
+        for c in client.containers(CRI_NAMESPACE).await? {
+            let Some(pod) = c.pod() else { continue };
+            let is_sandbox = pod.container_type.as_deref() == Some("sandbox")
+                || c.labels.get("io.cri-containerd.kind").map(String::as_str) == Some("sandbox");
+            if is_sandbox
+                && pod.namespace.as_deref() == Some(namespace)
+                && pod.name.as_deref() == Some(name)
+            {
+                candidates.push(c.id);
+            }
+        }
+        let mut found = None;
+        for id in candidates {
+            let task = client.task(CRI_NAMESPACE, &id).await?;
+            let running = task.is_some_and(|t| t.status == TaskStatus::Running);
+            if running || found.is_none() {
+                found = Some(id);
+            }
+            if running {
+                break;
+            }
+        }
+        let id = found.ok_or(RuntimeError::NotFound { target })?;
+        self.resolve_containerd(CRI_NAMESPACE, &id).await
+    }
+}
+
 fn describe_target(sb: &Sandbox) -> String {
     match &sb.kind {
         SandboxKind::Standalone => format!("runsc container {}", sb.container_id),
@@ -488,14 +763,15 @@ fn describe_target(sb: &Sandbox) -> String {
 impl SandboxRuntime for RunscRuntime {
     async fn info(&self) -> Result<RuntimeInfo, RuntimeError> {
         let (version, capabilities) = self.facts().await?.clone();
+        let policy = ReleasePolicy::new(&version, &capabilities);
         Ok(RuntimeInfo {
             runsc_path: self.runsc.binary().to_path_buf(),
+            platform: self.configured_platform(&policy),
+            rootfs_overlay: self.configured_overlay(&policy),
             version,
             capabilities,
-            platform: self.runsc.platform().unwrap_or("ptrace").to_string(),
             root: self.root(),
             global_flags: self.runsc.extra_flags().to_vec(),
-            rootfs_overlay: self.configured_overlay(),
         })
     }
 
@@ -515,6 +791,7 @@ impl SandboxRuntime for RunscRuntime {
                 valid_id(id)?;
                 self.resolve_containerd(namespace, id).await
             }
+            Target::Pod { namespace, name } => self.resolve_pod(namespace, name).await,
         }
     }
 
@@ -525,15 +802,18 @@ impl SandboxRuntime for RunscRuntime {
         opts: &CheckpointOpts,
     ) -> Result<(), RuntimeError> {
         let target = describe_target(sb);
-        if sb.container_count > 1 && !self.multi_container_checkpoint {
-            return Err(RuntimeError::Unsupported {
-                op: "checkpoint",
-                target,
-                reason: format!(
-                    "sandbox {} holds {} containers and this runsc cannot checkpoint multi-container sandboxes",
-                    sb.sandbox_id, sb.container_count
-                ),
-            });
+        let policy = self.policy().await?;
+        if sb.is_multi_container() {
+            if let Some(reason) = policy.multi_container_checkpoint().reason() {
+                return Err(RuntimeError::Unsupported {
+                    op: "checkpoint",
+                    target,
+                    reason: format!(
+                        "sandbox {} holds {} containers and {reason}",
+                        sb.sandbox_id, sb.container_count
+                    ),
+                });
+            }
         }
         if !matches!(sb.status, Status::Running | Status::Paused) {
             return Err(RuntimeError::InvalidState {
@@ -543,42 +823,47 @@ impl SandboxRuntime for RunscRuntime {
             });
         }
         if opts.leave_running {
-            let (version, caps) = self.facts().await?;
-            if !caps.leave_running {
-                return Err(RuntimeError::Unsupported {
-                    op: "checkpoint",
-                    target,
-                    reason: "this runsc has no --leave-running".into(),
-                });
-            }
-            let old = version
-                .release_date
-                .is_some_and(|d| d <= LEAVE_RUNNING_BROKEN_UNTIL);
-            if old && matches!(sb.kind, SandboxKind::Containerd { .. }) {
-                return Err(RuntimeError::Unsupported {
+            match policy.resume_method(sb.manager()) {
+                ResumeMethod::LeaveRunning => {}
+                ResumeMethod::Unsupported(reason) => {
+                    return Err(RuntimeError::Unsupported {
+                        op: "checkpoint",
+                        target,
+                        reason,
+                    })
+                }
+                ResumeMethod::RestoreInPlace => return Err(RuntimeError::Unsupported {
                     op: "checkpoint",
                     target,
                     reason: format!(
-                        "--leave-running of runsc {} hangs under containerd and leaves the task broken",
-                        version.version
+                        "--leave-running of runsc {} is unreliable; resume by restoring in place",
+                        policy.version()
                     ),
-                });
+                }),
             }
         }
-        tracing::info!(sandbox = %sb.sandbox_id, container = %sb.container_id, root = %sb.root.display(), image = %image_dir.display(), "checkpointing");
+        let id = sb.checkpoint_id();
+        tracing::info!(sandbox = %sb.sandbox_id, container = %id, root = %sb.root.display(), image = %image_dir.display(), "checkpointing");
         self.runsc
             .with_root(&sb.root)
             .checkpoint(
-                &sb.container_id,
+                id,
                 &runsc::CheckpointOpts {
                     image_path: image_dir.to_path_buf(),
                     leave_running: opts.leave_running,
+                    compression: policy.checkpoint_compression().map(str::to_string),
+                    exclude_committed_zero_pages: policy.exclude_committed_zero_pages(),
                     timeout: opts.timeout,
                     job_dir: opts.job_dir.clone(),
                     ..Default::default()
                 },
             )
             .await?;
+        if !opts.leave_running {
+            for c in sb.containers.iter().map(|c| c.id.as_str()).chain([id]) {
+                self.settle_after_stop(&sb.root, c).await;
+            }
+        }
         Ok(())
     }
 
@@ -600,22 +885,29 @@ impl SandboxRuntime for RunscRuntime {
             context: format!("reading runsc root {}", root.display()),
             source: e,
         })?;
-        if let Some((other, _)) = existing.iter().find(|(n, _)| {
-            n.container_id.starts_with(&req.id) || req.id.starts_with(&n.container_id)
-        }) {
-            let reason = if other.container_id == req.id {
-                "already exists".to_string()
-            } else {
-                format!(
-                    "is ambiguous with existing container {} (runsc matches id prefixes)",
-                    other.container_id
-                )
-            };
-            return Err(RuntimeError::InvalidRequest(format!(
-                "container id {} {reason} under {}",
-                req.id,
-                root.display()
-            )));
+        let mut ids: Vec<&str> = vec![&req.id];
+        for c in &req.containers {
+            valid_id(&c.id)?;
+            check_sub_bundle(c, &req.id)?;
+            ids.push(&c.id);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let clash = existing
+                .iter()
+                .map(|(n, _)| n.container_id.as_str())
+                .chain(ids[..i].iter().copied())
+                .find(|other| other.starts_with(id) || id.starts_with(other));
+            if let Some(other) = clash {
+                let reason = if other == *id {
+                    "already exists".to_string()
+                } else {
+                    format!("is ambiguous with container {other} (runsc matches id prefixes)")
+                };
+                return Err(RuntimeError::InvalidRequest(format!(
+                    "container id {id} {reason} under {}",
+                    root.display()
+                )));
+            }
         }
         tracing::info!(container = %req.id, root = %root.display(), image = %req.image_dir.display(), "restoring");
         client
@@ -633,6 +925,23 @@ impl SandboxRuntime for RunscRuntime {
                 },
             )
             .await?;
+        // The other containers join the restored sandbox: create, then restore from the same
+        // image. Any failure removes everything this call created, so nothing is left
+        // half-started.
+        for (done, c) in req.containers.iter().enumerate() {
+            if let Err(e) = self.restore_container(&client, req, c).await {
+                tracing::warn!(container = %c.id, name = %c.name, error = %e, "restoring a container of the sandbox failed; removing the sandbox");
+                for undo in req.containers[..=done].iter().rev() {
+                    let _ = client
+                        .delete(&undo.id, &runsc::DeleteOpts { force: true })
+                        .await;
+                }
+                let _ = client
+                    .delete(&req.id, &runsc::DeleteOpts { force: true })
+                    .await;
+                return Err(e);
+            }
+        }
         let state = client.state(&req.id).await?;
         Ok(Restored {
             id: req.id.clone(),

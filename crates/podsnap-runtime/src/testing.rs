@@ -114,6 +114,8 @@ pub fn fake_sandbox(id: &str) -> Sandbox {
         bundle: PathBuf::from(format!("/fake/bundles/{id}")),
         annotations: BTreeMap::new(),
         container_count: 1,
+        containers: Vec::new(),
+        platform: Some("ptrace".into()),
         status: Status::Running,
         pid: Some(4242),
         rootfs_overlay: RootfsOverlay::None,

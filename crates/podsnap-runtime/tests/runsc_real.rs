@@ -5,7 +5,7 @@ use podsnap_runtime::image::read_image_dir_header;
 use podsnap_runtime::runsc::{self, Exit};
 use podsnap_runtime::*;
 use podsnap_testkit::runsc::{
-    first_count, last_count, unique_id, wait_for_count, Bundle, CounterSandbox,
+    first_count, last_count, unique_id, wait_for_count, Bundle, CounterSandbox, Release,
 };
 use podsnap_testkit::{require, Need};
 use std::path::Path;
@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(120);
 
 fn runtime(root: &Path, extra: &[&str]) -> RunscRuntime {
+    runtime_on(Release::System, root, extra)
+}
+
+fn runtime_on(release: Release, root: &Path, extra: &[&str]) -> RunscRuntime {
     RunscRuntime::new(
         Runsc::builder()
+            .binary(release.binary())
             .root(root)
             .network("none")
             .flags(extra.iter().copied())
@@ -32,17 +37,27 @@ async fn checkpointed_counter_continues_after_restore_under_a_new_id() {
     ) {
         return;
     }
+    for release in Release::all() {
+        eprintln!("== {release:?}");
+        checkpoint_and_restore_on(release).await;
+    }
+}
+
+async fn checkpoint_and_restore_on(release: Release) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
     let log = tmp.path().join("counter.log");
     let id = unique_id("ckpt");
-    let counter = CounterSandbox::start(&root, &id, &log, &[]).unwrap();
+    let counter =
+        CounterSandbox::start_on(release, &root, &id, &log, &[], Bundle::counter().unwrap())
+            .unwrap();
     wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
 
-    let rt = runtime(&root, &[]);
+    let rt = runtime_on(release, &root, &[]);
     let info = rt.info().await.unwrap();
     eprintln!("runtime info: {info:?}");
-    assert_eq!(info.platform, "ptrace");
+    let limited = release.is_limited();
+    assert_eq!(info.platform, if limited { "ptrace" } else { "systrap" });
 
     let sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
     assert_eq!(sb.status, Status::Running);
@@ -77,13 +92,29 @@ async fn checkpointed_counter_continues_after_restore_under_a_new_id() {
         "0"
     );
 
-    // The header runsc 20221219 writes.
     let header = read_image_dir_header(&image).unwrap();
     eprintln!("checkpoint.img header: {:?}", header.metadata);
     assert!(header.metadata.contains_key("_timestamp"));
     assert!(header.data_offset > 16);
+    let mut files: Vec<String> = std::fs::read_dir(&image)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    if limited {
+        // One flate-compressed image: nothing for page dedup to work on.
+        assert_eq!(files, ["checkpoint.img"]);
+    } else {
+        // Uncompressed, split: the pages reach podsnap's page dedup as they are.
+        assert_eq!(files, ["checkpoint.img", "pages.img", "pages_meta.img"]);
+        assert_eq!(
+            header.metadata.get("compression").map(String::as_str),
+            Some("none")
+        );
+    }
+    assert_eq!(sb.platform.as_deref(), Some(info.platform.as_str()));
 
-    // A checkpoint stops the sandbox.
+    // A checkpoint stops the sandbox, and runsc says so (20240729 kept saying `running`).
     let st = rt.state(None, &id).await.unwrap();
     assert_eq!(st.status, Status::Stopped);
     rt.delete(None, &id, true).await.unwrap();
@@ -205,6 +236,8 @@ fn phantom(root: &Path, id: &str, count: usize) -> Sandbox {
         status: Status::Running,
         pid: None,
         rootfs_overlay: RootfsOverlay::None,
+        containers: Vec::new(),
+        platform: None,
     }
 }
 
@@ -240,74 +273,322 @@ async fn failing_runsc_reports_exit_status_and_stderr() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_multi_container_sandbox_is_counted_and_refused() {
+async fn a_multi_container_sandbox_restores_container_by_container_or_is_refused_by_20221219() {
     if !require(
-        "real_multi_container_sandbox_is_counted_and_refused",
+        "a_multi_container_sandbox_restores_container_by_container_or_is_refused_by_20221219",
         &[Need::Root, Need::Runsc],
     ) {
         return;
     }
+    for release in Release::all() {
+        eprintln!("== {release:?}");
+        multi_container_on(release).await;
+    }
+}
+
+fn pod_bundle(kind: &str, sandbox: &str, name: &str) -> Bundle {
+    Bundle::counter_with_annotations(&[
+        ("io.kubernetes.cri.container-type", kind),
+        ("io.kubernetes.cri.sandbox-id", sandbox),
+        ("io.kubernetes.cri.container-name", name),
+    ])
+    .unwrap()
+}
+
+async fn multi_container_on(release: Release) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
     let pod = unique_id("pod");
     let app = unique_id("app");
-    let sandbox_bundle = Bundle::counter_with_annotations(&[
-        ("io.kubernetes.cri.container-type", "sandbox"),
-        ("io.kubernetes.cri.sandbox-id", &pod),
-    ])
-    .unwrap();
-    let app_bundle = Bundle::counter_with_annotations(&[
-        ("io.kubernetes.cri.container-type", "container"),
-        ("io.kubernetes.cri.sandbox-id", &pod),
-    ])
-    .unwrap();
-    let _pod = CounterSandbox::start_bundle(
+    let app_log = tmp.path().join("app.log");
+    let _pod = CounterSandbox::start_on(
+        release,
         &root,
         &pod,
         &tmp.path().join("pod.log"),
         &[],
-        sandbox_bundle,
+        pod_bundle("sandbox", &pod, "pause"),
     )
     .unwrap();
-    let _app =
-        CounterSandbox::start_bundle(&root, &app, &tmp.path().join("app.log"), &[], app_bundle)
-            .unwrap();
-    let rt = runtime(&root, &[]);
+    let app_sb = CounterSandbox::start_on(
+        release,
+        &root,
+        &app,
+        &app_log,
+        &[],
+        pod_bundle("container", &pod, "app"),
+    )
+    .unwrap();
+    let rt = runtime_on(release, &root, &[]);
     let sb = rt
         .resolve(&Target::Runsc { id: app.clone() })
         .await
         .unwrap();
     assert_eq!(sb.sandbox_id, pod);
     assert_eq!(sb.container_count, 2);
+    assert_eq!(sb.checkpoint_id(), pod);
+    let names: Vec<(&str, ContainerRole)> = sb
+        .containers
+        .iter()
+        .map(|c| (c.name.as_str(), c.role))
+        .collect();
     assert_eq!(
-        sb.annotations.get("io.kubernetes.cri.sandbox-id"),
-        Some(&pod)
+        names,
+        [
+            ("pause", ContainerRole::Root),
+            ("app", ContainerRole::Container)
+        ]
     );
+    let image = tmp.path().join("img");
+    if release.is_limited() {
+        let err = rt
+            .checkpoint(&sb, &image, &CheckpointOpts::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("20221219"), "{err}");
+        // Refused before runsc ran: both containers still run.
+        assert_eq!(rt.state(None, &app).await.unwrap().status, Status::Running);
+        assert_eq!(rt.state(None, &pod).await.unwrap().status, Status::Running);
+        return;
+    }
+    wait_for_count(&app_log, 2, Duration::from_secs(30)).unwrap();
+    rt.checkpoint(
+        &sb,
+        &image,
+        &CheckpointOpts {
+            timeout: Some(T),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let before = last_count(&app_log).unwrap();
+    for id in [&pod, &app] {
+        assert_eq!(rt.state(None, id).await.unwrap().status, Status::Stopped);
+    }
+
+    // New ids; the app's bundle must name the new root, or nothing starts.
+    let new_pod = unique_id("rpod");
+    let new_app = unique_id("rapp");
+    let new_app_log = tmp.path().join("app-restored.log");
+    let wrong = pod_bundle("container", &pod, "app");
     let err = rt
-        .checkpoint(&sb, &tmp.path().join("img"), &CheckpointOpts::default())
+        .restore(&RestoreRequest {
+            id: new_pod.clone(),
+            bundle: pod_bundle("sandbox", &new_pod, "pause").path().into(),
+            image_dir: image.clone(),
+            containers: vec![ContainerRestore {
+                name: "app".into(),
+                id: new_app.clone(),
+                bundle: wrong.path().into(),
+                log_file: Some(new_app_log.clone()),
+            }],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
-    eprintln!("{err}");
-    // Refused before runsc ran: both containers still run.
-    assert_eq!(rt.state(None, &app).await.unwrap().status, Status::Running);
-    assert_eq!(rt.state(None, &pod).await.unwrap().status, Status::Running);
+    assert!(
+        err.to_string().contains("io.kubernetes.cri.sandbox-id"),
+        "{err}"
+    );
+    assert!(rt.state(None, &new_pod).await.is_err(), "nothing may start");
+
+    let root_bundle = pod_bundle("sandbox", &new_pod, "pause");
+    let app_bundle = pod_bundle("container", &new_pod, "app");
+    let restored = rt
+        .restore(&RestoreRequest {
+            id: new_pod.clone(),
+            bundle: root_bundle.path().into(),
+            image_dir: image.clone(),
+            log_file: Some(tmp.path().join("pod-restored.log")),
+            timeout: Some(T),
+            containers: vec![ContainerRestore {
+                name: "app".into(),
+                id: new_app.clone(),
+                bundle: app_bundle.path().into(),
+                log_file: Some(new_app_log.clone()),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(restored.status, Status::Running);
+    assert_eq!(
+        rt.state(None, &new_app).await.unwrap().status,
+        Status::Running
+    );
+    wait_for_count(&new_app_log, before + 1, Duration::from_secs(30)).unwrap();
+    let first = first_count(&new_app_log).unwrap();
+    assert!(
+        first >= before && first < before + 10,
+        "app counter: {first} after {before}"
+    );
+    drop(app_sb);
+    rt.delete(None, &new_app, true).await.unwrap();
+    rt.delete(None, &new_pod, true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_running_keeps_the_same_sandbox_counting_on_current_runsc() {
+    if !require(
+        "leave_running_keeps_the_same_sandbox_counting_on_current_runsc",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    for release in Release::all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let log = tmp.path().join("counter.log");
+        let id = unique_id("lr");
+        let _c =
+            CounterSandbox::start_on(release, &root, &id, &log, &[], Bundle::counter().unwrap())
+                .unwrap();
+        let rt = runtime_on(release, &root, &[]);
+        let sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
+        let pid = sb.pid;
+        let res = rt
+            .checkpoint(
+                &sb,
+                &tmp.path().join("img"),
+                &CheckpointOpts {
+                    leave_running: true,
+                    timeout: Some(T),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if release.is_limited() {
+            let err = res.unwrap_err();
+            assert!(err.to_string().contains("unreliable"), "{err}");
+            continue;
+        }
+        res.unwrap();
+        let after = last_count(&log).unwrap();
+        wait_for_count(&log, after + 2, Duration::from_secs(30)).unwrap();
+        let st = rt.state(None, &id).await.unwrap();
+        assert_eq!(st.status, Status::Running);
+        assert_eq!(st.pid, pid, "the same sandbox goes on, no second copy");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootfs_writes_travel_with_the_checkpoint_when_the_rootfs_is_overlaid() {
+    if !require(
+        "rootfs_writes_travel_with_the_checkpoint_when_the_rootfs_is_overlaid",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    for release in Release::all() {
+        eprintln!("== {release:?}");
+        // A writable rootfs: 20240729 overlays it by default (root:self); 20221219 only
+        // with --overlay2=root:memory.
+        let extra: &[&str] = if release.is_limited() {
+            &["--overlay2=root:memory"]
+        } else {
+            &[]
+        };
+        let script = r#"i=0; while :; do echo "Count: $i"; echo "line $i" >> /data.txt; i=$((i+1)); sleep 1; done"#;
+        let bundle = Bundle::with_args(&["/bin/sh", "-c", script]).unwrap();
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bundle.path().join("config.json")).unwrap())
+                .unwrap();
+        spec["root"]["readonly"] = false.into();
+        Bundle::write_spec(bundle.path(), &spec).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let log = tmp.path().join("counter.log");
+        let id = unique_id("fs");
+        let host_file = bundle.rootfs().join("data.txt");
+        let c = CounterSandbox::start_on(release, &root, &id, &log, extra, bundle).unwrap();
+        wait_for_count(&log, 3, Duration::from_secs(30)).unwrap();
+        let rt = runtime_on(release, &root, extra);
+        let sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
+        let expect = if release.is_limited() {
+            RootfsOverlay::Memory
+        } else {
+            RootfsOverlay::SelfBacked
+        };
+        assert_eq!(sb.rootfs_overlay, expect);
+        assert!(sb.rootfs_in_memory());
+        let image = tmp.path().join("img");
+        rt.checkpoint(
+            &sb,
+            &image,
+            &CheckpointOpts {
+                timeout: Some(T),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let before = last_count(&log).unwrap();
+        assert!(!host_file.exists(), "writes must not reach the host rootfs");
+        // Restore from a fresh copy of the bundle: nothing of the writes is on the host.
+        let fresh = Bundle::with_args(&["/bin/sh", "-c", script]).unwrap();
+        Bundle::write_spec(fresh.path(), &spec).unwrap();
+        let new_id = unique_id("fsr");
+        let new_log = tmp.path().join("restored.log");
+        rt.restore(&RestoreRequest {
+            id: new_id.clone(),
+            bundle: fresh.path().into(),
+            image_dir: image,
+            log_file: Some(new_log.clone()),
+            timeout: Some(T),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        wait_for_count(&new_log, before + 2, Duration::from_secs(30)).unwrap();
+        let out = c
+            .runsc
+            .run(&["exec", &new_id, "/bin/cat", "/data.txt"])
+            .unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.len() as u64 > before, "{out}");
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(*l, format!("line {i}"), "the file is complete and in order");
+        }
+        rt.delete(None, &new_id, true).await.unwrap();
+    }
+}
+
+/// A stand-in binary that answers `--version` like runsc `version` and fails everything else.
+fn versioned_runsc(dir: &Path, version: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("runsc-version-only");
+    std::fs::write(
+        &bin,
+        format!("#!/bin/sh\ncase \"$*\" in *--version*) echo 'runsc version {version}'; exit 0;; esac\nexit 1\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
 }
 
 #[tokio::test]
-async fn multi_container_sandbox_checkpoint_is_refused() {
+async fn multi_container_sandbox_checkpoint_is_refused_by_release_policy() {
     let tmp = tempfile::tempdir().unwrap();
-    let rt = runtime(tmp.path(), &[]);
-    let err = rt
-        .checkpoint(
-            &phantom(tmp.path(), "pod", 2),
-            &tmp.path().join("img"),
-            &CheckpointOpts::default(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
-    assert!(err.to_string().contains("2 containers"), "{err}");
+    for (version, why) in [
+        ("0.0~20221219.0", "runsc 0.0~20221219.0 cannot checkpoint"),
+        ("VERSION_MISSING", "no release date"),
+    ] {
+        let bin = versioned_runsc(tmp.path(), version);
+        let rt = RunscRuntime::new(Runsc::builder().binary(&bin).root(tmp.path()).build());
+        let err = rt
+            .checkpoint(
+                &phantom(tmp.path(), "pod", 2),
+                &tmp.path().join("img"),
+                &CheckpointOpts::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("2 containers"), "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+    }
 }
 
 #[tokio::test]
@@ -315,7 +596,12 @@ async fn hanging_runsc_times_out() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("runsc-hangs");
-    std::fs::write(&bin, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    // Answers the version and help calls; hangs in the checkpoint itself.
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\ncase \"$*\" in *--version*) echo 'runsc version 0.0~20240729.0';; *help*|*flags) ;; *) exec sleep 60;; esac\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let rt = RunscRuntime::new(Runsc::builder().binary(&bin).root(tmp.path()).build());
     let started = Instant::now();

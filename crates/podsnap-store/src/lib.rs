@@ -75,8 +75,8 @@ pub use crypto::{Key, Keyring};
 pub use error::StoreError;
 pub use id::SnapshotId;
 pub use manifest::{
-    validate_rel_path, Encryption, FileEntry, IndexRef, Manifest, NodeFacts, Totals,
-    FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED,
+    validate_rel_path, ContainerRecord, ContainerRole, Encryption, FileEntry, IndexRef, Manifest,
+    NodeFacts, PodRef, SandboxRecord, Totals, FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED,
 };
 pub use object_store;
 pub use pool::limit_malloc_arenas;

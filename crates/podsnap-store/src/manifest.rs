@@ -38,6 +38,48 @@ pub struct NodeFacts {
     pub extra: BTreeMap<String, String>,
 }
 
+/// Most containers a snapshot's sandbox may list.
+pub const MAX_CONTAINERS: usize = 256;
+
+/// The part a container plays in its sandbox.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerRole {
+    /// The root container (the pause container of a pod): restoring it restores the sandbox.
+    Root,
+    /// Another container, restored after the root.
+    Container,
+}
+
+/// One container of the checkpointed sandbox, in restore order (root first).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRecord {
+    /// The name a restore matches it by: the CRI container name, or the runsc id when the CRI
+    /// did not create it.
+    pub name: String,
+    pub role: ContainerRole,
+    /// The runsc container id it had on the source node.
+    pub id: String,
+}
+
+/// The Kubernetes pod a snapshot was taken of.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// What was checkpointed: the sandbox's containers and, for a pod, which pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct SandboxRecord {
+    pub containers: Vec<ContainerRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+}
+
 /// Reference to a file's index object.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct IndexRef {
@@ -103,6 +145,10 @@ pub struct Manifest {
     pub source: NodeFacts,
     #[serde(default)]
     pub runsc_metadata: BTreeMap<String, String>,
+    /// The sandbox's containers and pod (absent in manifests of single-container snapshots
+    /// written before containers were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxRecord>,
     pub files: Vec<FileEntry>,
     #[serde(default)]
     pub totals: Totals,
@@ -241,6 +287,9 @@ impl Manifest {
                 return Err(format!("{name} has more than {MAX_MAP_ENTRIES} entries"));
             }
         }
+        if let Some(sb) = &self.sandbox {
+            validate_sandbox(sb)?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for f in &self.files {
             validate_rel_path(&f.path)?;
@@ -284,6 +333,35 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+fn validate_sandbox(sb: &SandboxRecord) -> Result<(), String> {
+    let short = |s: &str| s.chars().take(64).collect::<String>();
+    let name_ok = |s: &str| !s.is_empty() && s.len() <= 253 && !s.chars().any(char::is_control);
+    if sb.containers.len() > MAX_CONTAINERS {
+        return Err(format!(
+            "{} containers exceed the limit of {MAX_CONTAINERS}",
+            sb.containers.len()
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, c) in sb.containers.iter().enumerate() {
+        if !name_ok(&c.name) || !name_ok(&c.id) {
+            return Err(format!("container {i} has a malformed name or id"));
+        }
+        if !names.insert(c.name.as_str()) {
+            return Err(format!("container {:?} listed twice", short(&c.name)));
+        }
+        if (c.role == ContainerRole::Root) != (i == 0) {
+            return Err("the root container must be listed first, and only once".into());
+        }
+    }
+    if let Some(p) = &sb.pod {
+        if !name_ok(&p.namespace) || !name_ok(&p.name) {
+            return Err("malformed pod namespace or name".into());
+        }
+    }
+    Ok(())
 }
 
 fn check_version(id: &str, version: &str) -> Result<(), StoreError> {
@@ -339,6 +417,7 @@ mod tests {
             parent: None,
             source: NodeFacts::default(),
             runsc_metadata: BTreeMap::new(),
+            sandbox: None,
             files: vec![FileEntry {
                 path: "pages.img".into(),
                 size: 8192,
@@ -354,6 +433,53 @@ mod tests {
             digest: String::new(),
             mac: None,
         }
+    }
+
+    fn pod() -> SandboxRecord {
+        let c = |name: &str, role| ContainerRecord {
+            name: name.into(),
+            role,
+            id: format!("id-{name}"),
+        };
+        SandboxRecord {
+            containers: vec![
+                c("pause", ContainerRole::Root),
+                c("app", ContainerRole::Container),
+                c("sidecar", ContainerRole::Container),
+            ],
+            pod: Some(PodRef {
+                namespace: "team-a".into(),
+                name: "web-0".into(),
+                uid: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_pod_manifest_round_trips_its_containers_in_order() {
+        let mut m = sample();
+        m.sandbox = Some(pod());
+        let bytes = m.seal(None);
+        let back = Manifest::parse(&bytes, "snap-1").unwrap();
+        let sb = back.sandbox.unwrap();
+        let names: Vec<_> = sb.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["pause", "app", "sidecar"]);
+        assert_eq!(sb.pod.unwrap().namespace, "team-a");
+    }
+
+    #[test]
+    fn a_pod_manifest_with_a_misplaced_root_or_duplicate_name_is_rejected() {
+        let mut m = sample();
+        let mut sb = pod();
+        sb.containers.swap(0, 1);
+        m.sandbox = Some(sb);
+        let err = Manifest::parse(&m.seal(None), "snap-1").unwrap_err();
+        assert!(err.to_string().contains("root container"), "{err}");
+        let mut sb = pod();
+        sb.containers[2].name = "app".into();
+        m.sandbox = Some(sb);
+        let err = Manifest::parse(&m.seal(None), "snap-1").unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
     }
 
     #[test]

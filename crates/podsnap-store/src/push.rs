@@ -57,6 +57,8 @@ pub struct PushOptions {
     pub dedup_from: Vec<SnapshotId>,
     pub source: NodeFacts,
     pub runsc_metadata: BTreeMap<String, String>,
+    /// The sandbox's containers and pod, recorded in the manifest.
+    pub sandbox: Option<crate::manifest::SandboxRecord>,
     /// Uploads in flight; 0 = default (4).
     pub concurrency: usize,
 }
@@ -776,6 +778,7 @@ impl Store {
             parent: opts.parent,
             source: opts.source,
             runsc_metadata: opts.runsc_metadata,
+            sandbox: opts.sandbox,
             totals: Totals {
                 files: entries.len() as u64,
                 bytes: total,

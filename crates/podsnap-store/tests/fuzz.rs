@@ -34,6 +34,7 @@ fn sample_manifest() -> Manifest {
             ..Default::default()
         },
         runsc_metadata: BTreeMap::from([("arch".to_string(), "amd64".to_string())]),
+        sandbox: None,
         files: vec![
             FileEntry {
                 path: "pages.img".into(),

@@ -136,6 +136,76 @@ impl Bundle {
     }
 }
 
+/// Where bookworm's runsc 20221219 is kept beside the system runsc (see `scripts/`), unless
+/// `PODSNAP_RUNSC_20221219` names another path.
+pub const RUNSC_20221219_DEFAULT: &str = "/opt/podsnap/runsc-20221219/runsc";
+
+/// The runsc releases the tests run on: the system `runsc` (Debian trixie's 20240729 where the
+/// set-up script installed it) and bookworm's 20221219 kept at a fixed path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The `runsc` on PATH.
+    System,
+    /// runsc 20221219 (`PODSNAP_RUNSC_20221219`, or [`RUNSC_20221219_DEFAULT`]).
+    R20221219,
+}
+
+impl Release {
+    /// The binary of this release.
+    pub fn binary(self) -> PathBuf {
+        match self {
+            Release::System => PathBuf::from("runsc"),
+            Release::R20221219 => std::env::var_os("PODSNAP_RUNSC_20221219")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(RUNSC_20221219_DEFAULT)),
+        }
+    }
+
+    /// The release date in `runsc --version` (`None` when it cannot be run or has none).
+    pub fn release_date(self) -> Option<u32> {
+        let out = Command::new(self.binary()).arg("--version").output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let word = text
+            .lines()
+            .find_map(|l| l.strip_prefix("runsc version "))?
+            .trim()
+            .to_string();
+        word.split(|c: char| !c.is_ascii_digit())
+            .find(|d| d.len() == 8 && d.starts_with("20"))
+            .and_then(|d| d.parse().ok())
+    }
+
+    /// True when the binary runs.
+    pub fn available(self) -> bool {
+        self.release_date().is_some()
+    }
+
+    /// True when this release has the limits of 20221219 (one flate image, no pods, no
+    /// reliable `--leave-running`).
+    pub fn is_limited(self) -> bool {
+        self.release_date().is_some_and(|d| d <= 20221219)
+    }
+
+    /// The releases a test that differs by release runs on: the system runsc and, when it is
+    /// installed (it must be when privileged tests are required), 20221219.
+    pub fn all() -> Vec<Release> {
+        let mut out = vec![Release::System];
+        if Release::R20221219.available() {
+            if Release::System.release_date() != Release::R20221219.release_date() {
+                out.push(Release::R20221219);
+            }
+        } else if crate::privileged_required() {
+            panic!(
+                "runsc 20221219 not found at {} (set PODSNAP_RUNSC_20221219; PODSNAP_REQUIRE_PRIVILEGED=1)",
+                Release::R20221219.binary().display()
+            );
+        } else {
+            eprintln!("runsc 20221219 not installed: testing the system runsc only");
+        }
+        out
+    }
+}
+
 /// A runsc invocation with a private root and the flags the tests use.
 #[derive(Clone, Debug)]
 pub struct RunscCmd {
@@ -150,8 +220,13 @@ pub struct RunscCmd {
 impl RunscCmd {
     /// `runsc --root=ROOT --network=none`.
     pub fn new(root: &Path) -> RunscCmd {
+        RunscCmd::of(Release::System, root)
+    }
+
+    /// Like [`RunscCmd::new`] with the binary of `release`.
+    pub fn of(release: Release, root: &Path) -> RunscCmd {
         RunscCmd {
-            binary: PathBuf::from("runsc"),
+            binary: release.binary(),
             root: root.to_path_buf(),
             flags: vec!["--network=none".to_string()],
         }
@@ -228,7 +303,19 @@ impl CounterSandbox {
         extra_flags: &[&str],
         bundle: Bundle,
     ) -> Result<CounterSandbox, String> {
-        let mut runsc = RunscCmd::new(root);
+        CounterSandbox::start_on(Release::System, root, id, log, extra_flags, bundle)
+    }
+
+    /// Like [`CounterSandbox::start_bundle`] with the runsc of `release`.
+    pub fn start_on(
+        release: Release,
+        root: &Path,
+        id: &str,
+        log: &Path,
+        extra_flags: &[&str],
+        bundle: Bundle,
+    ) -> Result<CounterSandbox, String> {
+        let mut runsc = RunscCmd::of(release, root);
         runsc
             .flags
             .extend(extra_flags.iter().map(|s| s.to_string()));

@@ -15,10 +15,15 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub struct CheckpointArgs {
     /// runsc container id under the daemon's runsc root, or a containerd container id with
     /// --containerd-namespace.
-    pub id: String,
+    #[arg(required_unless_present = "pod")]
+    pub id: Option<String>,
     /// The containerd namespace of ID (makes ID a containerd container).
     #[arg(long, value_name = "NS")]
     pub containerd_namespace: Option<String>,
+    /// A Kubernetes pod, found through containerd's CRI labels: the whole sandbox (pause and
+    /// every app container) becomes one snapshot. Needs podsnapd --containerd-socket.
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with_all = ["id", "containerd_namespace"], value_parser = parse_pod)]
+    pub pod: Option<(String, String)>,
     /// Label recorded on the snapshot (repeatable).
     #[arg(long = "label", value_name = "K=V", value_parser = parse_kv)]
     pub labels: Vec<(String, String)>,
@@ -55,6 +60,30 @@ pub struct RestoreArgs {
     /// File for the restored sandbox's stdout/stderr (default: under the daemon's state dir).
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
+    /// For a snapshot of several containers: each non-root container's new id and bundle,
+    /// matched by its name in the snapshot (`inspect` lists them). Each bundle's
+    /// io.kubernetes.cri.sandbox-id annotation must name NEW_ID. Its output goes to --log.
+    #[arg(long = "container", value_name = "NAME=ID:DIR", value_parser = parse_container)]
+    pub containers: Vec<(String, String, PathBuf)>,
+}
+
+fn parse_pod(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+fn parse_container(s: &str) -> Result<(String, String, PathBuf), String> {
+    let bad = || format!("{s:?} is not NAME=NEW_ID:BUNDLE_DIR");
+    let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+    let (id, dir) = rest.split_once(':').ok_or_else(bad)?;
+    if name.is_empty() || id.is_empty() || dir.is_empty() {
+        return Err(bad());
+    }
+    Ok((name.to_string(), id.to_string(), PathBuf::from(dir)))
 }
 
 #[derive(clap::Args, Debug)]
@@ -221,12 +250,17 @@ pub fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
 
 pub async fn checkpoint(socket: &str, a: CheckpointArgs) -> anyhow::Result<i32> {
     let mut client = connect(socket).await?;
-    let target = match &a.containerd_namespace {
-        Some(ns) => pb::target::Kind::Containerd(pb::ContainerdTarget {
-            namespace: ns.clone(),
-            container_id: a.id.clone(),
+    let id = a.id.clone().unwrap_or_default();
+    let target = match (&a.pod, &a.containerd_namespace) {
+        (Some((namespace, name)), _) => pb::target::Kind::Pod(pb::PodTarget {
+            namespace: namespace.clone(),
+            name: name.clone(),
         }),
-        None => pb::target::Kind::RunscId(a.id.clone()),
+        (None, Some(ns)) => pb::target::Kind::Containerd(pb::ContainerdTarget {
+            namespace: ns.clone(),
+            container_id: id,
+        }),
+        (None, None) => pb::target::Kind::RunscId(id),
     };
     let req = pb::CheckpointRequest {
         target: Some(pb::Target { kind: Some(target) }),
@@ -285,6 +319,20 @@ pub async fn restore(socket: &str, a: RestoreArgs) -> anyhow::Result<i32> {
             bundle: bundle.display().to_string(),
             container_id: a.id,
             log_path: log.map(|l| l.display().to_string()).unwrap_or_default(),
+            containers: a
+                .containers
+                .into_iter()
+                .map(|(name, id, dir)| {
+                    let bundle = std::fs::canonicalize(&dir)
+                        .with_context(|| format!("bundle {} of container {name}", dir.display()))?;
+                    Ok(pb::ContainerBundle {
+                        name,
+                        container_id: id,
+                        bundle: bundle.display().to_string(),
+                        log_path: String::new(),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
         })
         .await
         .map_err(|s| status_err("restore", s))?

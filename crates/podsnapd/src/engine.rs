@@ -158,6 +158,7 @@ pub fn group_key(
         return Ok(match target {
             Target::Runsc { id } => id.clone(),
             Target::Containerd { namespace, id } => format!("{namespace}/{id}"),
+            Target::Pod { namespace, name } => format!("{namespace}/{name}"),
         });
     }
     let mut parts = Vec::new();
@@ -627,6 +628,7 @@ impl Engine {
                     dedup_from: Vec::new(),
                     source,
                     runsc_metadata,
+                    sandbox: None,
                     concurrency: self.cfg.concurrency,
                 },
                 &progress,
@@ -827,6 +829,7 @@ impl Engine {
         let t = Instant::now();
         self.runtime
             .restore(&RestoreRequest {
+                containers: Vec::new(),
                 id: sb.container_id.clone(),
                 bundle: sb.bundle.clone(),
                 image_dir: image_dir.to_path_buf(),
@@ -1050,6 +1053,7 @@ impl Engine {
         let restored = self
             .runtime
             .restore(&RestoreRequest {
+                containers: Vec::new(),
                 id: spec.container_id.clone(),
                 bundle: spec.bundle.clone(),
                 image_dir: image_dir.clone(),

@@ -98,6 +98,29 @@ pub fn snapshot_to_pb(m: &Manifest) -> pb::Snapshot {
         logical_bytes: m.files.iter().map(|f| f.size).sum(),
         uploaded_bytes: m.totals.bytes_uploaded,
         runsc_metadata: m.runsc_metadata.clone().into_iter().collect(),
+        containers: m
+            .sandbox
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| pb::SnapshotContainer {
+                name: c.name.clone(),
+                role: match c.role {
+                    podsnap_store::ContainerRole::Root => "root",
+                    podsnap_store::ContainerRole::Container => "container",
+                }
+                .into(),
+                source_id: c.id.clone(),
+            })
+            .collect(),
+        pod: m
+            .sandbox
+            .as_ref()
+            .and_then(|s| s.pod.as_ref())
+            .map(|p| pb::PodRef {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                uid: p.uid.clone().unwrap_or_default(),
+            }),
     }
 }
 
@@ -141,6 +164,15 @@ fn target_from_pb(t: Option<pb::Target>) -> Result<Target, DaemonError> {
             },
             id: c.container_id,
         }),
+        pb::target::Kind::Pod(p) if !p.namespace.is_empty() && !p.name.is_empty() => {
+            Ok(Target::Pod {
+                namespace: p.namespace,
+                name: p.name,
+            })
+        }
+        pb::target::Kind::Pod(_) => Err(DaemonError::InvalidArgument(
+            "a pod target needs a namespace and a name".into(),
+        )),
         _ => Err(DaemonError::InvalidArgument(
             "target needs a container id".into(),
         )),
@@ -343,6 +375,8 @@ impl Podsnap for Service {
                     .map(|(_, n)| n.to_string())
                     .collect(),
                 root: i.root.display().to_string(),
+                rootfs_overlay: i.rootfs_overlay.label(),
+                limits: i.policy().limits(),
             }
         });
         Ok(Response::new(pb::NodeInfo {

@@ -423,13 +423,18 @@ impl Runsc {
     /// Help text of runsc (`sub` = None) or of a subcommand. runsc prints help on stderr and
     /// exits 128 for `SUB --help` on some releases, so the exit status is ignored.
     pub async fn help(&self, sub: Option<&str>) -> Result<String, Error> {
+        match sub {
+            Some(s) => self.text_of("help", &[s, "--help"]).await,
+            None => self.text_of("help", &["help"]).await,
+        }
+    }
+
+    /// stdout + stderr of `runsc ARGS`, whatever its exit status.
+    async fn text_of(&self, op: &str, args: &[&str]) -> Result<String, Error> {
         use std::process::Stdio;
         let mut cmd = tokio::process::Command::new(&self.binary);
-        match sub {
-            Some(s) => cmd.args([s, "--help"]),
-            None => cmd.arg("help"),
-        };
-        cmd.stdin(Stdio::null())
+        cmd.args(args)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -442,13 +447,18 @@ impl Runsc {
         let out = tokio::time::timeout(t, child.wait_with_output())
             .await
             .map_err(|_| Error::CommandTimeout {
-                op: "help".into(),
+                op: op.into(),
                 after: t,
             })?
-            .map_err(|e| Error::io("waiting for runsc help", e))?;
+            .map_err(|e| Error::io(format!("waiting for runsc {op}"), e))?;
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         Ok(text)
+    }
+
+    /// `runsc flags`: the global flags with their defaults.
+    pub async fn flags_help(&self) -> Result<String, Error> {
+        self.text_of("flags", &["flags"]).await
     }
 
     /// `runsc --version`, parsed.
@@ -470,7 +480,8 @@ impl Runsc {
         let top = self.help(None).await?;
         let ck = self.help(Some("checkpoint")).await?;
         let rs = self.help(Some("restore")).await?;
-        Ok(Capabilities::from_help(&top, &ck, &rs))
+        let flags = self.flags_help().await?;
+        Ok(Capabilities::from_help_and_flags(&top, &ck, &rs, &flags))
     }
 
     /// `runsc state ID`.

@@ -78,6 +78,31 @@ pub struct Capabilities {
     pub restore_direct: bool,
     /// The `cpu-features` subcommand exists.
     pub cpu_features_command: bool,
+    /// The platform used when none is given (`runsc flags`: `(default "systrap")`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_platform: Option<String>,
+    /// The `--overlay2` value used when none is given (`root:self`), when runsc prints one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_overlay: Option<String>,
+}
+
+/// The default a Go `flag` help text prints for flag `name` (`(default "systrap")` or
+/// `(default root:self)` on the description line below the flag).
+pub fn flag_default(help: &str, name: &str) -> Option<String> {
+    let mut lines = help.lines();
+    while let Some(line) = lines.next() {
+        let t = line.trim_start();
+        let flag = t.trim_start_matches('-').split([' ', '\t', '=']).next();
+        if !t.starts_with('-') || flag != Some(name) {
+            continue;
+        }
+        // The description may be on the flag line or the next one.
+        let text = format!("{line} {}", lines.next().unwrap_or(""));
+        let (_, rest) = text.rsplit_once("(default ")?;
+        let value = rest.split(')').next()?.trim().trim_matches('"');
+        return (!value.is_empty()).then(|| value.to_string());
+    }
+    None
 }
 
 /// The flag names listed in a Go `flag` help text (`  -image-path string`).
@@ -109,6 +134,11 @@ impl Capabilities {
     /// Derives capabilities from `runsc help`, `runsc checkpoint --help` and
     /// `runsc restore --help` texts.
     pub fn from_help(top: &str, checkpoint: &str, restore: &str) -> Self {
+        Self::from_help_and_flags(top, checkpoint, restore, "")
+    }
+
+    /// As [`Capabilities::from_help`], plus the defaults `runsc flags` prints.
+    pub fn from_help_and_flags(top: &str, checkpoint: &str, restore: &str, flags: &str) -> Self {
         let ck = help_flags(checkpoint);
         let rs = help_flags(restore);
         let subs = help_subcommands(top);
@@ -121,6 +151,8 @@ impl Capabilities {
             restore_background: has(&rs, "background"),
             restore_direct: has(&rs, "direct"),
             cpu_features_command: has(&subs, "cpu-features"),
+            default_platform: flag_default(flags, "platform"),
+            default_overlay: flag_default(flags, "overlay2"),
         }
     }
 }

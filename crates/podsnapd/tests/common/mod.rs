@@ -26,6 +26,7 @@ pub async fn restore(
             bundle: bundle.display().to_string(),
             container_id: id.into(),
             log_path: log.map(|l| l.display().to_string()).unwrap_or_default(),
+            ..Default::default()
         })
         .await?
         .into_inner();
