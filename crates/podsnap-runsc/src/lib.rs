@@ -56,8 +56,13 @@ pub enum Plan {
         args: Vec<OsString>,
         record: PathBuf,
     },
-    /// `kill` and `delete`: runsc as a child, its answers reworded for the shim.
-    Reworded { runsc: PathBuf, args: Vec<OsString> },
+    /// `kill` and `delete`: runsc as a child, its answers reworded for the shim (`waiter`:
+    /// the killed app container's waiter record).
+    Reworded {
+        runsc: PathBuf,
+        args: Vec<OsString>,
+        waiter: Option<PathBuf>,
+    },
 }
 
 /// Runs the wrapper: execs runsc (never returns) or returns the exit code.
@@ -81,9 +86,12 @@ pub fn run(inv: &Invocation, env: &Env) -> i32 {
             args,
             record,
         }) => pod::start_container(&runsc, &args, &record).unwrap_or_else(|msg| fail(inv, &msg)),
-        Ok(Plan::Reworded { runsc, args }) => {
-            pod::run_reworded(&runsc, &args, inv).unwrap_or_else(|msg| fail(inv, &msg))
-        }
+        Ok(Plan::Reworded {
+            runsc,
+            args,
+            waiter,
+        }) => pod::run_reworded(&runsc, &args, inv, waiter.as_deref())
+            .unwrap_or_else(|msg| fail(inv, &msg)),
         Err(msg) => fail(inv, &msg),
     }
 }
@@ -174,6 +182,11 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
                 // is restored from the same directory into the restoring sandbox.
                 let record = pod::container_restore_marker(&cfg.marker_dir, &root, &spec, &bundle)
                     .map_err(|e| format!("{what}: {e}"))?;
+                let Some(record) = record else {
+                    // Restored before in this pod: the kubelet restarts it, fresh.
+                    let _ = marker::remove(&marker);
+                    return Ok(create_container(inv));
+                };
                 marker::write(&marker, &record).map_err(|e| {
                     format!(
                         "{what}: cannot write restore marker {}: {e}",
@@ -186,9 +199,23 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
                 RestoreMode::Auto => restore_mode_for(&runsc),
                 m => m,
             };
-            let image_dir =
+            let prepared =
                 daemon::prepare_restore(&cfg.socket, &snapshot, &id_text, cfg.prepare_timeout)
                     .map_err(|e| format!("{what}: {e}"))?;
+            let mut pod_containers = Vec::new();
+            if spec.role == spec::Role::PodSandbox {
+                // Refusals before anything starts: a pod is restored only from a snapshot of
+                // a pod, of its own namespace unless the operator allowed another.
+                let Some(p) = &prepared.pod else {
+                    return Err(format!(
+                        "{what}: it is not a snapshot of a Kubernetes pod (its manifest records no \
+                         pod); a pod is restored only from a pod snapshot (podsnapctl checkpoint --pod)"
+                    ));
+                };
+                pod::check_pod_namespace(&cfg, p, &spec).map_err(|e| format!("{what}: {e}"))?;
+                pod_containers = p.containers.clone();
+            }
+            let image_dir = prepared.image_dir;
             if !image_dir.is_dir() {
                 return Err(format!(
                     "{what}: podsnapd's image dir {} is not a directory on this host",
@@ -200,6 +227,8 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
                 snapshot_id: snapshot.clone(),
                 image_dir: image_dir.clone(),
                 bundle,
+                pod_containers,
+                restored: vec![],
             };
             marker::write(&marker, &record).map_err(|e| {
                 format!(
@@ -270,13 +299,27 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
             let Plan::Exec { runsc, args } = passthrough() else {
                 unreachable!("exec makes an Exec plan")
             };
-            Ok(Plan::Reworded { runsc, args })
+            Ok(Plan::Reworded {
+                runsc,
+                args,
+                waiter: None,
+            })
         }
         Some("kill") => {
             let Plan::Exec { runsc, args } = passthrough() else {
                 unreachable!("exec makes an Exec plan")
             };
-            Ok(Plan::Reworded { runsc, args })
+            // `kill [flags] ID SIGNAL`: the first argument after the flags.
+            let waiter = inv
+                .delete_ids()
+                .first()
+                .map(|id| pod::waiter_dir(&cfg.marker_dir, &inv.root_or_default(), id))
+                .filter(|w| w.is_dir());
+            Ok(Plan::Reworded {
+                runsc,
+                args,
+                waiter,
+            })
         }
         _ => Ok(passthrough()),
     }

@@ -113,19 +113,22 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The restore marker of an app container of a pod being restored: the image its pod
 /// sandbox was restored from (one image holds the whole pod), restored on `start` into the
 /// created container (`runsc create` + `runsc restore`, what runsc 20240729 needs for a
-/// sub-container). Refused unless the sandbox was restored from the same snapshot.
+/// sub-container). The container must be the snapshot's next one by name; `None` when a
+/// container of that name was already restored in this pod (the kubelet restarting it: it
+/// starts fresh). Refused unless the sandbox was restored from the same snapshot.
 pub fn container_restore_marker(
     marker_dir: &Path,
     root: &OsStr,
     spec: &spec::Bundle,
     bundle: &Path,
-) -> Result<Marker, String> {
+) -> Result<Option<Marker>, String> {
     let snapshot = spec.restore_from.as_deref().unwrap_or_default();
     let sandbox = spec
         .sandbox_id
         .as_deref()
         .ok_or_else(|| format!("the OCI config has no {} annotation", spec::SANDBOX_ID))?;
-    let sandbox_marker = marker::read(&marker::path(marker_dir, root, OsStr::new(sandbox)))
+    let sandbox_path = marker::path(marker_dir, root, OsStr::new(sandbox));
+    let mut sandbox_marker = marker::read(&sandbox_path)
         .map_err(|e| format!("cannot read the pod sandbox's restore marker: {e}"))?
         .ok_or_else(|| {
             format!("its pod sandbox {sandbox} was not restored from snapshot {snapshot}")
@@ -136,12 +139,33 @@ pub fn container_restore_marker(
             sandbox_marker.snapshot_id
         ));
     }
-    Ok(Marker {
+    let name = spec.container_name.as_deref();
+    if name.is_some_and(|n| sandbox_marker.restored.iter().any(|r| r == n)) {
+        return Ok(None);
+    }
+    let snap = PodSnapshot {
+        snapshot_id: snapshot.to_string(),
+        namespace: String::new(),
+        name: String::new(),
+        containers: sandbox_marker.pod_containers.clone(),
+    };
+    // A snapshot that records no containers leaves the matching to runsc (by order).
+    if !snap.containers.is_empty() {
+        check_container_name(&snap, &sandbox_marker.restored, name)?;
+    }
+    sandbox_marker
+        .restored
+        .push(name.unwrap_or_default().to_string());
+    marker::write(&sandbox_path, &sandbox_marker)
+        .map_err(|e| format!("cannot update the pod sandbox's restore marker: {e}"))?;
+    Ok(Some(Marker {
         mode: marker::mode_name(RestoreMode::RestoreOnStart).to_string(),
         snapshot_id: snapshot.to_string(),
         image_dir: sandbox_marker.image_dir,
         bundle: bundle.to_path_buf(),
-    })
+        pod_containers: vec![],
+        restored: vec![],
+    }))
 }
 
 /// `create` of an app container: `runsc create` as a child, then the waiter. Returns the
@@ -347,7 +371,15 @@ pub fn sandbox_gone(output: &str) -> bool {
 
 /// Runs `kill`/`delete` as a child and rewords what the shim cannot place (see the module
 /// docs). Returns the exit code.
-pub fn run_reworded(runsc: &Path, args: &[OsString], inv: &Invocation) -> Result<i32, String> {
+///
+/// `kill` of an app container whose sandbox is gone ends the container's waiter instead (the
+/// process the shim knows for it), so the shim sees the container exit, as it would have.
+pub fn run_reworded(
+    runsc: &Path,
+    args: &[OsString],
+    inv: &Invocation,
+    waiter: Option<&Path>,
+) -> Result<i32, String> {
     let run = |args: &[OsString]| {
         Command::new(runsc)
             .args(args)
@@ -374,6 +406,13 @@ pub fn run_reworded(runsc: &Path, args: &[OsString], inv: &Invocation) -> Result
                 out = run(&forced)?;
             }
             Some("kill") if sandbox_gone(&text(&out)) => {
+                if let Some(pid) = waiter.and_then(waiter_pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return Ok(0);
+                }
                 note = Some("container not running: its sandbox is gone");
             }
             _ => {}

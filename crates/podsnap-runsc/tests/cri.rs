@@ -239,26 +239,14 @@ fn sibling_binary(name: &str) -> PathBuf {
 const FILE_COUNTER: &str =
     r#"i=0; while :; do echo "Count: $i"; echo "$i" >> /data.txt; i=$((i+1)); sleep 1; done"#;
 
-/// Checkpoints the whole sandbox of pod `pod_id` with runsc (the pod snapshot's image) and
-/// pushes it into `store` with podsnapctl; returns the snapshot id.
-fn snapshot_pod(c: &CriContainerd, runsc: &Path, pod_id: &str, work: &Path, store: &str) -> String {
-    let image = work.join("image");
-    std::fs::create_dir_all(&image).unwrap();
-    let out = std::process::Command::new(runsc)
-        .arg(format!("--root={}", c.runsc_root().display()))
-        .args(["--network=none", "checkpoint", "--compression=none"])
-        .arg(format!("--image-path={}", image.display()))
-        .arg(pod_id)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "runsc checkpoint: {out:?}");
+/// `podsnapctl checkpoint --pod NAMESPACE/NAME --stop`; returns the snapshot id.
+fn checkpoint_pod(sock: &Path, pod: &str) -> String {
     let out = std::process::Command::new(sibling_binary("podsnapctl"))
-        .args(["image", "push"])
-        .arg(&image)
-        .arg(format!("--store={store}"))
+        .arg(format!("--socket={}", sock.display()))
+        .args(["checkpoint", "--pod", pod, "--stop"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "podsnapctl image push: {out:?}");
+    assert!(out.status.success(), "podsnapctl checkpoint --pod: {out:?}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .last()
@@ -267,9 +255,10 @@ fn snapshot_pod(c: &CriContainerd, runsc: &Path, pod_id: &str, work: &Path, stor
         .to_string()
 }
 
-/// A pod of two app containers is checkpointed as one image; a new pod annotated
-/// `podsnap.dev/restore-from` comes up with both containers restored by name: RUNNING, their
-/// counters continuing in the new pod's CRI log files, the rootfs file of one intact.
+/// A pod of two app containers is checkpointed with `podsnapctl checkpoint --pod --stop`; a
+/// new pod annotated `podsnap.dev/restore-from` comes up with both containers restored by
+/// name: RUNNING, their counters continuing in the new pod's CRI log files, their rootfs
+/// files intact. A pod of another namespace and an unknown snapshot are refused.
 #[test]
 fn annotated_pod_comes_up_with_every_container_restored() {
     if !require(
@@ -291,11 +280,15 @@ fn annotated_pod_comes_up_with_every_container_restored() {
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
     let store = format!("file://{}", s.join("store").display());
+    let c = start(s, &runsc);
     let daemon = podsnap_testkit::daemon::PodsnapdCmd::new(sibling_binary("podsnapd"), s, "node")
         .store(&store)
         .sock(s.join("podsnapd.sock"))
+        .arg(format!(
+            "--containerd-socket={}",
+            c.containerd().socket().display()
+        ))
         .spawn();
-    let c = start(s, &runsc);
     let logs = s.join("pod-logs");
     let names = ["counter-a", "counter-b"];
 
@@ -314,7 +307,7 @@ fn annotated_pod_comes_up_with_every_container_restored() {
         )
         .unwrap();
     }
-    let snapshot = snapshot_pod(&c, &runsc, &pod_id, s, &store);
+    let snapshot = checkpoint_pod(&daemon.sock, "tenant-a/counters");
     let last: Vec<u64> = names
         .iter()
         .map(|n| {
@@ -327,8 +320,16 @@ fn annotated_pod_comes_up_with_every_container_restored() {
     // the source pod still succeed.
     c.stop_pod(&pod_id)
         .expect("StopPodSandbox of the checkpointed pod");
-    c.remove_pod(&pod_id)
-        .expect("RemovePodSandbox of the checkpointed pod");
+    // The containers' exits reach the CRI as events; until they are handled it says a
+    // container is still running, and the kubelet retries RemovePodSandbox: so does this.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = c.remove_pod(&pod_id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RemovePodSandbox of the checkpointed pod: {e:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // The restored pod: same namespace, containers of the same names, created in order.
     let pod = cri::pod_config(
@@ -377,6 +378,28 @@ fn annotated_pod_comes_up_with_every_container_restored() {
     }
     c.stop_pod(&pod_id).expect("StopPodSandbox");
     c.remove_pod(&pod_id).expect("RemovePodSandbox");
+
+    // Refusals, as pod sandbox (or container) errors the kubelet shows, before anything runs.
+    let refused = |ns: &str, snap: &str| {
+        let pod = cri::pod_config(
+            ns,
+            "refused",
+            &logs.join("refused"),
+            true,
+            &[("podsnap.dev/restore-from", snap)],
+        );
+        c.run_pod(&pod)
+            .expect_err("RunPodSandbox must fail")
+            .message()
+            .to_string()
+    };
+    let e = refused("tenant-b", &snapshot);
+    assert!(
+        e.contains("may not be restored from a snapshot of namespace tenant-a"),
+        "{e}"
+    );
+    let e = refused("tenant-a", "20260101T000000Z-00000000");
+    assert!(e.contains("NOT_FOUND"), "{e}");
     assert_eq!(runsc_ids(&runsc, &c.runsc_root()), Vec::<String>::new());
     assert_eq!(waiters(&s.join("markers")), Vec::<i32>::new());
     drop(daemon);
