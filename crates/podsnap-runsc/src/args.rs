@@ -266,11 +266,21 @@ impl Invocation {
         args[i..].iter().map(|a| a.as_os_str()).collect()
     }
 
-    /// `create`'s `--bundle` (or `-bundle`, `--bundle=DIR`), if given.
+    /// `create`'s `--bundle` (or `-bundle`, `--bundle=DIR`, `-b`), if given.
     pub fn create_bundle(&self) -> Option<OsString> {
+        self.create_flag(&["bundle", "b"])
+    }
+
+    /// `create`'s `--pid-file`, if given.
+    pub fn create_pid_file(&self) -> Option<OsString> {
+        self.create_flag(&["pid-file"])
+    }
+
+    /// The value of one of `create`'s flags (named by any of `names`), if given.
+    fn create_flag(&self, names: &[&str]) -> Option<OsString> {
         let args = self.sub_args();
         let mut i = 0;
-        let mut bundle = None;
+        let mut found = None;
         while i < args.len() {
             let Some((name, inline)) = split_flag(&args[i]) else {
                 break;
@@ -283,12 +293,20 @@ impl Invocation {
                     args.get(i).cloned()
                 }
             };
-            if name == "bundle" || name == "b" {
-                bundle = value;
+            if names.contains(&name) {
+                found = value;
             }
             i += 1;
         }
-        bundle
+        found
+    }
+
+    /// Whether a global flag named `name` is among these arguments' global flags.
+    pub fn has_global(&self, name: &str) -> bool {
+        self.globals()
+            .iter()
+            .filter_map(|a| split_flag(a))
+            .any(|(n, _)| n == name)
     }
 
     /// The argv that turns this `create` into
@@ -463,6 +481,13 @@ mod tests {
             );
             assert_eq!(i.single_id().and_then(|b| b.to_str()), *id, "{argv}");
         }
+        let i = inv("--root /r --network=none create --bundle /b --pid-file=/b/init.pid c1");
+        assert_eq!(
+            i.create_pid_file().as_deref(),
+            Some(OsStr::new("/b/init.pid"))
+        );
+        assert!(i.has_global("network"));
+        assert!(!i.has_global("bundle"));
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! runsc_flags = []                         # global flags put before the shim's on every call
 //! marker_dir = "/run/podsnap/restored"     # restore markers (`start` after a restore)
 //! restore_mode = "auto"                    # auto | replace-create | restore-on-start
+//! host_network = "none"                    # hostNetwork pods: none (loopback only) | host
+//!
+//! [cross_namespace_restores]               # pods of namespace team-b may be restored from
+//! team-b = ["team-a"]                      # snapshots of pods of team-a (none by default)
 //! ```
 //!
 //! `PODSNAP_RUNSC`, `PODSNAP_SOCKET` and `PODSNAP_MARKER_DIR` override the file. A missing
@@ -47,6 +51,28 @@ pub enum RestoreMode {
     RestoreOnStart,
 }
 
+/// The network a pod gets that the CRI runs without a network namespace (`hostNetwork`):
+/// runsc refuses to set up its own network from the host's namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostNetwork {
+    /// `--network=none`: the pod has loopback only, and can be checkpointed.
+    #[default]
+    None,
+    /// `--network=host`: the pod uses the host's network stack (runsc cannot checkpoint it).
+    Host,
+}
+
+impl HostNetwork {
+    /// runsc's global flag for it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            HostNetwork::None => "--network=none",
+            HostNetwork::Host => "--network=host",
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct FileConfig {
@@ -56,6 +82,8 @@ struct FileConfig {
     runsc_flags: Vec<String>,
     marker_dir: Option<PathBuf>,
     restore_mode: RestoreMode,
+    host_network: HostNetwork,
+    cross_namespace_restores: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The effective configuration.
@@ -73,8 +101,25 @@ pub struct Config {
     pub marker_dir: PathBuf,
     /// How restores are done.
     pub restore_mode: RestoreMode,
+    /// The network of `hostNetwork` pods.
+    pub host_network: HostNetwork,
+    /// Target namespace -> the source namespaces whose pod snapshots its pods may restore
+    /// (besides their own namespace's).
+    pub cross_namespace_restores: std::collections::BTreeMap<String, Vec<String>>,
     /// The file read, if any.
     pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// Whether a pod of namespace `target` may be restored from a snapshot of a pod of
+    /// namespace `source`.
+    pub fn restore_allowed(&self, source: &str, target: &str) -> bool {
+        source == target
+            || self
+                .cross_namespace_restores
+                .get(target)
+                .is_some_and(|from| from.iter().any(|f| f == source))
+    }
 }
 
 /// A configuration error (one line).
@@ -174,6 +219,8 @@ impl Config {
             runsc_flags: file.runsc_flags,
             marker_dir,
             restore_mode: file.restore_mode,
+            host_network: file.host_network,
+            cross_namespace_restores: file.cross_namespace_restores,
             source,
         })
     }

@@ -59,14 +59,25 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// What PrepareRestore gave: the image and what the manifest says of the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    /// Local directory holding the verified image.
+    pub image_dir: PathBuf,
+    /// The pod the snapshot was taken of, if it was of a Kubernetes pod.
+    pub pod: Option<crate::pod::PodSnapshot>,
+    /// How many containers the snapshot's sandbox had (0: not recorded).
+    pub containers: usize,
+}
+
 /// Asks podsnapd at `socket` to fetch and verify `snapshot` for container `container_id`;
-/// returns the local image directory.
+/// returns the local image directory and the snapshot's pod.
 pub fn prepare_restore(
     socket: &Path,
     snapshot: &str,
     container_id: &str,
     timeout: Duration,
-) -> Result<PathBuf, PrepareError> {
+) -> Result<Prepared, PrepareError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -84,7 +95,7 @@ async fn prepare_restore_async(
     snapshot: &str,
     container_id: &str,
     timeout: Duration,
-) -> Result<PathBuf, PrepareError> {
+) -> Result<Prepared, PrepareError> {
     let unreachable = |reason: String| PrepareError::Unreachable {
         socket: socket.to_path_buf(),
         reason,
@@ -133,7 +144,35 @@ async fn prepare_restore_async(
             snapshot: snapshot.to_string(),
         });
     }
-    Ok(PathBuf::from(reply.image_dir))
+    let info = reply.snapshot.unwrap_or_default();
+    // The manifest's pod record, else the source node's note of the pod (`namespace/name`),
+    // which checkpoints of pods made before containers were recorded carry.
+    let noted = info
+        .source
+        .as_ref()
+        .and_then(|s| s.extra.get("pod"))
+        .and_then(|p| p.split_once('/'))
+        .map(|(ns, name)| (ns.to_string(), name.to_string()));
+    let pod = info
+        .pod
+        .map(|p| (p.namespace, p.name))
+        .or(noted)
+        .map(|(namespace, name)| crate::pod::PodSnapshot {
+            snapshot_id: snapshot.to_string(),
+            namespace,
+            name,
+            containers: info
+                .containers
+                .iter()
+                .filter(|c| c.role == "container")
+                .map(|c| c.name.clone())
+                .collect(),
+        });
+    Ok(Prepared {
+        image_dir: PathBuf::from(reply.image_dir),
+        pod,
+        containers: info.containers.len(),
+    })
 }
 
 /// Collapses a message to one line.

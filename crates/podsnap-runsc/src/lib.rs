@@ -21,6 +21,7 @@ pub mod args;
 pub mod config;
 pub mod daemon;
 pub mod marker;
+pub mod pod;
 pub mod runsc_log;
 pub mod spec;
 
@@ -41,6 +42,27 @@ pub enum Plan {
     Exec { runsc: PathBuf, args: Vec<OsString> },
     /// Exit 0 without calling runsc (the `start` of a container runsc already restored).
     Exit0,
+    /// `create` of a pod's app container: runsc as a child, then a waiter (see [`pod`]).
+    CreateContainer {
+        runsc: PathBuf,
+        args: Vec<OsString>,
+        waiter_args: Vec<OsString>,
+        pid_file: Option<OsString>,
+        record: PathBuf,
+    },
+    /// `start` of a pod's app container, with its waiter's stdio.
+    StartContainer {
+        runsc: PathBuf,
+        args: Vec<OsString>,
+        record: PathBuf,
+    },
+    /// `kill` and `delete`: runsc as a child, its answers reworded for the shim (`waiter`:
+    /// the killed app container's waiter record).
+    Reworded {
+        runsc: PathBuf,
+        args: Vec<OsString>,
+        waiter: Option<PathBuf>,
+    },
 }
 
 /// Runs the wrapper: execs runsc (never returns) or returns the exit code.
@@ -51,6 +73,25 @@ pub fn run(inv: &Invocation, env: &Env) -> i32 {
             let err = Command::new(&runsc).args(&args).exec();
             fail(inv, &format!("cannot run {}: {err}", runsc.display()))
         }
+        Ok(Plan::CreateContainer {
+            runsc,
+            args,
+            waiter_args,
+            pid_file,
+            record,
+        }) => pod::create_container(&runsc, &args, &waiter_args, pid_file.as_deref(), &record)
+            .unwrap_or_else(|msg| fail(inv, &msg)),
+        Ok(Plan::StartContainer {
+            runsc,
+            args,
+            record,
+        }) => pod::start_container(&runsc, &args, &record).unwrap_or_else(|msg| fail(inv, &msg)),
+        Ok(Plan::Reworded {
+            runsc,
+            args,
+            waiter,
+        }) => pod::run_reworded(&runsc, &args, inv, waiter.as_deref())
+            .unwrap_or_else(|msg| fail(inv, &msg)),
         Err(msg) => fail(inv, &msg),
     }
 }
@@ -81,26 +122,100 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
             let Some(id) = inv.single_id() else {
                 return Ok(passthrough());
             };
-            let marker = marker::path(&cfg.marker_dir, &inv.root_or_default(), id);
+            let root = inv.root_or_default();
+            let marker = marker::path(&cfg.marker_dir, &root, id);
             let bundle = absolute(inv.create_bundle().map(PathBuf::from).unwrap_or_default());
-            let snapshot = match spec::restore_from(&bundle) {
-                Ok(Some(s)) => s,
-                // No annotation, or a bundle runsc itself will reject with its own error.
-                Ok(None) | Err(spec::SpecError::Read { .. } | spec::SpecError::Parse { .. }) => {
+            let spec = match spec::read(&bundle) {
+                Ok(b) => b,
+                // A bundle runsc itself will reject with its own error.
+                Err(spec::SpecError::Read { .. } | spec::SpecError::Parse { .. }) => {
                     let _ = marker::remove(&marker);
                     return Ok(passthrough());
                 }
                 Err(e) => return Err(e.to_string()),
             };
+            let mut create_args = inv.args.clone();
+            if spec.role == spec::Role::PodSandbox
+                && !spec.network_namespace
+                && !inv.has_global("network")
+                && !cfg.runsc_flags.iter().any(|f| {
+                    f.trim_start_matches('-')
+                        .split('=')
+                        .next()
+                        .is_some_and(|n| n == "network")
+                })
+            {
+                let flag = cfg.host_network.flag();
+                pod::record_network_flag(&cfg.marker_dir, &root, id, flag).map_err(|e| {
+                    format!("cannot record the network of host-network pod sandbox: {e}")
+                })?;
+                create_args.insert(0, flag.into());
+            }
+            let create_container = |inv: &Invocation| {
+                // The waiter's arguments: ID, then the global flags of its runsc calls.
+                let mut waiter_args: Vec<OsString> = vec![id.to_os_string()];
+                waiter_args.extend(cfg.runsc_flags.iter().map(OsString::from));
+                waiter_args.extend_from_slice(inv.globals());
+                let Plan::Exec { runsc, args } = exec(inv.args.clone()) else {
+                    unreachable!("exec makes an Exec plan")
+                };
+                Plan::CreateContainer {
+                    runsc,
+                    args,
+                    waiter_args,
+                    pid_file: inv.create_pid_file().map(|p| absolute(p.into()).into()),
+                    record: pod::waiter_dir(&cfg.marker_dir, &root, id),
+                }
+            };
+            let Some(snapshot) = spec.restore_from.clone() else {
+                let _ = marker::remove(&marker);
+                if spec.role == spec::Role::PodContainer {
+                    return Ok(create_container(&Invocation::parse(create_args)));
+                }
+                return Ok(exec(create_args));
+            };
+            let inv = &Invocation::parse(create_args);
             let id_text = id.to_string_lossy();
             let what = format!("cannot restore container {id_text} from snapshot {snapshot}");
+            if spec.role == spec::Role::PodContainer {
+                // The pod's sandbox was restored from the whole pod's image: this container
+                // is restored from the same directory into the restoring sandbox.
+                let record = pod::container_restore_marker(&cfg.marker_dir, &root, &spec, &bundle)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                let Some(record) = record else {
+                    // Restored before in this pod: the kubelet restarts it, fresh.
+                    let _ = marker::remove(&marker);
+                    return Ok(create_container(inv));
+                };
+                marker::write(&marker, &record).map_err(|e| {
+                    format!(
+                        "{what}: cannot write restore marker {}: {e}",
+                        marker.display()
+                    )
+                })?;
+                return Ok(create_container(inv));
+            }
             let mode = match cfg.restore_mode {
                 RestoreMode::Auto => restore_mode_for(&runsc),
                 m => m,
             };
-            let image_dir =
+            let prepared =
                 daemon::prepare_restore(&cfg.socket, &snapshot, &id_text, cfg.prepare_timeout)
                     .map_err(|e| format!("{what}: {e}"))?;
+            let mut pod_containers = Vec::new();
+            if spec.role == spec::Role::PodSandbox {
+                // Refusals before anything starts: a pod is restored only from a snapshot of
+                // a pod, of its own namespace unless the operator allowed another.
+                let Some(p) = &prepared.pod else {
+                    return Err(format!(
+                        "{what}: it is not a snapshot of a Kubernetes pod (its manifest records no \
+                         pod); a pod is restored only from a pod snapshot (podsnapctl checkpoint --pod)"
+                    ));
+                };
+                pod::check_pod_namespace(&cfg, p, &spec).map_err(|e| format!("{what}: {e}"))?;
+                pod_containers = p.containers.clone();
+            }
+            let image_dir = prepared.image_dir;
             if !image_dir.is_dir() {
                 return Err(format!(
                     "{what}: podsnapd's image dir {} is not a directory on this host",
@@ -112,6 +227,8 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
                 snapshot_id: snapshot.clone(),
                 image_dir: image_dir.clone(),
                 bundle,
+                pod_containers,
+                restored: vec![],
             };
             marker::write(&marker, &record).map_err(|e| {
                 format!(
@@ -120,7 +237,7 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
                 )
             })?;
             Ok(match mode {
-                RestoreMode::RestoreOnStart => passthrough(),
+                RestoreMode::RestoreOnStart => exec(inv.args.clone()),
                 _ => exec(inv.create_as_restore(image_dir.as_os_str())),
             })
         }
@@ -128,9 +245,36 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
             let Some(id) = inv.single_id() else {
                 return Ok(passthrough());
             };
-            let path = marker::path(&cfg.marker_dir, &inv.root_or_default(), id);
+            let root = inv.root_or_default();
+            let record = pod::waiter_dir(&cfg.marker_dir, &root, id);
+            if record.is_dir() {
+                let path = marker::path(&cfg.marker_dir, &root, id);
+                let restore = marker::read(&path)
+                    .map_err(|e| format!("cannot read restore marker {}: {e}", path.display()))?;
+                let Plan::Exec { runsc, args } = (match restore {
+                    Some(m) => exec(inv.start_as_restore(
+                        m.image_dir.as_os_str(),
+                        m.bundle.as_os_str(),
+                        id,
+                    )),
+                    None => passthrough(),
+                }) else {
+                    unreachable!("exec makes an Exec plan")
+                };
+                return Ok(Plan::StartContainer {
+                    runsc,
+                    args,
+                    record,
+                });
+            }
+            let mut start_args = inv.args.clone();
+            if let Some(flag) = pod::recorded_network_flag(&cfg.marker_dir, &root, id) {
+                start_args.insert(0, flag.into());
+            }
+            let path = marker::path(&cfg.marker_dir, &root, id);
+            let inv = &Invocation::parse(start_args);
             match marker::read(&path) {
-                Ok(None) => Ok(passthrough()),
+                Ok(None) => Ok(exec(inv.args.clone())),
                 Ok(Some(m)) => Ok(match m.mode {
                     MarkerMode::RestoreOnStart => exec(inv.start_as_restore(
                         m.image_dir.as_os_str(),
@@ -149,8 +293,33 @@ pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
             let root = inv.root_or_default();
             for id in inv.delete_ids() {
                 let _ = marker::remove(&marker::path(&cfg.marker_dir, &root, id));
+                let _ = std::fs::remove_file(pod::net_record(&cfg.marker_dir, &root, id));
+                pod::forget_container(&pod::waiter_dir(&cfg.marker_dir, &root, id));
             }
-            Ok(passthrough())
+            let Plan::Exec { runsc, args } = passthrough() else {
+                unreachable!("exec makes an Exec plan")
+            };
+            Ok(Plan::Reworded {
+                runsc,
+                args,
+                waiter: None,
+            })
+        }
+        Some("kill") => {
+            let Plan::Exec { runsc, args } = passthrough() else {
+                unreachable!("exec makes an Exec plan")
+            };
+            // `kill [flags] ID SIGNAL`: the first argument after the flags.
+            let waiter = inv
+                .delete_ids()
+                .first()
+                .map(|id| pod::waiter_dir(&cfg.marker_dir, &inv.root_or_default(), id))
+                .filter(|w| w.is_dir());
+            Ok(Plan::Reworded {
+                runsc,
+                args,
+                waiter,
+            })
         }
         _ => Ok(passthrough()),
     }

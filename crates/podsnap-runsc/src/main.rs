@@ -1,7 +1,14 @@
 //! podsnap-runsc: containerd's shim runs this as runsc. See the library's docs.
 
 fn main() {
-    let inv = podsnap_runsc::args::Invocation::parse(std::env::args_os().skip(1).collect());
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args
+        .first()
+        .is_some_and(|a| a == podsnap_runsc::pod::WAITER_ARG)
+    {
+        podsnap_runsc::pod::waiter_main(&args[1..]);
+    }
+    let inv = podsnap_runsc::args::Invocation::parse(args);
     let code = podsnap_runsc::run(&inv, &podsnap_runsc::config::Env::from_process());
     std::process::exit(code);
 }

@@ -20,6 +20,12 @@ pub struct Marker {
     pub snapshot_id: String,
     pub image_dir: PathBuf,
     pub bundle: PathBuf,
+    /// A restored pod sandbox's: the snapshot's app containers, in restore order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_containers: Vec<String>,
+    /// A restored pod sandbox's: the app containers restored into it so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored: Vec<String>,
 }
 
 /// How a marked container is restored: the [`RestoreMode`] the wrapper settled on at `create`.
@@ -137,6 +143,8 @@ mod tests {
             snapshot_id: "s1".into(),
             image_dir: "/img".into(),
             bundle: "/b".into(),
+            pod_containers: vec![],
+            restored: vec![],
         };
         write(&p, &m).unwrap();
         assert_eq!(read(&p).unwrap(), Some(m.clone()));
@@ -164,6 +172,8 @@ mod tests {
             snapshot_id: "s".into(),
             image_dir: "/i".into(),
             bundle: "/b".into(),
+            pod_containers: vec![],
+            restored: vec![],
         };
         assert_eq!(serde_json::to_string(&m).unwrap(), json("restore-on-start"));
     }

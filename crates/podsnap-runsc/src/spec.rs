@@ -1,4 +1,5 @@
-//! The one thing the wrapper reads from an OCI bundle: the restore annotation.
+//! What the wrapper reads from an OCI bundle: the restore annotation, and the CRI annotations
+//! and namespaces that tell a pod's sandbox (pause) container from its app containers.
 
 use std::path::Path;
 
@@ -22,14 +23,68 @@ pub enum SpecError {
     Empty { path: String },
 }
 
+/// The CRI annotation naming a container's role: `sandbox` (the pause container, which
+/// creates the runsc sandbox) or `container` (an app container, a runsc sub-container).
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The CRI annotation holding an app container's name in its pod.
+pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+/// The CRI annotations holding the pod's namespace and name.
+pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+/// The CRI annotation holding an app container's pod sandbox id.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
 #[derive(serde::Deserialize)]
 struct Spec {
     #[serde(default)]
     annotations: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    linux: Option<Linux>,
 }
 
-/// The snapshot id in `<bundle>/config.json`'s annotations, if the annotation is there.
-pub fn restore_from(bundle: &Path) -> Result<Option<String>, SpecError> {
+#[derive(serde::Deserialize)]
+struct Linux {
+    #[serde(default)]
+    namespaces: Option<Vec<Namespace>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Namespace {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// A container's role, from the CRI's annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// No CRI annotation: a container run by other means (`ctr run`, a standalone bundle).
+    Plain,
+    /// A pod's sandbox (pause) container: it creates the runsc sandbox.
+    PodSandbox,
+    /// An app container of a pod: a runsc sub-container in the pod's sandbox.
+    PodContainer,
+}
+
+/// What the wrapper uses from a bundle's `config.json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bundle {
+    pub role: Role,
+    /// `podsnap.dev/restore-from`, if set.
+    pub restore_from: Option<String>,
+    /// The CRI container name (app containers).
+    pub container_name: Option<String>,
+    /// The pod's namespace and name (CRI containers).
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+    /// The pod sandbox's container id (app containers).
+    pub sandbox_id: Option<String>,
+    /// Whether the spec asks for a network namespace. The CRI leaves it out for
+    /// `hostNetwork` pods.
+    pub network_namespace: bool,
+}
+
+/// Reads `<bundle>/config.json`.
+pub fn read(bundle: &Path) -> Result<Bundle, SpecError> {
     let path = bundle.join("config.json");
     let shown = path.display().to_string();
     let bytes = std::fs::read(&path).map_err(|source| SpecError::Read {
@@ -40,17 +95,40 @@ pub fn restore_from(bundle: &Path) -> Result<Option<String>, SpecError> {
         path: shown.clone(),
         source,
     })?;
-    match spec
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(RESTORE_ANNOTATION))
-    {
-        None => Ok(None),
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
-            Ok(Some(s.trim().to_string()))
-        }
-        Some(_) => Err(SpecError::Empty { path: shown }),
-    }
+    let ann = spec.annotations.unwrap_or_default();
+    let text = |k: &str| match ann.get(k) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let restore_from = match ann.get(RESTORE_ANNOTATION) {
+        None => None,
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Some(_) => return Err(SpecError::Empty { path: shown }),
+    };
+    let role = match text(CONTAINER_TYPE).as_deref() {
+        Some("sandbox") => Role::PodSandbox,
+        Some("container") => Role::PodContainer,
+        _ => Role::Plain,
+    };
+    let netns = spec
+        .linux
+        .and_then(|l| l.namespaces)
+        .and_then(|ns| ns.into_iter().find(|n| n.kind == "network"));
+    let network_namespace = netns.is_some();
+    Ok(Bundle {
+        role,
+        restore_from,
+        container_name: text(CONTAINER_NAME),
+        pod_namespace: text(SANDBOX_NAMESPACE),
+        pod_name: text(SANDBOX_NAME),
+        sandbox_id: text(SANDBOX_ID),
+        network_namespace,
+    })
+}
+
+/// The snapshot id in `<bundle>/config.json`'s annotations, if the annotation is there.
+pub fn restore_from(bundle: &Path) -> Result<Option<String>, SpecError> {
+    read(bundle).map(|b| b.restore_from)
 }
 
 #[cfg(test)]
@@ -92,6 +170,40 @@ mod tests {
                 (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{json}: {e}"),
                 (got, want) => panic!("{json}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn tells_pod_sandboxes_from_app_containers_and_host_network() {
+        let cases: &[(&str, Role, bool, Option<&str>)] = &[
+            (
+                r#"{"linux":{"namespaces":[{"type":"network"}]}}"#,
+                Role::Plain,
+                true,
+                None,
+            ),
+            (
+                r#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-namespace":"ns1"},
+                   "linux":{"namespaces":[{"type":"pid"},{"type":"ipc"}]}}"#,
+                Role::PodSandbox,
+                false,
+                None,
+            ),
+            (
+                r#"{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"app"},
+                   "linux":{"namespaces":[{"type":"network","path":"/proc/1/ns/net"}]}}"#,
+                Role::PodContainer,
+                true,
+                Some("app"),
+            ),
+        ];
+        for (json, role, netns, name) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("config.json"), json).unwrap();
+            let b = read(dir.path()).unwrap();
+            assert_eq!(b.role, *role, "{json}");
+            assert_eq!(b.network_namespace, *netns, "{json}");
+            assert_eq!(b.container_name.as_deref(), *name, "{json}");
         }
     }
 

@@ -36,6 +36,8 @@ if [ "$1" = restore ] && [ "$2" = --help ]; then
 fi
 {{ echo "$$"; for a in "$@"; do printf '%s\0' "$a"; done; printf '\n--\n'; }} >> "{calls}"
 printf '%s\n' "$@"
+[ -n "$ECHO_STDERR" ] && printf '%s\n' "$ECHO_STDERR" >&2
+case "$ECHO_FORCE_OK $*" in 1*--force*) exit 0;; esac
 exit "${{ECHO_EXIT:-0}}"
 "#,
             help = d.join("restore-help").display(),
@@ -259,7 +261,6 @@ fn pass_through_is_byte_identical_and_adds_no_process() {
     let weird = OsString::from(OsStr::from_bytes(b"caf\xc3\xa9 \xff\xfe"));
     let cases: Vec<Vec<OsString>> = vec![
         argv("--root /r --log /l.json --log-format json state c1"),
-        argv("--root=/r --systemd-cgroup kill c1 9"),
         argv("--version"),
         vec![],
         vec![
@@ -270,7 +271,6 @@ fn pass_through_is_byte_identical_and_adds_no_process() {
             weird,
             "c1".into(),
         ],
-        argv("--root /r delete --force c1"),
         argv("--root /r start c1"),
         // `run` and `restore` are not `create`: never rewritten.
         argv("--root /r run --bundle /nonexistent c1"),
@@ -285,6 +285,77 @@ fn pass_through_is_byte_identical_and_adds_no_process() {
         // exec, not spawn: the "runsc" ran in the wrapper's own process.
         assert_eq!(runsc_pid, pid, "{args:?}");
     }
+}
+
+#[test]
+fn kill_and_delete_run_as_children_with_runscs_output_and_status() {
+    let s = Setup::new("");
+    for args in [
+        argv("--root=/r --systemd-cgroup kill c1 9"),
+        argv("--root /r kill --all c1 9"),
+        argv("--root /r delete --force c1"),
+    ] {
+        let out = s.command(&args).env("ECHO_EXIT", "5").output().unwrap();
+        assert_eq!(out.status.code(), Some(5), "{args:?}");
+        let (_, seen) = s.calls().pop().unwrap();
+        assert_eq!(seen, args);
+        let echoed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        let want: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+        assert_eq!(echoed, want);
+    }
+}
+
+#[test]
+fn kill_of_a_gone_sandbox_says_container_not_running() {
+    let s = Setup::new("");
+    let gone =
+        "signaling container \"c1\": connecting to control server at PID 42: connection refused";
+    let out = s
+        .command(&argv("--root /r kill --all c1 9"))
+        .env("ECHO_EXIT", "128")
+        .env("ECHO_STDERR", gone)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(128));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The shim maps "container not running" to not-found; runsc's own line stays.
+    assert!(err.contains(gone), "{err}");
+    assert!(err.contains("container not running"), "{err}");
+    // Any other failure is left as runsc said it.
+    let out = s
+        .command(&argv("--root /r kill c1 9"))
+        .env("ECHO_EXIT", "128")
+        .env("ECHO_STDERR", "permission denied")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
+
+#[test]
+fn delete_refused_without_force_is_retried_with_force() {
+    let s = Setup::new("");
+    let out = s
+        .command(&argv("--root /r delete c1"))
+        .env("ECHO_EXIT", "128")
+        .env(
+            "ECHO_STDERR",
+            "cannot delete container that is not stopped without --force flag",
+        )
+        .env("ECHO_FORCE_OK", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let calls: Vec<Vec<OsString>> = s.calls().into_iter().map(|c| c.1).collect();
+    assert_eq!(
+        calls,
+        vec![
+            argv("--root /r delete c1"),
+            argv("--root /r delete --force c1")
+        ]
+    );
 }
 
 #[test]

@@ -40,16 +40,29 @@ impl Containerd {
     /// is how a test configures a runsc wrapper (`PODSNAP_CONFIG`, `PODSNAP_SOCKET`) without
     /// touching its own process's environment.
     pub fn start_with_env(env: &[(&str, &std::ffi::OsStr)]) -> Result<Containerd, String> {
+        Containerd::start_with(env, None)
+    }
+
+    /// Like [`Containerd::start_with_env`], with the CRI plugin enabled as `cri` says (see
+    /// [`crate::cri`]).
+    pub fn start_with(
+        env: &[(&str, &std::ffi::OsStr)],
+        cri: Option<&crate::cri::CriSettings>,
+    ) -> Result<Containerd, String> {
         let dir = tempfile::Builder::new()
             .prefix("podsnap-containerd")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let d = dir.path();
+        let plugins = match cri {
+            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
+            Some(c) => c.config_section(d, &d.join("runc-root")),
+        };
         let config = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{plugins}
 [grpc]
   address = "{sock}"
 [ttrpc]

@@ -9,6 +9,7 @@
 
 pub mod azurite;
 pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod metrics;
 pub mod moto;
