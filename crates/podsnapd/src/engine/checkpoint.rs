@@ -111,7 +111,7 @@ impl Engine {
         let job = self
             .jobs
             .start(
-                JobSpec::Checkpoint(CheckpointJob {
+                JobSpec::Checkpoint(Box::new(CheckpointJob {
                     sandbox: sb,
                     group,
                     labels: spec.labels,
@@ -121,7 +121,7 @@ impl Engine {
                     leave_running: resume && leave_running_works,
                     checkpointed: false,
                     resumed: false,
-                }),
+                })),
                 target.to_string(),
                 None,
             )
