@@ -1,5 +1,6 @@
-//! Generated gRPC types and service stubs for `proto/podsnap/v1/podsnap.proto`.
-//! Nothing else lives here: domain crates never see these types, podsnapd converts at the edge.
+//! Generated gRPC types and service stubs for `proto/podsnap/v1/podsnap.proto`, and (feature
+//! `client`) the one Unix-socket connector every client uses. Domain crates never see the
+//! generated types; podsnapd converts at the edge.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
@@ -10,3 +11,6 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("podsnap_descriptor");
 }
+
+#[cfg(feature = "client")]
+pub mod client;

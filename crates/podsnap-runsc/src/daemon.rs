@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use podsnap_proto::client::{connect_unix_with, error_chain, unix_endpoint};
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use podsnap_proto::v1::PrepareRestoreRequest;
-use tonic::transport::{Endpoint, Uri};
 
 /// How long connecting to the socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,15 +49,6 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// The innermost cause of an error, which for a failed connect is the io error.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
 /// What PrepareRestore gave: the image and what the manifest says of the pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prepared {
@@ -100,19 +90,11 @@ async fn prepare_restore_async(
         socket: socket.to_path_buf(),
         reason,
     };
-    let path = socket.to_path_buf();
-    // The URI is required by the API but unused: every connection goes to the socket.
-    let endpoint = Endpoint::from_static("http://podsnapd.local").connect_timeout(CONNECT_TIMEOUT);
-    let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
-    }));
+    let endpoint = unix_endpoint().connect_timeout(CONNECT_TIMEOUT);
+    let connect = connect_unix_with(endpoint, socket);
     let channel = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(unreachable(root_cause(&e))),
+        Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
         Err(_) => return Err(unreachable("connect timed out".into())),
     };
     let mut client = PodsnapClient::new(channel);
@@ -129,7 +111,8 @@ async fn prepare_restore_async(
         }
         // A status with a source was made on this side: the connection broke.
         Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
-            return Err(unreachable(root_cause(&status)));
+            let cause = std::error::Error::source(&status).map(error_chain);
+            return Err(unreachable(cause.unwrap_or_default()));
         }
         Ok(Err(status)) => {
             return Err(PrepareError::Refused {

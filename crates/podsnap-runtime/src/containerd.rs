@@ -20,10 +20,11 @@ use containerd_client::services::v1::{
     GetContainerRequest, GetRequest, ListContainersRequest, ListTasksRequest, PauseTaskRequest,
     ResumeTaskRequest,
 };
+use podsnap_proto::client;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Default containerd socket.
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -323,28 +324,12 @@ impl ContainerdClient {
     }
 
     async fn connect_once(socket: PathBuf, timeout: Duration) -> Result<Channel, String> {
-        let endpoint = Endpoint::try_from("http://[::]:50051")
-            .map_err(|e| e.to_string())?
+        let endpoint = client::unix_endpoint()
             .connect_timeout(timeout)
             .timeout(timeout);
-        endpoint
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
+        client::connect_unix_with(endpoint, socket)
             .await
-            .map_err(|e| {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg = format!("{msg}: {s}");
-                    src = s.source();
-                }
-                msg
-            })
+            .map_err(|e| client::error_chain(&e))
     }
 
     async fn channel(&self) -> Result<Channel, ContainerdError> {

@@ -216,18 +216,10 @@ impl Store {
     /// Deletes the manifest of `id`. Its data goes at the next [`Store::gc`].
     pub async fn delete(&self, id: &SnapshotId) -> Result<(), StoreError> {
         let key = manifest_key(id);
-        let path = self.inner.path(&key);
-        match self
-            .inner
-            .retry("read", &key, || self.inner.os.head(&path))
-            .await
-        {
-            Ok(_) => {}
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(StoreError::SnapshotNotFound(id.to_string()))
-            }
-            Err(e) => return Err(self.inner.err("read", &key, e)),
+        if !self.inner.exists(&key).await? {
+            return Err(StoreError::SnapshotNotFound(id.to_string()));
         }
+        let path = self.inner.path(&key);
         match self
             .inner
             .retry("delete", &key, || self.inner.os.delete(&path))

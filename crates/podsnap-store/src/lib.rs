@@ -353,6 +353,16 @@ impl Inner {
         }
     }
 
+    /// Whether object `key` exists (a HEAD under the retry policy).
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path(key);
+        match self.retry("read", key, || self.os.head(&path)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err("read", key, e)),
+        }
+    }
+
     /// Reads a whole object, refusing (from its metadata) one larger than `max`.
     pub(crate) async fn get_bounded(&self, key: &str, max: u64) -> Result<Bytes, GetError> {
         let path = self.path(key);

@@ -23,7 +23,7 @@ use crate::crypto::{blob_aad, Key};
 use crate::index::{page_len, Codec, FileIndex};
 use crate::limits::PAGE_SIZE;
 use crate::progress::{Progress, ProgressEvent};
-use crate::{pack_key, SnapshotId, Store, StoreError};
+use crate::{pack_key, Inner, SnapshotId, Store, StoreError};
 
 /// Largest ranged GET: several neighbouring blobs of one pack.
 const MAX_REQUEST: u64 = 4 << 20;
@@ -55,7 +55,7 @@ pub struct PullReport {
 }
 
 /// Pages of one file to fill from one blob.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Target {
     file: u32,
     file_page: u64,
@@ -65,7 +65,7 @@ struct Target {
     digest: u32,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct BlobKey {
     pack: [u8; 32],
     offset: u64,
@@ -74,6 +74,8 @@ struct BlobKey {
     codec: u8,
 }
 
+/// One ranged GET of a pack and the blobs it holds.
+#[derive(Debug)]
 struct Request {
     pack: [u8; 32],
     start: u64,
@@ -136,7 +138,9 @@ impl Store {
             .await
     }
 
-    /// [`Store::pull`] with options.
+    /// [`Store::pull`] with options. The phases: check the destination, read and verify the
+    /// indexes, lay the files out in a temp sibling, plan the ranged requests, fetch and fill,
+    /// finish the files (modes, fsync), rename into place.
     #[tracing::instrument(skip_all, fields(store = %self.inner.display, snapshot = %id))]
     pub async fn pull_with(
         &self,
@@ -146,124 +150,152 @@ impl Store {
         opts: PullOptions,
     ) -> Result<PullReport, StoreError> {
         let manifest = self.manifest(id).await?;
-        let dest = std::path::absolute(dir).map_err(|e| StoreError::io("resolve", dir, e))?;
-        let dest_existed = check_destination(&dest)?;
-        let parent = dest
-            .parent()
-            .ok_or_else(|| StoreError::DestinationNotEmpty(dest.clone()))?
-            .to_path_buf();
-        let name = dest
-            .file_name()
-            .ok_or_else(|| StoreError::DestinationNotEmpty(dest.clone()))?
-            .to_string_lossy()
-            .into_owned();
+        let dest = Destination::check(dir)?;
 
         // The key and the indexes, before anything is written locally.
-        let inner = &self.inner;
-        let seal = inner.key_for(&manifest)?.cloned();
+        let seal = self.inner.key_for(&manifest)?.cloned();
+        let indexes = self.inner.read_indexes(&manifest, seal.as_ref()).await?;
+
+        let mut tmp = dest.temp_dir()?;
+        let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+        progress.event(ProgressEvent::Started { total_bytes: total });
+        let files = lay_out(&manifest, indexes, tmp.path(), &dest.path, progress)?;
+        let zero_written: u64 = manifest.files.iter().map(|f| f.zero_bytes).sum();
+        progress.event(ProgressEvent::BytesWritten(zero_written));
+
+        let requests = plan_requests(blob_targets(&files));
+        let files = Arc::new(files);
+        let mut report = PullReport {
+            files: manifest.files.len() as u64,
+            bytes_written: zero_written,
+            ..Default::default()
+        };
+        self.inner
+            .fetch_and_fill(&files, requests, seal, opts, progress, &mut report)
+            .await?;
+
+        progress.event(ProgressEvent::Committing);
+        let files = Arc::try_unwrap(files).map_err(|_| StoreError::Io {
+            op: "finish",
+            path: tmp.path().to_path_buf(),
+            source: std::io::Error::other("file handles still shared"),
+        })?;
+        finish_files(files, &manifest, tmp.path(), opts).await?;
+        for pf in &manifest.files {
+            progress.event(ProgressEvent::FileFinished {
+                path: pf.path.clone(),
+            });
+        }
+        dest.rename_from(&mut tmp, opts)?;
+        tracing::info!(
+            bytes_downloaded = report.bytes_downloaded,
+            bytes_written = report.bytes_written,
+            "pull finished"
+        );
+        Ok(report)
+    }
+}
+
+/// Where a pull goes: an absolute path that does not exist or is an empty directory.
+struct Destination {
+    path: PathBuf,
+    existed: bool,
+    parent: PathBuf,
+    name: String,
+}
+
+impl Destination {
+    fn check(dir: &Path) -> Result<Destination, StoreError> {
+        let path = std::path::absolute(dir).map_err(|e| StoreError::io("resolve", dir, e))?;
+        let existed = check_destination(&path)?;
+        let parent = path
+            .parent()
+            .ok_or_else(|| StoreError::DestinationNotEmpty(path.clone()))?
+            .to_path_buf();
+        let name = path
+            .file_name()
+            .ok_or_else(|| StoreError::DestinationNotEmpty(path.clone()))?
+            .to_string_lossy()
+            .into_owned();
+        Ok(Destination {
+            path,
+            existed,
+            parent,
+            name,
+        })
+    }
+
+    /// A fresh hidden sibling to write into, removed on drop unless renamed into place.
+    fn temp_dir(&self) -> Result<TempDir, StoreError> {
+        std::fs::create_dir_all(&self.parent)
+            .map_err(|e| StoreError::io("create", &self.parent, e))?;
+        let tmp = self.parent.join(format!(
+            ".{}.podsnap-pull-{:08x}",
+            self.name,
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
+        Ok(TempDir(Some(tmp)))
+    }
+
+    /// Renames the finished temp dir into place (and makes that durable if asked).
+    fn rename_from(&self, tmp: &mut TempDir, opts: PullOptions) -> Result<(), StoreError> {
+        if self.existed {
+            // Still empty? Then make room for the rename (fails if someone filled it).
+            std::fs::remove_dir(&self.path)
+                .map_err(|_| StoreError::DestinationNotEmpty(self.path.clone()))?;
+        }
+        std::fs::rename(tmp.path(), &self.path)
+            .map_err(|e| StoreError::io("rename into", &self.path, e))?;
+        tmp.0 = None;
+        if opts.durable {
+            fsync_dir(&self.parent)?;
+        }
+        Ok(())
+    }
+}
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        self.0
+            .as_deref()
+            .expect("the temp dir is armed until renamed")
+    }
+}
+
+impl Inner {
+    /// Every file's index, each checked against its digest in the manifest and validated.
+    async fn read_indexes(
+        self: &Arc<Self>,
+        manifest: &crate::Manifest,
+        seal: Option<&Key>,
+    ) -> Result<Vec<FileIndex>, StoreError> {
         // Owned items and an owned `Arc` keep this future `Send` for callers that spawn it.
         let indexes: Vec<Result<FileIndex, StoreError>> =
             futures::stream::iter(manifest.files.clone())
                 .map(|f| {
-                    let inner = inner.clone();
-                    let seal = seal.clone();
+                    let inner = self.clone();
+                    let seal = seal.cloned();
                     async move { inner.read_index(&f, seal.as_ref()).await }
                 })
                 .buffered(8)
                 .collect()
                 .await;
-        let indexes = indexes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        indexes.into_iter().collect()
+    }
 
-        std::fs::create_dir_all(&parent).map_err(|e| StoreError::io("create", &parent, e))?;
-        let tmp = parent.join(format!(
-            ".{name}.podsnap-pull-{:08x}",
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
-        let mut guard = TempDir(Some(tmp.clone()));
-
-        let total: u64 = manifest.files.iter().map(|f| f.size).sum();
-        progress.event(ProgressEvent::Started { total_bytes: total });
-        let mut files = Vec::with_capacity(indexes.len());
-        for (f, index) in manifest.files.iter().zip(indexes) {
-            let path = tmp.join(&f.path);
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d).map_err(|e| StoreError::io("create", d, e))?;
-            }
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| StoreError::io("create", &path, e))?;
-            file.set_len(f.size)
-                .map_err(|e| StoreError::io("resize", dest.join(&f.path), e))?;
-            progress.event(ProgressEvent::FileStarted {
-                path: f.path.clone(),
-                size: f.size,
-            });
-            files.push(PullFile {
-                rel: f.path.clone(),
-                dest: dest.join(&f.path),
-                file,
-                index,
-                dirty: AtomicU64::new(0),
-            });
-        }
-        let zero_written: u64 = manifest.files.iter().map(|f| f.zero_bytes).sum();
-        progress.event(ProgressEvent::BytesWritten(zero_written));
-
-        // Group the pages by blob, then blobs by pack into ranged requests.
-        let mut by_blob: BTreeMap<BlobKey, Vec<Target>> = BTreeMap::new();
-        for (fi, pf) in files.iter().enumerate() {
-            let idx = &pf.index;
-            let mut page: u64 = 0;
-            let mut digest: u32 = 0;
-            for e in &idx.extents {
-                if !e.is_zero() {
-                    let b = idx.blobs[e.blob as usize];
-                    let key = BlobKey {
-                        pack: idx.packs[b.pack as usize],
-                        offset: b.offset,
-                        stored_len: b.stored_len,
-                        raw_len: b.raw_len,
-                        codec: b.codec as u8,
-                    };
-                    by_blob.entry(key).or_default().push(Target {
-                        file: fi as u32,
-                        file_page: page,
-                        first_page: e.first_page,
-                        pages: e.pages,
-                        digest,
-                    });
-                    digest += e.pages;
-                }
-                page += e.pages as u64;
-            }
-        }
-        let mut requests: Vec<Request> = Vec::new();
-        for (key, targets) in by_blob {
-            let end = key.offset + key.stored_len as u64;
-            if let Some(r) = requests.last_mut() {
-                if r.pack == key.pack
-                    && key.offset >= r.end
-                    && key.offset - r.end <= MAX_GAP
-                    && end - r.start <= MAX_REQUEST
-                {
-                    r.end = end;
-                    r.blobs.push((key, targets));
-                    continue;
-                }
-            }
-            requests.push(Request {
-                pack: key.pack,
-                start: key.offset,
-                end,
-                blobs: vec![(key, targets)],
-            });
-        }
-
-        let files = Arc::new(files);
+    /// Runs the requests (at most `DOWNLOADS` at once): each ranged GET's blobs are
+    /// decompressed, verified and written on the worker pool.
+    async fn fetch_and_fill(
+        self: &Arc<Self>,
+        files: &Arc<Vec<PullFile>>,
+        requests: Vec<Request>,
+        seal: Option<Key>,
+        opts: PullOptions,
+        progress: &dyn Progress,
+        report: &mut PullReport,
+    ) -> Result<(), StoreError> {
+        let inner = self;
         let mut results = futures::stream::iter(requests)
             .map(|req| {
                 let files = files.clone();
@@ -319,11 +351,6 @@ impl Store {
                 }
             })
             .buffer_unordered(DOWNLOADS);
-        let mut report = PullReport {
-            files: manifest.files.len() as u64,
-            bytes_written: zero_written,
-            ..Default::default()
-        };
         while let Some(r) = results.next().await {
             let (d, w) = r?;
             report.bytes_downloaded += d;
@@ -331,75 +358,154 @@ impl Store {
             progress.event(ProgressEvent::BytesDownloaded(d));
             progress.event(ProgressEvent::BytesWritten(w));
         }
-        drop(results);
-
-        progress.event(ProgressEvent::Committing);
-        let files = Arc::try_unwrap(files).map_err(|_| StoreError::Io {
-            op: "finish",
-            path: tmp.clone(),
-            source: std::io::Error::other("file handles still shared"),
-        })?;
-        let modes: Vec<(PathBuf, u32)> = manifest
-            .files
-            .iter()
-            .map(|f| (tmp.join(&f.path), f.mode))
-            .collect();
-        let tmp2 = tmp.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            for (pf, (path, mode)) in files.iter().zip(&modes) {
-                if opts.durable {
-                    pf.file
-                        .sync_all()
-                        .map_err(|e| StoreError::io("fsync", path, e))?;
-                }
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode & 0o777))
-                    .map_err(|e| StoreError::io("chmod", path, e))?;
-            }
-            // Directories inside the snapshot, deepest first, then the temp dir itself.
-            let mut dirs: Vec<PathBuf> = modes
-                .iter()
-                .flat_map(|(p, _)| {
-                    p.ancestors()
-                        .skip(1)
-                        .map(Path::to_path_buf)
-                        .collect::<Vec<_>>()
-                })
-                .filter(|d| d.starts_with(&tmp2))
-                .collect();
-            if !opts.durable {
-                return Ok(());
-            }
-            dirs.sort();
-            dirs.dedup();
-            for d in dirs.iter().rev() {
-                fsync_dir(d)?;
-            }
-            fsync_dir(&tmp2)
-        })
-        .await
-        .map_err(StoreError::Task)??;
-        for pf in &manifest.files {
-            progress.event(ProgressEvent::FileFinished {
-                path: pf.path.clone(),
-            });
-        }
-        if dest_existed {
-            // Still empty? Then make room for the rename (fails if someone filled it).
-            std::fs::remove_dir(&dest)
-                .map_err(|_| StoreError::DestinationNotEmpty(dest.clone()))?;
-        }
-        std::fs::rename(&tmp, &dest).map_err(|e| StoreError::io("rename into", &dest, e))?;
-        guard.0 = None;
-        if opts.durable {
-            fsync_dir(&parent)?;
-        }
-        tracing::info!(
-            bytes_downloaded = report.bytes_downloaded,
-            bytes_written = report.bytes_written,
-            "pull finished"
-        );
-        Ok(report)
+        Ok(())
     }
+}
+
+/// Creates every file in `tmp` at its final size (zero pages stay holes).
+fn lay_out(
+    manifest: &crate::Manifest,
+    indexes: Vec<FileIndex>,
+    tmp: &Path,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<Vec<PullFile>, StoreError> {
+    let mut files = Vec::with_capacity(indexes.len());
+    for (f, index) in manifest.files.iter().zip(indexes) {
+        let path = tmp.join(&f.path);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| StoreError::io("create", d, e))?;
+        }
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create", &path, e))?;
+        file.set_len(f.size)
+            .map_err(|e| StoreError::io("resize", dest.join(&f.path), e))?;
+        progress.event(ProgressEvent::FileStarted {
+            path: f.path.clone(),
+            size: f.size,
+        });
+        files.push(PullFile {
+            rel: f.path.clone(),
+            dest: dest.join(&f.path),
+            file,
+            index,
+            dirty: AtomicU64::new(0),
+        });
+    }
+    Ok(files)
+}
+
+/// The pages of every file grouped by the blob that holds them, blobs in (pack, offset) order.
+fn blob_targets(files: &[PullFile]) -> BTreeMap<BlobKey, Vec<Target>> {
+    let mut by_blob: BTreeMap<BlobKey, Vec<Target>> = BTreeMap::new();
+    for (fi, pf) in files.iter().enumerate() {
+        let idx = &pf.index;
+        let mut page: u64 = 0;
+        let mut digest: u32 = 0;
+        for e in &idx.extents {
+            if !e.is_zero() {
+                let b = idx.blobs[e.blob as usize];
+                let key = BlobKey {
+                    pack: idx.packs[b.pack as usize],
+                    offset: b.offset,
+                    stored_len: b.stored_len,
+                    raw_len: b.raw_len,
+                    codec: b.codec as u8,
+                };
+                by_blob.entry(key).or_default().push(Target {
+                    file: fi as u32,
+                    file_page: page,
+                    first_page: e.first_page,
+                    pages: e.pages,
+                    digest,
+                });
+                digest += e.pages;
+            }
+            page += e.pages as u64;
+        }
+    }
+    by_blob
+}
+
+/// Plans the ranged GETs: blobs, in (pack, offset) order, are coalesced into one request
+/// while they are of one pack, do not overlap the request so far, leave a hole of at most
+/// `MAX_GAP` and keep the request within `MAX_REQUEST` (a single larger blob is a request of
+/// its own).
+fn plan_requests(blobs: impl IntoIterator<Item = (BlobKey, Vec<Target>)>) -> Vec<Request> {
+    let mut requests: Vec<Request> = Vec::new();
+    for (key, targets) in blobs {
+        let end = key.offset + key.stored_len as u64;
+        if let Some(r) = requests.last_mut() {
+            if r.pack == key.pack
+                && key.offset >= r.end
+                && key.offset - r.end <= MAX_GAP
+                && end - r.start <= MAX_REQUEST
+            {
+                r.end = end;
+                r.blobs.push((key, targets));
+                continue;
+            }
+        }
+        requests.push(Request {
+            pack: key.pack,
+            start: key.offset,
+            end,
+            blobs: vec![(key, targets)],
+        });
+    }
+    requests
+}
+
+/// Sets every file's mode and, for a durable pull, fsyncs the files, then the directories
+/// inside the snapshot (deepest first) and the temp dir itself.
+async fn finish_files(
+    files: Vec<PullFile>,
+    manifest: &crate::Manifest,
+    tmp: &Path,
+    opts: PullOptions,
+) -> Result<(), StoreError> {
+    let modes: Vec<(PathBuf, u32)> = manifest
+        .files
+        .iter()
+        .map(|f| (tmp.join(&f.path), f.mode))
+        .collect();
+    let tmp = tmp.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        for (pf, (path, mode)) in files.iter().zip(&modes) {
+            if opts.durable {
+                pf.file
+                    .sync_all()
+                    .map_err(|e| StoreError::io("fsync", path, e))?;
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode & 0o777))
+                .map_err(|e| StoreError::io("chmod", path, e))?;
+        }
+        if !opts.durable {
+            return Ok(());
+        }
+        let mut dirs: Vec<PathBuf> = modes
+            .iter()
+            .flat_map(|(p, _)| {
+                p.ancestors()
+                    .skip(1)
+                    .map(Path::to_path_buf)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|d| d.starts_with(&tmp))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs.iter().rev() {
+            fsync_dir(d)?;
+        }
+        fsync_dir(&tmp)
+    })
+    .await
+    .map_err(StoreError::Task)?
 }
 
 /// Decompresses the blobs of one request, verifies every page and writes it. Returns the bytes
@@ -481,4 +587,113 @@ fn start_writeback(file: &File) {
     // for the call because `file` is borrowed. Offset 0 and length 0 mean the whole file.
     #[allow(unsafe_code)]
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Blobs as a pack writer lays them out: per pack, in offset order, each after the last
+    /// (with holes where other snapshots' blobs sit).
+    fn layout() -> impl Strategy<Value = Vec<BlobKey>> {
+        prop::collection::vec(
+            (
+                0u8..3,
+                prop_oneof![Just(0u64), 1u64..4096, 4096u64..(MAX_GAP * 2)],
+                1u32..(2 << 20),
+            ),
+            0..60,
+        )
+        .prop_map(|raw| {
+            let mut next = [0u64; 3];
+            let mut keys: Vec<BlobKey> = raw
+                .into_iter()
+                .map(|(pack, hole, stored_len)| {
+                    let offset = next[pack as usize] + hole;
+                    next[pack as usize] = offset + stored_len as u64;
+                    BlobKey {
+                        pack: [pack; 32],
+                        offset,
+                        stored_len,
+                        raw_len: stored_len,
+                        codec: 0,
+                    }
+                })
+                .collect();
+            keys.sort();
+            keys
+        })
+    }
+
+    fn plan(keys: &[BlobKey]) -> Vec<Request> {
+        plan_requests(keys.iter().map(|k| (*k, Vec::new())))
+    }
+
+    proptest! {
+        #[test]
+        fn every_blob_is_fetched_once_in_order(keys in layout()) {
+            let planned: Vec<BlobKey> = plan(&keys)
+                .iter()
+                .flat_map(|r| r.blobs.iter().map(|(k, _)| *k))
+                .collect();
+            prop_assert_eq!(planned, keys);
+        }
+
+        #[test]
+        fn a_request_is_one_pack_and_covers_its_blobs_exactly(keys in layout()) {
+            for r in plan(&keys) {
+                let first = r.blobs[0].0;
+                let last = r.blobs[r.blobs.len() - 1].0;
+                prop_assert_eq!(r.start, first.offset);
+                prop_assert_eq!(r.end, last.offset + last.stored_len as u64);
+                for (k, _) in &r.blobs {
+                    prop_assert_eq!(k.pack, r.pack);
+                    prop_assert!(k.offset >= r.start && k.offset + k.stored_len as u64 <= r.end);
+                }
+            }
+        }
+
+        #[test]
+        fn requests_stay_within_the_bounds(keys in layout()) {
+            for r in plan(&keys) {
+                // Only a single blob may exceed the request size.
+                prop_assert!(r.end - r.start <= MAX_REQUEST || r.blobs.len() == 1);
+                for pair in r.blobs.windows(2) {
+                    let (a, b) = (pair[0].0, pair[1].0);
+                    let gap = b.offset - (a.offset + a.stored_len as u64);
+                    prop_assert!(gap <= MAX_GAP, "a hole of {} bytes was fetched", gap);
+                }
+            }
+        }
+
+        #[test]
+        fn neighbours_that_fit_are_never_split(keys in layout()) {
+            let requests = plan(&keys);
+            for pair in requests.windows(2) {
+                let (a, b) = (&pair[0], &pair[1]);
+                let next = b.blobs[0].0;
+                let fits = a.pack == b.pack
+                    && next.offset >= a.end
+                    && next.offset - a.end <= MAX_GAP
+                    && next.offset + next.stored_len as u64 - a.start <= MAX_REQUEST;
+                prop_assert!(!fits, "{:?} could have joined the request before it", next);
+            }
+        }
+    }
+
+    #[test]
+    fn adjacent_small_blobs_make_one_request_and_a_far_one_its_own() {
+        let key = |offset: u64| BlobKey {
+            pack: [7; 32],
+            offset,
+            stored_len: 1000,
+            raw_len: 4096,
+            codec: 1,
+        };
+        let r = plan(&[key(0), key(1000), key(2000 + MAX_GAP + 1)]);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].start, r[0].end, r[0].blobs.len()), (0, 2000, 2));
+        assert_eq!(r[1].start, 2000 + MAX_GAP + 1);
+    }
 }

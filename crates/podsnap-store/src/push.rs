@@ -586,6 +586,10 @@ impl<'a> Pipeline<'a> {
 
 impl Store {
     /// Pushes every regular file under `dir` as a new snapshot and commits its manifest.
+    ///
+    /// The phases: check the id is free and list the files; load the dedup bases' pages;
+    /// push every file through the pipeline (packs uploaded as they fill); write one index
+    /// per file; check that the reused packs still exist; commit the manifest (create-only).
     #[tracing::instrument(skip_all, fields(store = %self.inner.display, dir = %dir.display()))]
     pub async fn push(
         &self,
@@ -596,12 +600,8 @@ impl Store {
         let id = opts.id.clone().unwrap_or_else(SnapshotId::generate);
         tracing::info!(snapshot = %id, "push started");
         let inner = &self.inner;
-        let key = manifest_key(&id);
-        let mpath = inner.path(&key);
-        match inner.retry("read", &key, || inner.os.head(&mpath)).await {
-            Ok(_) => return Err(StoreError::SnapshotExists(id.to_string())),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(inner.err("read", &key, e)),
+        if inner.exists(&manifest_key(&id)).await? {
+            return Err(StoreError::SnapshotExists(id.to_string()));
         }
         let files = {
             let dir = dir.to_path_buf();
@@ -609,162 +609,27 @@ impl Store {
                 .await
                 .map_err(StoreError::Task)??
         };
-        let workers = crate::pool::workers();
-        let uploads = if opts.concurrency == 0 {
-            DEFAULT_UPLOADS
-        } else {
-            opts.concurrency
-        };
         let seal = inner.keys.for_group(opts.group.as_deref()).cloned();
-        let mut p = Pipeline {
-            inner,
-            progress,
-            snapshot: id.to_string(),
-            key: seal.clone(),
-            known: HashMap::new(),
-            blobs: Vec::new(),
-            packs: Vec::new(),
-            reused_packs: 0,
-            pack_buf: Vec::with_capacity(PACK_TARGET + MAX_BLOB_RAW),
-            pack_hasher: Sha256::new(),
-            pack_slot: None,
-            pack_seq: 0,
-            uploads: JoinSet::new(),
-            upload_slots: Arc::new(Semaphore::new(uploads)),
-            bytes_read: 0,
-            bytes_zero: 0,
-            bytes_dedup: 0,
-            bytes_uploaded: 0,
-            objects_written: 0,
-        };
-        // Dedup bases: the parent and whatever else we were told about.
-        let mut bases: Vec<SnapshotId> = opts.parent.iter().cloned().collect();
-        bases.extend(opts.dedup_from.iter().cloned());
-        for base in &bases {
-            let m = inner.read_manifest(base).await?;
-            // Pages are shared only between snapshots sealed by the same key (or none).
-            let base_key = m.encryption.as_ref().map(|e| e.key_id.as_str());
-            if base_key != seal.as_ref().map(Key::id) {
-                tracing::info!(snapshot = %id, base = %base,
-                    "not deduplicating against a snapshot with other encryption");
-                continue;
-            }
-            let base_key = match &seal {
-                Some(_) => inner.key_for(&m)?,
-                None => None,
-            };
-            for f in &m.files {
-                let idx = inner.read_index(f, base_key).await?;
-                p.add_base(&idx);
-            }
-        }
+        let mut p = Pipeline::new(inner, progress, &id, seal.clone(), opts.concurrency);
+        let bases: Vec<SnapshotId> = opts
+            .parent
+            .iter()
+            .chain(&opts.dedup_from)
+            .cloned()
+            .collect();
+        p.load_dedup_bases(&id, &bases).await?;
+
         let total: u64 = files.iter().map(|f| f.size).sum();
         progress.event(ProgressEvent::Started { total_bytes: total });
-        let mut builds = Vec::with_capacity(files.len());
-        for src in &files {
-            progress.event(ProgressEvent::FileStarted {
-                path: src.rel.clone(),
-                size: src.size,
-            });
-            let r = p.push_file(src, workers).await;
-            let b = match r {
-                Ok(b) => b,
-                Err(e) => {
-                    p.uploads.abort_all();
-                    return Err(e);
-                }
-            };
-            progress.event(ProgressEvent::FileFinished {
-                path: src.rel.clone(),
-            });
-            builds.push(b);
-        }
-        p.seal_pack().await?;
-        p.collect_uploads(true).await?;
-
-        // Indexes. The dedup map is no longer needed: free it first (about 40 bytes per
-        // distinct page), since the indexes are built at the push's memory peak.
+        let mut builds = p.push_files(&files).await?;
+        // The dedup map is no longer needed: free it first (about 40 bytes per distinct
+        // page), since the indexes are built at the push's memory peak.
         p.known = HashMap::new();
-        let mut entries = Vec::with_capacity(files.len());
-        let mut all_packs = std::collections::BTreeSet::new();
-        for (src, build) in files.iter().zip(builds.iter_mut()) {
-            let idx = p.finish_index(build);
-            all_packs.extend(idx.packs.iter().map(hex::encode));
-            let seal = seal.clone();
-            let (digest, plain_len, stored) = tokio::task::spawn_blocking(move || {
-                let plain = idx.encode();
-                drop(idx);
-                let digest = index_digest(seal.as_ref(), &plain);
-                let stored = chunk::compress_meta(&plain);
-                let stored = match &seal {
-                    Some(k) => k.seal(INDEX_AAD, &stored),
-                    None => stored,
-                };
-                (digest, plain.len() as u64, stored)
-            })
-            .await
-            .map_err(StoreError::Task)?;
-            let ikey = index_key(&digest);
-            let ipath = inner.path(&ikey);
-            let exists = match inner.retry("read", &ikey, || inner.os.head(&ipath)).await {
-                Ok(_) => true,
-                Err(object_store::Error::NotFound { .. }) => false,
-                Err(e) => return Err(inner.err("read", &ikey, e)),
-            };
-            if !exists {
-                let n = stored.len() as u64;
-                let payload = PutPayload::from(stored);
-                inner
-                    .retry("write", &ikey, || inner.os.put(&ipath, payload.clone()))
-                    .await
-                    .map_err(|e| inner.err("write", &ikey, e))?;
-                p.bytes_uploaded += n;
-                p.objects_written += 1;
-                progress.event(ProgressEvent::BytesUploaded(n));
-            }
-            entries.push(FileEntry {
-                path: src.rel.clone(),
-                size: src.size,
-                mode: src.mode,
-                index: IndexRef {
-                    digest,
-                    size: plain_len,
-                },
-                zero_bytes: build.zero_bytes,
-            });
-        }
-
-        // Reused packs must still exist (a concurrent gc may have swept a deleted parent's).
-        let used: std::collections::HashSet<u32> = builds
-            .iter()
-            .flat_map(|b| b.index.extents.iter())
-            .filter(|e| !e.is_zero())
-            .map(|e| p.blobs[e.blob as usize].pack)
-            .filter(|&pk| (pk as usize) < p.reused_packs)
-            .collect();
-        let names: std::collections::BTreeSet<[u8; 32]> =
-            used.iter().map(|&pk| p.packs[pk as usize]).collect();
-        let checks: Vec<Result<(), StoreError>> = futures::stream::iter(names)
-            .map(|name| async move {
-                let k = pack_key(&name);
-                let path = inner.path(&k);
-                match inner.retry("read", &k, || inner.os.head(&path)).await {
-                    Ok(_) => Ok(()),
-                    Err(object_store::Error::NotFound { .. }) => Err(StoreError::MissingObject {
-                        file: "(dedup base)".into(),
-                        offset: 0,
-                        object: k,
-                    }),
-                    Err(e) => Err(inner.err("read", &k, e)),
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        checks.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let (entries, all_packs) = p.write_indexes(&files, &mut builds).await?;
+        p.check_reused_packs(&builds).await?;
 
         progress.event(ProgressEvent::Committing);
-        let mut manifest = Manifest {
+        let manifest = Manifest {
             format_version: if seal.is_some() {
                 crate::FORMAT_VERSION_ENCRYPTED
             } else {
@@ -795,40 +660,7 @@ impl Store {
             digest: String::new(),
             mac: None,
         };
-        manifest
-            .validate()
-            .map_err(|reason| StoreError::InvalidManifest {
-                id: id.to_string(),
-                reason,
-            })?;
-        let body = manifest.seal(seal.as_ref());
-        let body_len = body.len() as u64;
-        // A retry after a lost response meets `AlreadyExists` and is checked below: the
-        // create-only put is never repeated blindly.
-        let payload = PutPayload::from(body);
-        let put = inner
-            .retry("commit", &key, || {
-                inner.os.put_opts(
-                    &mpath,
-                    payload.clone(),
-                    PutOptions {
-                        mode: PutMode::Create,
-                        ..Default::default()
-                    },
-                )
-            })
-            .await;
-        match put {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                // Ours, if a retry lost the first response; someone else's otherwise.
-                match inner.read_manifest(&id).await {
-                    Ok(existing) if existing.digest == manifest.digest => {}
-                    _ => return Err(StoreError::SnapshotExists(id.to_string())),
-                }
-            }
-            Err(e) => return Err(inner.err("commit", &key, e)),
-        }
+        let (manifest, body_len) = commit_manifest(inner, manifest, seal.as_ref()).await?;
         tracing::info!(
             snapshot = %id,
             bytes_read = p.bytes_read,
@@ -845,4 +677,228 @@ impl Store {
             manifest,
         })
     }
+}
+
+impl<'a> Pipeline<'a> {
+    fn new(
+        inner: &'a Arc<Inner>,
+        progress: &'a dyn Progress,
+        id: &SnapshotId,
+        seal: Option<Key>,
+        concurrency: usize,
+    ) -> Self {
+        let uploads = if concurrency == 0 {
+            DEFAULT_UPLOADS
+        } else {
+            concurrency
+        };
+        Pipeline {
+            inner,
+            progress,
+            snapshot: id.to_string(),
+            key: seal,
+            known: HashMap::new(),
+            blobs: Vec::new(),
+            packs: Vec::new(),
+            reused_packs: 0,
+            pack_buf: Vec::with_capacity(PACK_TARGET + MAX_BLOB_RAW),
+            pack_hasher: Sha256::new(),
+            pack_slot: None,
+            pack_seq: 0,
+            uploads: JoinSet::new(),
+            upload_slots: Arc::new(Semaphore::new(uploads)),
+            bytes_read: 0,
+            bytes_zero: 0,
+            bytes_dedup: 0,
+            bytes_uploaded: 0,
+            objects_written: 0,
+        }
+    }
+
+    /// Dedup bases: the pages of the parent and of whatever else we were told about.
+    async fn load_dedup_bases(
+        &mut self,
+        id: &SnapshotId,
+        bases: &[SnapshotId],
+    ) -> Result<(), StoreError> {
+        let inner = self.inner;
+        for base in bases {
+            let m = inner.read_manifest(base).await?;
+            // Pages are shared only between snapshots sealed by the same key (or none).
+            let base_key = m.encryption.as_ref().map(|e| e.key_id.as_str());
+            if base_key != self.key.as_ref().map(Key::id) {
+                tracing::info!(snapshot = %id, base = %base,
+                    "not deduplicating against a snapshot with other encryption");
+                continue;
+            }
+            let base_key = match &self.key {
+                Some(_) => inner.key_for(&m)?,
+                None => None,
+            };
+            for f in &m.files {
+                let idx = inner.read_index(f, base_key).await?;
+                self.add_base(&idx);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every file through the pipeline, then the last pack sealed and every upload awaited.
+    async fn push_files(&mut self, files: &[Source]) -> Result<Vec<FileBuild>, StoreError> {
+        let workers = crate::pool::workers();
+        let mut builds = Vec::with_capacity(files.len());
+        for src in files {
+            self.progress.event(ProgressEvent::FileStarted {
+                path: src.rel.clone(),
+                size: src.size,
+            });
+            let b = match self.push_file(src, workers).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.uploads.abort_all();
+                    return Err(e);
+                }
+            };
+            self.progress.event(ProgressEvent::FileFinished {
+                path: src.rel.clone(),
+            });
+            builds.push(b);
+        }
+        self.seal_pack().await?;
+        self.collect_uploads(true).await?;
+        Ok(builds)
+    }
+
+    /// One index per file, stored unless the store has it already; returns the manifest's
+    /// file entries and every pack the indexes name (hex).
+    async fn write_indexes(
+        &mut self,
+        files: &[Source],
+        builds: &mut [FileBuild],
+    ) -> Result<(Vec<FileEntry>, std::collections::BTreeSet<String>), StoreError> {
+        let inner = self.inner;
+        let mut entries = Vec::with_capacity(files.len());
+        let mut all_packs = std::collections::BTreeSet::new();
+        for (src, build) in files.iter().zip(builds.iter_mut()) {
+            let idx = self.finish_index(build);
+            all_packs.extend(idx.packs.iter().map(hex::encode));
+            let seal = self.key.clone();
+            let (digest, plain_len, stored) = tokio::task::spawn_blocking(move || {
+                let plain = idx.encode();
+                drop(idx);
+                let digest = index_digest(seal.as_ref(), &plain);
+                let stored = chunk::compress_meta(&plain);
+                let stored = match &seal {
+                    Some(k) => k.seal(INDEX_AAD, &stored),
+                    None => stored,
+                };
+                (digest, plain.len() as u64, stored)
+            })
+            .await
+            .map_err(StoreError::Task)?;
+            let ikey = index_key(&digest);
+            if !inner.exists(&ikey).await? {
+                let ipath = inner.path(&ikey);
+                let n = stored.len() as u64;
+                let payload = PutPayload::from(stored);
+                inner
+                    .retry("write", &ikey, || inner.os.put(&ipath, payload.clone()))
+                    .await
+                    .map_err(|e| inner.err("write", &ikey, e))?;
+                self.bytes_uploaded += n;
+                self.objects_written += 1;
+                self.progress.event(ProgressEvent::BytesUploaded(n));
+            }
+            entries.push(FileEntry {
+                path: src.rel.clone(),
+                size: src.size,
+                mode: src.mode,
+                index: IndexRef {
+                    digest,
+                    size: plain_len,
+                },
+                zero_bytes: build.zero_bytes,
+            });
+        }
+        Ok((entries, all_packs))
+    }
+
+    /// Reused packs must still exist (a concurrent gc may have swept a deleted parent's).
+    async fn check_reused_packs(&self, builds: &[FileBuild]) -> Result<(), StoreError> {
+        let inner = self.inner;
+        let used: std::collections::HashSet<u32> = builds
+            .iter()
+            .flat_map(|b| b.index.extents.iter())
+            .filter(|e| !e.is_zero())
+            .map(|e| self.blobs[e.blob as usize].pack)
+            .filter(|&pk| (pk as usize) < self.reused_packs)
+            .collect();
+        let names: std::collections::BTreeSet<[u8; 32]> =
+            used.iter().map(|&pk| self.packs[pk as usize]).collect();
+        let checks: Vec<Result<(), StoreError>> = futures::stream::iter(names)
+            .map(|name| async move {
+                let k = pack_key(&name);
+                if inner.exists(&k).await? {
+                    Ok(())
+                } else {
+                    Err(StoreError::MissingObject {
+                        file: "(dedup base)".into(),
+                        offset: 0,
+                        object: k,
+                    })
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        checks.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(())
+    }
+}
+
+/// Validates and commits the manifest with a create-only put; returns it (with its digest)
+/// and the bytes written.
+async fn commit_manifest(
+    inner: &Inner,
+    mut manifest: Manifest,
+    seal: Option<&Key>,
+) -> Result<(Manifest, u64), StoreError> {
+    let id = manifest.id.clone();
+    manifest
+        .validate()
+        .map_err(|reason| StoreError::InvalidManifest {
+            id: id.to_string(),
+            reason,
+        })?;
+    let body = manifest.seal(seal);
+    let body_len = body.len() as u64;
+    let key = manifest_key(&id);
+    let mpath = inner.path(&key);
+    // A retry after a lost response meets `AlreadyExists` and is checked below: the
+    // create-only put is never repeated blindly.
+    let payload = PutPayload::from(body);
+    let put = inner
+        .retry("commit", &key, || {
+            inner.os.put_opts(
+                &mpath,
+                payload.clone(),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                },
+            )
+        })
+        .await;
+    match put {
+        Ok(_) => {}
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            // Ours, if a retry lost the first response; someone else's otherwise.
+            match inner.read_manifest(&id).await {
+                Ok(existing) if existing.digest == manifest.digest => {}
+                _ => return Err(StoreError::SnapshotExists(id.to_string())),
+            }
+        }
+        Err(e) => return Err(inner.err("commit", &key, e)),
+    }
+    Ok((manifest, body_len))
 }

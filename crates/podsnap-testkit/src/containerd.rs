@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 /// A containerd daemon with private dirs; killed (with its containers removed) on drop.
 pub struct Containerd {
     dir: tempfile::TempDir,
@@ -275,7 +278,7 @@ state = "{state}"
             }
         }
         if let Some(mut child) = self.child.take() {
-            signal(child.id() as i32, libc::SIGTERM);
+            signal(child.id() as i32, Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -287,18 +290,14 @@ state = "{state}"
         // line, which lives in our private temp dir).
         let socket = self.socket().display().to_string();
         for pid in pids_with_arg(&socket) {
-            signal(pid, libc::SIGKILL);
+            signal(pid, Signal::SIGKILL);
         }
     }
 }
 
-fn signal(pid: i32, sig: i32) {
+fn signal(pid: i32, sig: Signal) {
     if pid > 1 {
-        // SAFETY: kill(2) has no memory preconditions.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(pid, sig);
-        }
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
     }
 }
 

@@ -151,11 +151,11 @@ impl Podsnapd {
         if let Ok(Some(st)) = self.child.try_wait() {
             return Some(st);
         }
-        // SAFETY-free: kill(2) on our own, not yet reaped child has no memory preconditions.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        // Our own child, not yet reaped: the pid is still its.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + within;
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {

@@ -30,11 +30,7 @@ pub enum Need {
 }
 
 fn is_root() -> bool {
-    // SAFETY-free: geteuid has no preconditions; libc exposes it as a plain fn.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::geteuid() == 0
-    }
+    nix::unistd::geteuid().is_root()
 }
 
 fn have_binary(name: &str) -> bool {

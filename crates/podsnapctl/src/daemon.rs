@@ -4,11 +4,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use hyper_util::rt::TokioIo;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::progress::Reporter;
 
@@ -135,17 +134,10 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Connects to podsnapd's Unix socket.
+/// Connects to podsnapd's Unix socket (`PATH` or `unix://PATH`).
 pub async fn connect(socket: &str) -> anyhow::Result<PodsnapClient<Channel>> {
-    let path = PathBuf::from(socket.strip_prefix("unix://").unwrap_or(socket));
-    let p = path.clone();
-    let channel = Endpoint::try_from("http://podsnapd.local")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-            }
-        }))
+    let path = podsnap_proto::client::socket_path(socket);
+    let channel = podsnap_proto::client::connect_unix(&path)
         .await
         .with_context(|| {
             format!(

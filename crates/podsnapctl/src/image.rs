@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use indicatif::HumanBytes;
 use podsnap_store::{Progress, PullOptions, PushOptions, SnapshotId, Store};
 
 use crate::progress::Reporter;
@@ -171,21 +172,6 @@ where
     out
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// Runs one `image` subcommand.
 pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
@@ -237,10 +223,10 @@ pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                 eprintln!(
                     "pushed {} files, read {}, uploaded {} ({} deduplicated, {} zero) to {}",
                     report.manifest.files.len(),
-                    human_bytes(report.bytes_read),
-                    human_bytes(report.bytes_uploaded),
-                    human_bytes(report.bytes_deduplicated),
-                    human_bytes(report.bytes_zero),
+                    HumanBytes(report.bytes_read),
+                    HumanBytes(report.bytes_uploaded),
+                    HumanBytes(report.bytes_deduplicated),
+                    HumanBytes(report.bytes_zero),
                     store.display_url()
                 );
                 println!("{}", report.id);
@@ -262,8 +248,8 @@ pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                 "pulled {id} into {}: {} files, {} written, {} downloaded",
                 dir.display(),
                 report.files,
-                human_bytes(report.bytes_written),
-                human_bytes(report.bytes_downloaded)
+                HumanBytes(report.bytes_written),
+                HumanBytes(report.bytes_downloaded)
             );
         }
         ImageCmd::Ls { store, json } => {
@@ -287,7 +273,7 @@ pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                         m.id,
                         m.created,
                         m.group.as_deref().unwrap_or("-"),
-                        human_bytes(m.totals.bytes),
+                        HumanBytes(m.totals.bytes).to_string(),
                         m.files.len(),
                         labels.join(",")
                     );
@@ -323,7 +309,7 @@ pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                 r.manifests,
                 r.live_objects,
                 r.deleted_objects,
-                human_bytes(r.deleted_bytes),
+                HumanBytes(r.deleted_bytes),
                 r.kept_young
             );
             if !r.broken_snapshots.is_empty() {

@@ -308,7 +308,9 @@ fn daemon_commands_checkpoint_list_inspect_compat_restore_delete() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = run(ctl().args(["--socket", &s, "node-info", "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let release = podsnap_testkit::runsc::Release::System.release_date().unwrap();
+    let release = podsnap_testkit::runsc::Release::System
+        .release_date()
+        .unwrap();
     assert!(
         v["runsc"]["version"]
             .as_str()

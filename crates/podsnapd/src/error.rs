@@ -36,19 +36,7 @@ pub enum DaemonError {
 }
 
 /// One line: the error and its sources, `: `-separated (sources are not repeated in messages).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s.replace('\n', " ")
-}
+pub use podsnap_proto::client::error_chain as chain;
 
 impl DaemonError {
     /// An [`DaemonError::Io`]: `context` says what was being done (`writing the job record`).

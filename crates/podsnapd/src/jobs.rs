@@ -56,7 +56,8 @@ impl JobKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "details", rename_all = "kebab-case")]
 pub enum JobSpec {
-    Checkpoint(CheckpointJob),
+    /// Boxed: a resolved sandbox is several hundred bytes.
+    Checkpoint(Box<CheckpointJob>),
     Restore(RestoreJob),
     PrepareRestore(PrepareJob),
 }

@@ -6,7 +6,6 @@
 //! the one place where domain errors become gRPC statuses; [`jobs`] is the durable journal;
 //! [`metrics`] the Prometheus registry; [`telemetry`] logging and OTLP trace export.
 
-pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -68,7 +68,7 @@ fn start_daemon(dir: &Path, sock: &Path, store: &str, containerd_socket: &Path) 
 }
 
 async fn client(sock: &Path) -> PodsnapClient<Channel> {
-    podsnapd::client::connect_unix(sock).await.unwrap()
+    podsnap_proto::client::podsnapd(sock).await.unwrap()
 }
 
 /// Checkpoints containerd container `id` in [`NS`]; the snapshot, or the call's error.

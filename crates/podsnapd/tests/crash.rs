@@ -77,7 +77,7 @@ fn spawn(node: &Node, log_name: &str) -> Podsnapd {
 }
 
 async fn client(sock: &Path) -> PodsnapClient<Channel> {
-    podsnapd::client::connect_unix(sock).await.unwrap()
+    podsnap_proto::client::podsnapd(sock).await.unwrap()
 }
 
 /// Where the daemon is killed: (after its job record appeared, else after the call was

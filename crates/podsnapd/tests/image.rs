@@ -56,16 +56,7 @@ impl Drop for Running<'_> {
 }
 
 async fn health_of(sock: &Path) -> Result<i32, String> {
-    use hyper_util::rt::TokioIo;
-    use tonic::transport::{Endpoint, Uri};
-    let p = sock.to_path_buf();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-            }
-        }))
+    let channel = podsnap_proto::client::connect_unix(sock.to_path_buf())
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);

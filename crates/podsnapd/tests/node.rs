@@ -49,7 +49,7 @@ impl Daemon {
     }
 
     async fn client(&self) -> PodsnapClient<Channel> {
-        podsnapd::client::connect_unix(&self.sock).await.unwrap()
+        podsnap_proto::client::podsnapd(&self.sock).await.unwrap()
     }
 
     /// Scrapes `/metrics` over HTTP and parses the exposition.

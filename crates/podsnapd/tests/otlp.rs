@@ -134,7 +134,7 @@ impl Daemon {
     }
 
     async fn client(&self) -> PodsnapClient<Channel> {
-        podsnapd::client::connect_unix(&self.0.sock).await.unwrap()
+        podsnap_proto::client::podsnapd(&self.0.sock).await.unwrap()
     }
 
     fn log_text(&self) -> String {

@@ -8,18 +8,16 @@
 //! * for create-only puts in "lose the response" mode: performs the put underneath and then
 //!   returns an error, as a client whose response was lost on the wire sees it.
 //!
-//! The trait methods are written in the form `async_trait` expands to (object_store's trait
-//! is declared with it), so no extra dependency is needed.
+//! object_store's trait is declared with `async_trait`, and so is this implementation.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -28,8 +26,6 @@ use object_store::{
     GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-
-type Fut<'a, T> = Pin<Box<dyn Future<Output = object_store::Result<T>> + Send + 'a>>;
 
 /// The kinds of call faults can be aimed at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -182,120 +178,69 @@ impl Faults {
     }
 }
 
+#[async_trait]
 impl ObjectStore for Faults {
-    fn put_opts<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
+    async fn put_opts(
+        &self,
+        location: &Path,
         payload: PutPayload,
         opts: PutOptions,
-    ) -> Fut<'async_trait, PutResult>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let create = matches!(opts.mode, PutMode::Create);
-            let _g = self
-                .enter(if create { Op::PutCreate } else { Op::Put })
-                .await?;
-            let r = self.inner.put_opts(location, payload, opts).await?;
-            if create
-                && self
-                    .lose_create_responses
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
-            {
-                self.injected.fetch_add(1, Ordering::SeqCst);
-                return Err(injected("response lost after a successful put (injected)"));
-            }
-            Ok(r)
-        })
+    ) -> object_store::Result<PutResult> {
+        let create = matches!(opts.mode, PutMode::Create);
+        let _g = self
+            .enter(if create { Op::PutCreate } else { Op::Put })
+            .await?;
+        let r = self.inner.put_opts(location, payload, opts).await?;
+        if create
+            && self
+                .lose_create_responses
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(injected("response lost after a successful put (injected)"));
+        }
+        Ok(r)
     }
 
-    fn put_multipart_opts<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
         opts: PutMultipartOptions,
-    ) -> Fut<'async_trait, Box<dyn MultipartUpload>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let _g = self.enter(Op::Other).await?;
-            self.inner.put_multipart_opts(location, opts).await
-        })
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let _g = self.enter(Op::Other).await?;
+        self.inner.put_multipart_opts(location, opts).await
     }
 
-    fn get_opts<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
+    async fn get_opts(
+        &self,
+        location: &Path,
         options: GetOptions,
-    ) -> Fut<'async_trait, GetResult>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let op = if options.head {
-                Op::Head
-            } else if options.range.is_some() {
-                Op::GetRange
-            } else {
-                Op::Get
-            };
-            let _g = self.enter(op).await?;
-            self.inner.get_opts(location, options).await
-        })
+    ) -> object_store::Result<GetResult> {
+        let op = if options.head {
+            Op::Head
+        } else if options.range.is_some() {
+            Op::GetRange
+        } else {
+            Op::Get
+        };
+        let _g = self.enter(op).await?;
+        self.inner.get_opts(location, options).await
     }
 
-    fn get_range<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
-        range: Range<u64>,
-    ) -> Fut<'async_trait, Bytes>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let _g = self.enter(Op::GetRange).await?;
-            self.inner.get_range(location, range).await
-        })
+    async fn get_range(&self, location: &Path, range: Range<u64>) -> object_store::Result<Bytes> {
+        let _g = self.enter(Op::GetRange).await?;
+        self.inner.get_range(location, range).await
     }
 
-    fn head<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
-    ) -> Fut<'async_trait, ObjectMeta>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let _g = self.enter(Op::Head).await?;
-            self.inner.head(location).await
-        })
+    async fn head(&self, location: &Path) -> object_store::Result<ObjectMeta> {
+        let _g = self.enter(Op::Head).await?;
+        self.inner.head(location).await
     }
 
-    fn delete<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
-    ) -> Fut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let _g = self.enter(Op::Delete).await?;
-            self.inner.delete(location).await
-        })
+    async fn delete(&self, location: &Path) -> object_store::Result<()> {
+        let _g = self.enter(Op::Delete).await?;
+        self.inner.delete(location).await
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -306,52 +251,18 @@ impl ObjectStore for Faults {
         }
     }
 
-    fn list_with_delimiter<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        prefix: Option<&'life1 Path>,
-    ) -> Fut<'async_trait, ListResult>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let _g = self.enter(Op::Other).await?;
-            self.inner.list_with_delimiter(prefix).await
-        })
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let _g = self.enter(Op::Other).await?;
+        self.inner.list_with_delimiter(prefix).await
     }
 
-    fn copy<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        from: &'life1 Path,
-        to: &'life2 Path,
-    ) -> Fut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let _g = self.enter(Op::Other).await?;
-            self.inner.copy(from, to).await
-        })
+    async fn copy(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+        let _g = self.enter(Op::Other).await?;
+        self.inner.copy(from, to).await
     }
 
-    fn copy_if_not_exists<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        from: &'life1 Path,
-        to: &'life2 Path,
-    ) -> Fut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let _g = self.enter(Op::Other).await?;
-            self.inner.copy_if_not_exists(from, to).await
-        })
+    async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+        let _g = self.enter(Op::Other).await?;
+        self.inner.copy_if_not_exists(from, to).await
     }
 }

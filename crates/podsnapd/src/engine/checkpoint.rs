@@ -168,7 +168,7 @@ impl Engine {
         let job = self
             .jobs
             .start(
-                JobSpec::Checkpoint(CheckpointJob {
+                JobSpec::Checkpoint(Box::new(CheckpointJob {
                     sandbox: sb,
                     group,
                     labels: spec.labels,
@@ -178,7 +178,7 @@ impl Engine {
                     leave_running,
                     checkpointed: false,
                     resumed: false,
-                }),
+                })),
                 target.to_string(),
                 None,
             )

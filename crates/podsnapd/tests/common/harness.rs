@@ -53,7 +53,7 @@ pub async fn harness_with(runtime: Arc<dyn SandboxRuntime>, store: Store, args: 
             .await
             .unwrap();
     });
-    let client = podsnapd::client::connect_unix(&sock).await.unwrap();
+    let client = podsnap_proto::client::podsnapd(&sock).await.unwrap();
     Harness {
         _dir: dir,
         client,
