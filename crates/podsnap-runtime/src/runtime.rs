@@ -368,6 +368,10 @@ pub trait SandboxRuntime: Send + Sync {
     ) -> Result<(), RuntimeError>;
     /// Restores an image as a new standalone sandbox.
     async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError>;
+    /// After a checkpoint that stopped `sb` and that ran outside [`SandboxRuntime::checkpoint`]
+    /// (a durable runsc job found finished after a daemon restart), makes runsc's record of
+    /// it say stopped (see [`SandboxRuntime::checkpoint`]).
+    async fn settle_stopped(&self, _sb: &Sandbox) {}
     /// State of a container under `root` (the configured root when `None`).
     async fn state(&self, root: Option<&Path>, id: &str) -> Result<SandboxState, RuntimeError>;
     /// Deletes a container under `root` (the configured root when `None`).
@@ -862,11 +866,16 @@ impl SandboxRuntime for RunscRuntime {
             )
             .await?;
         if !opts.leave_running {
-            for c in sb.containers.iter().map(|c| c.id.as_str()).chain([id]) {
-                self.settle_after_stop(&sb.root, c).await;
-            }
+            self.settle_stopped(sb).await;
         }
         Ok(())
+    }
+
+    async fn settle_stopped(&self, sb: &Sandbox) {
+        let id = sb.checkpoint_id();
+        for c in sb.containers.iter().map(|c| c.id.as_str()).chain([id]) {
+            self.settle_after_stop(&sb.root, c).await;
+        }
     }
 
     async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError> {

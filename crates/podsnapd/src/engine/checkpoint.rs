@@ -259,7 +259,12 @@ impl Engine {
     ) -> Result<()> {
         let runsc_job = job.dir().join("runsc-checkpoint");
         let t = Instant::now();
-        if !self.await_earlier_runsc(&runsc_job).await? {
+        if self.await_earlier_runsc(&runsc_job).await? {
+            // An earlier run's runsc finished it: runsc's record may still say running.
+            if !cp.leave_running {
+                self.runtime.settle_stopped(&cp.sandbox).await;
+            }
+        } else {
             std::fs::create_dir_all(image_dir)
                 .map_err(|e| DaemonError::io(format!("creating {}", image_dir.display()), e))?;
             self.runtime
