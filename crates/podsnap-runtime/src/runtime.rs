@@ -421,6 +421,15 @@ impl RunscRuntime {
         &self.runsc
     }
 
+    /// The containerd client, or why `target` cannot be reached without one.
+    fn containerd_for(&self, target: &str) -> Result<&ContainerdClient, RuntimeError> {
+        self.containerd
+            .as_ref()
+            .ok_or_else(|| RuntimeError::NoContainerd {
+                target: target.to_string(),
+            })
+    }
+
     /// The containerd client, if any.
     pub fn containerd(&self) -> Option<&ContainerdClient> {
         self.containerd.as_ref()
@@ -600,12 +609,7 @@ impl RunscRuntime {
             id: id.to_string(),
         }
         .to_string();
-        let client = self
-            .containerd
-            .as_ref()
-            .ok_or_else(|| RuntimeError::NoContainerd {
-                target: target.clone(),
-            })?;
+        let client = self.containerd_for(&target)?;
         let info = match client.container(namespace, id).await {
             Ok(i) => i,
             Err(ContainerdError::NotFound { .. }) => return Err(RuntimeError::NotFound { target }),
@@ -718,12 +722,7 @@ impl RunscRuntime {
                 "a pod is named NAMESPACE/NAME".into(),
             ));
         }
-        let client = self
-            .containerd
-            .as_ref()
-            .ok_or_else(|| RuntimeError::NoContainerd {
-                target: target.clone(),
-            })?;
+        let client = self.containerd_for(&target)?;
         let mut candidates = Vec::new();
         for c in client.containers(CRI_NAMESPACE).await? {
             let Some(pod) = c.pod() else { continue };
