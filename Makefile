@@ -15,7 +15,7 @@ endif
 VERSION := $(shell awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/ { print $$2; exit }' Cargo.toml)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: build image man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e soak clean
+.PHONY: build image man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e bench-incremental soak clean
 .PHONY: cluster-up cluster-down
 
 build:
@@ -65,6 +65,9 @@ bench:
 
 bench-e2e:
 	bash benches/e2e.sh
+
+bench-incremental:
+	bash benches/incremental.sh
 
 soak: build
 	bash scripts/soak.sh

@@ -10,6 +10,9 @@
 #   BENCH_KEEP=1     keep BENCH_DIR
 #   BENCH_E2E_MIB    memory of the end-to-end sandbox (default 1024; 0 skips benches/e2e.sh,
 #                    which also reads BENCH_E2E_ROUNDS, BENCH_E2E_S3, BENCH_E2E_RESULTS)
+#   BENCH_INCR_MIB   memory of the incremental-snapshot sandbox (default 512; 0 skips
+#                    benches/incremental.sh, which also reads BENCH_INCR_ROUNDS, BENCH_INCR_S3,
+#                    BENCH_INCR_ZERO, BENCH_INCR_RESULTS)
 #   CARGO_TARGET_DIR respected for the release build.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,7 +49,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if [ -n "$sandbox" ]; then runsc --root "$runsc_root" --network=none delete --force "$sandbox" >/dev/null 2>&1; fi
   if [ "${BENCH_KEEP:-0}" != 1 ]; then
-    if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D"/{data,ps,ps1,tz,tz1,rr,out,real,bundle,runsc-root,e2e}; fi
+    if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D"/{data,ps,ps1,tz,tz1,rr,out,real,bundle,runsc-root,e2e,incr}; fi
   fi
 }
 trap cleanup EXIT
@@ -221,5 +224,14 @@ if [ "${BENCH_E2E_MIB:-1024}" != 0 ]; then
     BENCH_DIR=$D BENCH_KEEP=1 BENCH_E2E_S3=${BENCH_E2E_S3:-$S3} bash "$here/e2e.sh"
   else
     echo "bench: end-to-end case skipped (needs root, runsc and gcc)" >&2
+  fi
+fi
+
+# ---- incremental snapshots of a real sandbox through podsnapd (its own report) --------------
+if [ "${BENCH_INCR_MIB:-512}" != 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v runsc >/dev/null && command -v gcc >/dev/null; then
+    BENCH_DIR=$D BENCH_KEEP=1 BENCH_INCR_S3=${BENCH_INCR_S3:-$S3} bash "$here/incremental.sh"
+  else
+    echo "bench: incremental case skipped (needs root, runsc and gcc)" >&2
   fi
 fi
