@@ -76,7 +76,8 @@ clean:
 	$(CARGO) clean
 
 # A one-node Kubernetes cluster of real parts built from Go modules (docs/cluster.md).
-cluster-up:
+# podsnapd, podsnap-runsc and podsnap-controller run from this clone's build.
+cluster-up: build
 	bash scripts/cluster/up.sh
 
 cluster-down:

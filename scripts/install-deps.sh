@@ -10,7 +10,8 @@
 #     at priority 100 so nothing else comes from it;
 #   - runsc 20221219 (bookworm's) at /opt/podsnap/runsc-20221219/runsc, for the tests of the
 #     older release;
-#   - pip: moto[server] kubernetes-validate pytest pyyaml grpcio (test only);
+#   - pip: moto[server] kubernetes-validate pytest pyyaml grpcio, and for the cluster tests
+#     kubernetes==34.1.0 and k8s-agent-sandbox==0.4.6 (test only);
 #   - npm: azurite (the Azure Storage emulator; test only), pinned to a release that runs on
 #     bookworm's Node.
 # Not as root, it prints the exact commands that would install what is missing and exits 1.
@@ -36,8 +37,10 @@ pip_pkgs=""
 if [ "$profile" = test ]; then
   apt_pkgs="$apt_pkgs containerd zstd restic openssl curl python3-pip npm"
   # module to import -> pip requirement
-  pip_mods="moto flask flask_cors kubernetes_validate pytest yaml grpc"
-  pip_pkgs="'moto[server]' kubernetes-validate pytest pyyaml 'grpcio>=1.57'"
+  pip_mods="moto flask flask_cors kubernetes_validate pytest yaml grpc kubernetes k8s_agent_sandbox"
+  # The agent-sandbox SDK at the tutorial's version, with a kubernetes client that keeps
+  # python-dateutil 2.x (kubernetes 37 wants dateutil 3, which botocore, and so moto, refuse).
+  pip_pkgs="'moto[server]' kubernetes-validate pytest pyyaml 'grpcio>=1.57' 'kubernetes==34.1.0' 'k8s-agent-sandbox==0.4.6'"
 fi
 
 # ---- checks (fast; nothing is compiled or downloaded) ----

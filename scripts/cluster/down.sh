@@ -24,7 +24,9 @@ stop() { # name: SIGTERM its session, then SIGKILL after 10 s
 }
 
 # Control plane clients of the node first, so nothing recreates pods while they go.
+stop podsnap-controller
 stop agent-sandbox-controller
+stop podsnapd
 stop kube-scheduler
 stop kube-controller-manager
 stop kubelet

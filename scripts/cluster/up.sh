@@ -3,7 +3,10 @@
 #
 #   etcd (Debian trixie's etcd-server) -> kube-apiserver -> kube-controller-manager,
 #   kube-scheduler; containerd 2.x (CRI, CNI bridge) -> kubelet; agent-sandbox-controller
-#   (with --extensions) and its CRDs; RuntimeClass `gvisor` (handler `runsc`).
+#   (with --extensions) and its CRDs; RuntimeClass `gvisor` (handler `runsc`, podsnap-runsc);
+#   podsnapd on the node (Unix socket for podsnap-runsc, mutual TLS on NODE_IP:9443 for the
+#   controller); podsnap-controller (podsnapshot.gke.io/v1, restore webhook on 127.0.0.1:9444)
+#   and the PodSnapshotStorageConfig `local` (a file store under /var/lib/podsnap-cluster).
 #
 # Leaves target/cluster/kubeconfig (cluster admin) and target/cluster/containerd.sock. Every
 # process runs in its own session, logs to target/cluster/logs/ and is stopped by
@@ -131,6 +134,10 @@ cert controller-manager system:kube-controller-manager ""
 cert scheduler system:kube-scheduler ""
 cert kubelet "system:node:$NODE_NAME" system:nodes
 cert agent-sandbox-controller agent-sandbox-controller ""
+# podsnapd's --listen-tls serving certificate (the name podsnap-controller checks: podsnapd)
+# and podsnap-controller's client certificate for it; the same CA on both sides.
+cert podsnapd podsnapd "" "DNS:podsnapd,IP:$NODE_IP,IP:127.0.0.1"
+cert podsnap-controller podsnap-controller ""
 openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
 openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
 
@@ -140,6 +147,7 @@ kubeconfig "$CLUSTER_DIR/controller-manager.kubeconfig" controller-manager "$API
 kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" scheduler "$API"
 kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" kubelet "$API"
 kubeconfig "$CLUSTER_DIR/agent-sandbox-controller.kubeconfig" agent-sandbox-controller "$API"
+kubeconfig "$CLUSTER_DIR/podsnap-controller.kubeconfig" podsnap-controller "$API"
 export KUBECONFIG="$CLUSTER_DIR/kubeconfig"
 KUBECTL="$CLUSTER_BIN/kubectl"
 ln -sf "$KUBECTL" "$CLUSTER_DIR/bin/kubectl"
@@ -267,6 +275,7 @@ cat >"$CLUSTER_DIR/podsnap-runsc.toml" <<EOF
 runsc = "/usr/bin/runsc"
 runsc_flags = ["--network=$RUNSC_NETWORK"]
 marker_dir = "$CLUSTER_RUN/podsnap/restored"
+socket = "$CLUSTER_RUN/podsnapd.sock"
 EOF
 cat >"$CLUSTER_DIR/bin/runsc-handler" <<EOF
 #!/bin/sh
@@ -398,7 +407,49 @@ start agent-sandbox-controller env KUBECONFIG="$CLUSTER_DIR/agent-sandbox-contro
     --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081
 wait_for agent-sandbox-controller 60 curl -fsS http://127.0.0.1:18081/readyz
 
-for p in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet agent-sandbox-controller; do
+# --- podsnap: podsnapd on the node, podsnap-controller, the `local` storage config -------------
+# Binaries: the newer of this clone's release and debug builds (make cluster-up builds debug).
+podsnap_bin() {
+    local r="$REPO_ROOT/target/release/$1" d="$REPO_ROOT/target/debug/$1"
+    if [ -x "$r" ] && { [ ! -x "$d" ] || [ "$r" -nt "$d" ]; }; then echo "$r"
+    elif [ -x "$d" ]; then echo "$d"
+    else die "$1 is not built (cargo build --bins)"; fi
+}
+PODSNAPD="$(podsnap_bin podsnapd)"
+CONTROLLER="$(podsnap_bin podsnap-controller)"
+SNAPSHOTS="$CLUSTER_VAR/snapshots"
+PODSNAPD_PORT=9443
+WEBHOOK_PORT=9444
+mkdir -p "$SNAPSHOTS" "$CLUSTER_VAR/podsnapd"
+log "podsnapd ($PODSNAPD) and podsnap-controller ($CONTROLLER)"
+start podsnapd "$PODSNAPD" --listen "unix://$CLUSTER_RUN/podsnapd.sock" \
+    --listen-tls "$NODE_IP:$PODSNAPD_PORT" --tls-cert "$PKI/podsnapd.crt" --tls-key "$PKI/podsnapd.key" \
+    --tls-client-ca "$PKI/ca.crt" --store "file://$SNAPSHOTS" \
+    --runsc /usr/bin/runsc --runsc-root "$CLUSTER_RUN/runsc/k8s.io" --runsc-flag="--network=$RUNSC_NETWORK" \
+    --containerd-socket "$CLUSTER_RUN/containerd.sock" --state-dir "$CLUSTER_VAR/podsnapd" \
+    --node-name "$NODE_NAME"
+wait_for podsnapd 30 test -S "$CLUSTER_RUN/podsnapd.sock"
+echo "PODSNAPD_SOCK=$CLUSTER_RUN/podsnapd.sock" >>"$CLUSTER_DIR/env"
+echo "SNAPSHOTS=$SNAPSHOTS" >>"$CLUSTER_DIR/env"
+"$KUBECTL" apply -f "$REPO_ROOT/daemonset/namespace.yaml" >&2
+"$KUBECTL" apply --server-side -f "$REPO_ROOT/daemonset/controller/crds.yaml" >&2
+"$KUBECTL" apply -f "$REPO_ROOT/daemonset/controller/rbac.yaml" >&2
+"$KUBECTL" wait --for condition=Established --timeout=60s \
+    crd/podsnapshots.podsnapshot.gke.io crd/podsnapshotpolicies.podsnapshot.gke.io \
+    crd/podsnapshotmanualtriggers.podsnapshot.gke.io crd/podsnapshotstorageconfigs.podsnapshot.gke.io >&2
+printf '%s\n' "apiVersion: podsnapshot.gke.io/v1" "kind: PodSnapshotStorageConfig" \
+    "metadata: {name: local}" "spec: {snapshotStorageConfig: {local: {path: \"$SNAPSHOTS\"}}}" |
+    "$KUBECTL" apply -f - >&2
+start podsnap-controller "$CONTROLLER" run --kubeconfig "$CLUSTER_DIR/podsnap-controller.kubeconfig" \
+    --webhook-listen "127.0.0.1:$WEBHOOK_PORT" --webhook-url "https://127.0.0.1:$WEBHOOK_PORT/mutate-pods" \
+    --webhook-exclude-namespace podsnap-system \
+    --podsnapd-port "$PODSNAPD_PORT" --podsnapd-ca "$PKI/ca.crt" \
+    --podsnapd-cert "$PKI/podsnap-controller.crt" --podsnapd-key "$PKI/podsnap-controller.key" \
+    --lease-namespace podsnap-system
+wait_for "podsnap-controller webhook" 60 "$KUBECTL" get mutatingwebhookconfiguration podsnap-controller
+wait_for "podsnap-controller lease" 60 "$KUBECTL" -n podsnap-system get lease podsnap-controller
+
+for p in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet agent-sandbox-controller podsnapd podsnap-controller; do
     alive "$p" || die "$p exited (log: $LOGS/$p.log)"
 done
 "$KUBECTL" get nodes -o wide >&2

@@ -155,7 +155,8 @@ def test_every_document_is_valid(path, doc):
     else:
         # Raises ValidationError (or SchemaNotFoundError for a kind the schema lacks).
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-        if doc["kind"] != "Namespace" and doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "RuntimeClass"):
+        if doc["kind"] != "Namespace" and doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "RuntimeClass",
+                                                                     "CustomResourceDefinition"):
             assert doc["metadata"].get("namespace") == "podsnap-system", doc["metadata"]["name"]
 
 

@@ -24,6 +24,11 @@ pub struct Args {
     /// gRPC listen address: unix:///PATH, or HOST:PORT for TCP (TLS with client certs required).
     #[arg(long, env = "PODSNAPD_LISTEN")]
     pub listen: Option<String>,
+    /// A second gRPC listener, HOST:PORT over TCP with mutual TLS (--tls-cert, --tls-key,
+    /// --tls-client-ca), beside a Unix-socket --listen: the node's wrapper uses the socket and
+    /// a cluster controller this one (podsnap-controller dials NODE_IP:PORT).
+    #[arg(long, env = "PODSNAPD_LISTEN_TLS")]
+    pub listen_tls: Option<String>,
     /// Object store URL: file:///dir, s3://bucket/prefix, gs://bucket/prefix,
     /// az://container/prefix, memory://. Default: a directory store under the state dir.
     #[arg(long, env = "PODSNAPD_STORE")]
@@ -116,6 +121,7 @@ pub struct Args {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    pub listen_tls: Option<String>,
     pub store: Option<String>,
     pub runsc_root: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
@@ -163,6 +169,8 @@ pub struct TlsFiles {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: Listen,
+    /// The extra mutual-TLS TCP listener (`--listen-tls`).
+    pub listen_tls: Option<std::net::SocketAddr>,
     pub store: String,
     pub runsc_root: PathBuf,
     pub state_dir: PathBuf,
@@ -230,6 +238,23 @@ impl Config {
             (None, None, None) => None,
             _ => bail!("--tls-cert, --tls-key and --tls-client-ca go together"),
         };
+        let listen_tls = match args.listen_tls.or(file.listen_tls) {
+            Some(addr) => {
+                let parsed: std::net::SocketAddr = addr
+                    .parse()
+                    .with_context(|| format!("--listen-tls {addr:?}: expected HOST:PORT"))?;
+                if tls.is_none() {
+                    bail!("--listen-tls requires --tls-cert, --tls-key and --tls-client-ca (client certificates are mandatory)");
+                }
+                if matches!(listen, Listen::Tcp(_)) {
+                    bail!(
+                        "--listen-tls goes beside a Unix-socket --listen; --listen is already TCP"
+                    );
+                }
+                Some(parsed)
+            }
+            None => None,
+        };
         if matches!(listen, Listen::Tcp(_)) && tls.is_none() {
             bail!("a TCP --listen requires --tls-cert, --tls-key and --tls-client-ca (client certificates are mandatory)");
         }
@@ -286,6 +311,7 @@ impl Config {
                 .or(file.work_dir)
                 .unwrap_or_else(|| state_dir.join("work")),
             listen,
+            listen_tls,
             store,
             runsc_root: args
                 .runsc_root
@@ -404,6 +430,47 @@ mod tests {
         assert_eq!(c.listen, Listen::Unix(DEFAULT_SOCKET.into()));
         assert_eq!(c.socket_mode, 0o660);
         assert_eq!(c.runsc_flags, vec!["--network=none".to_string()]);
+    }
+
+    #[test]
+    fn listen_tls_goes_beside_a_socket_and_needs_client_certificates() {
+        let tls = || Args {
+            tls_cert: Some("/c.pem".into()),
+            tls_key: Some("/k.pem".into()),
+            tls_client_ca: Some("/ca.pem".into()),
+            listen_tls: Some("127.0.0.1:9443".into()),
+            ..Default::default()
+        };
+        let c = Config::merge(tls(), FileConfig::default()).unwrap();
+        assert_eq!(c.listen, Listen::Unix(DEFAULT_SOCKET.into()));
+        assert_eq!(c.listen_tls, Some("127.0.0.1:9443".parse().unwrap()));
+        let e = Config::merge(
+            Args {
+                listen_tls: Some("127.0.0.1:9443".into()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("--tls-client-ca"), "{e:#}");
+        let e = Config::merge(
+            Args {
+                listen: Some("127.0.0.1:7000".into()),
+                ..tls()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("already TCP"), "{e:#}");
+        let e = Config::merge(
+            Args {
+                listen_tls: Some("nonsense".into()),
+                ..tls()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("HOST:PORT"), "{e:#}");
     }
 
     #[test]

@@ -145,7 +145,45 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
         }
         span
     });
-    let router_shutdown = shutdown_signal();
+    // One signal stops every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let router_shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let server_tls = || -> anyhow::Result<ServerTlsConfig> {
+        let tls = cfg.tls.as_ref().context("TCP listen without TLS")?;
+        Ok(ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+            .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?)))
+    };
+    if let Some(addr) = cfg.listen_tls {
+        // The controller's listener: the same services, mutual TLS, stopped with the socket.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --listen-tls {addr}"))?;
+        let mut tls_server = builder
+            .clone()
+            .tls_config(server_tls()?)
+            .context("configuring TLS for --listen-tls")?;
+        let router = tls_server
+            .add_service(service.clone())
+            .add_service(health_service.clone());
+        let mut stop = stop_rx.clone();
+        info!(%addr, "podsnapd listening (TLS, client certificates required)");
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+                .await
+            {
+                tracing::error!(error = %e, "--listen-tls listener failed");
+            }
+        });
+    }
     match &cfg.listen {
         Listen::Unix(path) => {
             let listener = bind_unix(path, cfg.socket_mode, cfg.socket_group.as_deref())?;
@@ -160,12 +198,7 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(path);
         }
         Listen::Tcp(addr) => {
-            let tls = cfg.tls.as_ref().context("TCP listen without TLS")?;
-            let read =
-                |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-            let tls_config = ServerTlsConfig::new()
-                .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
-                .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
+            let tls_config = server_tls()?;
             let addr: std::net::SocketAddr = addr.parse().context("--listen")?;
             info!(%addr, "podsnapd listening (TLS, client certificates required)");
             builder

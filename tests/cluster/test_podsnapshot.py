@@ -1,0 +1,242 @@
+"""GKE's Pod Snapshot API (`podsnapshot.gke.io/v1`) on the local cluster (`make cluster-up`),
+served by podsnap-controller over the node's podsnapd, driven only through the Kubernetes API
+and the agent-sandbox SDK (k8s-agent-sandbox 0.4.6, the tutorial's).
+
+- The tutorial's client (docs/tutorial/client.py), unchanged: create a sandbox, suspend it
+  with a snapshot, resume it; the counter continues from the snapshot.
+- The SDK's snapshot helpers: trigger wait, listing (newest first, Ready, origin pod),
+  retention (maxSnapshotCountPerGroup: 2), deletion reaching the store.
+- Failure reasons on the trigger: a missing pod, a pod no policy selects, a store the node
+  does not serve, a node without a reachable podsnapd; a pod naming a missing snapshot is
+  refused at admission.
+
+Skipped unless target/cluster/kubeconfig exists or PODSNAP_CLUSTER=1.
+Run: make cluster-up && python3 -m pytest -q tests/cluster
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBECONFIG = ROOT / "target" / "cluster" / "kubeconfig"
+REQUIRED = os.environ.get("PODSNAP_CLUSTER") == "1"
+if not KUBECONFIG.exists() and not REQUIRED:
+    pytest.skip("no cluster (make cluster-up, or PODSNAP_CLUSTER=1 to require one)", allow_module_level=True)
+
+os.environ["KUBECONFIG"] = str(KUBECONFIG)
+
+import yaml  # noqa: E402
+from kubernetes import client, config  # noqa: E402
+
+NS = "default"
+PS = ("podsnapshot.gke.io", "v1")
+TUTORIAL = ROOT / "docs" / "tutorial"
+
+
+def cluster_env():
+    env = {}
+    for line in (ROOT / "target" / "cluster" / "env").read_text().splitlines():
+        k, _, v = line.partition("=")
+        env[k] = v
+    return env
+
+
+@pytest.fixture(scope="module")
+def api():
+    assert KUBECONFIG.exists(), f"{KUBECONFIG} missing: run make cluster-up"
+    config.load_kube_config(config_file=str(KUBECONFIG))
+    return client.ApiClient()
+
+
+@pytest.fixture(scope="module")
+def core(api):
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture(scope="module")
+def custom(api):
+    return client.CustomObjectsApi(api)
+
+
+def apply_file(custom, path):
+    for doc in yaml.safe_load_all(path.read_text()):
+        group, version = doc["apiVersion"].split("/")
+        plural = {"PodSnapshotPolicy": "podsnapshotpolicies", "SandboxTemplate": "sandboxtemplates"}[doc["kind"]]
+        name = doc["metadata"]["name"]
+        try:
+            custom.delete_namespaced_custom_object(group, version, NS, plural, name)
+        except client.ApiException as e:
+            assert e.status == 404
+        custom.create_namespaced_custom_object(group, version, NS, plural, doc)
+
+
+@pytest.fixture(scope="module")
+def tutorial(custom):
+    apply_file(custom, TUTORIAL / "policy.yaml")
+    apply_file(custom, TUTORIAL / "template.yaml")
+
+
+def wait(what, timeout, fn, interval=1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def trigger(custom, pod, name=None):
+    name = name or f"t-{uuid.uuid4().hex[:8]}"
+    custom.create_namespaced_custom_object(*PS, NS, "podsnapshotmanualtriggers", {
+        "apiVersion": "podsnapshot.gke.io/v1", "kind": "PodSnapshotManualTrigger",
+        "metadata": {"name": name}, "spec": {"targetPod": pod}})
+
+    def done():
+        t = custom.get_namespaced_custom_object(*PS, NS, "podsnapshotmanualtriggers", name)
+        for c in (t.get("status") or {}).get("conditions") or []:
+            if c["type"] == "Triggered" and (c["status"] == "True" or c["reason"] in ("Failed", "Error")):
+                return t
+        return None
+    return wait(f"trigger {name}", 120, done)
+
+
+def triggered(t):
+    return next(c for c in t["status"]["conditions"] if c["type"] == "Triggered")
+
+
+def test_the_api_is_served_with_the_local_store(custom, api):
+    resources = client.CustomObjectsApi(api).get_api_resources(*PS)
+    kinds = {r.kind for r in resources.resources}
+    assert {"PodSnapshot", "PodSnapshotPolicy", "PodSnapshotManualTrigger",
+            "PodSnapshotStorageConfig"} <= kinds
+    local = custom.get_cluster_custom_object(*PS, "podsnapshotstorageconfigs", "local")
+    assert local["spec"]["snapshotStorageConfig"]["local"]["path"] == cluster_env()["SNAPSHOTS"]
+
+
+def test_the_tutorial_client_sees_the_counter_continue(tutorial):
+    """docs/tutorial/client.py, as the README runs it."""
+    out = subprocess.run([sys.executable, str(TUTORIAL / "client.py")], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "KUBECONFIG": str(KUBECONFIG)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    before = int(re.search(r"^Count before: (\d+)$", out.stdout, re.M).group(1))
+    after = int(re.search(r"^Count after: (\d+)$", out.stdout, re.M).group(1))
+    assert "restored from snapshot: True" in out.stdout, out.stdout
+    # Continues from the snapshot (taken right after `before` was read): not from 0, and not
+    # from where it would be had it kept running through the 10 s suspension.
+    assert before >= 5
+    assert before < after <= before + 9, out.stdout
+
+
+def sandbox_client():
+    from k8s_agent_sandbox.gke_extensions.snapshots import PodSnapshotSandboxClient
+    return PodSnapshotSandboxClient()
+
+
+def stored_ids():
+    manifests = Path(cluster_env()["SNAPSHOTS"]) / "manifests"
+    return {p.stem for p in manifests.glob("*.json")} if manifests.is_dir() else set()
+
+
+def test_sdk_snapshots_are_listed_kept_by_retention_and_deleted_from_the_store(tutorial, custom):
+    sandboxes = sandbox_client()
+    sandbox = sandboxes.create_sandbox(template="python-counter-template", namespace=NS)
+    try:
+        taken = []
+        for i in range(3):
+            r = sandbox.snapshots.create(f"helper-{i}")
+            assert r.success, r.error_reason
+            taken.append(r.snapshot_uid)
+            time.sleep(1.1)  # distinct creation timestamps (seconds)
+        listed = sandbox.snapshots.list()
+        assert listed.success, listed.error_reason
+        names = [s.snapshot_uid for s in listed.snapshots]
+        # Retention (maxSnapshotCountPerGroup: 2) removed the oldest; newest first.
+        assert names == [taken[2], taken[1]], (names, taken)
+        assert all(s.status == "Ready" and s.source_pod == sandbox.get_pod_name() for s in listed.snapshots)
+        objs = {n: custom.get_namespaced_custom_object(*PS, NS, "podsnapshots", n) for n in names}
+        ids = {n: o["status"]["snapshotID"] for n, o in objs.items()}
+        assert set(ids.values()) <= stored_ids()
+        # The second snapshot of the group deduplicated against the first: it uploaded less.
+        newest = objs[taken[2]]["status"]
+        assert newest["uploadedBytes"] < newest["logicalBytes"], newest
+        # The retention victim is gone from the API and from the store.
+        wait("the oldest snapshot to go", 60, lambda: taken[0] not in {
+            o["metadata"]["name"] for o in custom.list_namespaced_custom_object(*PS, NS, "podsnapshots")["items"]})
+        # Deleting a PodSnapshot deletes its stored image.
+        custom.delete_namespaced_custom_object(*PS, NS, "podsnapshots", taken[1])
+        wait("the stored image to be deleted", 60, lambda: ids[taken[1]] not in stored_ids())
+        assert ids[taken[2]] in stored_ids()
+    finally:
+        sandbox.terminate()
+        sandboxes.delete_sandbox(sandbox.claim_name, NS)
+
+
+def test_trigger_failures_say_why(tutorial, custom, core):
+    t = trigger(custom, "no-such-pod")
+    c = triggered(t)
+    assert (c["status"], c["reason"]) == ("False", "Failed")
+    assert "no-such-pod not found" in c["message"]
+
+    # A pod no policy selects.
+    name = f"plain-{uuid.uuid4().hex[:6]}"
+    core.create_namespaced_pod(NS, client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels={"app": "not-selected"}),
+        spec=client.V1PodSpec(runtime_class_name="gvisor", containers=[client.V1Container(
+            name="c", image="localhost/podsnap/busybox:1", image_pull_policy="Never",
+            command=["sleep", "3600"])])))
+    try:
+        wait("the plain pod to run", 120,
+             lambda: core.read_namespaced_pod(name, NS).status.phase == "Running")
+        c = triggered(trigger(custom, name))
+        assert c["reason"] == "Failed" and "no PodSnapshotPolicy" in c["message"], c
+
+        # A policy whose store this node's podsnapd does not serve.
+        custom.create_cluster_custom_object(*PS, "podsnapshotstorageconfigs", {
+            "apiVersion": "podsnapshot.gke.io/v1", "kind": "PodSnapshotStorageConfig",
+            "metadata": {"name": f"gcs-{name}"},
+            "spec": {"snapshotStorageConfig": {"gcs": {"bucket": "elsewhere"}}}})
+        custom.create_namespaced_custom_object(*PS, NS, "podsnapshotpolicies", {
+            "apiVersion": "podsnapshot.gke.io/v1", "kind": "PodSnapshotPolicy",
+            "metadata": {"name": f"p-{name}"},
+            "spec": {"storageConfigName": f"gcs-{name}",
+                     "selector": {"matchLabels": {"app": "not-selected"}},
+                     "triggerConfig": {"type": "manual", "postCheckpoint": "resume"}}})
+        try:
+            c = triggered(trigger(custom, name))
+            assert c["reason"] == "Failed", c
+            assert "gs://elsewhere" in c["message"] and "file://" in c["message"], c
+
+            # A node whose podsnapd cannot be reached.
+            node = core.read_namespaced_pod(name, NS).spec.node_name
+            core.patch_node(node, {"metadata": {"annotations": {
+                "podsnap.dev/podsnapd-endpoint": "https://127.0.0.1:1"}}})
+            try:
+                c = triggered(trigger(custom, name))
+                assert c["reason"] == "Error" and "cannot connect" in c["message"], c
+                assert node in c["message"]
+            finally:
+                core.patch_node(node, {"metadata": {"annotations": {
+                    "podsnap.dev/podsnapd-endpoint": None}}})
+        finally:
+            custom.delete_namespaced_custom_object(*PS, NS, "podsnapshotpolicies", f"p-{name}")
+            custom.delete_cluster_custom_object(*PS, "podsnapshotstorageconfigs", f"gcs-{name}")
+    finally:
+        core.delete_namespaced_pod(name, NS, grace_period_seconds=0)
+
+
+def test_a_pod_naming_a_missing_snapshot_is_refused(core):
+    with pytest.raises(client.ApiException) as e:
+        core.create_namespaced_pod(NS, client.V1Pod(
+            metadata=client.V1ObjectMeta(name=f"r-{uuid.uuid4().hex[:6]}",
+                                         annotations={"podsnapshot.gke.io/ps-name": "no-such-snapshot"}),
+            spec=client.V1PodSpec(containers=[client.V1Container(
+                name="c", image="localhost/podsnap/busybox:1", command=["true"])])))
+    assert "no PodSnapshot no-such-snapshot" in e.value.body
