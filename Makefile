@@ -16,7 +16,7 @@ VERSION := $(shell awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: build image man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e bench-incremental soak clean
-.PHONY: cluster-up cluster-down
+.PHONY: cluster-up cluster-down test-cluster
 
 build:
 	$(CARGO) build --workspace --bins
@@ -82,3 +82,10 @@ cluster-up: build
 
 cluster-down:
 	bash scripts/cluster/down.sh
+
+# The cluster tests (tests/cluster: the tutorial's SDK flow, the API, failure reasons) on a
+# fresh local cluster, taken down afterwards whatever the outcome. Needs root and Go.
+test-cluster: deps
+	@$(MAKE) --no-print-directory cluster-up
+	PODSNAP_CLUSTER=1 python3 -m pytest -q tests/cluster; rc=$$?; \
+	  bash scripts/cluster/down.sh >/dev/null 2>&1; exit $$rc

@@ -29,6 +29,7 @@ need_debs() {
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2 ||
+            { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2; } ||
             die "apt-get install ${missing[*]} failed (etcd-server 3.5 comes from Debian $ETCD_DEB_RELEASE: an apt source for it must exist, pinned low)"
     fi
 }

@@ -35,6 +35,7 @@ PROMETHEUS_RULE = ("monitoring.coreos.com/v1", "PrometheusRule")
 PODSNAPD_KEYS = {
     "listen", "store", "runsc_root", "state_dir", "runsc", "runsc_flags",
     "containerd_socket", "work_dir", "metrics_listen", "health_listen", "key_dir",
+    "listen_tls", "tls_cert", "tls_key", "tls_client_ca",
 }
 WRAPPER_KEYS = {"runsc", "socket", "prepare_timeout", "runsc_flags", "marker_dir", "restore_mode"}
 RESTORE_ANNOTATION_GLOB = "podsnap.dev/*"
@@ -261,7 +262,7 @@ def test_daemonset_runs_privileged_on_gvisor_nodes_with_host_namespaces():
     assert c["securityContext"]["privileged"] is True
     assert parse_quantity(c["resources"]["limits"]["memory"]) >= 256 * 2**20
     assert "cpu" in c["resources"]["requests"] and "memory" in c["resources"]["requests"]
-    assert spec["serviceAccountName"] == one("ServiceAccount")["metadata"]["name"]
+    assert spec["serviceAccountName"] == one("ServiceAccount", "podsnapd")["metadata"]["name"]
 
 
 def test_store_credentials_come_from_an_optional_secret():
@@ -291,15 +292,42 @@ def test_group_keys_come_from_an_optional_secret_mounted_at_key_dir():
 
 
 def test_rbac_is_minimal():
-    role = one("ClusterRole")
+    role = one("ClusterRole", "podsnapd")
     for rule in role["rules"]:
         assert rule["resources"] == ["events"], rule
         assert set(rule["verbs"]) <= {"create", "patch"}
-    binding = one("ClusterRoleBinding")
+    binding = one("ClusterRoleBinding", "podsnapd")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    sa = one("ServiceAccount")
+    sa = one("ServiceAccount", "podsnapd")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                     "namespace": sa["metadata"]["namespace"]}]
+
+
+def test_controller_rbac_covers_what_it_calls_and_no_more():
+    role = one("ClusterRole", "podsnap-controller")
+    allowed = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    for need in [("podsnapshot.gke.io", "podsnapshotmanualtriggers/status", "patch"),
+                 ("podsnapshot.gke.io", "podsnapshots", "create"),
+                 ("podsnapshot.gke.io", "podsnapshots", "delete"),
+                 ("", "pods/status", "patch"), ("", "nodes", "get"), ("", "events", "list"),
+                 ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch")]:
+        assert need in allowed, need
+    # It never writes pods themselves, secrets or policies.
+    assert not any(r in ("pods", "secrets") and v in ("create", "update", "patch", "delete")
+                   for _, r, v in allowed)
+    assert ("podsnapshot.gke.io", "podsnapshotpolicies", "patch") not in allowed
+    binding = one("ClusterRoleBinding", "podsnap-controller")
+    deploy = one("Deployment", "podsnap-controller")
+    sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+    assert {"kind": "ServiceAccount", "name": sa, "namespace": "podsnap-system"} in binding["subjects"]
+
+
+def test_controller_crds_are_the_gke_group():
+    crds = [d for d in all_docs() if d.get("kind") == "CustomResourceDefinition"]
+    assert {c["metadata"]["name"] for c in crds} == {
+        "podsnapshotstorageconfigs.podsnapshot.gke.io", "podsnapshotpolicies.podsnapshot.gke.io",
+        "podsnapshotmanualtriggers.podsnapshot.gke.io", "podsnapshots.podsnapshot.gke.io"}
 
 
 def test_containerd_snippet_runs_the_wrapper_and_passes_the_annotation():
