@@ -173,7 +173,7 @@ pub struct GroupByLabelValue {
 pub struct GroupRetentionPolicy {
     /// Keep at most this many Ready snapshots per group, oldest deleted first (0: keep all).
     #[serde(default)]
-    pub max_snapshot_count_per_group: u32,
+    pub max_snapshot_count_per_group: i32,
 }
 
 /// One snapshot of one pod, now.
@@ -255,9 +255,9 @@ pub struct PodSnapshotStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_spec_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logical_bytes: Option<u64>,
+    pub logical_bytes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uploaded_bytes: Option<u64>,
+    pub uploaded_bytes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runsc_version: Option<String>,
 }

@@ -217,7 +217,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = client(&args).await?;

@@ -102,7 +102,7 @@ pub fn max_per_group(policy: &PodSnapshotPolicy) -> u32 {
         .snapshot_grouping_rules
         .as_ref()
         .and_then(|r| r.group_retention_policy.as_ref())
-        .map(|r| r.max_snapshot_count_per_group)
+        .map(|r| r.max_snapshot_count_per_group.max(0) as u32)
         .unwrap_or(0)
 }
 
@@ -343,7 +343,7 @@ mod tests {
                         labels: group.iter().map(|s| s.to_string()).collect(),
                     }),
                     group_retention_policy: Some(GroupRetentionPolicy {
-                        max_snapshot_count_per_group: keep,
+                        max_snapshot_count_per_group: keep as i32,
                     }),
                 }),
             },

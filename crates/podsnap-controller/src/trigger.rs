@@ -45,7 +45,18 @@ pub async fn reconcile(trigger: Arc<PodSnapshotManualTrigger>, ctx: Ctx) -> Resu
             return Ok(Action::await_change());
         }
         Some(_) => {
-            // InProgress at the start of a reconcile: an earlier controller stopped mid-way.
+            // InProgress in the cache. The cache may only lag behind this controller's own
+            // last write: read the trigger itself before deciding.
+            let fresh = api.get_status(&name).await?;
+            let done = fresh
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == TRIGGERED))
+                .is_some_and(|c| c.status == "True" || c.reason != IN_PROGRESS);
+            if done {
+                return Ok(Action::await_change());
+            }
+            // Still InProgress: an earlier controller stopped mid-way.
             let outcome = recover(&trigger, &ctx, &traceparent).await;
             finish(&api, &name, outcome).await?;
             return Ok(Action::await_change());
@@ -316,8 +327,8 @@ async fn record(
         store_url: Some(plan.store_url.clone()),
         node_name: Some(nc.node.clone()),
         pod_spec_hash: Some(model::pod_spec_hash(&plan.pod)),
-        logical_bytes: Some(s.logical_bytes),
-        uploaded_bytes: Some(s.uploaded_bytes),
+        logical_bytes: Some(s.logical_bytes as i64),
+        uploaded_bytes: Some(s.uploaded_bytes as i64),
         runsc_version: s.source.as_ref().map(|n| n.runsc_version.clone()),
     };
     api.patch_status(
