@@ -208,6 +208,13 @@ mod fake_daemon {
     impl Podsnap for Fake {
         type CheckpointStream = Empty<CheckpointEvent>;
         type RestoreStream = Empty<RestoreEvent>;
+        type PrefetchStream = Empty<podsnap_proto::v1::PrefetchEvent>;
+        async fn prefetch(
+            &self,
+            _: Request<podsnap_proto::v1::PrefetchRequest>,
+        ) -> Result<Response<Self::PrefetchStream>, Status> {
+            unimplemented()
+        }
         async fn checkpoint(
             &self,
             _: Request<CheckpointRequest>,

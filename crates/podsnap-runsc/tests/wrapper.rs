@@ -150,6 +150,14 @@ type EmptyStream<T> = tokio_stream::Empty<Result<T, Status>>;
 impl Podsnap for FakeDaemon {
     type CheckpointStream = EmptyStream<CheckpointEvent>;
     type RestoreStream = EmptyStream<RestoreEvent>;
+    type PrefetchStream = EmptyStream<podsnap_proto::v1::PrefetchEvent>;
+
+    async fn prefetch(
+        &self,
+        _: Request<podsnap_proto::v1::PrefetchRequest>,
+    ) -> Result<Response<Self::PrefetchStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 
     async fn checkpoint(
         &self,

@@ -97,6 +97,11 @@ pub enum StoreError {
     #[error("snapshot {id}: {reason}")]
     Encryption { id: String, reason: String },
 
+    /// The node-local page cache cannot do what was asked (none configured, or an
+    /// encrypted snapshot, whose pages are never cached).
+    #[error("page cache: {0}")]
+    Cache(String),
+
     /// A CPU worker failed.
     #[error("internal worker failed: {0}")]
     Worker(String),

@@ -48,6 +48,7 @@
 
 mod admin;
 mod backend;
+pub mod cache;
 pub mod chunk;
 pub mod crypto;
 mod error;
@@ -71,6 +72,7 @@ use object_store::ObjectStore;
 
 pub use admin::GcReport;
 pub use backend::redact_url;
+pub use cache::{CacheEvent, CacheObserver, CacheStats, PageCache};
 pub use crypto::{Key, Keyring};
 pub use error::StoreError;
 pub use id::SnapshotId;
@@ -82,7 +84,7 @@ pub use manifest::{
 pub use object_store;
 pub use pool::limit_malloc_arenas;
 pub use progress::{NoProgress, Progress, ProgressEvent};
-pub use pull::{PullOptions, PullReport};
+pub use pull::{PrefetchReport, PullOptions, PullReport};
 pub use push::{PushOptions, PushReport};
 
 /// A snapshot store: an object store plus a key prefix. Cheap to clone.
@@ -97,6 +99,8 @@ pub(crate) struct Inner {
     display: String,
     retry: RetryPolicy,
     keys: Arc<Keyring>,
+    /// The node-local page cache pulls read from and fill (see `cache`).
+    cache: Option<PageCache>,
 }
 
 /// How the store retries its own object calls after a transient error (see the crate docs).
@@ -177,6 +181,7 @@ impl Store {
             &o.display,
             retry,
             Default::default(),
+            None,
         ))
     }
 
@@ -197,6 +202,7 @@ impl Store {
             &redact_url(display_url),
             RetryPolicy::default(),
             Default::default(),
+            None,
         )
     }
 
@@ -206,6 +212,7 @@ impl Store {
         display: &str,
         retry: RetryPolicy,
         keys: Arc<Keyring>,
+        cache: Option<PageCache>,
     ) -> Store {
         Store {
             inner: Arc::new(Inner {
@@ -214,8 +221,28 @@ impl Store {
                 display: display.to_string(),
                 retry,
                 keys,
+                cache,
             }),
         }
+    }
+
+    /// The same store with a node-local page cache: pulls of unencrypted snapshots take the
+    /// pages it holds (verified) instead of downloading them, and store the pages they
+    /// download; [`Store::prefetch`] fills it.
+    pub fn with_cache(&self, cache: Option<PageCache>) -> Store {
+        Self::from_parts(
+            self.inner.os.clone(),
+            &self.inner.prefix,
+            &self.inner.display,
+            self.inner.retry,
+            self.inner.keys.clone(),
+            cache,
+        )
+    }
+
+    /// The page cache this store's pulls use, if any.
+    pub fn cache(&self) -> Option<&PageCache> {
+        self.inner.cache.as_ref()
     }
 
     /// The same store with group keys: a push whose group has a key (its own or the
@@ -227,6 +254,7 @@ impl Store {
             &self.inner.display,
             self.inner.retry,
             Arc::new(keys),
+            self.inner.cache.clone(),
         )
     }
 
@@ -246,6 +274,7 @@ impl Store {
                 ..retry
             },
             self.inner.keys.clone(),
+            self.inner.cache.clone(),
         )
     }
 
@@ -277,6 +306,7 @@ impl Store {
             &self.inner.display,
             retry,
             self.inner.keys.clone(),
+            self.inner.cache.clone(),
         )
     }
 

@@ -19,6 +19,9 @@ pub enum ProgressEvent {
     BytesDownloaded(u64),
     /// Bytes of file content written or recognised as holes (pull).
     BytesWritten(u64),
+    /// Bytes of pages taken from the node's page cache instead of the store (pull), or
+    /// found already cached (prefetch). Always also sent as `BytesWritten`.
+    BytesCached(u64),
     FileFinished {
         path: String,
     },

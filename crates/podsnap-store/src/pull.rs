@@ -18,6 +18,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::cache::PageCache;
 use crate::chunk;
 use crate::crypto::{blob_aad, Key};
 use crate::index::{page_len, Codec, FileIndex};
@@ -52,6 +53,19 @@ pub struct PullReport {
     pub bytes_downloaded: u64,
     pub bytes_written: u64,
     pub files: u64,
+    /// Bytes of pages taken from the node's page cache (also in `bytes_written`).
+    pub bytes_from_cache: u64,
+}
+
+/// What a prefetch did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct PrefetchReport {
+    /// Bytes received from the store.
+    pub bytes_downloaded: u64,
+    /// Bytes of pages fetched, verified and offered to the cache.
+    pub bytes_fetched: u64,
+    /// Bytes of pages the cache already held.
+    pub bytes_cached: u64,
 }
 
 /// Pages of one file to fill from one blob.
@@ -87,7 +101,8 @@ struct PullFile {
     rel: String,
     /// Where the file will be once the pull succeeds (named in local I/O errors).
     dest: PathBuf,
-    file: File,
+    /// `None` for a prefetch, which only fills the cache.
+    file: Option<File>,
     index: FileIndex,
     /// Bytes written since writeback was last started (durable pulls).
     dirty: AtomicU64,
@@ -163,15 +178,22 @@ impl Store {
         let zero_written: u64 = manifest.files.iter().map(|f| f.zero_bytes).sum();
         progress.event(ProgressEvent::BytesWritten(zero_written));
 
-        let requests = plan_requests(blob_targets(&files));
         let files = Arc::new(files);
         let mut report = PullReport {
             files: manifest.files.len() as u64,
             bytes_written: zero_written,
             ..Default::default()
         };
+        // Encrypted snapshots bypass the cache: their plaintext would outlive the restore.
+        let cache = self.inner.cache.clone().filter(|_| seal.is_none());
+        let mut by_blob = blob_targets(&files);
+        if let Some(c) = &cache {
+            by_blob = fill_from_cache(c, &files, by_blob, opts, progress, &mut report).await?;
+            c.record_misses(by_blob.values().flatten().map(|t| t.pages as u64).sum());
+        }
+        let requests = plan_requests(by_blob);
         self.inner
-            .fetch_and_fill(&files, requests, seal, opts, progress, &mut report)
+            .fetch_and_fill(&files, requests, seal, opts, progress, &mut report, cache)
             .await?;
 
         progress.event(ProgressEvent::Committing);
@@ -190,10 +212,189 @@ impl Store {
         tracing::info!(
             bytes_downloaded = report.bytes_downloaded,
             bytes_written = report.bytes_written,
+            bytes_from_cache = report.bytes_from_cache,
             "pull finished"
         );
         Ok(report)
     }
+
+    /// Warms the page cache with snapshot `id`: downloads and verifies the pages the cache
+    /// does not hold and stores them; writes nothing else. Fails when the store has no cache
+    /// or the snapshot is encrypted (its pages are never cached).
+    #[tracing::instrument(skip_all, fields(store = %self.inner.display, snapshot = %id))]
+    pub async fn prefetch(
+        &self,
+        id: &SnapshotId,
+        progress: &dyn Progress,
+    ) -> Result<PrefetchReport, StoreError> {
+        let cache =
+            self.inner.cache.clone().ok_or_else(|| {
+                StoreError::Cache("this node has no page cache configured".into())
+            })?;
+        let manifest = self.manifest(id).await?;
+        if self.inner.key_for(&manifest)?.is_some() {
+            return Err(StoreError::Cache(format!(
+                "snapshot {id} is encrypted; its pages are never cached"
+            )));
+        }
+        let indexes = self.inner.read_indexes(&manifest, None).await?;
+        let files: Vec<PullFile> = manifest
+            .files
+            .iter()
+            .zip(indexes)
+            .map(|(f, index)| PullFile {
+                rel: f.path.clone(),
+                dest: PathBuf::from(&f.path),
+                file: None,
+                index,
+                dirty: AtomicU64::new(0),
+            })
+            .collect();
+        let by_blob = blob_targets(&files);
+        let target_bytes = |t: &Target| -> u64 {
+            let size = files[t.file as usize].index.file_size;
+            (0..t.pages as u64)
+                .map(|p| page_len(size, t.file_page + p) as u64)
+                .sum()
+        };
+        let total: u64 = by_blob.values().flatten().map(target_bytes).sum();
+        progress.event(ProgressEvent::Started { total_bytes: total });
+        let mut report = PrefetchReport::default();
+        let mut missing = BTreeMap::new();
+        for (key, targets) in by_blob {
+            let digests = targets.iter().flat_map(|t| target_digests(&files, t));
+            if cache.contains_all(digests.clone()) {
+                cache.touch(digests);
+                let n: u64 = targets.iter().map(target_bytes).sum();
+                report.bytes_cached += n;
+                progress.event(ProgressEvent::BytesCached(n));
+                progress.event(ProgressEvent::BytesWritten(n));
+            } else {
+                missing.insert(key, targets);
+            }
+        }
+        let requests = plan_requests(missing);
+        let files = Arc::new(files);
+        let mut pulled = PullReport::default();
+        self.inner
+            .fetch_and_fill(
+                &files,
+                requests,
+                None,
+                PullOptions { durable: false },
+                progress,
+                &mut pulled,
+                Some(cache),
+            )
+            .await?;
+        report.bytes_downloaded = pulled.bytes_downloaded;
+        report.bytes_fetched = pulled.bytes_written;
+        tracing::info!(
+            bytes_downloaded = report.bytes_downloaded,
+            bytes_fetched = report.bytes_fetched,
+            bytes_cached = report.bytes_cached,
+            "prefetch finished"
+        );
+        Ok(report)
+    }
+}
+
+/// The digests of a target's pages, from its file's index.
+fn target_digests<'a>(files: &'a [PullFile], t: &Target) -> std::slice::Iter<'a, [u8; 32]> {
+    let d = &files[t.file as usize].index.digests;
+    d[t.digest as usize..t.digest as usize + t.pages as usize].iter()
+}
+
+/// Writes every blob whose pages the cache holds and verify from the cache; returns the
+/// blobs still to download (not cached, or a page failed verification).
+async fn fill_from_cache(
+    cache: &PageCache,
+    files: &Arc<Vec<PullFile>>,
+    by_blob: BTreeMap<BlobKey, Vec<Target>>,
+    opts: PullOptions,
+    progress: &dyn Progress,
+    report: &mut PullReport,
+) -> Result<BTreeMap<BlobKey, Vec<Target>>, StoreError> {
+    let mut rest = BTreeMap::new();
+    let mut cached = Vec::new();
+    for (key, targets) in by_blob {
+        let all = cache.contains_all(targets.iter().flat_map(|t| target_digests(files, t)));
+        if all {
+            cached.push((key, targets));
+        } else {
+            rest.insert(key, targets);
+        }
+    }
+    let mut batches = Vec::new();
+    while !cached.is_empty() {
+        let tail = cached.split_off(cached.len().saturating_sub(256));
+        batches.push(tail);
+    }
+    let mut results = futures::stream::iter(batches)
+        .map(|batch| {
+            let files = files.clone();
+            let cache = cache.clone();
+            crate::pool::run(move || fill_batch_from_cache(&cache, &files, batch, opts.durable))
+        })
+        .buffer_unordered(2);
+    while let Some(r) = results.next().await {
+        let (written, failed) = r??;
+        for (k, t) in failed {
+            rest.insert(k, t);
+        }
+        report.bytes_written += written;
+        report.bytes_from_cache += written;
+        progress.event(ProgressEvent::BytesCached(written));
+        progress.event(ProgressEvent::BytesWritten(written));
+    }
+    Ok(rest)
+}
+
+type BlobBatch = Vec<(BlobKey, Vec<Target>)>;
+
+/// One batch of cached blobs: each blob's pages are read, verified and written; a blob with
+/// a page that fails is returned for download (pages already written from it are simply
+/// overwritten by the download).
+fn fill_batch_from_cache(
+    cache: &PageCache,
+    files: &[PullFile],
+    batch: BlobBatch,
+    durable: bool,
+) -> Result<(u64, BlobBatch), StoreError> {
+    let mut reader = cache.reader();
+    let mut written = 0u64;
+    let mut hits = 0u64;
+    let mut failed = Vec::new();
+    let mut buf = Vec::with_capacity(1 << 20);
+    'blobs: for (key, targets) in batch {
+        for t in &targets {
+            let pf = &files[t.file as usize];
+            let size = pf.index.file_size;
+            buf.clear();
+            for (p, digest) in target_digests(files, t).enumerate() {
+                let want = page_len(size, t.file_page + p as u64);
+                if !reader.read_into(digest, want, &mut buf) {
+                    failed.push((key, targets));
+                    continue 'blobs;
+                }
+            }
+            if let Some(file) = &pf.file {
+                file.write_all_at(&buf, t.file_page * PAGE_SIZE as u64)
+                    .map_err(|e| StoreError::io("write", &pf.dest, e))?;
+                if durable {
+                    let n = buf.len() as u64;
+                    let dirty = pf.dirty.fetch_add(n, Ordering::Relaxed) + n;
+                    if dirty >= WRITEBACK_EVERY && pf.dirty.swap(0, Ordering::Relaxed) > 0 {
+                        start_writeback(file);
+                    }
+                }
+            }
+            written += buf.len() as u64;
+            hits += t.pages as u64;
+        }
+    }
+    reader.record_hits(hits);
+    Ok((written, failed))
 }
 
 /// Where a pull goes: an absolute path that does not exist or is an empty directory.
@@ -294,12 +495,14 @@ impl Inner {
         opts: PullOptions,
         progress: &dyn Progress,
         report: &mut PullReport,
+        cache: Option<PageCache>,
     ) -> Result<(), StoreError> {
         let inner = self;
         let mut results = futures::stream::iter(requests)
             .map(|req| {
                 let files = files.clone();
                 let seal = seal.clone();
+                let cache = cache.clone();
                 async move {
                     let key = pack_key(&req.pack);
                     let first = req.blobs[0].1[0];
@@ -344,7 +547,14 @@ impl Inner {
                         });
                     }
                     let written = crate::pool::run(move || {
-                        fill(&files, &req, &bytes, seal.as_ref(), opts.durable)
+                        fill(
+                            &files,
+                            &req,
+                            &bytes,
+                            seal.as_ref(),
+                            opts.durable,
+                            cache.as_ref(),
+                        )
                     })
                     .await??;
                     Ok((downloaded, written))
@@ -391,7 +601,7 @@ fn lay_out(
         files.push(PullFile {
             rel: f.path.clone(),
             dest: dest.join(&f.path),
-            file,
+            file: Some(file),
             index,
             dirty: AtomicU64::new(0),
         });
@@ -476,9 +686,8 @@ async fn finish_files(
     let tmp = tmp.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
         for (pf, (path, mode)) in files.iter().zip(&modes) {
-            if opts.durable {
-                pf.file
-                    .sync_all()
+            if let (true, Some(file)) = (opts.durable, &pf.file) {
+                file.sync_all()
                     .map_err(|e| StoreError::io("fsync", path, e))?;
             }
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode & 0o777))
@@ -516,8 +725,11 @@ fn fill(
     bytes: &[u8],
     seal: Option<&Key>,
     durable: bool,
+    cache: Option<&PageCache>,
 ) -> Result<u64, StoreError> {
     let mut written = 0u64;
+    // Verified pages for the cache: (blob's bytes, [(digest, start, len)]).
+    let mut verified: Vec<(Vec<u8>, Vec<([u8; 32], usize, usize)>)> = Vec::new();
     for (key, targets) in &req.blobs {
         let first = targets[0];
         let pf0 = &files[first.file as usize];
@@ -536,6 +748,7 @@ fn fill(
             offset: first.file_page * PAGE_SIZE as u64,
             reason: format!("blob in {}: {reason}", pack_key(&key.pack)),
         })?;
+        let mut keep = Vec::new();
         for t in targets {
             let pf = &files[t.file as usize];
             let size = pf.index.file_size;
@@ -555,21 +768,36 @@ fn fill(
                         reason: "page digest mismatch".into(),
                     });
                 }
+                if cache.is_some() {
+                    keep.push((*digest, off, want));
+                }
                 end += want;
             }
             let offset = t.file_page * PAGE_SIZE as u64;
-            pf.file
-                .write_all_at(&raw[begin..end], offset)
-                .map_err(|e| StoreError::io("write", &pf.dest, e))?;
-            if durable {
-                let n = (end - begin) as u64;
-                let dirty = pf.dirty.fetch_add(n, Ordering::Relaxed) + n;
-                if dirty >= WRITEBACK_EVERY && pf.dirty.swap(0, Ordering::Relaxed) > 0 {
-                    start_writeback(&pf.file);
+            if let Some(file) = &pf.file {
+                file.write_all_at(&raw[begin..end], offset)
+                    .map_err(|e| StoreError::io("write", &pf.dest, e))?;
+                if durable {
+                    let n = (end - begin) as u64;
+                    let dirty = pf.dirty.fetch_add(n, Ordering::Relaxed) + n;
+                    if dirty >= WRITEBACK_EVERY && pf.dirty.swap(0, Ordering::Relaxed) > 0 {
+                        start_writeback(file);
+                    }
                 }
             }
             written += (end - begin) as u64;
         }
+        if !keep.is_empty() {
+            verified.push((raw, keep));
+        }
+    }
+    if let Some(cache) = cache {
+        let pages: Vec<([u8; 32], &[u8])> = verified
+            .iter()
+            .flat_map(|(raw, keep)| keep.iter().map(move |(d, s, l)| (*d, &raw[*s..*s + *l])))
+            .collect();
+        // Best effort: a full disk costs the cache, never the pull.
+        cache.insert(&pages);
     }
     Ok(written)
 }

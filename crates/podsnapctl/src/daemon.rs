@@ -100,6 +100,15 @@ pub struct ListArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct PrefetchArgs {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Print one JSON object (snapshot_id, bytes_downloaded, bytes_fetched, bytes_cached).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct InspectArgs {
     pub snapshot: String,
     /// Print JSON.
@@ -322,6 +331,55 @@ pub async fn restore(socket: &str, a: RestoreArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+pub async fn prefetch(socket: &str, a: PrefetchArgs) -> anyhow::Result<i32> {
+    let mut client = connect(socket).await?;
+    let mut stream = client
+        .prefetch(pb::PrefetchRequest {
+            snapshot_id: a.snapshot,
+        })
+        .await
+        .map_err(|s| status_err("prefetch", s))?
+        .into_inner();
+    let view = Reporter::new("prefetch");
+    let mut done = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(ev)) => match ev.event {
+                Some(pb::prefetch_event::Event::Progress(p)) => show(&view, &p),
+                Some(pb::prefetch_event::Event::Prefetched(r)) => done = Some(r),
+                None => {}
+            },
+            Ok(None) => break,
+            Err(s) => {
+                view.finish();
+                return Err(status_err("prefetch", s));
+            }
+        }
+    }
+    view.finish();
+    let r = done.context("the daemon closed the stream without a result")?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "snapshot_id": r.snapshot_id,
+                "bytes_downloaded": r.bytes_downloaded,
+                "bytes_fetched": r.bytes_fetched,
+                "bytes_cached": r.bytes_cached,
+            }))?
+        );
+    } else {
+        println!(
+            "{}: fetched {} ({} downloaded), {} already cached",
+            r.snapshot_id,
+            human(r.bytes_fetched),
+            human(r.bytes_downloaded),
+            human(r.bytes_cached)
+        );
+    }
+    Ok(0)
+}
+
 fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -512,6 +570,7 @@ pub async fn node_info(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
                 "store_url": n.store_url,
                 "state_dir": n.state_dir,
                 "jobs_in_flight": n.jobs_in_flight,
+                "cache": {"dir": n.cache_dir, "max_bytes": n.cache_max_bytes, "bytes": n.cache_bytes},
                 "runsc": {"path": runsc.path, "version": runsc.version, "platform": runsc.platform,
                           "root": runsc.root, "capabilities": runsc.capabilities},
                 "cpu": {"vendor": cpu.vendor, "family": cpu.family, "model": cpu.model,
@@ -550,6 +609,16 @@ pub async fn node_info(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
         cpu.cache_line_size,
         cpu.features.len()
     );
+    if n.cache_max_bytes > 0 {
+        println!(
+            "page cache:  {} of {} in {}",
+            human(n.cache_bytes),
+            human(n.cache_max_bytes),
+            n.cache_dir
+        );
+    } else {
+        println!("page cache:  off");
+    }
     println!("jobs:        {} in flight", n.jobs_in_flight);
     print_jobs(&jobs);
     Ok(0)

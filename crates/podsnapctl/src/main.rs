@@ -22,6 +22,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 /// Examples:
 ///   podsnapctl checkpoint counter --label app=demo --group-by app --keep 3 --stop
 ///   podsnapctl restore 20261129T070102Z-3fa9c2d1 --bundle /srv/bundle --id counter-2
+///   podsnapctl prefetch 20261129T070102Z-3fa9c2d1
 ///   podsnapctl list --group app=demo
 ///   podsnapctl image push ./image --store s3://bucket/snaps
 ///   podsnapctl cpu-features --json > node-a.json
@@ -57,6 +58,9 @@ enum Cmd {
     Checkpoint(daemon::CheckpointArgs),
     /// Restore a snapshot as a new standalone sandbox under the daemon's runsc root.
     Restore(daemon::RestoreArgs),
+    /// Warm the daemon's node-local page cache with a snapshot before a restore there;
+    /// prints the bytes fetched and the bytes already cached.
+    Prefetch(daemon::PrefetchArgs),
     /// List the snapshots in the daemon's store (newest first).
     List(daemon::ListArgs),
     /// Show one snapshot's manifest summary.
@@ -141,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     Cmd::Image(c) => image::run(c).await.map(|_| 0),
                     Cmd::Checkpoint(a) => daemon::checkpoint(&cli.socket, a).await,
                     Cmd::Restore(a) => daemon::restore(&cli.socket, a).await,
+                    Cmd::Prefetch(a) => daemon::prefetch(&cli.socket, a).await,
                     Cmd::List(a) => daemon::list(&cli.socket, a).await,
                     Cmd::Inspect(a) => daemon::inspect(&cli.socket, a).await,
                     Cmd::Delete(a) => daemon::delete(&cli.socket, a).await,

@@ -114,6 +114,14 @@ pub struct Args {
     /// OTEL_EXPORTER_OTLP_ENDPOINT, the lowest-precedence source of `otlp_endpoint`.
     #[arg(skip = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())]
     pub otel_exporter_otlp_endpoint: Option<String>,
+    /// The node-local page cache: verified pages kept by digest so that a restore downloads
+    /// only what this node has not seen (see docs/cache.md). Default: <state-dir>/cache.
+    #[arg(long, env = "PODSNAPD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// The page cache's size bound, in bytes or with a unit (512MiB, 10GiB, 1T); least
+    /// recently used pages go beyond it. 0 turns the cache off. Default 10GiB.
+    #[arg(long, env = "PODSNAPD_CACHE_MAX_BYTES", value_name = "SIZE")]
+    pub cache_max_bytes: Option<String>,
 }
 
 /// The config file: the same keys as the flags.
@@ -144,6 +152,9 @@ pub struct FileConfig {
     pub key_dir: Option<PathBuf>,
     pub max_transfers: Option<usize>,
     pub otlp_endpoint: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    /// A number of bytes, or a string with a unit ("10GiB").
+    pub cache_max_bytes: Option<toml::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,7 +202,14 @@ pub struct Config {
     pub max_transfers: usize,
     /// OTLP/gRPC collector for trace export; `None`: no export.
     pub otlp_endpoint: Option<String>,
+    /// The node-local page cache's directory (`--cache-dir`, default `<state-dir>/cache`).
+    pub cache_dir: PathBuf,
+    /// The page cache's size bound in bytes; 0 turns the cache off.
+    pub cache_max_bytes: u64,
 }
+
+/// The page cache's default bound: 10 GiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 10 << 30;
 
 pub const DEFAULT_SOCKET: &str = "/run/podsnap/podsnapd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/podsnap";
@@ -341,6 +359,21 @@ impl Config {
                 n => n,
             },
             otlp_endpoint,
+            cache_dir: args
+                .cache_dir
+                .or(file.cache_dir)
+                .unwrap_or_else(|| state_dir.join("cache")),
+            cache_max_bytes: match (args.cache_max_bytes, file.cache_max_bytes) {
+                (Some(s), _) => {
+                    parse_size(&s).with_context(|| format!("--cache-max-bytes {s:?}"))?
+                }
+                (None, Some(toml::Value::Integer(n))) if n >= 0 => n as u64,
+                (None, Some(toml::Value::String(s))) => {
+                    parse_size(&s).with_context(|| format!("cache_max_bytes {s:?}"))?
+                }
+                (None, Some(v)) => bail!("cache_max_bytes {v}: expected a size such as 10GiB"),
+                (None, None) => DEFAULT_CACHE_MAX_BYTES,
+            },
             state_dir,
         })
     }
@@ -384,6 +417,26 @@ pub fn parse_otlp_endpoint(s: &str) -> anyhow::Result<String> {
         (Some("http" | "https"), Some(a)) if !a.host().is_empty() => Ok(s.to_string()),
         _ => bail!("--otlp-endpoint {s:?}: expected http://HOST:PORT or https://HOST:PORT"),
     }
+}
+
+/// Parses a size: bytes, or a number with K/M/G/T (powers of 1024; `KiB`, `KB`, `k` alike).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let i = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(i);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => bail!("{s:?}: unknown unit {other:?} (K, M, G, T)"),
+    };
+    n.checked_mul(1u64 << shift)
+        .with_context(|| format!("{s:?} is too large"))
 }
 
 /// Parses `90s`, `10m`, `1h`, `250ms` or a bare number of seconds.

@@ -95,9 +95,9 @@ fn store_code(e: &StoreError) -> tonic::Code {
         | StoreError::InvalidIndex { .. }
         | StoreError::Corrupt { .. }
         | StoreError::MissingObject { .. } => Code::DataLoss,
-        StoreError::UnsupportedFormat { .. } | StoreError::Encryption { .. } => {
-            Code::FailedPrecondition
-        }
+        StoreError::UnsupportedFormat { .. }
+        | StoreError::Encryption { .. }
+        | StoreError::Cache(_) => Code::FailedPrecondition,
         StoreError::Backend { source, .. } => match &**source {
             object_store::Error::NotFound { .. } => Code::NotFound,
             _ => Code::Unavailable,

@@ -39,6 +39,7 @@ pub enum JobKind {
     Checkpoint,
     Restore,
     PrepareRestore,
+    Prefetch,
 }
 
 impl JobKind {
@@ -47,6 +48,7 @@ impl JobKind {
             JobKind::Checkpoint => "checkpoint",
             JobKind::Restore => "restore",
             JobKind::PrepareRestore => "prepare-restore",
+            JobKind::Prefetch => "prefetch",
         }
     }
 }
@@ -60,6 +62,8 @@ pub enum JobSpec {
     Checkpoint(Box<CheckpointJob>),
     Restore(RestoreJob),
     PrepareRestore(PrepareJob),
+    /// Warming the node's page cache: nothing to recover (a restart fails it).
+    Prefetch(PrepareJob),
 }
 
 impl JobSpec {
@@ -68,6 +72,7 @@ impl JobSpec {
             JobSpec::Checkpoint(_) => JobKind::Checkpoint,
             JobSpec::Restore(_) => JobKind::Restore,
             JobSpec::PrepareRestore(_) => JobKind::PrepareRestore,
+            JobSpec::Prefetch(_) => JobKind::Prefetch,
         }
     }
 }

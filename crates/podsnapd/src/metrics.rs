@@ -71,6 +71,44 @@ pub struct Metrics {
     store_duration: Family<Method, Histogram, fn() -> Histogram>,
     store_errors: Family<Method, Counter>,
     build_info: Family<Build, Gauge>,
+    cache: CacheMetrics,
+}
+
+/// The page cache's metrics (`podsnap_cache_*`), fed by the store's cache events.
+#[derive(Clone, Default)]
+pub struct CacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    corrupt: Counter,
+    evictions: Counter,
+    write_failures: Counter,
+    bytes: Gauge,
+}
+
+impl podsnap_store::CacheObserver for CacheMetrics {
+    fn event(&self, ev: podsnap_store::CacheEvent) {
+        use podsnap_store::CacheEvent as E;
+        match ev {
+            E::Hits(n) => {
+                self.hits.inc_by(n);
+            }
+            E::Misses(n) => {
+                self.misses.inc_by(n);
+            }
+            E::Corrupt(n) => {
+                self.corrupt.inc_by(n);
+            }
+            E::Evicted(n) => {
+                self.evictions.inc_by(n);
+            }
+            E::WriteFailed => {
+                self.write_failures.inc();
+            }
+            E::Bytes(n) => {
+                self.bytes.set(n as i64);
+            }
+        }
+    }
 }
 
 /// Decrements the in-flight gauge when dropped.
@@ -157,7 +195,39 @@ impl Metrics {
             "podsnapd's version and the runsc version it drives",
             build_info.clone(),
         );
+        let cache = CacheMetrics::default();
+        registry.register(
+            "podsnap_cache_hits",
+            "Pages a restore took from the node's page cache (verified) instead of the store",
+            cache.hits.clone(),
+        );
+        registry.register(
+            "podsnap_cache_misses",
+            "Pages a restore had to download because the page cache did not hold them",
+            cache.misses.clone(),
+        );
+        registry.register(
+            "podsnap_cache_corrupt_pages",
+            "Pages read from the page cache that failed verification (downloaded instead)",
+            cache.corrupt.clone(),
+        );
+        registry.register(
+            "podsnap_cache_evictions",
+            "Page cache segments evicted (least recently used) to stay under the size bound",
+            cache.evictions.clone(),
+        );
+        registry.register(
+            "podsnap_cache_write_failures",
+            "Writes to the page cache that failed (e.g. disk full); restores go on without them",
+            cache.write_failures.clone(),
+        );
+        registry.register(
+            "podsnap_cache_bytes",
+            "Bytes the node's page cache holds on disk",
+            cache.bytes.clone(),
+        );
         Metrics {
+            cache,
             registry,
             operations,
             operation_duration,
@@ -250,6 +320,11 @@ impl Metrics {
         if !ok {
             self.store_errors.get_or_create(&m).inc();
         }
+    }
+
+    /// The observer that turns the page cache's events into `podsnap_cache_*`.
+    pub fn cache_observer(&self) -> Arc<dyn podsnap_store::CacheObserver> {
+        Arc::new(self.cache.clone())
     }
 
     pub fn encode(&self) -> String {
@@ -424,6 +499,20 @@ mod names {
         let _running = m.in_flight("restore");
         m.store_request("get", Duration::from_millis(1), false);
         m.build_info("test");
+        {
+            use podsnap_store::CacheEvent as E;
+            let o = m.cache_observer();
+            for ev in [
+                E::Hits(1),
+                E::Misses(1),
+                E::Corrupt(1),
+                E::Evicted(1),
+                E::WriteFailed,
+                E::Bytes(1),
+            ] {
+                o.event(ev);
+            }
+        }
         let used = Exposition::parse(&m.encode());
         let list = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -460,6 +549,6 @@ mod names {
             assert_eq!(used.label_names(family), labels, "{family}");
             checked += 1;
         }
-        assert_eq!(checked, 10, "metric_names.txt changed: update this test");
+        assert_eq!(checked, 16, "metric_names.txt changed: update this test");
     }
 }

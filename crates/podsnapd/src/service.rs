@@ -221,6 +221,33 @@ where
 impl Podsnap for Service {
     type CheckpointStream = EventStream<pb::CheckpointEvent>;
     type RestoreStream = EventStream<pb::RestoreEvent>;
+    type PrefetchStream = EventStream<pb::PrefetchEvent>;
+
+    async fn prefetch(
+        &self,
+        req: Request<pb::PrefetchRequest>,
+    ) -> Result<Response<Self::PrefetchStream>, Status> {
+        let r = req.into_inner();
+        if r.snapshot_id.is_empty() {
+            return Err(DaemonError::InvalidArgument("snapshot_id is required".into()).into());
+        }
+        let engine = self.engine.clone();
+        let snapshot = r.snapshot_id.clone();
+        Ok(Response::new(stream_job(
+            move |tx| engine.prefetch(r.snapshot_id, Some(tx)),
+            |p| pb::PrefetchEvent {
+                event: Some(pb::prefetch_event::Event::Progress(p)),
+            },
+            move |rep: podsnap_store::PrefetchReport| pb::PrefetchEvent {
+                event: Some(pb::prefetch_event::Event::Prefetched(pb::Prefetched {
+                    snapshot_id: snapshot,
+                    bytes_downloaded: rep.bytes_downloaded,
+                    bytes_fetched: rep.bytes_fetched,
+                    bytes_cached: rep.bytes_cached,
+                })),
+            },
+        )))
+    }
 
     async fn checkpoint(
         &self,
@@ -404,6 +431,13 @@ impl Podsnap for Service {
             store_url: e.store().display_url().to_string(),
             state_dir: e.config().state_dir.display().to_string(),
             jobs_in_flight: e.jobs().in_flight() as u32,
+            cache_dir: e
+                .store()
+                .cache()
+                .map(|c| c.dir().display().to_string())
+                .unwrap_or_default(),
+            cache_max_bytes: e.store().cache().map_or(0, |c| c.max_bytes()),
+            cache_bytes: e.store().cache().map_or(0, |c| c.stats().bytes),
         }))
     }
 

@@ -23,6 +23,7 @@
 mod checkpoint;
 mod compat;
 mod locks;
+mod prefetch;
 mod prepare;
 mod progress;
 mod recovery;
@@ -74,6 +75,32 @@ pub struct Engine {
     locks: Locks,
     /// Bounds the snapshot uploads and downloads running at once (`max_transfers`).
     transfers: Arc<tokio::sync::Semaphore>,
+}
+
+/// The node's page cache, or `None` when it is off (`cache_max_bytes` 0) or cannot be
+/// opened: the cache is best effort, a daemon without one still restores (downloading all).
+fn open_cache(cfg: &Config, metrics: &Arc<Metrics>) -> Option<podsnap_store::PageCache> {
+    if cfg.cache_max_bytes == 0 {
+        info!("page cache off (cache_max_bytes 0)");
+        return None;
+    }
+    match podsnap_store::PageCache::open(
+        &cfg.cache_dir,
+        cfg.cache_max_bytes,
+        Some(metrics.cache_observer()),
+    ) {
+        Ok(c) => {
+            metrics
+                .cache_observer()
+                .event(podsnap_store::CacheEvent::Bytes(c.stats().bytes));
+            Some(c)
+        }
+        Err(e) => {
+            warn!(dir = %cfg.cache_dir.display(), error = %podsnap_proto::client::error_chain(&e),
+                "cannot open the page cache; restores download every page");
+            None
+        }
+    }
 }
 
 /// Label keys and values: what Kubernetes allows, bounded.
@@ -155,6 +182,7 @@ impl Engine {
                 }
             }
         }
+        let store = store.with_cache(open_cache(&cfg, &metrics));
         let host_cpu = podsnap_cpu::host().map_err(|e| e.to_string());
         if let Err(e) = &host_cpu {
             warn!(error = %e, "cannot read this host's CPU feature set; compatibility checks will refuse");

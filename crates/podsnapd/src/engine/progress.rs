@@ -84,6 +84,7 @@ impl Progress for JobProgress {
             }
             ProgressEvent::BytesUploaded(n) => self.metrics.bytes("uploaded", n),
             ProgressEvent::BytesDownloaded(n) => self.metrics.bytes("downloaded", n),
+            ProgressEvent::BytesCached(n) => self.metrics.bytes("cached", n),
             ProgressEvent::Committing => self.send(true),
             _ => {}
         }

@@ -55,7 +55,7 @@ impl Engine {
                 let root = self.runtime.info().await.ok()?.root;
                 Some(self.locks.lock_container(&root, &r.container_id).await)
             }
-            JobSpec::PrepareRestore(_) => None,
+            JobSpec::PrepareRestore(_) | JobSpec::Prefetch(_) => None,
         }
     }
 
@@ -120,11 +120,13 @@ impl Engine {
                 Ok(())
             }
             JobSpec::Restore(r) => self.recover_restore(job, rec, r).await,
-            JobSpec::PrepareRestore(_) => Err(DaemonError::Unavailable(format!(
-                "podsnapd restarted during {} in phase {:?}; retry it",
-                rec.kind().as_str(),
-                rec.phase
-            ))),
+            JobSpec::PrepareRestore(_) | JobSpec::Prefetch(_) => {
+                Err(DaemonError::Unavailable(format!(
+                    "podsnapd restarted during {} in phase {:?}; retry it",
+                    rec.kind().as_str(),
+                    rec.phase
+                )))
+            }
         }
     }
 

@@ -1,0 +1,842 @@
+//! The node-local page cache: verified pages, by digest, kept on the node's disk under a size
+//! bound, so that a restore downloads only the pages this node has not seen.
+//!
+//! # On-disk format
+//!
+//! ```text
+//! <dir>/lock                 flock'ed by the one process using the cache
+//! <dir>/segments/<id>.seg    one segment per write (the verified pages of one ranged GET)
+//! <dir>/segments/.tmp-*      a segment being written (removed at open)
+//! ```
+//!
+//! A segment, integers little-endian:
+//!
+//! ```text
+//! magic "PSNPCSG1" | n_pages u32 | reserved u32 (=0)
+//! n_pages x { sha256 [u8; 32], len u32 }          len 1..=4096
+//! the pages' bytes, concatenated in the same order
+//! ```
+//!
+//! Segments are written to a temp name and renamed, never modified, and never fsynced: a
+//! segment torn by a power loss is detected like any other corruption.
+//!
+//! # Trust
+//!
+//! Nothing read from the cache is trusted: every page is checked against the sha256 that the
+//! snapshot's (verified) index asks for, and its length against the page's length, before it
+//! is used. A page that fails is a miss (the caller downloads it) and its whole segment is
+//! dropped. Headers that do not parse are removed at open.
+//!
+//! # Bound and eviction
+//!
+//! The bytes of all segment files are kept at or below `max_bytes`: after every write the
+//! least recently used segments (a read hit or a write uses a segment) are deleted until the
+//! total fits. Use order survives restarts through the segments' mtimes, which a use updates.
+//!
+//! # Concurrency
+//!
+//! One process per cache directory (the lock file); inside it, any number of pulls at once.
+//! The index is behind one mutex held only for in-memory work. A page that one writer is
+//! about to store is reserved, so concurrent writers of the same page store it once; the byte
+//! total counts segment files, so it is never counted twice. Segment ids are never reused,
+//! so a location read just before an eviction points at a deleted file (a miss), never at
+//! another segment.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::chunk;
+use crate::limits::PAGE_SIZE;
+use crate::StoreError;
+
+const MAGIC: &[u8; 8] = b"PSNPCSG1";
+const HEADER_LEN: usize = 16;
+const ENTRY_LEN: usize = 36;
+/// Pages per segment at most (a request's pages are split into several segments beyond it).
+const MAX_SEGMENT_PAGES: usize = 4096;
+
+/// What the cache did, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// Pages served from the cache, verified.
+    Hits(u64),
+    /// Pages a pull needed and had to download.
+    Misses(u64),
+    /// Pages read from the cache that failed verification (also counted as misses).
+    Corrupt(u64),
+    /// Segments evicted to stay under the bound.
+    Evicted(u64),
+    /// A write that failed (disk full, ...); the pull goes on without it.
+    WriteFailed,
+    /// The bytes the cache now holds on disk.
+    Bytes(u64),
+}
+
+/// Receives [`CacheEvent`]s (the daemon turns them into metrics).
+pub trait CacheObserver: Send + Sync {
+    fn event(&self, ev: CacheEvent);
+}
+
+/// Counters of one cache since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub corrupt: u64,
+    pub evictions: u64,
+    pub write_failures: u64,
+    /// Bytes of segment files on disk.
+    pub bytes: u64,
+    pub segments: u64,
+    pub pages: u64,
+}
+
+/// A node-local page cache. Cheap to clone.
+#[derive(Clone)]
+pub struct PageCache {
+    inner: Arc<CacheInner>,
+}
+
+impl std::fmt::Debug for PageCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageCache")
+            .field("dir", &self.inner.dir)
+            .field("max_bytes", &self.inner.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+struct CacheInner {
+    dir: PathBuf,
+    max_bytes: u64,
+    state: Mutex<State>,
+    observer: Option<Arc<dyn CacheObserver>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    corrupt: AtomicU64,
+    evictions: AtomicU64,
+    write_failures: AtomicU64,
+    _lock: File,
+}
+
+/// Where a page is: segment, byte offset in it, length.
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    seg: u64,
+    offset: u32,
+    len: u16,
+}
+
+struct Segment {
+    bytes: u64,
+    used: u64,
+    digests: Vec<[u8; 32]>,
+}
+
+#[derive(Default)]
+struct State {
+    index: HashMap<[u8; 32], Loc>,
+    segments: HashMap<u64, Segment>,
+    reserved: HashSet<[u8; 32]>,
+    bytes: u64,
+    tick: u64,
+    next_seg: u64,
+}
+
+impl State {
+    fn remove_segment(&mut self, id: u64) -> Option<u64> {
+        let seg = self.segments.remove(&id)?;
+        for d in &seg.digests {
+            if self.index.get(d).is_some_and(|l| l.seg == id) {
+                self.index.remove(d);
+            }
+        }
+        self.bytes -= seg.bytes;
+        Some(seg.bytes)
+    }
+
+    fn least_recently_used(&self, except: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .filter(|(id, _)| **id != except)
+            .min_by_key(|(id, s)| (s.used, **id))
+            .map(|(id, _)| *id)
+    }
+}
+
+fn seg_name(id: u64) -> String {
+    format!("{id:016x}.seg")
+}
+
+/// Parses a segment header: the digests and lengths, checked against the file's size.
+fn parse_header(file: &File, size: u64) -> Result<Vec<([u8; 32], u16)>, String> {
+    let mut head = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| format!("header: {e}"))?;
+    if &head[..8] != MAGIC {
+        return Err("bad magic".into());
+    }
+    let n = u32::from_le_bytes(head[8..12].try_into().expect("4")) as usize;
+    if n == 0 || n > MAX_SEGMENT_PAGES || head[12..16] != [0; 4] {
+        return Err(format!("bad page count {n}"));
+    }
+    let table_len = n * ENTRY_LEN;
+    if (HEADER_LEN + table_len) as u64 > size {
+        return Err("truncated table".into());
+    }
+    let mut table = vec![0u8; table_len];
+    file.read_exact_at(&mut table, HEADER_LEN as u64)
+        .map_err(|e| format!("table: {e}"))?;
+    let mut out = Vec::with_capacity(n);
+    let mut data = 0u64;
+    for e in table.chunks_exact(ENTRY_LEN) {
+        let d: [u8; 32] = e[..32].try_into().expect("32");
+        let len = u32::from_le_bytes(e[32..36].try_into().expect("4"));
+        if len == 0 || len as usize > PAGE_SIZE {
+            return Err(format!("bad page length {len}"));
+        }
+        data += len as u64;
+        out.push((d, len as u16));
+    }
+    if (HEADER_LEN + table_len) as u64 + data != size {
+        return Err("size does not match the table".into());
+    }
+    Ok(out)
+}
+
+impl PageCache {
+    /// Opens (creating) the cache in `dir`, bounded to `max_bytes`, loading what an earlier
+    /// run left: segments whose header does not parse and temp files are removed, use order
+    /// comes from the segments' mtimes, and the bound is applied at once.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        observer: Option<Arc<dyn CacheObserver>>,
+    ) -> Result<PageCache, StoreError> {
+        let segdir = dir.join("segments");
+        std::fs::create_dir_all(&segdir).map_err(|e| StoreError::io("create", &segdir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io("open", &lock_path, e))?;
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock only takes the descriptor, which `lock` keeps open.
+            #[allow(unsafe_code)]
+            let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r != 0 {
+                return Err(StoreError::io(
+                    "lock",
+                    &lock_path,
+                    std::io::Error::other("the page cache is in use by another process"),
+                ));
+            }
+        }
+        let mut found: Vec<(SystemTime, u64, u64, Vec<([u8; 32], u16)>)> = Vec::new();
+        let mut max_id = 0u64;
+        let rd = std::fs::read_dir(&segdir).map_err(|e| StoreError::io("read", &segdir, e))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let id = name
+                .strip_suffix(".seg")
+                .filter(|h| h.len() == 16)
+                .and_then(|h| u64::from_str_radix(h, 16).ok());
+            let Some(id) = id else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            max_id = max_id.max(id);
+            let parsed = File::open(&path)
+                .and_then(|f| Ok((f.metadata()?, f)))
+                .map(|(md, f)| {
+                    (
+                        md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        md.len(),
+                        parse_header(&f, md.len()),
+                    )
+                });
+            match parsed {
+                Ok((mtime, size, Ok(pages))) => found.push((mtime, id, size, pages)),
+                Ok((_, _, Err(reason))) => {
+                    tracing::warn!(segment = %path.display(), %reason, "removing a damaged page cache segment");
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "cannot read a page cache segment; removing it");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        found.sort_by_key(|(mtime, id, _, _)| (*mtime, *id));
+        let mut st = State {
+            next_seg: max_id + 1,
+            ..Default::default()
+        };
+        for (mtime, id, size, pages) in found {
+            let _ = mtime;
+            st.tick += 1;
+            let mut offset = (HEADER_LEN + pages.len() * ENTRY_LEN) as u32;
+            let mut digests = Vec::with_capacity(pages.len());
+            for (d, len) in pages {
+                st.index.insert(
+                    d,
+                    Loc {
+                        seg: id,
+                        offset,
+                        len,
+                    },
+                );
+                offset += len as u32;
+                digests.push(d);
+            }
+            st.bytes += size;
+            st.segments.insert(
+                id,
+                Segment {
+                    bytes: size,
+                    used: st.tick,
+                    digests,
+                },
+            );
+        }
+        let cache = PageCache {
+            inner: Arc::new(CacheInner {
+                dir: dir.to_path_buf(),
+                max_bytes,
+                state: Mutex::new(st),
+                observer,
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                corrupt: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+                write_failures: AtomicU64::new(0),
+                _lock: lock,
+            }),
+        };
+        let evicted = {
+            let mut st = cache.inner.lock();
+            cache.inner.evict_over_bound(&mut st, u64::MAX)
+        };
+        cache.inner.removed(evicted);
+        let s = cache.stats();
+        tracing::info!(dir = %dir.display(), max_bytes, bytes = s.bytes, pages = s.pages,
+            segments = s.segments, "page cache opened");
+        Ok(cache)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let st = self.inner.lock();
+        CacheStats {
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            corrupt: self.inner.corrupt.load(Ordering::Relaxed),
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+            write_failures: self.inner.write_failures.load(Ordering::Relaxed),
+            bytes: st.bytes,
+            segments: st.segments.len() as u64,
+            pages: st.index.len() as u64,
+        }
+    }
+
+    /// Whether the index lists every one of `digests` (nothing is read or verified).
+    pub fn contains_all<'a>(&self, digests: impl IntoIterator<Item = &'a [u8; 32]>) -> bool {
+        let st = self.inner.lock();
+        digests.into_iter().all(|d| st.index.contains_key(d))
+    }
+
+    /// Marks the segments holding `digests` as used now (a prefetch that found them).
+    pub fn touch<'a>(&self, digests: impl IntoIterator<Item = &'a [u8; 32]>) {
+        let mut segs = HashSet::new();
+        {
+            let mut st = self.inner.lock();
+            st.tick += 1;
+            let tick = st.tick;
+            for d in digests {
+                if let Some(l) = st.index.get(d).copied() {
+                    if segs.insert(l.seg) {
+                        if let Some(s) = st.segments.get_mut(&l.seg) {
+                            s.used = tick;
+                        }
+                    }
+                }
+            }
+        }
+        for id in segs {
+            self.inner.touch_file(id);
+        }
+    }
+
+    /// A reader for a batch of page reads (keeps the segment files it opened).
+    pub fn reader(&self) -> CacheReader<'_> {
+        CacheReader {
+            cache: self,
+            files: HashMap::new(),
+        }
+    }
+
+    /// Stores verified pages (`(sha256, bytes)`), best effort: pages already cached or being
+    /// stored by another writer are skipped, a failure (disk full) is logged and counted, and
+    /// the least recently used segments go to keep the bound. Never fails.
+    pub fn insert(&self, pages: &[([u8; 32], &[u8])]) {
+        for part in pages.chunks(MAX_SEGMENT_PAGES) {
+            self.insert_segment(part);
+        }
+    }
+
+    fn insert_segment(&self, pages: &[([u8; 32], &[u8])]) {
+        let inner = &self.inner;
+        // Reserve what nobody has or is writing.
+        let (id, mine) = {
+            let mut st = inner.lock();
+            let mut mine: Vec<usize> = Vec::new();
+            let mut seen = HashSet::new();
+            for (i, (d, b)) in pages.iter().enumerate() {
+                if b.is_empty() || b.len() > PAGE_SIZE {
+                    continue;
+                }
+                if st.index.contains_key(d) || st.reserved.contains(d) || !seen.insert(*d) {
+                    continue;
+                }
+                mine.push(i);
+            }
+            if mine.is_empty() {
+                return;
+            }
+            let size = (HEADER_LEN + mine.len() * ENTRY_LEN) as u64
+                + mine.iter().map(|&i| pages[i].1.len() as u64).sum::<u64>();
+            if size > inner.max_bytes {
+                return;
+            }
+            for &i in &mine {
+                st.reserved.insert(pages[i].0);
+            }
+            let id = st.next_seg;
+            st.next_seg += 1;
+            (id, mine)
+        };
+        let written = inner.write_segment(id, pages, &mine);
+        let mut st = inner.lock();
+        for &i in &mine {
+            st.reserved.remove(&pages[i].0);
+        }
+        let evicted = match written {
+            Ok(size) => {
+                st.tick += 1;
+                let mut offset = (HEADER_LEN + mine.len() * ENTRY_LEN) as u32;
+                let mut digests = Vec::with_capacity(mine.len());
+                for &i in &mine {
+                    let (d, b) = pages[i];
+                    st.index.insert(
+                        d,
+                        Loc {
+                            seg: id,
+                            offset,
+                            len: b.len() as u16,
+                        },
+                    );
+                    offset += b.len() as u32;
+                    digests.push(d);
+                }
+                st.bytes += size;
+                let used = st.tick;
+                st.segments.insert(
+                    id,
+                    Segment {
+                        bytes: size,
+                        used,
+                        digests,
+                    },
+                );
+                inner.evict_over_bound(&mut st, id)
+            }
+            Err(e) => {
+                inner.write_failures.fetch_add(1, Ordering::Relaxed);
+                inner.emit(CacheEvent::WriteFailed);
+                tracing::warn!(dir = %inner.dir.display(), error = %e,
+                    "cannot write to the page cache; the restore goes on without it");
+                Vec::new()
+            }
+        };
+        let bytes = st.bytes;
+        drop(st);
+        inner.removed(evicted);
+        inner.emit(CacheEvent::Bytes(bytes));
+    }
+
+    /// Counts pages a pull had to download.
+    pub fn record_misses(&self, pages: u64) {
+        if pages > 0 {
+            self.inner.misses.fetch_add(pages, Ordering::Relaxed);
+            self.inner.emit(CacheEvent::Misses(pages));
+        }
+    }
+}
+
+impl CacheInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, ev: CacheEvent) {
+        if let Some(o) = &self.observer {
+            o.event(ev);
+        }
+    }
+
+    fn seg_path(&self, id: u64) -> PathBuf {
+        self.dir.join("segments").join(seg_name(id))
+    }
+
+    fn write_segment(
+        &self,
+        id: u64,
+        pages: &[([u8; 32], &[u8])],
+        mine: &[usize],
+    ) -> std::io::Result<u64> {
+        let mut buf = Vec::with_capacity(HEADER_LEN + mine.len() * (ENTRY_LEN + PAGE_SIZE));
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&(mine.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&[0; 4]);
+        for &i in mine {
+            buf.extend_from_slice(&pages[i].0);
+            buf.extend_from_slice(&(pages[i].1.len() as u32).to_le_bytes());
+        }
+        for &i in mine {
+            buf.extend_from_slice(pages[i].1);
+        }
+        let tmp = self
+            .dir
+            .join("segments")
+            .join(format!(".tmp-{id:016x}-{:08x}", rand::random::<u32>()));
+        let res = File::create(&tmp)
+            .and_then(|mut f| f.write_all(&buf))
+            .and_then(|_| std::fs::rename(&tmp, self.seg_path(id)));
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res.map(|_| buf.len() as u64)
+    }
+
+    /// Removes least recently used segments (never `keep`) until the total fits; returns
+    /// the ids removed from the index (their files are deleted by [`CacheInner::removed`]).
+    fn evict_over_bound(&self, st: &mut State, keep: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        while st.bytes > self.max_bytes {
+            let Some(id) = st.least_recently_used(keep) else {
+                break;
+            };
+            st.remove_segment(id);
+            out.push(id);
+        }
+        out
+    }
+
+    fn removed(&self, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        for id in &ids {
+            let _ = std::fs::remove_file(self.seg_path(*id));
+        }
+        self.evictions
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        self.emit(CacheEvent::Evicted(ids.len() as u64));
+        let bytes = self.lock().bytes;
+        self.emit(CacheEvent::Bytes(bytes));
+    }
+
+    /// Drops a segment that served a bad page.
+    fn drop_corrupt(&self, id: u64) {
+        let removed = self.lock().remove_segment(id).is_some();
+        if removed {
+            tracing::warn!(segment = %self.seg_path(id).display(),
+                "a page cache segment failed verification; removed");
+            let _ = std::fs::remove_file(self.seg_path(id));
+            let bytes = self.lock().bytes;
+            self.emit(CacheEvent::Bytes(bytes));
+        }
+    }
+
+    fn touch_file(&self, id: u64) {
+        if let Ok(f) = File::options().append(true).open(self.seg_path(id)) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+}
+
+/// Reads verified pages from a [`PageCache`]; keeps the segment files of one batch open.
+pub struct CacheReader<'a> {
+    cache: &'a PageCache,
+    files: HashMap<u64, Option<File>>,
+}
+
+impl CacheReader<'_> {
+    /// Appends the page with sha256 `digest` and length `len` to `out` if the cache holds
+    /// it AND it verifies. Anything else is `false` with `out` unchanged; a page that does
+    /// not verify also drops its segment.
+    pub fn read_into(&mut self, digest: &[u8; 32], len: usize, out: &mut Vec<u8>) -> bool {
+        let inner = &self.cache.inner;
+        let loc = {
+            let mut st = inner.lock();
+            let Some(loc) = st.index.get(digest).copied() else {
+                return false;
+            };
+            st.tick += 1;
+            let tick = st.tick;
+            if let Some(s) = st.segments.get_mut(&loc.seg) {
+                s.used = tick;
+            }
+            loc
+        };
+        if loc.len as usize != len {
+            self.corrupt(loc.seg);
+            return false;
+        }
+        let file = self.files.entry(loc.seg).or_insert_with(|| {
+            let f = File::open(inner.seg_path(loc.seg)).ok();
+            if f.is_some() {
+                inner.touch_file(loc.seg);
+            }
+            f
+        });
+        let Some(file) = file else {
+            return false;
+        };
+        let start = out.len();
+        out.resize(start + len, 0);
+        let ok = file
+            .read_exact_at(&mut out[start..], loc.offset as u64)
+            .is_ok()
+            && chunk::sha256(&out[start..]) == *digest;
+        if !ok {
+            out.truncate(start);
+            self.corrupt(loc.seg);
+            return false;
+        }
+        true
+    }
+
+    fn corrupt(&mut self, seg: u64) {
+        let inner = &self.cache.inner;
+        inner.corrupt.fetch_add(1, Ordering::Relaxed);
+        inner.emit(CacheEvent::Corrupt(1));
+        self.files.remove(&seg);
+        inner.drop_corrupt(seg);
+    }
+
+    /// Counts `pages` pages served.
+    pub fn record_hits(&self, pages: u64) {
+        if pages > 0 {
+            self.cache.inner.hits.fetch_add(pages, Ordering::Relaxed);
+            self.cache.inner.emit(CacheEvent::Hits(pages));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(seed: u32) -> Vec<u8> {
+        (0..PAGE_SIZE as u32)
+            .map(|i| {
+                (i.wrapping_mul(2654435761)
+                    .wrapping_add(seed.wrapping_mul(40503))
+                    >> 7) as u8
+            })
+            .collect()
+    }
+
+    fn put(c: &PageCache, seeds: &[u32]) {
+        let pages: Vec<Vec<u8>> = seeds.iter().map(|s| page(*s)).collect();
+        let refs: Vec<([u8; 32], &[u8])> = pages
+            .iter()
+            .map(|p| (chunk::sha256(p), p.as_slice()))
+            .collect();
+        c.insert(&refs);
+    }
+
+    fn get(c: &PageCache, seed: u32) -> Option<Vec<u8>> {
+        let p = page(seed);
+        let mut out = Vec::new();
+        c.reader()
+            .read_into(&chunk::sha256(&p), p.len(), &mut out)
+            .then_some(out)
+    }
+
+    /// One segment of `n` pages, on disk.
+    fn seg_size(n: usize) -> u64 {
+        (HEADER_LEN + n * (ENTRY_LEN + PAGE_SIZE)) as u64
+    }
+
+    #[test]
+    fn pages_come_back_verified_and_the_bound_evicts_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for three one-page segments.
+        let c = PageCache::open(dir.path(), seg_size(1) * 3, None).unwrap();
+        put(&c, &[1]);
+        put(&c, &[2]);
+        put(&c, &[3]);
+        assert_eq!(get(&c, 1), Some(page(1)));
+        // 2 is now the least recently used; a fourth segment evicts it, not 1 or 3.
+        put(&c, &[4]);
+        assert_eq!(get(&c, 2), None);
+        for s in [1, 3, 4] {
+            assert_eq!(get(&c, s), Some(page(s)), "page {s}");
+        }
+        let st = c.stats();
+        assert_eq!(st.evictions, 1);
+        assert!(st.bytes <= seg_size(1) * 3, "{st:?}");
+        assert_eq!(st.segments, 3);
+        let files = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 3, "evicted segment files are deleted");
+        // A segment larger than the whole bound is not stored at all.
+        put(&c, &[10, 11, 12, 13]);
+        assert_eq!(get(&c, 10), None);
+        assert_eq!(c.stats().segments, 3);
+    }
+
+    #[test]
+    fn a_corrupted_page_is_a_miss_and_its_segment_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = PageCache::open(dir.path(), 1 << 30, None).unwrap();
+        put(&c, &[1, 2]);
+        put(&c, &[3]);
+        let seg = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .min()
+            .unwrap();
+        // Flip a byte of page 2's data (the second page of the first segment).
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = HEADER_LEN + 2 * ENTRY_LEN + PAGE_SIZE + 100;
+        bytes[at] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        assert_eq!(get(&c, 2), None, "a corrupted page must never be returned");
+        assert_eq!(c.stats().corrupt, 1);
+        // The whole segment went (page 1 with it); the other segment is intact.
+        assert!(!seg.exists());
+        assert_eq!(get(&c, 1), None);
+        assert_eq!(get(&c, 3), Some(page(3)));
+        // The page can be stored again.
+        put(&c, &[2]);
+        assert_eq!(get(&c, 2), Some(page(2)));
+        // A wrong length asked for is a miss too, never a short or long page.
+        let p = page(3);
+        let mut out = Vec::new();
+        assert!(!c.reader().read_into(&chunk::sha256(&p), 100, &mut out));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_cache_survives_a_restart_with_its_use_order_and_drops_damaged_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = PageCache::open(dir.path(), 1 << 30, None).unwrap();
+            put(&c, &[1]);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            put(&c, &[2]);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            put(&c, &[3]);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            // 1 becomes the most recently used (its mtime is updated).
+            assert_eq!(get(&c, 1), Some(page(1)));
+        }
+        // Leftovers of a crash: a temp file and a torn segment.
+        let segs = dir.path().join("segments");
+        std::fs::write(segs.join(".tmp-00000000000000ff-1234"), b"x").unwrap();
+        std::fs::write(segs.join(format!("{:016x}.seg", 0x77)), b"PSNPCSG1torn").unwrap();
+        // Reopened with room for two segments: the least recently used (2) goes.
+        let c = PageCache::open(dir.path(), seg_size(1) * 2, None).unwrap();
+        assert_eq!(get(&c, 2), None);
+        assert_eq!(get(&c, 1), Some(page(1)));
+        assert_eq!(get(&c, 3), Some(page(3)));
+        let names: Vec<String> = std::fs::read_dir(&segs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        // New segments never reuse an id of the torn one.
+        put(&c, &[5]);
+        assert!(segs.join(format!("{:016x}.seg", 0x78)).exists());
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let _c = PageCache::open(dir.path(), 1 << 20, None).unwrap();
+        // flock is per open file description: a second open in this process conflicts too.
+        assert!(PageCache::open(dir.path(), 1 << 20, None).is_err());
+    }
+
+    #[test]
+    fn concurrent_writers_of_overlapping_pages_store_each_page_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = PageCache::open(dir.path(), 1 << 30, None).unwrap();
+        let threads: Vec<_> = (0..8u32)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for round in 0..20u32 {
+                        // Every thread writes pages 0..64 in overlapping windows.
+                        let start = (t * 7 + round * 3) % 48;
+                        let seeds: Vec<u32> = (start..start + 16).collect();
+                        put(&c, &seeds);
+                        for s in &seeds {
+                            assert_eq!(get(&c, *s), Some(page(*s)));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let st = c.stats();
+        // Each distinct page is indexed once and stored once: the bytes on disk are exactly
+        // the segments' headers plus one copy of each page.
+        let on_disk: u64 = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert_eq!(st.bytes, on_disk, "{st:?}");
+        let mut data = 0u64;
+        for e in std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .flatten()
+        {
+            let f = File::open(e.path()).unwrap();
+            let pages = parse_header(&f, f.metadata().unwrap().len()).unwrap();
+            data += pages.iter().map(|(_, l)| *l as u64).sum::<u64>();
+        }
+        assert_eq!(data, st.pages * PAGE_SIZE as u64, "{st:?}");
+        let expected: HashSet<u32> = (0..8u32)
+            .flat_map(|t| (0..20u32).map(move |r| (t * 7 + r * 3) % 48))
+            .flat_map(|start| start..start + 16)
+            .collect();
+        assert_eq!(st.pages, expected.len() as u64, "{st:?}");
+    }
+}

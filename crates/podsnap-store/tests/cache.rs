@@ -1,0 +1,205 @@
+//! The node-local page cache under real pulls: a child snapshot after its parent downloads
+//! only what changed, a corrupted cache never produces a wrong pull, and a full disk under
+//! the cache costs the cache, not the pull.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use podsnap_store::{NoProgress, PageCache, PushOptions, SnapshotId, Store};
+use podsnap_testkit::{require, Need};
+use rand::{Rng, RngCore, SeedableRng};
+
+const IMAGE: usize = 16 << 20;
+
+/// Pushes a random `pages.img` and a child with `percent`% of its pages rewritten, scattered.
+async fn parent_and_child(store: &Store, dir: &Path, percent: usize) -> (SnapshotId, SnapshotId) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut img = vec![0u8; IMAGE];
+    rng.fill_bytes(&mut img);
+    let a = dir.join("a");
+    write_file(&a, "pages.img", &img);
+    write_file(&a, "checkpoint.img", b"small state");
+    let parent = store
+        .push(&a, PushOptions::default(), &NoProgress)
+        .await
+        .unwrap()
+        .id;
+    let pages = IMAGE / PAGE;
+    for _ in 0..pages * percent / 100 {
+        let p = rng.gen_range(0..pages);
+        rng.fill_bytes(&mut img[p * PAGE..(p + 1) * PAGE]);
+    }
+    let b = dir.join("b");
+    write_file(&b, "pages.img", &img);
+    write_file(&b, "checkpoint.img", b"small state 2");
+    let child = store
+        .push(
+            &b,
+            PushOptions {
+                parent: Some(parent.clone()),
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .await
+        .unwrap()
+        .id;
+    (parent, child)
+}
+
+fn same(a: &Path, b: &Path) {
+    assert_eq!(
+        std::fs::read(a.join("pages.img")).unwrap(),
+        std::fs::read(b.join("pages.img")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(a.join("checkpoint.img")).unwrap(),
+        std::fs::read(b.join("checkpoint.img")).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_after_its_parent_downloads_what_changed_and_a_corrupted_cache_is_refetched() {
+    let work = tempfile::tempdir().unwrap();
+    let plain = Store::open("memory://").unwrap();
+    let (parent, child) = parent_and_child(&plain, work.path(), 5).await;
+    let cache = PageCache::open(&work.path().join("cache"), 1 << 30, None).unwrap();
+    let store = plain.with_cache(Some(cache.clone()));
+
+    let r1 = store
+        .pull(&parent, &work.path().join("r1"), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(r1.bytes_from_cache, 0);
+    assert!(r1.bytes_downloaded >= IMAGE as u64, "{r1:?}");
+    same(&work.path().join("a"), &work.path().join("r1"));
+
+    let r2 = store
+        .pull(&child, &work.path().join("r2"), &NoProgress)
+        .await
+        .unwrap();
+    same(&work.path().join("b"), &work.path().join("r2"));
+    let fraction = r2.bytes_downloaded as f64 / IMAGE as f64;
+    eprintln!(
+        "child after parent: downloaded {} of {IMAGE} bytes ({:.1}%), {} from the cache",
+        r2.bytes_downloaded,
+        fraction * 100.0,
+        r2.bytes_from_cache
+    );
+    assert!(
+        fraction <= 0.10,
+        "downloaded {:.1}% of the child",
+        fraction * 100.0
+    );
+    assert!(r2.bytes_from_cache >= (IMAGE as u64) * 85 / 100, "{r2:?}");
+    let hits = cache.stats().hits;
+    assert!(hits > 0);
+
+    // Corrupt every segment's data: the next pull is still exact, downloads instead.
+    for e in std::fs::read_dir(work.path().join("cache/segments"))
+        .unwrap()
+        .flatten()
+    {
+        let mut b = std::fs::read(e.path()).unwrap();
+        let n = b.len();
+        b[n - 1] ^= 0x55;
+        std::fs::write(e.path(), &b).unwrap();
+    }
+    let r3 = store
+        .pull(&child, &work.path().join("r3"), &NoProgress)
+        .await
+        .unwrap();
+    same(&work.path().join("b"), &work.path().join("r3"));
+    assert!(cache.stats().corrupt > 0, "{:?}", cache.stats());
+    assert!(r3.bytes_downloaded > r2.bytes_downloaded, "{r3:?}");
+
+    // Without the cache the child costs everything (the cache is what made the difference).
+    let r4 = plain
+        .pull(&child, &work.path().join("r4"), &NoProgress)
+        .await
+        .unwrap();
+    assert!(r4.bytes_downloaded >= IMAGE as u64, "{r4:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_fills_the_cache_so_the_restore_downloads_nothing_but_metadata() {
+    let work = tempfile::tempdir().unwrap();
+    let plain = Store::open("memory://").unwrap();
+    let (parent, child) = parent_and_child(&plain, work.path(), 5).await;
+    let cache = PageCache::open(&work.path().join("cache"), 1 << 30, None).unwrap();
+    let store = plain.with_cache(Some(cache.clone()));
+    let p1 = store.prefetch(&parent, &NoProgress).await.unwrap();
+    assert_eq!(p1.bytes_cached, 0);
+    assert!(p1.bytes_fetched >= IMAGE as u64, "{p1:?}");
+    let p2 = store.prefetch(&child, &NoProgress).await.unwrap();
+    assert!(p2.bytes_cached >= (IMAGE as u64) * 90 / 100, "{p2:?}");
+    assert!(p2.bytes_fetched <= (IMAGE as u64) * 6 / 100, "{p2:?}");
+    let r = store
+        .pull(&child, &work.path().join("r"), &NoProgress)
+        .await
+        .unwrap();
+    same(&work.path().join("b"), &work.path().join("r"));
+    // Only the indexes: no pack bytes.
+    assert!(r.bytes_downloaded < (IMAGE as u64) / 100, "{r:?}");
+    // A store without a cache refuses to prefetch.
+    assert!(plain.prefetch(&child, &NoProgress).await.is_err());
+}
+
+/// Unmounts on drop (also when the test fails).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_cache_costs_the_cache_not_the_pull() {
+    if !require(
+        "a_full_disk_under_the_cache_costs_the_cache_not_the_pull",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let plain = Store::open("memory://").unwrap();
+    let (parent, _) = parent_and_child(&plain, work.path(), 5).await;
+    let mnt = work.path().join("cache");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _m = Mounted(mnt.clone());
+    // The bound says 1 GiB; the filesystem holds 2 MiB.
+    let cache = PageCache::open(&mnt, 1 << 30, None).unwrap();
+    let store = plain.with_cache(Some(cache.clone()));
+    let r = store
+        .pull(&parent, &work.path().join("r"), &NoProgress)
+        .await
+        .unwrap();
+    same(&work.path().join("a"), &work.path().join("r"));
+    let s = cache.stats();
+    assert!(s.write_failures > 0, "{s:?}");
+    assert!(r.bytes_downloaded >= IMAGE as u64);
+    // What did fit is still served, verified.
+    let r2 = store
+        .pull(&parent, &work.path().join("r2"), &NoProgress)
+        .await
+        .unwrap();
+    same(&work.path().join("a"), &work.path().join("r2"));
+    assert!(r2.bytes_from_cache > 0, "{r2:?}");
+    // No temp files were left on the full filesystem.
+    let tmp: Vec<_> = std::fs::read_dir(mnt.join("segments"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}
