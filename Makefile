@@ -84,8 +84,10 @@ cluster-down:
 	bash scripts/cluster/down.sh
 
 # The cluster tests (tests/cluster: the tutorial's SDK flow, the API, failure reasons) on a
-# fresh local cluster, taken down afterwards whatever the outcome. Needs root and Go.
+# fresh local cluster (one already up is taken down first), taken down afterwards whatever
+# the outcome. Needs root and Go.
 test-cluster: deps
+	bash scripts/cluster/down.sh >/dev/null 2>&1 || true
 	@$(MAKE) --no-print-directory cluster-up
 	PODSNAP_CLUSTER=1 python3 -m pytest -q tests/cluster; rc=$$?; \
 	  bash scripts/cluster/down.sh >/dev/null 2>&1; exit $$rc

@@ -34,6 +34,11 @@ os.environ["KUBECONFIG"] = str(KUBECONFIG)
 
 import yaml  # noqa: E402
 from kubernetes import client, config  # noqa: E402
+from kubernetes.config import kube_config  # noqa: E402
+
+# The SDK loads the default kubeconfig, whose path the client fixed when it was first imported
+# (perhaps by another test module, before KUBECONFIG was set above).
+kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(KUBECONFIG)
 
 NS = "default"
 PS = ("podsnapshot.gke.io", "v1")
