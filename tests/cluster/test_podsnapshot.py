@@ -245,3 +245,51 @@ def test_a_pod_naming_a_missing_snapshot_is_refused(core):
             spec=client.V1PodSpec(containers=[client.V1Container(
                 name="c", image="localhost/podsnap/busybox:1", command=["true"])])))
     assert "no PodSnapshot no-such-snapshot" in e.value.body
+
+
+def counter_pod(name, labels, annotations=None):
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels=labels, annotations=annotations),
+        spec=client.V1PodSpec(runtime_class_name="gvisor", containers=[client.V1Container(
+            name="counter", image="localhost/podsnap/busybox:1", image_pull_policy="Never",
+            command=["sh", "-c", 'i=0; while true; do echo "Count: $i"; i=$((i+1)); sleep 1; done'])]))
+
+
+def test_a_failed_restore_is_reported_on_the_pod(tutorial, custom, core):
+    """A pod pointed (ps-name) at a snapshot whose stored image is gone: the node refuses the
+    restore, the pod never runs fresh, and PodRestored=False/RestoreFailed says why."""
+    group = uuid.uuid4().hex[:10]
+    labels = {"app": "agent-sandbox-workload", "agents.x-k8s.io/sandbox-name-hash": group}
+    src = f"src-{group}"
+    core.create_namespaced_pod(NS, counter_pod(src, labels))
+    dst = f"dst-{group}"
+    try:
+        wait("the source pod to run", 120,
+             lambda: core.read_namespaced_pod(src, NS).status.phase == "Running")
+        t = trigger(custom, src)
+        assert triggered(t)["status"] == "True", t["status"]
+        ps = t["status"]["snapshotCreated"]["name"]
+        snap = custom.get_namespaced_custom_object(*PS, NS, "podsnapshots", ps)
+        sid = snap["status"]["snapshotID"]
+        manifest = Path(cluster_env()["SNAPSHOTS"]) / "manifests" / f"{sid}.json"
+        assert manifest.is_file()
+        manifest.unlink()  # the store lost it
+
+        core.create_namespaced_pod(NS, counter_pod(dst, {"app": "other"},
+                                                   {"podsnapshot.gke.io/ps-name": ps}))
+        pod = core.read_namespaced_pod(dst, NS)
+        assert pod.metadata.annotations["podsnap.dev/restore-from"] == sid
+        assert any(g.condition_type == "PodRestored" for g in pod.spec.readiness_gates)
+
+        def restored_condition():
+            conds = core.read_namespaced_pod(dst, NS).status.conditions or []
+            return next((c for c in conds if c.type == "PodRestored"), None)
+        c = wait("PodRestored on the pod", 120, restored_condition)
+        assert (c.status, c.reason) == ("False", "RestoreFailed"), c
+        assert ps in c.message and "cannot restore" in c.message, c.message
+        p = core.read_namespaced_pod(dst, NS)
+        assert not any(cs.state.running for cs in p.status.container_statuses or []), "started fresh"
+        assert not any(c.type == "Ready" and c.status == "True" for c in p.status.conditions)
+    finally:
+        for n in (src, dst):
+            core.delete_namespaced_pod(n, NS, grace_period_seconds=0)
