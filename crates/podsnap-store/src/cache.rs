@@ -241,7 +241,9 @@ impl PageCache {
                 ));
             }
         }
-        let mut found: Vec<(SystemTime, u64, u64, Vec<([u8; 32], u16)>)> = Vec::new();
+        // (mtime, id, size, pages) of every segment that parses.
+        type Found = (SystemTime, u64, u64, Vec<([u8; 32], u16)>);
+        let mut found: Vec<Found> = Vec::new();
         let mut max_id = 0u64;
         let rd = std::fs::read_dir(&segdir).map_err(|e| StoreError::io("read", &segdir, e))?;
         for e in rd.flatten() {

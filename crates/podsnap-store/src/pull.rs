@@ -487,6 +487,7 @@ impl Inner {
 
     /// Runs the requests (at most `DOWNLOADS` at once): each ranged GET's blobs are
     /// decompressed, verified and written on the worker pool.
+    #[allow(clippy::too_many_arguments)] // the pull's state, passed down once
     async fn fetch_and_fill(
         self: &Arc<Self>,
         files: &Arc<Vec<PullFile>>,
@@ -729,7 +730,8 @@ fn fill(
 ) -> Result<u64, StoreError> {
     let mut written = 0u64;
     // Verified pages for the cache: (blob's bytes, [(digest, start, len)]).
-    let mut verified: Vec<(Vec<u8>, Vec<([u8; 32], usize, usize)>)> = Vec::new();
+    type Verified = (Vec<u8>, Vec<([u8; 32], usize, usize)>);
+    let mut verified: Vec<Verified> = Vec::new();
     for (key, targets) in &req.blobs {
         let first = targets[0];
         let pf0 = &files[first.file as usize];
