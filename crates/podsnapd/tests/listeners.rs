@@ -136,3 +136,85 @@ async fn tcp_requires_client_certificates_and_the_health_listener_serves_only_he
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
 }
+
+#[tokio::test]
+async fn listen_tls_serves_the_controller_beside_the_unix_socket() {
+    if !podsnap_testkit::pki::require_openssl() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    podsnap_testkit::pki::make_pki(dir.path());
+    let port = free_port();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let socket = dir.path().join("d.sock");
+    let _d = Guard(
+        Command::new(env!("CARGO_BIN_EXE_podsnapd"))
+            .arg(format!("--listen=unix://{}", socket.display()))
+            .arg(format!("--listen-tls=127.0.0.1:{port}"))
+            .arg(format!("--tls-cert={}", p("server.pem")))
+            .arg(format!("--tls-key={}", p("server.key")))
+            .arg(format!("--tls-client-ca={}", p("ca.pem")))
+            .arg(format!("--store=file://{}", p("store")))
+            .arg(format!("--state-dir={}", p("state")))
+            .arg("--runsc=/nonexistent/runsc")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("d.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The socket, as podsnap-runsc and podsnapctl use it.
+    let over_socket = podsnap_proto::client::podsnapd(&socket)
+        .await
+        .expect("socket connects")
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .expect("node info over the socket")
+        .into_inner();
+    // The TLS listener, with a client certificate, as podsnap-controller uses it.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(p("ca.pem")).unwrap()))
+        .domain_name("127.0.0.1")
+        .identity(Identity::from_pem(
+            std::fs::read(p("client.pem")).unwrap(),
+            std::fs::read(p("client.key")).unwrap(),
+        ));
+    let ch = Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("mTLS connects");
+    let over_tls = PodsnapClient::new(ch)
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .expect("node info over --listen-tls")
+        .into_inner();
+    assert_eq!(over_socket.store_url, over_tls.store_url);
+    assert_eq!(over_socket.node_name, over_tls.node_name);
+    // And without a client certificate it is refused.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(p("ca.pem")).unwrap()))
+        .domain_name("127.0.0.1");
+    let refused = match Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(ch) => PodsnapClient::new(ch)
+            .get_node_info(pb::GetNodeInfoRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "--listen-tls served a client without a certificate");
+}
