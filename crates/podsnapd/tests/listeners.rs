@@ -216,5 +216,8 @@ async fn listen_tls_serves_the_controller_beside_the_unix_socket() {
             .await
             .is_err(),
     };
-    assert!(refused, "--listen-tls served a client without a certificate");
+    assert!(
+        refused,
+        "--listen-tls served a client without a certificate"
+    );
 }
