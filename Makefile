@@ -23,7 +23,7 @@ build:
 
 # The DaemonSet's image as an OCI archive, from the release binaries (no registry, no engine).
 image:
-	$(CARGO) build --release --bins -p podsnapd -p podsnapctl -p podsnap-runsc
+	$(CARGO) build --release --bins -p podsnapd -p podsnapctl -p podsnap-runsc -p podsnap-controller
 	python3 scripts/build-image.py --bin-dir $(TARGET_DIR)/release --version $(VERSION) --out target/oci/podsnap.tar
 
 # podsnapctl's man pages from its clap definitions, into target/man (man -l target/man/podsnapctl.1).

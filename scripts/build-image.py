@@ -3,8 +3,8 @@
 
     scripts/build-image.py --bin-dir target/release --version 0.1.0 --out target/oci/podsnap.tar
 
-The image is one layer: podsnapd, podsnapctl and podsnap-runsc in /usr/local/bin, the shared
-libraries they load (found with ldd: glibc's, from the build host) at the same paths, the
+The image is one layer: podsnapd, podsnapctl, podsnap-runsc and podsnap-controller in
+/usr/local/bin, the shared libraries they load (found with ldd: glibc's, from the build host) at the same paths, the
 static busybox as /bin/sh and the few tools the DaemonSet's commands and podsnapd's runsc jobs
 run (sh, mv, install, ...), CA certificates for the cloud stores, and a root-only /etc/passwd.
 The node's runsc is not in the image: the DaemonSet mounts the host's.
@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tarfile
 
-BINARIES = ["podsnapd", "podsnapctl", "podsnap-runsc"]
+BINARIES = ["podsnapd", "podsnapctl", "podsnap-runsc", "podsnap-controller"]
 # Applets linked to busybox in /bin: the DaemonSet's initContainer script (sh, install, mv) and
 # podsnapd's durable runsc jobs (sh, mv), plus a few for someone debugging inside the pod.
 BUSYBOX_APPLETS = ["sh", "mv", "install", "cat", "ls", "mkdir", "rm", "cp", "ln", "echo",

@@ -225,6 +225,26 @@ work_dir = "/var/lib/podsnap/work"
     assert_eq!(info["node_name"], "image-node");
     assert_eq!(info["podsnap_version"], env!("CARGO_PKG_VERSION"));
 
+    // The controller's Deployment runs the same image: its binary is there and runs.
+    let out = containerd
+        .ctr(
+            NS,
+            &[
+                "task",
+                "exec",
+                "--exec-id",
+                "controller-crds",
+                &container,
+                "/usr/local/bin/podsnap-controller",
+                "crds",
+            ],
+        )
+        .expect("podsnap-controller runs in the image");
+    assert!(
+        out.contains("podsnapshotmanualtriggers.podsnapshot.gke.io"),
+        "podsnap-controller crds printed: {out}"
+    );
+
     // The host's sandbox, checkpointed by the podsnapd in the container.
     let (ok, out, err) = ctl(
         &sock,
