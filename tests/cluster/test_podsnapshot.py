@@ -293,3 +293,37 @@ def test_a_failed_restore_is_reported_on_the_pod(tutorial, custom, core):
     finally:
         for n in (src, dst):
             core.delete_namespaced_pod(n, NS, grace_period_seconds=0)
+        for o in custom.list_namespaced_custom_object(
+                *PS, NS, "podsnapshots", label_selector=f"agents.x-k8s.io/sandbox-name-hash={group}")["items"]:
+            custom.delete_namespaced_custom_object(*PS, NS, "podsnapshots", o["metadata"]["name"])
+
+
+def test_repeated_suspend_and_resume_continue_and_pay_only_for_changes(tutorial, custom, core):
+    """Three suspend/resume cycles of one Sandbox: each resume restores the newest snapshot
+    (a snapshot of a restored pod restores too), the counter never goes back, and every
+    snapshot after the first deduplicates against its group's previous one."""
+    sys.path.insert(0, str(TUTORIAL))
+    from client import first_count, last_count  # the tutorial client's log readers
+    sandboxes = sandbox_client()
+    sandbox = sandboxes.create_sandbox(template="python-counter-template", namespace=NS)
+    try:
+        pod = sandbox.get_pod_name()
+        previous_after = -1
+        for cycle in range(3):
+            wait("counting", 60, lambda: (last_count(core, pod) or -1) > previous_after + 2)
+            before = last_count(core, pod)
+            s = sandbox.suspend(snapshot_before_suspend=True)
+            assert s.success, s.error_reason
+            time.sleep(4)
+            r = sandbox.resume()
+            assert r.success and r.restored_from_snapshot, r
+            assert r.snapshot_uid == s.snapshot_response.snapshot_uid, (r, s)
+            after = wait("the restored counter", 60, lambda: first_count(core, pod))
+            assert before < after <= before + 4, (cycle, before, after)
+            previous_after = after
+            if cycle > 0:
+                st = custom.get_namespaced_custom_object(*PS, NS, "podsnapshots", r.snapshot_uid)["status"]
+                assert st["uploadedBytes"] * 4 < st["logicalBytes"], st
+    finally:
+        sandbox.terminate()
+        sandboxes.delete_sandbox(sandbox.claim_name, NS)
