@@ -14,23 +14,21 @@ from k8s_agent_sandbox.gke_extensions.snapshots import PodSnapshotSandboxClient
 NAMESPACE = "default"
 
 
-def last_count(core, pod):
-    """The last `Count: N` the pod printed (pods/log), or None."""
+def counts(core, pod):
+    """Every `Count: N` the pod printed so far (pods/log), oldest first."""
     try:
         log = core.read_namespaced_pod_log(pod, NAMESPACE)
     except client.ApiException:
-        return None
-    counts = re.findall(r"^Count: (\d+)$", log, re.M)
-    return int(counts[-1]) if counts else None
+        return []
+    return [int(n) for n in re.findall(r"^Count: (\d+)$", log, re.M)]
+
+
+def last_count(core, pod):
+    return (counts(core, pod) or [None])[-1]
 
 
 def first_count(core, pod):
-    try:
-        log = core.read_namespaced_pod_log(pod, NAMESPACE)
-    except client.ApiException:
-        return None
-    counts = re.findall(r"^Count: (\d+)$", log, re.M)
-    return int(counts[0]) if counts else None
+    return (counts(core, pod) or [None])[0]
 
 
 def wait(fn, timeout=60):

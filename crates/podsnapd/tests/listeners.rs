@@ -33,6 +33,26 @@ fn wait_port(port: u16) {
     }
 }
 
+/// podsnapd with the test PKI's server certificate, a file store and no runsc, plus `args`.
+fn daemon(dir: &std::path::Path, args: &[String]) -> Guard {
+    let p = |n: &str| dir.join(n).display().to_string();
+    Guard(
+        Command::new(env!("CARGO_BIN_EXE_podsnapd"))
+            .args(args)
+            .arg(format!("--tls-cert={}", p("server.pem")))
+            .arg(format!("--tls-key={}", p("server.key")))
+            .arg(format!("--tls-client-ca={}", p("ca.pem")))
+            .arg(format!("--store=file://{}", p("store")))
+            .arg(format!("--state-dir={}", p("state")))
+            .arg("--runsc=/nonexistent/runsc")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("d.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn tcp_requires_client_certificates_and_the_health_listener_serves_only_health() {
     if !podsnap_testkit::pki::require_openssl() {
@@ -42,21 +62,12 @@ async fn tcp_requires_client_certificates_and_the_health_listener_serves_only_he
     podsnap_testkit::pki::make_pki(dir.path());
     let (port, health) = (free_port(), free_port());
     let p = |n: &str| dir.path().join(n).display().to_string();
-    let _d = Guard(
-        Command::new(env!("CARGO_BIN_EXE_podsnapd"))
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .arg(format!("--health-listen=127.0.0.1:{health}"))
-            .arg(format!("--tls-cert={}", p("server.pem")))
-            .arg(format!("--tls-key={}", p("server.key")))
-            .arg(format!("--tls-client-ca={}", p("ca.pem")))
-            .arg(format!("--store=file://{}", p("store")))
-            .arg(format!("--state-dir={}", p("state")))
-            .arg("--runsc=/nonexistent/runsc")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("d.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let _d = daemon(
+        dir.path(),
+        &[
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--health-listen=127.0.0.1:{health}"),
+        ],
     );
     wait_port(port);
     wait_port(health);
@@ -147,21 +158,12 @@ async fn listen_tls_serves_the_controller_beside_the_unix_socket() {
     let port = free_port();
     let p = |n: &str| dir.path().join(n).display().to_string();
     let socket = dir.path().join("d.sock");
-    let _d = Guard(
-        Command::new(env!("CARGO_BIN_EXE_podsnapd"))
-            .arg(format!("--listen=unix://{}", socket.display()))
-            .arg(format!("--listen-tls=127.0.0.1:{port}"))
-            .arg(format!("--tls-cert={}", p("server.pem")))
-            .arg(format!("--tls-key={}", p("server.key")))
-            .arg(format!("--tls-client-ca={}", p("ca.pem")))
-            .arg(format!("--store=file://{}", p("store")))
-            .arg(format!("--state-dir={}", p("state")))
-            .arg("--runsc=/nonexistent/runsc")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("d.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let _d = daemon(
+        dir.path(),
+        &[
+            format!("--listen=unix://{}", socket.display()),
+            format!("--listen-tls=127.0.0.1:{port}"),
+        ],
     );
     wait_port(port);
     let deadline = Instant::now() + Duration::from_secs(30);
