@@ -25,6 +25,7 @@ need_debs() {
     command -v openssl >/dev/null || missing+=(openssl)
     command -v gcc >/dev/null || missing+=(gcc libc6-dev)
     [ -x /bin/busybox ] || missing+=(busybox-static)
+    [ -x /usr/bin/python3 ] || missing+=(python3-minimal)
     command -v runsc >/dev/null || missing+=(runsc)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
@@ -236,6 +237,33 @@ for applet in $(/bin/busybox --list); do
 done
 python3 "$CLUSTER_SCRIPTS/oci-image.py" "$IMAGES/busybox.tar" "$BUSYBOX_IMAGE" \
     --cmd '["sh"]' "/bin/busybox=/bin/busybox" "${busybox_links[@]}"
+# Python (the tutorial's counter is a Python program): Debian's interpreter, the libraries it
+# loads and its standard library's .py files as one zip on its default sys.path (no compiled
+# modules; enough for the standard library's pure-Python part, time and print).
+PYTHON_IMAGE=localhost/podsnap/python:3
+py="$(readlink -f /usr/bin/python3)"
+pyver="$(basename "$py")"                    # python3.11
+pyzip="$IMAGES/$(echo "$pyver" | tr -d .).zip" # python311.zip
+/usr/bin/python3 - "/usr/lib/$pyver" "$pyzip" <<'PY'
+import os, sys, zipfile
+src, out = sys.argv[1], sys.argv[2]
+skip = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "site-packages", "dist-packages",
+        "turtledemo", "__pycache__", "lib-dynload", "pydoc_data"}
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if d not in skip and not d.startswith("config-"))
+        for f in sorted(files):
+            if f.endswith(".py"):
+                full = os.path.join(root, f)
+                z.write(full, os.path.relpath(full, src))
+PY
+: >"$IMAGES/keep"
+py_files=("/usr/bin/python3=$py" "/usr/lib/$(basename "$pyzip")=$pyzip" "/usr/lib/$pyver/lib-dynload/.keep=$IMAGES/keep")
+for lib in $(ldd "$py" | grep -o '/[^ ]*'); do
+    py_files+=("$lib=$(readlink -f "$lib")")
+done
+python3 "$CLUSTER_SCRIPTS/oci-image.py" "$IMAGES/python.tar" "$PYTHON_IMAGE" \
+    --cmd '["python3"]' "${py_files[@]}"
 
 log "containerd"
 CNI_CONF="$CLUSTER_VAR/cni/net.d"
@@ -340,7 +368,7 @@ start containerd env PATH="$CLUSTER_BIN:$PATH" "$CLUSTER_BIN/containerd" \
 ln -sf "$CLUSTER_RUN/containerd.sock" "$CLUSTER_DIR/containerd.sock"
 CTR=("$CLUSTER_BIN/ctr" --address "$CLUSTER_RUN/containerd.sock" -n k8s.io)
 wait_for containerd 30 "${CTR[@]}" version
-for image in pause busybox; do
+for image in pause busybox python; do
     "${CTR[@]}" images import "$IMAGES/$image.tar" >/dev/null
 done
 "${CTR[@]}" images ls -q | sed 's/^/[cluster] image /' >&2
