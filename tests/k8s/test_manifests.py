@@ -400,6 +400,8 @@ def test_metric_list_is_the_agreed_one():
         "podsnap_compatibility_refusals_total", "podsnap_jobs_in_flight",
         "podsnap_store_request_duration_seconds", "podsnap_store_errors_total",
         "podsnap_build_info",
+        "podsnap_cache_hits_total", "podsnap_cache_misses_total", "podsnap_cache_corrupt_pages_total",
+        "podsnap_cache_evictions_total", "podsnap_cache_write_failures_total", "podsnap_cache_bytes",
     }
     assert histograms == {"podsnap_operation_duration_seconds", "podsnap_phase_duration_seconds",
                           "podsnap_store_request_duration_seconds"}
