@@ -15,7 +15,7 @@ endif
 VERSION := $(shell awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/ { print $$2; exit }' Cargo.toml)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: build image man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e bench-incremental soak clean
+.PHONY: build image man deps deps-demo demo test test-rust test-python lint fmt bench bench-e2e bench-incremental bench-coldstart bench-downtime soak clean
 .PHONY: cluster-up cluster-down test-cluster
 
 build:
@@ -68,6 +68,12 @@ bench-e2e:
 
 bench-incremental:
 	bash benches/incremental.sh
+
+bench-coldstart:
+	bash benches/coldstart.sh
+
+bench-downtime:
+	bash benches/downtime.sh
 
 soak: build
 	bash scripts/soak.sh

@@ -13,6 +13,12 @@
 #   BENCH_INCR_MIB   memory of the incremental-snapshot sandbox (default 512; 0 skips
 #                    benches/incremental.sh, which also reads BENCH_INCR_ROUNDS, BENCH_INCR_S3,
 #                    BENCH_INCR_ZERO, BENCH_INCR_RESULTS)
+#   BENCH_COLD_ROUNDS rounds of the cold-start-against-restore Python sandbox (default 5; 0
+#                    skips benches/coldstart.sh, which also reads BENCH_COLD_ROWS, BENCH_COLD_S3,
+#                    BENCH_COLD_RESULTS; needs python3-numpy, -scipy, -pandas from Debian)
+#   BENCH_DOWN_MIB   memory of the suspend-downtime sandbox (default 256; 0 skips
+#                    benches/downtime.sh, which also reads BENCH_DOWN_ROUNDS, BENCH_DOWN_REPS,
+#                    BENCH_DOWN_S3, BENCH_DOWN_RESULTS)
 #   CARGO_TARGET_DIR respected for the release build.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,7 +55,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if [ -n "$sandbox" ]; then runsc --root "$runsc_root" --network=none delete --force "$sandbox" >/dev/null 2>&1; fi
   if [ "${BENCH_KEEP:-0}" != 1 ]; then
-    if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D"/{data,ps,ps1,tz,tz1,rr,out,real,bundle,runsc-root,e2e,incr}; fi
+    if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D"/{data,ps,ps1,tz,tz1,rr,out,real,bundle,runsc-root,e2e,incr,coldstart,downtime}; fi
   fi
 }
 trap cleanup EXIT
@@ -233,5 +239,25 @@ if [ "${BENCH_INCR_MIB:-512}" != 0 ]; then
     BENCH_DIR=$D BENCH_KEEP=1 BENCH_INCR_S3=${BENCH_INCR_S3:-$S3} bash "$here/incremental.sh"
   else
     echo "bench: incremental case skipped (needs root, runsc and gcc)" >&2
+  fi
+fi
+
+# ---- cold start against restore of a heavy-import Python sandbox (its own report) -----------
+if [ "${BENCH_COLD_ROUNDS:-5}" != 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v runsc >/dev/null &&
+      /usr/bin/python3 -c 'import numpy, scipy, pandas' 2>/dev/null; then
+    BENCH_DIR=$D BENCH_KEEP=1 BENCH_COLD_S3=${BENCH_COLD_S3:-$S3} bash "$here/coldstart.sh"
+  else
+    echo "bench: cold-start case skipped (needs root, runsc and Debian's python3-numpy," \
+      "python3-scipy, python3-pandas)" >&2
+  fi
+fi
+
+# ---- suspend downtime: checkpoint --resume against runsc --leave-running (its own report) ---
+if [ "${BENCH_DOWN_MIB:-256}" != 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v runsc >/dev/null && command -v gcc >/dev/null; then
+    BENCH_DIR=$D BENCH_KEEP=1 BENCH_DOWN_S3=${BENCH_DOWN_S3:-$S3} bash "$here/downtime.sh"
+  else
+    echo "bench: downtime case skipped (needs root, runsc and gcc)" >&2
   fi
 fi
