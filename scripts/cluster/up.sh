@@ -25,7 +25,7 @@ need_debs() {
     command -v openssl >/dev/null || missing+=(openssl)
     command -v gcc >/dev/null || missing+=(gcc libc6-dev)
     [ -x /bin/busybox ] || missing+=(busybox-static)
-    [ -x /usr/bin/python3 ] || missing+=(python3-minimal)
+    [ -x /usr/bin/python3 ] || missing+=(python3)
     command -v runsc >/dev/null || missing+=(runsc)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
