@@ -319,7 +319,9 @@ def test_repeated_suspend_and_resume_continue_and_pay_only_for_changes(tutorial,
             assert r.success and r.restored_from_snapshot, r
             assert r.snapshot_uid == s.snapshot_response.snapshot_uid, (r, s)
             after = wait("the restored counter", 60, lambda: first_count(core, pod))
-            assert before < after <= before + 4, (cycle, before, after)
+            # Had it kept running through the 4 s suspension and the resume it would be
+            # at before + 10 or more.
+            assert before < after <= before + 6, (cycle, before, after)
             previous_after = after
             if cycle > 0:
                 st = custom.get_namespaced_custom_object(*PS, NS, "podsnapshots", r.snapshot_uid)["status"]
