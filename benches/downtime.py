@@ -33,14 +33,13 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from e2e import Daemon, settle  # noqa: E402
+from e2e import Daemon, SandboxBench, med, settle, spread, write_results  # noqa: E402
 
 PERIOD_US = 1000
 REPORT_MS = 100
@@ -53,14 +52,6 @@ TLINE = re.compile(rb"T (\d+) (\d+) (\d+) (\d+)\n")
 
 def log(msg):
     print(f"== downtime: {msg}", file=sys.stderr, flush=True)
-
-
-def med(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def spread(xs, fmt="{:.0f}"):
-    return f"{fmt.format(min(xs))}–{fmt.format(max(xs))}" if xs else "-"
 
 
 def read_log(path):
@@ -93,7 +84,9 @@ def wait_report_after(path, t, deadline):
     raise RuntimeError(f"the ticker in {path} reported nothing after {t:.3f} (frozen?)")
 
 
-class Bench:
+class Bench(SandboxBench):
+    runsc_timeout = TIMEOUT
+
     def __init__(self, a):
         self.a = a
         self.work = os.path.abspath(os.path.join(a.dir, "downtime"))
@@ -128,28 +121,6 @@ class Bench:
         }
         with open(os.path.join(self.bundle, "config.json"), "w") as f:
             json.dump(spec, f)
-
-    def start_moto(self):
-        from e2e import Bench as E2E
-        fake = E2E.__new__(E2E)
-        fake.work = self.work
-        env = E2E.start_moto(fake)
-        self.moto, self.moto_log = fake.moto, fake.moto_log
-        return env  # bucket "e2e"
-
-    def runsc(self, *args, check=True, stdout=None):
-        cmd = ["runsc", "--root", self.root, "--network=none", *args]
-        r = subprocess.run(cmd, stdout=stdout if stdout else subprocess.PIPE,
-                           stderr=subprocess.STDOUT if stdout else subprocess.PIPE,
-                           timeout=TIMEOUT)
-        if check and r.returncode != 0:
-            err = (r.stderr or b"").decode(errors="replace")[-2000:]
-            raise RuntimeError(f"runsc {' '.join(args)} failed: {err}")
-        return r
-
-    def delete(self, cid):
-        self.runsc("delete", "--force", cid, check=False)
-        self.live.discard(cid)
 
     def measure(self, rnd, name, cid, logp, rep=-1):
         settle()
@@ -237,17 +208,6 @@ class Bench:
             cases.append("s3")
         for rnd in range(1, self.a.rounds + 1):
             self.round(rnd, cases)
-
-    def cleanup(self):
-        for cid in list(self.live):
-            self.delete(cid)
-        for d in self.daemons.values():
-            d.stop()
-        if self.moto:
-            self.moto.terminate()
-            self.moto.wait()
-            self.moto_log.close()
-
 
 LABEL = {"raw": "raw `runsc checkpoint --leave-running`",
          "file": "podsnap `checkpoint --resume`, file:// store",
@@ -394,12 +354,7 @@ def main():
             json.dump({"rows": b.rows}, f, indent=1)
     meta = describe(a, time.monotonic() - t, uptime_before)
     text = report(b.rows, meta)
-    os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
-    with open(a.results, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(a.results)[0] + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": b.rows}, f, indent=1)
-    print(text)
+    write_results(a.results, text, {"meta": meta, "rows": b.rows})
     log(f"results written to {a.results}")
 
 

@@ -171,7 +171,64 @@ class Daemon:
         self.logf.close()
 
 
-class Bench:
+class SandboxBench:
+    """What every bench that runs sandboxes and podsnapd shares: runsc under the bench's own
+    root, a moto S3 server, and cleanup. Subclasses set root, live, daemons, moto, work."""
+    runsc_timeout = TIMEOUT
+
+    def start_moto(self):
+        port = free_port()
+        self.moto_log = open(os.path.join(self.work, "log", "moto.log"), "wb")
+        self.moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
+                                     stdout=self.moto_log, stderr=subprocess.STDOUT)
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.1)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/e2e", method="PUT")
+        urllib.request.urlopen(req, timeout=10)
+        return {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                "AWS_REGION": "us-east-1"}
+
+    def runsc(self, *args, check=True, stdout=None):
+        cmd = ["runsc", "--root", self.root, "--network=none", *args]
+        r = subprocess.run(cmd, stdout=stdout if stdout else subprocess.PIPE,
+                           stderr=subprocess.STDOUT if stdout else subprocess.PIPE,
+                           timeout=self.runsc_timeout)
+        if check and r.returncode != 0:
+            err = (r.stderr or b"").decode(errors="replace")[-2000:]
+            raise RuntimeError(f"runsc {' '.join(args)} failed: {err}")
+        return r
+
+    def delete(self, cid):
+        self.runsc("delete", "--force", cid, check=False)
+        self.live.discard(cid)
+
+    def cleanup(self):
+        for cid in list(self.live):
+            self.delete(cid)
+        for d in self.daemons.values():
+            d.stop()
+        if self.moto:
+            self.moto.terminate()
+            self.moto.wait()
+            self.moto_log.close()
+
+
+def write_results(path, text, data):
+    """The report `text` as markdown at `path`, `data` beside it as .json, the text on stdout."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump(data, f, indent=1)
+    print(text)
+
+
+class Bench(SandboxBench):
     def __init__(self, a):
         self.a = a
         self.work = os.path.abspath(os.path.join(a.dir, "e2e"))
@@ -207,37 +264,7 @@ class Bench:
         with open(os.path.join(self.bundle, "config.json"), "w") as f:
             json.dump(spec, f)
 
-    def start_moto(self):
-        port = free_port()
-        self.moto_log = open(os.path.join(self.work, "log", "moto.log"), "wb")
-        self.moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
-                                     stdout=self.moto_log, stderr=subprocess.STDOUT)
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.1)
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/e2e", method="PUT")
-        urllib.request.urlopen(req, timeout=10)
-        return {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true",
-                "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
-                "AWS_REGION": "us-east-1"}
-
     # ---- runsc ----------------------------------------------------------------------------
-    def runsc(self, *args, check=True, stdout=None):
-        cmd = ["runsc", "--root", self.root, "--network=none", *args]
-        r = subprocess.run(cmd, stdout=stdout if stdout else subprocess.PIPE,
-                           stderr=subprocess.STDOUT if stdout else subprocess.PIPE,
-                           timeout=TIMEOUT)
-        if check and r.returncode != 0:
-            err = (r.stderr or b"").decode(errors="replace")[-2000:]
-            raise RuntimeError(f"runsc {' '.join(args)} failed: {err}")
-        return r
-
-    def delete(self, cid):
-        self.runsc("delete", "--force", cid, check=False)
-        self.live.discard(cid)
 
     def start_sandbox(self, cid):
         logp = os.path.join(self.work, "log", f"{cid}.log")
@@ -373,24 +400,13 @@ class Bench:
             for name in order:
                 self.case(rnd, name)
 
-    def cleanup(self):
-        for cid in list(self.live):
-            self.delete(cid)
-        for d in self.daemons.values():
-            d.stop()
-        if self.moto:
-            self.moto.terminate()
-            self.moto.wait()
-            self.moto_log.close()
-
-
 # ---- report -------------------------------------------------------------------------------
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def spread(xs):
-    return f"{min(xs):.2f}–{max(xs):.2f}" if xs else "-"
+def spread(xs, fmt="{:.2f}"):
+    return f"{fmt.format(min(xs))}–{fmt.format(max(xs))}" if xs else "-"
 
 
 def report(rows, meta):
@@ -559,12 +575,7 @@ def main():
             json.dump(b.rows, f, indent=1)
     meta = describe(a, time.monotonic() - t)
     text = report(b.rows, meta)
-    os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
-    with open(a.results, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(a.results)[0] + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": b.rows}, f, indent=1)
-    print(text)
+    write_results(a.results, text, {"meta": meta, "rows": b.rows})
     log(f"results written to {a.results}")
 
 

@@ -38,15 +38,14 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from e2e import (Daemon, counts, files_under, fsync_path, proc_cpu, reset_hwm,  # noqa: E402
-                 hwm_kib, settle, wait_count_above)
+from e2e import (Daemon, SandboxBench, counts, files_under, fsync_path, med, proc_cpu,  # noqa: E402
+                 reset_hwm, hwm_kib, settle, spread, wait_count_above, write_results)
 
 INTERVAL_MS = 20
 TIMEOUT = 900
@@ -60,14 +59,6 @@ GROUP_KEY = "bench-incr"
 
 def log(msg):
     print(f"== incremental: {msg}", file=sys.stderr, flush=True)
-
-
-def med(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def spread(xs, fmt="{:.2f}"):
-    return f"{fmt.format(min(xs))}–{fmt.format(max(xs))}" if xs else "-"
 
 
 def fsync_tree(d):
@@ -84,7 +75,7 @@ def sizes(d):
     return {os.path.relpath(p, d): os.path.getsize(p) for p in files_under(d)}
 
 
-class Bench:
+class Bench(SandboxBench):
     def __init__(self, a):
         self.a = a
         self.work = os.path.abspath(os.path.join(a.dir, "incr"))
@@ -127,28 +118,7 @@ class Bench:
                 json.dump(spec, f)
             self.bundles[name] = b
 
-    def start_moto(self):
-        from e2e import Bench as E2E
-        fake = E2E.__new__(E2E)
-        fake.work = self.work
-        env = E2E.start_moto(fake)
-        self.moto, self.moto_log = fake.moto, fake.moto_log
-        return env  # bucket "e2e"
-
     # ---- runsc ----------------------------------------------------------------------------
-    def runsc(self, *args, check=True, stdout=None):
-        cmd = ["runsc", "--root", self.root, "--network=none", *args]
-        r = subprocess.run(cmd, stdout=stdout if stdout else subprocess.PIPE,
-                           stderr=subprocess.STDOUT if stdout else subprocess.PIPE,
-                           timeout=TIMEOUT)
-        if check and r.returncode != 0:
-            err = (r.stderr or b"").decode(errors="replace")[-2000:]
-            raise RuntimeError(f"runsc {' '.join(args)} failed: {err}")
-        return r
-
-    def delete(self, cid):
-        self.runsc("delete", "--force", cid, check=False)
-        self.live.discard(cid)
 
     def start_sandbox(self, cid, mode, image=None):
         logp = os.path.join(self.work, "log", f"{cid}.log")
@@ -371,17 +341,6 @@ class Bench:
             self.incremental_round(rnd, cases if rnd % 2 else list(reversed(cases)))
             if self.a.zero:
                 self.zero_round(rnd)
-
-    def cleanup(self):
-        for cid in list(self.live):
-            self.delete(cid)
-        for d in self.daemons.values():
-            d.stop()
-        if self.moto:
-            self.moto.terminate()
-            self.moto.wait()
-            self.moto_log.close()
-
 
 # ---- report -------------------------------------------------------------------------------
 LABEL = {"file": "podsnap, file:// store", "s3": "podsnap, S3 (moto)"}
@@ -609,12 +568,7 @@ def main():
             json.dump({"rows": b.rows, "zrows": b.zrows}, f, indent=1)
     meta = describe(a, time.monotonic() - t)
     text = report(b.rows, b.zrows, meta)
-    os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
-    with open(a.results, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(a.results)[0] + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": b.rows, "zrows": b.zrows}, f, indent=1)
-    print(text)
+    write_results(a.results, text, {"meta": meta, "rows": b.rows, "zrows": b.zrows})
     log(f"results written to {a.results}")
 
 
