@@ -305,7 +305,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("POD_NAME").ok())
         .unwrap_or_else(|| {
-            let host = nix_hostname();
+            let host = host_name();
             format!("{host}-{}", std::process::id())
         });
     let elect = (!args.no_leader_elect).then(|| {
@@ -379,7 +379,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-fn nix_hostname() -> String {
+fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "podsnap-controller".into())

@@ -190,7 +190,7 @@ pub async fn reconcile_pod(pod: Arc<Pod>, ctx: Ctx) -> Result<Action, Error> {
         .iter()
         .filter(|e| e.type_.as_deref() == Some("Warning"))
         .filter_map(|e| e.message.as_deref())
-        .find(|m| m.contains("cannot restore") || m.contains("restore"));
+        .find(|m| m.contains("restore"));
     if let Some(msg) = failure {
         let msg = format!("restore from PodSnapshot {ps} failed: {msg}");
         if current.is_none_or(|c| c.message.as_deref() != Some(msg.as_str())) {
