@@ -116,6 +116,8 @@ struct CacheInner {
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
+    /// Signalled whenever a writer releases its reserved pages.
+    released: std::sync::Condvar,
     observer: Option<Arc<dyn CacheObserver>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -316,6 +318,7 @@ impl PageCache {
                 dir: dir.to_path_buf(),
                 max_bytes,
                 state: Mutex::new(st),
+                released: std::sync::Condvar::new(),
                 observer,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
@@ -401,6 +404,16 @@ impl PageCache {
         for part in pages.chunks(MAX_SEGMENT_PAGES) {
             self.insert_segment(part);
         }
+        // Pages another writer had reserved are readable once it is done with them: wait for
+        // that, so that everything inserted is in the cache when `insert` returns.
+        let mut st = self.inner.lock();
+        while pages.iter().any(|(d, _)| st.reserved.contains(d)) {
+            st = self
+                .inner
+                .released
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     fn insert_segment(&self, pages: &[([u8; 32], &[u8])]) {
@@ -439,6 +452,7 @@ impl PageCache {
         for &i in &mine {
             st.reserved.remove(&pages[i].0);
         }
+        inner.released.notify_all();
         let evicted = match written {
             Ok(size) => {
                 st.tick += 1;
