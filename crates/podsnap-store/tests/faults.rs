@@ -159,52 +159,19 @@ async fn store_that_stays_down_fails_push_quickly_and_commits_nothing() {
     assert!(r.store.list().await.unwrap().is_empty());
 }
 
-/// Switches the store down once `op` has been called `after` times, for `outage` (or until
-/// told to stop when `outage` is `None`).
-fn outage_after(
-    faults: Arc<Faults>,
-    op: Op,
-    after: u32,
-    outage: Option<Duration>,
-) -> (tokio::task::JoinHandle<bool>, Arc<tokio::sync::Notify>) {
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stop2 = stop.clone();
-    let h = tokio::spawn(async move {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while faults.calls(op) < after {
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        faults.set_down(true);
-        match outage {
-            Some(d) => tokio::time::sleep(d).await,
-            None => stop2.notified().await,
-        }
-        faults.set_down(false);
-        true
-    });
-    (h, stop)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_outage_mid_push_is_ridden_out() {
     let r = rig();
     let src = r.src(&random_image(4, 13));
-    // Down after the first pack upload started, for less than the retry budget.
-    let (watch, _) = outage_after(
-        r.faults.clone(),
-        Op::Put,
-        1,
-        Some(Duration::from_millis(150)),
-    );
+    // Down from the second pack upload on, for less than the retry budget.
+    r.faults
+        .outage_after(Op::Put, 1, Some(Duration::from_millis(150)));
     let pushed = r
         .store
         .push(&src, PushOptions::default(), &NoProgress)
         .await
         .expect("push survives a 150 ms outage");
-    assert!(watch.await.unwrap(), "the outage happened");
+    assert_eq!(r.faults.outages(), 1, "the outage happened");
     assert!(r.faults.injected() > 0, "calls failed during the outage");
     r.pull_matches(&pushed.id, &src, "out").await;
 }
@@ -218,14 +185,14 @@ async fn long_outage_fails_push_clearly_and_a_retry_succeeds() {
         id: Some(id.clone()),
         ..Default::default()
     };
-    let (watch, stop) = outage_after(r.faults.clone(), Op::Put, 1, None);
+    r.faults.outage_after(Op::Put, 1, None);
     let err = r
         .store
         .push(&src, opts.clone(), &NoProgress)
         .await
         .unwrap_err();
-    stop.notify_one();
-    assert!(watch.await.unwrap());
+    r.faults.end_outage();
+    assert_eq!(r.faults.outages(), 1, "the outage happened");
     assert!(matches!(err, StoreError::Backend { .. }), "{err}");
     assert!(err.to_string().contains("cannot write packs/"), "{err}");
     assert!(r.committed().await.is_empty(), "nothing half-committed");

@@ -3,7 +3,8 @@
 //! [`Faults`] wraps any `Arc<dyn ObjectStore>` and, per call:
 //! * counts it and tracks how many calls are in flight at once (and the peak),
 //! * sleeps for the configured latency (while counted as in flight),
-//! * fails it with `object_store::Error::Generic` while the store is "down",
+//! * fails it with `object_store::Error::Generic` while the store is "down" (switched by hand,
+//!   or by an armed outage that starts at an exact call of a method),
 //! * fails the first N calls of a method (per [`Op`]) with a transient `Generic` error,
 //! * for create-only puts in "lose the response" mode: performs the put underneath and then
 //!   returns an error, as a client whose response was lost on the wire sees it.
@@ -15,7 +16,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -45,8 +46,24 @@ pub enum Op {
     Other,
 }
 
+/// An outage that starts at a given call of one method.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    Off,
+    /// Goes down when `op` is called for the `after + 1`th time, for `lasts` (or until ended).
+    Armed {
+        op: Op,
+        after: u32,
+        lasts: Option<Duration>,
+    },
+    /// Down until then (or until ended).
+    Down(Option<Instant>),
+}
+
 pub struct Faults {
     inner: Arc<dyn ObjectStore>,
+    outage: Mutex<Outage>,
+    outages: AtomicU32,
     fail_first: Mutex<HashMap<Op, u32>>,
     latency_us: AtomicU64,
     down: AtomicBool,
@@ -89,6 +106,8 @@ impl Faults {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Arc<Faults> {
         Arc::new(Faults {
             inner,
+            outage: Mutex::new(Outage::Off),
+            outages: AtomicU32::new(0),
             fail_first: Mutex::new(HashMap::new()),
             latency_us: AtomicU64::new(0),
             down: AtomicBool::new(false),
@@ -114,6 +133,22 @@ impl Faults {
     /// While down, every call fails with a transient error.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Arms an outage: the store goes down at the `after + 1`th call of `op` (that call fails),
+    /// and stays down for `lasts`, or until [`Faults::end_outage`] when `None`.
+    pub fn outage_after(&self, op: Op, after: u32, lasts: Option<Duration>) {
+        *self.outage.lock().unwrap() = Outage::Armed { op, after, lasts };
+    }
+
+    /// Ends an outage (armed or started).
+    pub fn end_outage(&self) {
+        *self.outage.lock().unwrap() = Outage::Off;
+    }
+
+    /// How many armed outages have started.
+    pub fn outages(&self) -> u32 {
+        self.outages.load(Ordering::SeqCst)
     }
 
     /// The next `n` create-only puts succeed underneath and report an error to the caller.
@@ -148,7 +183,7 @@ impl Faults {
 
     /// Counts the call, marks it in flight, waits the latency, then decides its fate.
     async fn enter(&self, op: Op) -> object_store::Result<InFlight<'_>> {
-        *self.calls.lock().unwrap().entry(op).or_default() += 1;
+        self.count(op);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let guard = InFlight(&self.in_flight);
@@ -160,9 +195,45 @@ impl Faults {
         Ok(guard)
     }
 
+    /// Counts a call of `op`, starting an armed outage when this is its call.
+    fn count(&self, op: Op) {
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            let n = calls.entry(op).or_default();
+            *n += 1;
+            *n
+        };
+        let mut outage = self.outage.lock().unwrap();
+        if let Outage::Armed {
+            op: on,
+            after,
+            lasts,
+        } = *outage
+        {
+            if on == op && n > after {
+                *outage = Outage::Down(lasts.map(|d| Instant::now() + d));
+                self.outages.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Whether an armed outage is in progress (ending it when its time is up).
+    fn in_outage(&self) -> bool {
+        let mut outage = self.outage.lock().unwrap();
+        match *outage {
+            Outage::Down(None) => true,
+            Outage::Down(Some(until)) if Instant::now() < until => true,
+            Outage::Down(Some(_)) => {
+                *outage = Outage::Off;
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// The synchronous part of [`Faults::enter`] (for `list`, which is not async).
     fn check(&self, op: Op) -> object_store::Result<()> {
-        if self.down.load(Ordering::SeqCst) {
+        if self.down.load(Ordering::SeqCst) || self.in_outage() {
             self.injected.fetch_add(1, Ordering::SeqCst);
             return Err(injected("store is down (injected)"));
         }
@@ -244,7 +315,7 @@ impl ObjectStore for Faults {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        *self.calls.lock().unwrap().entry(Op::List).or_default() += 1;
+        self.count(Op::List);
         match self.check(Op::List) {
             Ok(()) => self.inner.list(prefix),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
