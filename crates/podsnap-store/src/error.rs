@@ -102,6 +102,10 @@ pub enum StoreError {
     #[error("page cache: {0}")]
     Cache(String),
 
+    /// The writer of a followed push source failed or went away before it finished.
+    #[error("the image being pushed was not finished: {0}")]
+    WriterFailed(String),
+
     /// A CPU worker failed.
     #[error("internal worker failed: {0}")]
     Worker(String),

@@ -63,6 +63,123 @@ pub struct PushOptions {
     pub concurrency: usize,
 }
 
+/// How long a followed push waits before it looks at a growing file again.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The state of whatever writes a followed push's source (runsc writing its image).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriterState {
+    /// Still writing: followed files may grow.
+    Writing,
+    /// Finished successfully: every file is complete. `runsc_metadata`, when given, replaces
+    /// [`PushOptions::runsc_metadata`] (it is known only once the image is written).
+    Done {
+        runsc_metadata: Option<BTreeMap<String, String>>,
+    },
+    /// Failed: the push stops and commits nothing.
+    Failed(String),
+}
+
+/// A push that starts while its source directory is still being written.
+///
+/// The files named in `files` must be written front to back by plain appends, never
+/// rewritten or truncated (runsc 20240729 writes `pages.img` that way; `podsnap_runtime`'s
+/// release policy says which releases do). They are pushed as they grow: a block is read
+/// once the file extends past it, or once the writer is done. Every other file is pushed
+/// after the writer is done. The manifest is the same as a push of the finished directory.
+#[derive(Clone, Debug)]
+pub struct Follow {
+    /// Paths relative to the pushed directory, pushed in this order while they grow.
+    pub files: Vec<String>,
+    /// The writer's state; a dropped sender before `Done` counts as a failure.
+    pub state: tokio::sync::watch::Receiver<WriterState>,
+}
+
+impl Follow {
+    /// The writer's state now, with a dropped sender counted as failed.
+    fn now(&mut self) -> WriterState {
+        if self.state.has_changed().is_err() && *self.state.borrow() == WriterState::Writing {
+            return WriterState::Failed("the image's writer went away".into());
+        }
+        self.state.borrow_and_update().clone()
+    }
+
+    /// Waits for the writer's next change of state, or a short while.
+    async fn wait(&mut self) {
+        let _ = tokio::time::timeout(FOLLOW_POLL, self.state.changed()).await;
+    }
+
+    /// Waits until the writer is done; its metadata, if it gave any.
+    async fn finished(&mut self) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        loop {
+            match self.now() {
+                WriterState::Done { runsc_metadata } => return Ok(runsc_metadata),
+                WriterState::Failed(why) => return Err(StoreError::WriterFailed(why)),
+                WriterState::Writing => {
+                    if self.state.changed().await.is_err() {
+                        // Sender gone: `now` decides on the last value.
+                        continue;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a followed file once it exists.
+    async fn open(&mut self, path: &Path) -> Result<File, StoreError> {
+        loop {
+            let state = self.now();
+            if let WriterState::Failed(why) = state {
+                return Err(StoreError::WriterFailed(why));
+            }
+            match File::open(path) {
+                Ok(f) => return Ok(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if matches!(state, WriterState::Done { .. }) {
+                        return Err(StoreError::io(
+                            "open (the writer finished without it)",
+                            path,
+                            e,
+                        ));
+                    }
+                }
+                Err(e) => return Err(StoreError::io("open", path, e)),
+            }
+            self.wait().await;
+        }
+    }
+
+    /// The length of block `b` of `file` once it is final: `Some(READ_BLOCK)` once the file
+    /// extends past the block, the rest of it once the writer is done, `None` past the end.
+    async fn block_len(
+        &mut self,
+        file: &File,
+        path: &Path,
+        b: u64,
+    ) -> Result<Option<usize>, StoreError> {
+        let start = b * READ_BLOCK as u64;
+        let end = start + READ_BLOCK as u64;
+        loop {
+            // The state first: a size read after `Done` is final.
+            let state = self.now();
+            if let WriterState::Failed(why) = state {
+                return Err(StoreError::WriterFailed(why));
+            }
+            let size = file
+                .metadata()
+                .map_err(|e| StoreError::io("stat", path, e))?
+                .len();
+            if size >= end {
+                return Ok(Some(READ_BLOCK));
+            }
+            if matches!(state, WriterState::Done { .. }) {
+                return Ok((size > start).then(|| (size - start) as usize));
+            }
+            self.wait().await;
+        }
+    }
+}
+
 /// What a push did.
 #[derive(Clone, Debug, Serialize)]
 pub struct PushReport {
@@ -457,10 +574,23 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    async fn push_file(&mut self, src: &Source, workers: usize) -> Result<FileBuild, StoreError> {
-        let file = Arc::new(File::open(&src.abs).map_err(|e| StoreError::io("open", &src.abs, e))?);
+    /// Pushes one file; with `follow`, while its writer still appends to it (`src.size` is
+    /// then ignored, and the returned build's `file_size` is the finished file's).
+    async fn push_file(
+        &mut self,
+        src: &Source,
+        workers: usize,
+        follow: Option<&Follow>,
+    ) -> Result<FileBuild, StoreError> {
+        let file = Arc::new(match follow {
+            Some(f) => f.clone().open(&src.abs).await?,
+            None => File::open(&src.abs).map_err(|e| StoreError::io("open", &src.abs, e))?,
+        });
         let size = src.size;
-        let blocks = size.div_ceil(READ_BLOCK as u64);
+        let blocks = match follow {
+            Some(_) => u64::MAX / READ_BLOCK as u64,
+            None => size.div_ceil(READ_BLOCK as u64),
+        };
         let path = src.abs.clone();
         // Blocks alive at once: those being hashed, and those that blobs being compressed
         // or waiting to be packed still slice.
@@ -470,23 +600,35 @@ impl<'a> Pipeline<'a> {
                 let file = file.clone();
                 let path = path.clone();
                 let pool = pool.clone();
-                crate::pool::run(move || {
+                let mut follow = follow.cloned();
+                async move {
                     let start = b * READ_BLOCK as u64;
-                    let len = (size - start).min(READ_BLOCK as u64) as usize;
-                    let mut buf = pool.take();
-                    file.read_exact_at(&mut buf[..len], start)
-                        .map_err(|e| StoreError::io("read", &path, e))?;
-                    let hashes = chunk::hash_pages(&buf[..len]);
-                    let block = PooledBlock { buf, len, pool };
-                    Ok::<_, StoreError>((Bytes::from_owner(block), hashes))
-                })
+                    let len = match &mut follow {
+                        Some(f) => match f.block_len(&file, &path, b).await? {
+                            Some(len) => len,
+                            None => return Ok(None),
+                        },
+                        None => (size - start).min(READ_BLOCK as u64) as usize,
+                    };
+                    let r = crate::pool::run(move || {
+                        let mut buf = pool.take();
+                        file.read_exact_at(&mut buf[..len], start)
+                            .map_err(|e| StoreError::io("read", &path, e))?;
+                        let hashes = chunk::hash_pages(&buf[..len]);
+                        let block = PooledBlock { buf, len, pool };
+                        Ok::<_, StoreError>((Bytes::from_owner(block), hashes))
+                    })
+                    .await;
+                    Ok::<_, StoreError>(Some(r??))
+                }
             })
             .buffered(2 * workers);
         let mut build = FileBuild::default();
-        build.index.file_size = size;
         let mut compressing = FuturesOrdered::new();
+        let mut read = 0u64;
         while let Some(r) = hashed.next().await {
-            let (block, hashes) = r??;
+            let Some((block, hashes)) = r? else { break };
+            read += block.len() as u64;
             self.bytes_read += block.len() as u64;
             self.progress
                 .event(ProgressEvent::BytesRead(block.len() as u64));
@@ -519,12 +661,16 @@ impl<'a> Pipeline<'a> {
                 self.add_compressed(c).await?;
             }
         }
+        drop(hashed);
         while let Some(c) = compressing.next().await {
             self.add_compressed(c?).await?;
         }
-        // The file may have changed size while we read it.
+        let size = if follow.is_some() { read } else { size };
+        build.index.file_size = size;
+        // The file may have changed size while we read it (or, followed, after its writer
+        // said it was done).
         let now = std::fs::metadata(&src.abs).map_err(|e| StoreError::io("stat", &src.abs, e))?;
-        if now.len() != size {
+        if now.len() != size || read != size {
             return Err(StoreError::Io {
                 op: "read (file changed size during push)",
                 path: src.abs.clone(),
@@ -597,17 +743,53 @@ impl Store {
         opts: PushOptions,
         progress: &dyn Progress,
     ) -> Result<PushReport, StoreError> {
+        self.push_inner(dir, opts, progress, None).await
+    }
+
+    /// Like [`Store::push`], started while `dir` is still being written: the files `follow`
+    /// names are pushed as they grow (see [`Follow`]), the rest once the writer is done.
+    /// Nothing is committed unless the writer finishes successfully. `Started` is sent
+    /// twice: first with a total of 0 (unknown), then with the finished files' total.
+    #[tracing::instrument(skip_all, fields(store = %self.inner.display, dir = %dir.display()))]
+    pub async fn push_following(
+        &self,
+        dir: &Path,
+        opts: PushOptions,
+        progress: &dyn Progress,
+        follow: Follow,
+    ) -> Result<PushReport, StoreError> {
+        for rel in &follow.files {
+            validate_rel_path(rel).map_err(|_| StoreError::UnsupportedFile {
+                path: dir.join(rel),
+                kind: "name not representable",
+            })?;
+        }
+        self.push_inner(dir, opts, progress, Some(follow)).await
+    }
+
+    async fn push_inner(
+        &self,
+        dir: &Path,
+        mut opts: PushOptions,
+        progress: &dyn Progress,
+        follow: Option<Follow>,
+    ) -> Result<PushReport, StoreError> {
         let id = opts.id.clone().unwrap_or_else(SnapshotId::generate);
         tracing::info!(snapshot = %id, "push started");
         let inner = &self.inner;
         if inner.exists(&manifest_key(&id)).await? {
             return Err(StoreError::SnapshotExists(id.to_string()));
         }
-        let files = {
+        let list = || async {
             let dir = dir.to_path_buf();
             tokio::task::spawn_blocking(move || walk(&dir))
                 .await
-                .map_err(StoreError::Task)??
+                .map_err(StoreError::Task)?
+        };
+        // A followed source is listed once it is finished.
+        let early = match follow {
+            Some(_) => None,
+            None => Some(list().await?),
         };
         let seal = inner.keys.for_group(opts.group.as_deref()).cloned();
         let mut p = Pipeline::new(inner, progress, &id, seal.clone(), opts.concurrency);
@@ -619,9 +801,21 @@ impl Store {
             .collect();
         p.load_dedup_bases(&id, &bases).await?;
 
+        let mut followed = HashMap::new();
+        if let Some(mut f) = follow {
+            progress.event(ProgressEvent::Started { total_bytes: 0 });
+            followed = p.push_followed(dir, &f).await?;
+            if let Some(meta) = f.finished().await.inspect_err(|_| p.uploads.abort_all())? {
+                opts.runsc_metadata = meta;
+            }
+        }
+        let files = match early {
+            Some(files) => files,
+            None => list().await.inspect_err(|_| p.uploads.abort_all())?,
+        };
         let total: u64 = files.iter().map(|f| f.size).sum();
         progress.event(ProgressEvent::Started { total_bytes: total });
-        let mut builds = p.push_files(&files).await?;
+        let mut builds = p.push_files(&files, followed).await?;
         // The dedup map is no longer needed: free it first (about 40 bytes per distinct
         // page), since the indexes are built at the push's memory peak.
         p.known = HashMap::new();
@@ -743,16 +937,65 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// Every file through the pipeline, then the last pack sealed and every upload awaited.
-    async fn push_files(&mut self, files: &[Source]) -> Result<Vec<FileBuild>, StoreError> {
+    /// The followed files of a push, each while its writer appends to it; keyed by path.
+    async fn push_followed(
+        &mut self,
+        dir: &Path,
+        follow: &Follow,
+    ) -> Result<HashMap<String, FileBuild>, StoreError> {
+        let workers = crate::pool::workers();
+        let mut out = HashMap::new();
+        for rel in &follow.files {
+            let src = Source {
+                rel: rel.clone(),
+                abs: dir.join(rel),
+                size: 0,
+                mode: 0,
+            };
+            self.progress.event(ProgressEvent::FileStarted {
+                path: rel.clone(),
+                size: 0,
+            });
+            match self.push_file(&src, workers, Some(follow)).await {
+                Ok(b) => out.insert(rel.clone(), b),
+                Err(e) => {
+                    self.uploads.abort_all();
+                    return Err(e);
+                }
+            };
+            self.progress
+                .event(ProgressEvent::FileFinished { path: rel.clone() });
+        }
+        Ok(out)
+    }
+
+    /// Every file through the pipeline (those in `followed` were pushed already, and must
+    /// not have changed since), then the last pack sealed and every upload awaited.
+    async fn push_files(
+        &mut self,
+        files: &[Source],
+        mut followed: HashMap<String, FileBuild>,
+    ) -> Result<Vec<FileBuild>, StoreError> {
         let workers = crate::pool::workers();
         let mut builds = Vec::with_capacity(files.len());
         for src in files {
+            if let Some(b) = followed.remove(&src.rel) {
+                if b.index.file_size != src.size {
+                    self.uploads.abort_all();
+                    return Err(StoreError::Io {
+                        op: "read (file changed size after its writer finished)",
+                        path: src.abs.clone(),
+                        source: std::io::Error::other("size changed"),
+                    });
+                }
+                builds.push(b);
+                continue;
+            }
             self.progress.event(ProgressEvent::FileStarted {
                 path: src.rel.clone(),
                 size: src.size,
             });
-            let b = match self.push_file(src, workers).await {
+            let b = match self.push_file(src, workers, None).await {
                 Ok(b) => b,
                 Err(e) => {
                     self.uploads.abort_all();
@@ -763,6 +1006,14 @@ impl<'a> Pipeline<'a> {
                 path: src.rel.clone(),
             });
             builds.push(b);
+        }
+        if let Some(rel) = followed.keys().next() {
+            self.uploads.abort_all();
+            return Err(StoreError::io(
+                "find (a followed file disappeared)",
+                rel.as_str(),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         self.seal_pack().await?;
         self.collect_uploads(true).await?;

@@ -104,6 +104,7 @@ fn store_code(e: &StoreError) -> tonic::Code {
         },
         StoreError::Io { source, .. } if is_disk_full(source) => Code::ResourceExhausted,
         StoreError::Limit(_) => Code::InvalidArgument,
+        StoreError::WriterFailed(_) => Code::Aborted,
         _ => Code::Internal,
     }
 }

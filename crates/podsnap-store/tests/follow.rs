@@ -1,0 +1,267 @@
+//! Pushes that start while the image is still being written (`Store::push_following`): a
+//! writer task appends to `pages.img` in uneven pieces, as runsc does, and the push reads
+//! behind it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use podsnap_store::{
+    Follow, NoProgress, Progress, ProgressEvent, PushOptions, Store, StoreError, WriterState,
+};
+use rand::{RngCore, SeedableRng};
+use tokio::sync::watch;
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// Counts bytes read before and after the writer said it was done.
+#[derive(Default)]
+struct ReadWhileWriting {
+    writer_done: AtomicBool,
+    read_before: AtomicU64,
+    read_after: AtomicU64,
+    totals: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Progress for ReadWhileWriting {
+    fn event(&self, ev: ProgressEvent) {
+        match ev {
+            ProgressEvent::BytesRead(n) if self.writer_done.load(Ordering::SeqCst) => {
+                self.read_after.fetch_add(n, Ordering::SeqCst);
+            }
+            ProgressEvent::BytesRead(n) => {
+                self.read_before.fetch_add(n, Ordering::SeqCst);
+            }
+            ProgressEvent::Started { total_bytes } => self.totals.lock().unwrap().push(total_bytes),
+            _ => {}
+        }
+    }
+}
+
+/// Appends `data` to `dir/rel` in pieces of 64 KiB to 1.5 MiB, a few ms apart.
+fn append_slowly(dir: &Path, rel: &str, data: &[u8]) {
+    let mut f = std::fs::File::create(dir.join(rel)).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut off = 0;
+    while off < data.len() {
+        let n = (64 << 10) + (rng.next_u32() as usize % (1472 << 10));
+        let end = (off + n).min(data.len());
+        f.write_all(&data[off..end]).unwrap();
+        off = end;
+        std::thread::sleep(Duration::from_millis(4));
+    }
+}
+
+struct Rig {
+    store: Store,
+    work: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let work = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("file://{}/store", work.path().display())).unwrap();
+        Rig { store, work }
+    }
+
+    fn src(&self) -> PathBuf {
+        let d = self.work.path().join("src");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    async fn manifests(&self) -> usize {
+        self.store.list().await.unwrap().len()
+    }
+}
+
+fn follow(rx: watch::Receiver<WriterState>) -> Follow {
+    Follow {
+        files: vec!["pages.img".into()],
+        state: rx,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_push_reads_while_the_file_grows_and_equals_the_finished_image() {
+    let r = Rig::new();
+    let src = r.src();
+    // 10 MiB + a partial page: not a multiple of the read block or of a page.
+    let mut pages = random(1, 10 << 20);
+    pages.extend_from_slice(&[0u8; 8192]);
+    pages.extend_from_slice(&random(2, 1000));
+    let (tx, rx) = watch::channel(WriterState::Writing);
+    let progress = Arc::new(ReadWhileWriting::default());
+    let writer = {
+        let (src, pages, progress) = (src.clone(), pages.clone(), progress.clone());
+        std::thread::spawn(move || {
+            append_slowly(&src, "pages.img", &pages);
+            // Written last, as runsc finishes checkpoint.img after the pages.
+            write_file(&src, "checkpoint.img", &runsc_like_image(3, 10));
+            write_file(&src, "pages_meta.img", b"meta");
+            progress.writer_done.store(true, Ordering::SeqCst);
+            let meta = BTreeMap::from([("runsc".to_string(), "written".to_string())]);
+            tx.send(WriterState::Done {
+                runsc_metadata: Some(meta),
+            })
+            .unwrap();
+        })
+    };
+    let pushed = r
+        .store
+        .push_following(&src, PushOptions::default(), progress.as_ref(), follow(rx))
+        .await
+        .expect("followed push");
+    writer.join().unwrap();
+
+    let before = progress.read_before.load(Ordering::SeqCst);
+    assert!(
+        before >= 4 << 20,
+        "at least one block was pushed before the writer finished (read before: {before})"
+    );
+    let total =
+        pages.len() as u64 + std::fs::metadata(src.join("checkpoint.img")).unwrap().len() + 4;
+    assert_eq!(pushed.bytes_read, total);
+    assert_eq!(*progress.totals.lock().unwrap(), vec![0, total]);
+    let m = &pushed.manifest;
+    let files: Vec<_> = m.files.iter().map(|f| (f.path.as_str(), f.size)).collect();
+    assert_eq!(
+        files,
+        vec![
+            ("checkpoint.img", total - pages.len() as u64 - 4),
+            ("pages.img", pages.len() as u64),
+            ("pages_meta.img", 4)
+        ]
+    );
+    assert_eq!(
+        m.runsc_metadata.get("runsc").map(String::as_str),
+        Some("written")
+    );
+    assert_eq!(m.files[1].zero_bytes, 8192, "the zero pages of pages.img");
+
+    let out = r.work.path().join("out");
+    r.store.pull(&pushed.id, &out, &NoProgress).await.unwrap();
+    assert_eq!(dir_digest(&out), dir_digest(&src), "byte-exact");
+
+    // A plain push of the finished directory stores the same pages: it dedups completely.
+    let again = r
+        .store
+        .push(
+            &src,
+            PushOptions {
+                parent: Some(pushed.id.clone()),
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.bytes_deduplicated + again.bytes_zero,
+        total,
+        "every page known"
+    );
+    assert_eq!(
+        again.manifest.files[1].index.digest, m.files[1].index.digest,
+        "the same pages.img index"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_fails_stops_the_push_and_nothing_is_committed() {
+    let r = Rig::new();
+    let src = r.src();
+    let (tx, rx) = watch::channel(WriterState::Writing);
+    let writer = {
+        let src = src.clone();
+        std::thread::spawn(move || {
+            append_slowly(&src, "pages.img", &random(4, 6 << 20));
+            tx.send(WriterState::Failed(
+                "runsc checkpoint exited with status 1".into(),
+            ))
+            .unwrap();
+        })
+    };
+    let err = r
+        .store
+        .push_following(&src, PushOptions::default(), &NoProgress, follow(rx))
+        .await
+        .unwrap_err();
+    writer.join().unwrap();
+    assert!(matches!(err, StoreError::WriterFailed(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("runsc checkpoint exited with status 1"),
+        "{err}"
+    );
+    assert_eq!(r.manifests().await, 0, "nothing committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_goes_away_unfinished_is_a_failure() {
+    let r = Rig::new();
+    let src = r.src();
+    let (tx, rx) = watch::channel(WriterState::Writing);
+    write_file(&src, "pages.img", &random(5, 1 << 20));
+    drop(tx);
+    let err = r
+        .store
+        .push_following(&src, PushOptions::default(), &NoProgress, follow(rx))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("went away"), "{err}");
+    assert_eq!(r.manifests().await, 0);
+}
+
+#[tokio::test]
+async fn a_followed_file_the_writer_never_wrote_is_named() {
+    let r = Rig::new();
+    let src = r.src();
+    write_file(&src, "checkpoint.img", b"state");
+    let (_tx, rx) = watch::channel(WriterState::Done {
+        runsc_metadata: None,
+    });
+    let err = r
+        .store
+        .push_following(&src, PushOptions::default(), &NoProgress, follow(rx))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("pages.img") && msg.contains("finished without it"),
+        "{msg}"
+    );
+    assert_eq!(r.manifests().await, 0);
+}
+
+#[tokio::test]
+async fn a_followed_path_outside_the_directory_is_refused() {
+    let r = Rig::new();
+    let src = r.src();
+    let (_tx, rx) = watch::channel(WriterState::Writing);
+    let err = r
+        .store
+        .push_following(
+            &src,
+            PushOptions::default(),
+            &NoProgress,
+            Follow {
+                files: vec!["../elsewhere".into()],
+                state: rx,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedFile { .. }), "{err}");
+}
