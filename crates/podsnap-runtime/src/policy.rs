@@ -13,6 +13,7 @@
 //! | multi-container sandboxes | cannot be checkpointed | one image, restored root first |
 //! | default platform / rootfs overlay | ptrace / none | systrap / `root:self` |
 //! | images of another runsc version | refused | refused (both directions tried) |
+//! | `pages.img` written | - | front to back by plain `write(2)`s, never rewritten (traced) |
 //!
 //! When the version carries no release date (a build from source prints none), podsnap cannot
 //! know which side of those lines the binary is on, so it takes the behaviour that is correct on
@@ -25,6 +26,11 @@ use std::fmt;
 
 /// The last release whose `--leave-running` and multi-container checkpoints are broken.
 pub const LAST_LIMITED_RELEASE: u32 = 20221219;
+
+/// The newest release whose image writes were traced (`strace` of the sandbox during a
+/// checkpoint): `pages.img` grows by plain sequential `write(2)`s and is never rewritten, so
+/// a push may read it while runsc writes. Later releases may write it another way.
+pub const LAST_TRACED_APPEND_ONLY_RELEASE: u32 = 20240729;
 
 /// Whether something is possible, and why not when it is not.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +126,19 @@ impl ReleasePolicy {
     /// second snapshot of a sandbox can share pages with the first.
     pub fn page_dedup_possible(&self) -> bool {
         self.caps.compression
+    }
+
+    /// The image files this release writes front to back with plain appends, so that a push
+    /// can read them while runsc still writes (empty when that is not known to hold).
+    pub fn image_files_written_in_order(&self) -> &'static [&'static str] {
+        let traced = self
+            .release
+            .is_some_and(|r| r > LAST_LIMITED_RELEASE && r <= LAST_TRACED_APPEND_ONLY_RELEASE);
+        if self.page_dedup_possible() && traced {
+            &["pages.img"]
+        } else {
+            &[]
+        }
     }
 
     /// Whether to pass `--exclude-committed-zero-pages`. Not used: podsnap never stores zero
@@ -222,6 +241,12 @@ impl ReleasePolicy {
         if let Some(r) = self.multi_container_checkpoint().reason() {
             out.push(format!("no pods: {r}"));
         }
+        if self.page_dedup_possible() && self.image_files_written_in_order().is_empty() {
+            out.push(format!(
+                "uploads start once runsc {} has written the whole image (only releases up to {LAST_TRACED_APPEND_ONLY_RELEASE} are known to write pages.img front to back)",
+                self.version
+            ));
+        }
         out
     }
 }
@@ -299,8 +324,24 @@ mod tests {
         assert!(p.multi_container_checkpoint().is_yes());
         assert_eq!(p.checkpoint_compression(), Some("none"));
         assert!(p.page_dedup_possible());
+        assert_eq!(p.image_files_written_in_order(), ["pages.img"]);
         assert_eq!(p.default_platform(), "systrap");
         assert_eq!(p.default_overlay(), RootfsOverlay::SelfBacked);
+    }
+
+    #[test]
+    fn only_traced_releases_are_followed_while_runsc_writes() {
+        assert!(old().image_files_written_in_order().is_empty());
+        let newer = policy("release-20250512.0", current().caps);
+        assert!(newer.image_files_written_in_order().is_empty());
+        let l = newer.limits();
+        assert!(
+            l.iter()
+                .any(|r| r.contains("uploads start once runsc release-20250512.0")),
+            "{l:?}"
+        );
+        let unknown = policy("VERSION_MISSING", current().caps);
+        assert!(unknown.image_files_written_in_order().is_empty());
     }
 
     #[test]

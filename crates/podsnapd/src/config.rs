@@ -84,6 +84,11 @@ pub struct Args {
     /// default, 4. Raise it for a high-latency store. Downloads are not affected.
     #[arg(long, env = "PODSNAPD_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    /// Upload a checkpoint's pages while runsc is still writing them (true, the default), on
+    /// runsc releases known to write them front to back (20240729); false uploads after
+    /// runsc has finished, as on every other release.
+    #[arg(long, env = "PODSNAPD_UPLOAD_WHILE_CHECKPOINTING")]
+    pub upload_while_checkpointing: Option<bool>,
     /// Timeout for one runsc checkpoint or restore, e.g. 10m.
     #[arg(long, env = "PODSNAPD_RUNSC_TIMEOUT")]
     pub runsc_timeout: Option<String>,
@@ -148,6 +153,7 @@ pub struct FileConfig {
     pub node_name: Option<String>,
     pub log_format: Option<String>,
     pub concurrency: Option<usize>,
+    pub upload_while_checkpointing: Option<bool>,
     pub runsc_timeout: Option<String>,
     pub key_dir: Option<PathBuf>,
     pub max_transfers: Option<usize>,
@@ -197,6 +203,8 @@ pub struct Config {
     pub node_name: String,
     pub log_format: LogFormat,
     pub concurrency: usize,
+    /// Follow runsc's page file with the upload where the release allows it.
+    pub upload_while_checkpointing: bool,
     pub runsc_timeout: std::time::Duration,
     pub key_dir: Option<PathBuf>,
     pub max_transfers: usize,
@@ -352,6 +360,10 @@ impl Config {
             node_name,
             log_format,
             concurrency: args.concurrency.or(file.concurrency).unwrap_or(0),
+            upload_while_checkpointing: args
+                .upload_while_checkpointing
+                .or(file.upload_while_checkpointing)
+                .unwrap_or(true),
             runsc_timeout,
             key_dir: args.key_dir.or(file.key_dir),
             max_transfers: match args.max_transfers.or(file.max_transfers).unwrap_or(2) {

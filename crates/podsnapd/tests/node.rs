@@ -35,10 +35,23 @@ impl std::ops::Deref for Daemon {
 
 impl Daemon {
     fn start(dir: &Path, name: &str, store: &str, env: &[(&'static str, String)]) -> Daemon {
+        Daemon::start_with(dir, name, store, env, &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        store: &str,
+        env: &[(&'static str, String)],
+        args: &[String],
+    ) -> Daemon {
         let metrics_port = podsnap_testkit::moto::free_port().unwrap();
         let mut cmd = PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, name)
             .store(store)
             .arg(format!("--metrics-listen=127.0.0.1:{metrics_port}"));
+        for a in args {
+            cmd = cmd.arg(a.clone());
+        }
         for (k, v) in env {
             cmd = cmd.env(*k, v);
         }
@@ -215,6 +228,18 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
             ma.text()
         );
     }
+    // On a release that writes pages.img front to back, the upload followed runsc's write,
+    // and the part of it left after runsc is timed on its own.
+    let overlapped = !podsnap_testkit::runsc::Release::System.is_limited();
+    assert_eq!(
+        ma.histogram_count(
+            "podsnap_phase_duration_seconds",
+            &[("operation", "checkpoint"), ("phase", "upload_after_runsc")]
+        ),
+        overlapped.then_some(1),
+        "{}",
+        ma.text()
+    );
     assert!(
         ma.counter("podsnap_objects_written", &[]).unwrap_or(0.0) >= 1.0,
         "{}",
@@ -417,5 +442,95 @@ async fn an_encrypted_snapshot_restores_only_on_a_node_holding_its_group_key() {
         after >= before && after < before + 5,
         "before {before}, first count after restore {after}"
     );
+    drop(sb);
+}
+
+/// A tmpfs of `size` mounted at `dir` for the life of the value.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "podsnap-test"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs at {}", dir.display());
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_the_sandbox_runs_on()
+{
+    if !require(
+        "a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_the_sandbox_runs_on",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Room for runsc's state file, not for the sandbox's pages (its image is ~1.6 MB).
+    let work = dir.path().join("small-work");
+    let _disk = SmallDisk::mount(&work, "1m");
+    let store = format!("file://{}", dir.path().join("store").display());
+    let a = Daemon::start_with(
+        dir.path(),
+        "node-full",
+        &store,
+        &[],
+        &[format!("--work-dir={}", work.display())],
+    );
+    let id = unique_id("e2e-full");
+    let log = dir.path().join("counter.log");
+    let sb = CounterSandbox::start(&a.root, &id, &log, &[]).expect("counter starts");
+    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+
+    let mut c = a.client().await;
+    let req = common::harness::checkpoint_req(&id, &[], &[], 0, false);
+    let err = match c.checkpoint(req).await {
+        Err(e) => e,
+        Ok(resp) => {
+            let mut stream = resp.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(pb::CheckpointEvent {
+                        event: Some(pb::checkpoint_event::Event::Snapshot(s)),
+                    })) => panic!("a checkpoint into a full work dir succeeded: {s:?}"),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("a checkpoint stream ended without a snapshot or error"),
+                    Err(e) => break e,
+                }
+            }
+        }
+    };
+    let msg = err.message().to_lowercase();
+    assert!(
+        msg.contains("no space") && msg.contains("checkpoint"),
+        "runsc's own error is reported: {err:?}"
+    );
+    assert!(
+        !msg.contains("was not finished"),
+        "the push's follow-up error does not hide runsc's: {err:?}"
+    );
+    let listed = c
+        .list_snapshots(pb::ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.snapshots.is_empty(), "nothing committed: {listed:?}");
+    // The sandbox was left running and keeps counting.
+    let at = last_count(&log).unwrap();
+    wait_for_count(&log, at + 2, Duration::from_secs(30)).unwrap();
     drop(sb);
 }

@@ -15,8 +15,8 @@ use podsnap_runtime::{
     RuntimeInfo, Sandbox, SandboxKind, Target,
 };
 use podsnap_store::{
-    ContainerRecord, Manifest, NodeFacts, OverlayMedium, PodRef, PushOptions, SandboxRecord,
-    SnapshotId,
+    ContainerRecord, Follow, Manifest, NodeFacts, OverlayMedium, PodRef, PushOptions,
+    SandboxRecord, SnapshotId, WriterState,
 };
 use tracing::{info, info_span, warn};
 
@@ -108,6 +108,18 @@ fn sandbox_record(sb: &Sandbox) -> Option<SandboxRecord> {
             .collect(),
         pod,
     })
+}
+
+/// The metadata in the header of runsc's image.
+fn image_metadata(image_dir: &Path) -> Result<BTreeMap<String, String>> {
+    podsnap_runtime::read_image_dir_header(image_dir)
+        .map(|h| h.metadata)
+        .map_err(|e| {
+            DaemonError::Internal(format!(
+                "runsc wrote an image without a valid header in {}: {e}",
+                image_dir.display()
+            ))
+        })
 }
 
 /// How the manifest names a rootfs overlay whose writes travel with the checkpoint; `None`
@@ -212,17 +224,6 @@ impl Engine {
         };
 
         let image_dir = self.work_dir(&job.id).join("image");
-        if !cp.done(CheckpointStage::Checkpointed) {
-            phase_update(job, tx, Phase::Checkpointing, "runsc checkpoint");
-            self.runsc_checkpoint(job, &cp, &image_dir).await?;
-        }
-
-        if cp.resume && !cp.leave_running && !cp.done(CheckpointStage::Resumed) {
-            // runsc stopped the sandbox: bring it back under the same id from the local image.
-            phase_update(job, tx, Phase::Resuming, "restoring the sandbox in place");
-            self.resume_in_place(job, &cp.sandbox, &image_dir).await?;
-        }
-
         let id = match rec.snapshot_id.as_deref() {
             Some(s) => snapshot_id(s)?,
             None => {
@@ -232,13 +233,40 @@ impl Engine {
             }
         };
         tracing::Span::current().record("snapshot", id.as_str());
-        // Committed before a crash: nothing left to push.
-        let manifest = match self.store.manifest(&id).await {
-            Ok(m) => m,
-            Err(podsnap_store::StoreError::SnapshotNotFound(_)) => {
-                self.push_image(job, &cp, info, &image_dir, id, tx).await?
+
+        let manifest = match self.overlap_upload(job, &cp, info).await {
+            Some((files, slot)) => {
+                phase_update(
+                    job,
+                    tx,
+                    Phase::Checkpointing,
+                    "runsc checkpoint, uploading pages as runsc writes them",
+                );
+                self.checkpoint_while_uploading(job, &cp, info, &image_dir, id, files, slot, tx)
+                    .await?
             }
-            Err(e) => return Err(e.into()),
+            None => {
+                if !cp.done(CheckpointStage::Checkpointed) {
+                    phase_update(job, tx, Phase::Checkpointing, "runsc checkpoint");
+                    self.runsc_checkpoint(job, &cp, &image_dir).await?;
+                }
+                if cp.resume && !cp.leave_running && !cp.done(CheckpointStage::Resumed) {
+                    // runsc stopped the sandbox: bring it back under the same id from the
+                    // local image.
+                    phase_update(job, tx, Phase::Resuming, "restoring the sandbox in place");
+                    self.resume_in_place(job, &cp.sandbox, &image_dir).await?;
+                }
+                // Committed before a crash: nothing left to push.
+                match self.store.manifest(&id).await {
+                    Ok(m) => m,
+                    Err(podsnap_store::StoreError::SnapshotNotFound(_)) => {
+                        let slot = self.transfer_slot(job, tx, Phase::Uploading).await;
+                        self.push_image(job, &cp, info, &image_dir, id, tx, None, slot)
+                            .await?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
 
         if cp.keep > 0 {
@@ -283,6 +311,80 @@ impl Engine {
             .phase("checkpoint", "runsc_checkpoint", t.elapsed());
         job.stage_done(CheckpointStage::Checkpointed);
         Ok(())
+    }
+
+    /// The image files to upload while runsc writes them, and the transfer slot for it; `None`
+    /// to upload after runsc. Only for a fresh `runsc checkpoint` (not one an earlier run
+    /// started) that leaves nothing to do between runsc and the upload (no resume in place),
+    /// on a release that writes those files front to back, when the daemon is configured
+    /// to, and when a transfer slot is free now (rather than wait for one while runsc runs).
+    async fn overlap_upload(
+        &self,
+        job: &JobHandle,
+        cp: &CheckpointJob,
+        info: &RuntimeInfo,
+    ) -> Option<(Vec<String>, tokio::sync::OwnedSemaphorePermit)> {
+        let files = info.policy().image_files_written_in_order();
+        if !self.cfg.upload_while_checkpointing
+            || files.is_empty()
+            || cp.done(CheckpointStage::Checkpointed)
+            || (cp.resume && !cp.leave_running)
+            || job.dir().join("runsc-checkpoint").exists()
+        {
+            return None;
+        }
+        let slot = self.transfers.clone().try_acquire_owned().ok()?;
+        Some((files.iter().map(|f| f.to_string()).collect(), slot))
+    }
+
+    /// `runsc checkpoint` and the push of its image at once: the push reads `files` while
+    /// runsc appends to them, and commits only once runsc has succeeded. runsc's error wins
+    /// over the push's (which then only says the image was not finished).
+    #[allow(clippy::too_many_arguments)]
+    async fn checkpoint_while_uploading(
+        &self,
+        job: &JobHandle,
+        cp: &CheckpointJob,
+        info: &RuntimeInfo,
+        image_dir: &Path,
+        id: SnapshotId,
+        files: Vec<String>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        tx: &Option<Updates>,
+    ) -> Result<Manifest> {
+        // Whatever an earlier, unrecorded attempt left must not be read as this image.
+        if image_dir.exists() {
+            std::fs::remove_dir_all(image_dir)
+                .map_err(|e| DaemonError::io(format!("clearing {}", image_dir.display()), e))?;
+        }
+        let (state_tx, state_rx) = tokio::sync::watch::channel(WriterState::Writing);
+        let runsc = async {
+            let r = self.runsc_checkpoint(job, cp, image_dir).await;
+            let r = r.and_then(|()| image_metadata(image_dir));
+            match &r {
+                Ok(meta) => {
+                    phase_update(job, tx, Phase::Uploading, "uploading the rest of the image");
+                    let _ = state_tx.send(WriterState::Done {
+                        runsc_metadata: Some(meta.clone()),
+                    });
+                }
+                Err(e) => {
+                    let _ = state_tx.send(WriterState::Failed(e.message()));
+                }
+            }
+            r.map(|_| Instant::now())
+        };
+        let follow = Follow {
+            files,
+            state: state_rx,
+        };
+        let push = self.push_image(job, cp, info, image_dir, id, tx, Some(follow), slot);
+        let (runsc, pushed) = tokio::join!(runsc, push);
+        let runsc_done = runsc?;
+        let manifest = pushed?;
+        self.metrics
+            .phase("checkpoint", "upload_after_runsc", runsc_done.elapsed());
+        Ok(manifest)
     }
 
     /// Restores a sandbox that runsc stopped under its own id from the local image.
@@ -372,7 +474,9 @@ impl Engine {
     }
 
     /// Pushes the image in the work dir as snapshot `id`, deduplicating against the named
-    /// parent or the group's newest snapshot; commits the manifest last.
+    /// parent or the group's newest snapshot; commits the manifest last. With `follow`, the
+    /// push starts while runsc still writes the image (its metadata comes when runsc is done).
+    #[allow(clippy::too_many_arguments)]
     async fn push_image(
         &self,
         job: &JobHandle,
@@ -381,15 +485,13 @@ impl Engine {
         image_dir: &Path,
         id: SnapshotId,
         tx: &Option<Updates>,
+        follow: Option<Follow>,
+        _slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Manifest> {
-        let runsc_metadata = podsnap_runtime::read_image_dir_header(image_dir)
-            .map(|h| h.metadata)
-            .map_err(|e| {
-                DaemonError::Internal(format!(
-                    "runsc wrote an image without a valid header in {}: {e}",
-                    image_dir.display()
-                ))
-            })?;
+        let runsc_metadata = match follow {
+            Some(_) => BTreeMap::new(),
+            None => image_metadata(image_dir)?,
+        };
         let source = self.node_facts(&cp.sandbox, info);
         let parent = match &cp.parent {
             Some(p) => Some(p.clone()),
@@ -402,28 +504,30 @@ impl Engine {
                 .map(|m| m.id),
         };
 
-        let _slot = self.transfer_slot(job, tx, Phase::Uploading).await;
-        phase_update(job, tx, Phase::Uploading, "uploading");
+        if follow.is_none() {
+            phase_update(job, tx, Phase::Uploading, "uploading");
+        }
         let t = Instant::now();
         let progress = JobProgress::new(job, tx.clone(), Phase::Uploading, self.metrics.clone());
-        let report = self
-            .store
-            .push(
-                image_dir,
-                PushOptions {
-                    id: Some(id),
-                    labels: cp.labels.clone(),
-                    group: Some(cp.group.clone()),
-                    parent,
-                    dedup_from: Vec::new(),
-                    source,
-                    runsc_metadata,
-                    sandbox: sandbox_record(&cp.sandbox),
-                    concurrency: self.cfg.concurrency,
-                },
-                &progress,
-            )
-            .await?;
+        let opts = PushOptions {
+            id: Some(id),
+            labels: cp.labels.clone(),
+            group: Some(cp.group.clone()),
+            parent,
+            dedup_from: Vec::new(),
+            source,
+            runsc_metadata,
+            sandbox: sandbox_record(&cp.sandbox),
+            concurrency: self.cfg.concurrency,
+        };
+        let report = match follow {
+            Some(f) => {
+                self.store
+                    .push_following(image_dir, opts, &progress, f)
+                    .await?
+            }
+            None => self.store.push(image_dir, opts, &progress).await?,
+        };
         self.metrics.phase("checkpoint", "upload", t.elapsed());
         self.metrics
             .bytes("deduplicated", report.bytes_deduplicated);
