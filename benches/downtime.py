@@ -3,7 +3,8 @@
 workload, podsnapd (`podsnapctl checkpoint --resume`) against raw `runsc checkpoint
 --leave-running`, measured from inside the sandbox.
 
-    downtime.py --bin DIR --dir SCRATCH [--mib 256] [--rounds 5] [--reps 3] [--s3 0|1] [--results FILE]
+    downtime.py --bin DIR --dir SCRATCH [--mib 256] [--rounds 5] [--reps 3] [--s3 0|1] [--seq 0|1]
+                [--results FILE]
 
 The sandbox runs benches/ticker.c (built static with gcc): MIB MiB of random pages, then a
 1 ms ticker (clock_nanosleep) that prints every gap between two wake-ups of 3 ms or more
@@ -19,7 +20,9 @@ the cases rotating at every repetition:
            flags podsnapd passes on runsc 20240729), then the image is removed (untimed);
 * podsnap: `podsnapctl checkpoint ID --resume` into podsnapd with a file:// store (and S3
            (moto) with --s3 1): runsc's checkpoint, then the upload while the sandbox runs;
-           the snapshot is deleted afterwards (untimed).
+           the snapshot is deleted afterwards (untimed). On this runsc podsnapd uploads
+           pages.img while runsc writes it; with --seq 1, also a podsnapd with
+           `--upload-while-checkpointing=false` (upload after runsc): the A/B of that overlap.
 
 Frozen time = the largest gap the ticker saw from the command's start until 300 ms after it
 returned. A "pair" is one checkpoint of each case in the same repetition (same sandbox, same
@@ -201,6 +204,11 @@ class Bench(SandboxBench):
         cases = ["raw", "file"]
         self.daemons["file"] = Daemon(podsnapd, self.work, "file",
                                       f"file://{self.work}/store", self.root)
+        if self.a.seq:
+            self.daemons["seq"] = Daemon(podsnapd, self.work, "seq",
+                                         f"file://{self.work}/store-seq", self.root,
+                                         args=["--upload-while-checkpointing=false"])
+            cases.append("seq")
         if self.a.s3:
             env = self.start_moto()
             self.daemons["s3"] = Daemon(podsnapd, self.work, "s3", "s3://e2e/down",
@@ -211,6 +219,7 @@ class Bench(SandboxBench):
 
 LABEL = {"raw": "raw `runsc checkpoint --leave-running`",
          "file": "podsnap `checkpoint --resume`, file:// store",
+         "seq": "podsnap `checkpoint --resume`, file://, upload after runsc",
          "s3": "podsnap `checkpoint --resume`, S3 (moto)"}
 
 
@@ -244,7 +253,7 @@ def report(rows, meta):
       "runsc phase s | upload s | idle max gap ms | frozen / raw (same pair) |")
     p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     raw = {r["pair"]: r for r in rows if r["case"] == "raw"}
-    for name in ("raw", "file", "s3"):
+    for name in ("raw", "file", "seq", "s3"):
         rs = [r for r in rows if r["case"] == name]
         if not rs:
             continue
@@ -266,7 +275,7 @@ def report(rows, meta):
     p("## Targets\n")
     p("| target | measured (median over pairs) | met? |")
     p("|---|---|---|")
-    for name in ("file", "s3"):
+    for name in ("file", "seq", "s3"):
         rs = [r for r in rows if r["case"] == name and r["pair"] in raw]
         if not rs:
             continue
@@ -297,10 +306,11 @@ def describe(a, elapsed, uptime_before):
     dirty = sh(f"git -C {HERE} status --porcelain --untracked-files=no -- ../crates ../benches "
                "':!../benches/results'")
     return {
-        "mib": a.mib, "rounds": a.rounds, "reps": a.reps, "s3": int(a.s3), "elapsed": elapsed,
+        "mib": a.mib, "rounds": a.rounds, "reps": a.reps, "s3": int(a.s3), "seq": int(a.seq),
+        "elapsed": elapsed,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": f"BENCH_DOWN_MIB={a.mib} BENCH_DOWN_ROUNDS={a.rounds} BENCH_DOWN_REPS={a.reps} "
-                   f"BENCH_DOWN_S3={int(a.s3)} make bench-downtime",
+                   f"BENCH_DOWN_S3={int(a.s3)} BENCH_DOWN_SEQ={int(a.seq)} make bench-downtime",
         "source": sh(f"git -C {HERE} rev-parse --short HEAD")
         + (" with uncommitted changes" if dirty else ""),
         "machine": f"{os.cpu_count()} CPUs, {cpu}, {memk / 2**20:.1f} GiB RAM, kernel "
@@ -321,6 +331,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3,
                     help="checkpoints per case per sandbox (default 3)")
     ap.add_argument("--s3", type=int, default=0)
+    ap.add_argument("--seq", type=int, default=1)
     ap.add_argument("--results", default=os.path.join(HERE, "results", "downtime-latest.md"))
     ap.add_argument("--report-from", metavar="JSON",
                     help="only render the report of an earlier run's .json")

@@ -39,5 +39,5 @@ trap cleanup EXIT
 echo "== load before the run: $(uptime)" >&2
 python3 "$here/downtime.py" --bin "$tdir/release" --dir "$D" \
   --mib "${BENCH_DOWN_MIB:-256}" --rounds "${BENCH_DOWN_ROUNDS:-5}" \
-  --reps "${BENCH_DOWN_REPS:-3}" --s3 "${BENCH_DOWN_S3:-0}" \
+  --reps "${BENCH_DOWN_REPS:-3}" --s3 "${BENCH_DOWN_S3:-0}" --seq "${BENCH_DOWN_SEQ:-1}" \
   --results "${BENCH_DOWN_RESULTS:-$here/results/downtime-latest.md}"

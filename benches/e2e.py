@@ -130,13 +130,14 @@ def du(d):
 class Daemon:
     """A podsnapd with its own socket, state dir and metrics port."""
 
-    def __init__(self, binary, work, name, store, runsc_root, env=None):
+    def __init__(self, binary, work, name, store, runsc_root, env=None, args=()):
         self.sock = os.path.join(work, f"{name}.sock")
         self.mport = free_port()
         self.logf = open(os.path.join(work, "log", f"podsnapd-{name}.log"), "wb")
         cmd = [binary, "--listen", f"unix://{self.sock}", "--store", store,
                "--runsc-root", runsc_root, "--state-dir", os.path.join(work, f"state-{name}"),
-               "--runsc-flag=--network=none", "--metrics-listen", f"127.0.0.1:{self.mport}"]
+               "--runsc-flag=--network=none", "--metrics-listen", f"127.0.0.1:{self.mport}",
+               *args]
         self.store, self.env = store, {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
                                      env=self.env)

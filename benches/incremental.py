@@ -2,14 +2,17 @@
 """Incremental snapshots of a real runsc sandbox through podsnapd, against raw runsc.
 
     incremental.py --bin DIR --dir SCRATCH [--mib 512] [--rounds 3] [--s3 0|1] [--zero 1]
-                   [--results FILE]
+                   [--seq 1] [--results FILE]
 
 The sandbox runs benches/memfill.c in its `random` mode (built static with gcc): MIB MiB of
 anonymous memory, every page random (incompressible), then "Count: N" every 20 ms; on
 SIGUSR1 (`runsc kill ID USR1`) it rewrites 5% of its pages (one page at a random place in
 every run of 20) with new random data and prints "rewrote ... generation G".
 
-Per round, one fresh sandbox, and for each store case (file://, and S3 (moto) with --s3 1):
+Per round, one fresh sandbox, and for each case: file:// (podsnapd's default: on this runsc
+the upload reads pages.img while runsc writes it), with --seq 1 file:// again with
+`--upload-while-checkpointing=false` (upload after runsc, as on other releases; the A/B of
+the overlap), and S3 (moto) with --s3 1:
 
 * first:  `podsnapctl checkpoint ID --label bench-incr=rR-CASE --group-by bench-incr --resume`
           (the sandbox keeps running; the snapshot is the first of its group);
@@ -167,8 +170,9 @@ class Bench(SandboxBench):
     def ps_checkpoint(self, name, cid, group):
         d = self.daemons[name]
         pid = d.proc.pid
-        store_dir = os.path.join(self.work, "store")
-        seen = files_under(store_dir) if name == "file" else {}
+        local = d.store.startswith("file://")
+        store_dir = d.store[len("file://"):]
+        seen = files_under(store_dir) if local else {}
         ph0, cpu0 = d.phases(), proc_cpu(pid)
         reset_hwm(pid)
         t0 = time.monotonic()
@@ -189,8 +193,11 @@ class Bench(SandboxBench):
         row = {"ckpt": t1 - t0, "snapshot": snap, "parent": m.get("parent") or "",
                "logical_bytes": m["logical_bytes"], "uploaded_bytes": m["uploaded_bytes"],
                "ph_runsc_ckpt": ph("runsc_checkpoint"), "ph_upload": ph("upload"),
+               "ph_upload_after": ph("upload_after_runsc"),
+               "overlapped": ph1.get(("checkpoint", "upload_after_runsc"), None) is not None
+               and ph("upload_after_runsc") > 0,
                "d_cpu": cpu1 - cpu0, "d_hwm_kib": hwm}
-        if name == "file":
+        if local:
             # object_store's local backend does not fsync; what making the new objects
             # durable costs, measured after the call (not in ckpt).
             now = files_under(store_dir)
@@ -332,6 +339,11 @@ class Bench(SandboxBench):
         cases = ["file"]
         self.daemons["file"] = Daemon(podsnapd, self.work, "file",
                                       f"file://{self.work}/store", self.root)
+        if self.a.seq:
+            self.daemons["seq"] = Daemon(podsnapd, self.work, "seq",
+                                         f"file://{self.work}/store-seq", self.root,
+                                         args=["--upload-while-checkpointing=false"])
+            cases.append("seq")
         if self.a.s3:
             env = self.start_moto()
             self.daemons["s3"] = Daemon(podsnapd, self.work, "s3", "s3://e2e/incr",
@@ -343,7 +355,9 @@ class Bench(SandboxBench):
                 self.zero_round(rnd)
 
 # ---- report -------------------------------------------------------------------------------
-LABEL = {"file": "podsnap, file:// store", "s3": "podsnap, S3 (moto)"}
+LABEL = {"file": "podsnap, file:// store", "seq": "podsnap, file://, upload after runsc",
+         "s3": "podsnap, S3 (moto)"}
+CASES = ("file", "seq", "s3")
 
 
 def report(rows, zrows, meta):
@@ -375,7 +389,7 @@ def report(rows, zrows, meta):
         p(f"| raw runsc | `checkpoint --compression=none` + fsync | {med(list(rawc.values())):.2f} "
           f"({spread(list(rawc.values()))}) | - | {med([r['image_bytes'] for r in raw]) / 2**20:.1f}"
           " | - | 1.00 |")
-    for name in ("file", "s3"):
+    for name in CASES:
         for kind in ("first", "second"):
             rs = [r for r in rows if r["case"] == name and r["kind"] == kind]
             if not rs:
@@ -388,23 +402,27 @@ def report(rows, zrows, meta):
               f"{med([r['logical_bytes'] for r in rs]) / 2**20:.1f} | "
               f"{100 * med(frac):.1f}% | {med(vs):.2f}x |")
     p("")
-    p("Where the time goes (medians, s): podsnapd's `runsc_checkpoint` and `upload` phases "
-      "(its `/metrics` histograms), the rest of the call, podsnapd's CPU (user+sys) and peak "
-      "RSS (VmHWM, daemon baseline included); raw: the runsc command and the fsync.\n")
-    p("| case | checkpoint | runsc checkpoint | upload / fsync | rest | podsnapd CPU s | "
-      "podsnapd peak RSS MiB |")
-    p("|---|---|---:|---:|---:|---:|---:|")
+    p("Where the time goes (medians, s): podsnapd's `runsc_checkpoint`, `upload` (the whole "
+      "push, which overlaps runsc when it follows its write) and `upload_after_runsc` (the "
+      "push's part after runsc exited) phases (its `/metrics` histograms), the rest of the "
+      "call, podsnapd's CPU (user+sys) and peak RSS (VmHWM, daemon baseline included); raw: "
+      "the runsc command and the fsync.\n")
+    p("| case | checkpoint | runsc checkpoint | upload / fsync | upload after runsc | rest | "
+      "podsnapd CPU s | podsnapd peak RSS MiB |")
+    p("|---|---|---:|---:|---:|---:|---:|---:|")
     if raw:
         p(f"| raw runsc | - | {med([r['ckpt_cmd'] for r in raw]):.2f} | "
-          f"{med([r['ckpt_sync'] for r in raw]):.2f} (fsync) | - | - | - |")
-    for name in ("file", "s3"):
+          f"{med([r['ckpt_sync'] for r in raw]):.2f} (fsync) | - | - | - | - |")
+    for name in CASES:
         for kind in ("first", "second"):
             rs = [r for r in rows if r["case"] == name and r["kind"] == kind]
             if not rs:
                 continue
+            after = [r['ph_upload_after'] if r.get('overlapped') else r['ph_upload']
+                     for r in rs]
             p(f"| {LABEL[name]} | {kind} | {med([r['ph_runsc_ckpt'] for r in rs]):.2f} | "
-              f"{med([r['ph_upload'] for r in rs]):.2f} | "
-              f"{med([r['ckpt'] - r['ph_runsc_ckpt'] - r['ph_upload'] for r in rs]):.2f} | "
+              f"{med([r['ph_upload'] for r in rs]):.2f} | {med(after):.2f} | "
+              f"{med([r['ckpt'] - r['ph_runsc_ckpt'] - a for r, a in zip(rs, after)]):.2f} | "
               f"{med([r['d_cpu'] for r in rs]):.2f} | "
               f"{max(r['d_hwm_kib'] for r in rs) / 1024:.0f} |")
     fs = [r for r in rows if r["case"] == "file"]
@@ -420,7 +438,7 @@ def report(rows, zrows, meta):
     p("## Targets\n")
     p("| target | measured (median over rounds) | met? |")
     p("|---|---|---|")
-    for name in ("file", "s3"):
+    for name in CASES:
         pairs = []
         for rnd in rounds:
             f = [r for r in rows if r["case"] == name and r["round"] == rnd]
@@ -442,6 +460,25 @@ def report(rows, zrows, meta):
         p(f"| second checkpoint <= 0.5x the first's time ({LABEL[name]}) | {tr:.2f}x (per "
           "round: " + ", ".join(f"{b['ckpt']:.2f}/{a['ckpt']:.2f} s" for a, b in pairs)
           + f") | {'met' if tr <= 0.5 else '**missed**'} |")
+        for kind, i in (("first", 0), ("second", 1)):
+            vs = [(pr[i]["ckpt"], rawc[pr[i]["round"]]) for pr in pairs if pr[i]["round"] in rawc]
+            if vs:
+                v = med([x / y for x, y in vs])
+                p(f"| {kind} checkpoint <= 1.1x raw `runsc checkpoint` + fsync, same round "
+                  f"({LABEL[name]}) | {v:.2f}x (per round: "
+                  + ", ".join(f"{x:.2f}/{y:.2f} s" for x, y in vs)
+                  + f") | {'met' if v <= 1.1 else '**missed**'} |")
+    ab = {}
+    for r in rows:
+        if r["case"] in ("file", "seq"):
+            ab.setdefault((r["round"], r["kind"]), {})[r["case"]] = r["ckpt"]
+    for kind in ("first", "second"):
+        both = [(k[0], v) for k, v in sorted(ab.items()) if k[1] == kind and len(v) == 2]
+        if both:
+            p(f"| (A/B) {kind} checkpoint, upload while runsc writes / upload after runsc | "
+              f"{med([v['file'] / v['seq'] for _, v in both]):.2f}x (per round: "
+              + ", ".join(f"{v['file']:.2f}/{v['seq']:.2f} s" for _, v in both)
+              + ") | - |")
     if zrows:
         p("")
         p("## runsc `--exclude-committed-zero-pages`\n")
@@ -510,12 +547,13 @@ def describe(a, elapsed):
                 if l.startswith("model name")), "?")
     memk = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
     env = (f"BENCH_INCR_MIB={a.mib} BENCH_INCR_ROUNDS={a.rounds} BENCH_INCR_S3={int(a.s3)} "
-           f"BENCH_INCR_ZERO={int(a.zero)}")
+           f"BENCH_INCR_ZERO={int(a.zero)} BENCH_INCR_SEQ={int(a.seq)}")
     scratch = os.path.abspath(a.dir)
     dirty = sh(f"git -C {HERE} status --porcelain --untracked-files=no -- ../crates ../benches "
                "':!../benches/results'")
     return {
         "mib": a.mib, "rounds": a.rounds, "s3": int(a.s3), "zero": int(a.zero),
+        "seq": int(a.seq),
         "elapsed": elapsed, "date": time.strftime("%Y-%m-%d"),
         "command": f"{env} make bench-incremental",
         "source": sh(f"git -C {HERE} rev-parse --short HEAD")
@@ -536,6 +574,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--s3", type=int, default=0)
     ap.add_argument("--zero", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=1)
     ap.add_argument("--results", default=os.path.join(HERE, "results", "incremental-latest.md"))
     ap.add_argument("--report-from", metavar="JSON",
                     help="only render the report of an earlier run's .json")

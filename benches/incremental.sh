@@ -46,5 +46,5 @@ trap cleanup EXIT
 echo "== load before the run: $(uptime)" >&2
 python3 "$here/incremental.py" --bin "$tdir/release" --dir "$D" \
   --mib "${BENCH_INCR_MIB:-512}" --rounds "${BENCH_INCR_ROUNDS:-3}" \
-  --s3 "${BENCH_INCR_S3:-0}" --zero "${BENCH_INCR_ZERO:-1}" \
+  --s3 "${BENCH_INCR_S3:-0}" --zero "${BENCH_INCR_ZERO:-1}" --seq "${BENCH_INCR_SEQ:-1}" \
   --results "${BENCH_INCR_RESULTS:-$here/results/incremental-latest.md}"
