@@ -31,6 +31,8 @@ pub(crate) struct Opened {
     pub display: String,
     /// The client retries transient failures itself (the HTTP backends).
     pub client_retries: bool,
+    /// The directory of a `file://` store.
+    pub local_root: Option<std::path::PathBuf>,
 }
 
 /// `url` with any user info and query string removed, safe to print and log.
@@ -100,6 +102,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
             prefix: String::new(),
             display: "memory://".into(),
             client_retries: false,
+            local_root: None,
         });
     }
     let url = url::Url::parse(raw).map_err(|e| invalid(&e.to_string()))?;
@@ -113,6 +116,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
             prefix: clean_prefix(url.path()),
             display,
             client_retries: false,
+            local_root: None,
         }),
         "file" => {
             if url
@@ -132,6 +136,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
                 prefix: String::new(),
                 display,
                 client_retries: false,
+                local_root: Some(dir),
             })
         }
         "s3" | "s3a" => {
@@ -150,6 +155,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
                 prefix: clean_prefix(url.path()),
                 display,
                 client_retries: true,
+                local_root: None,
             })
         }
         "gs" => {
@@ -168,6 +174,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
                 prefix: clean_prefix(url.path()),
                 display,
                 client_retries: true,
+                local_root: None,
             })
         }
         "az" | "azure" => {
@@ -186,6 +193,7 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
                 prefix: clean_prefix(url.path()),
                 display,
                 client_retries: true,
+                local_root: None,
             })
         }
         other => Err(invalid(&format!(

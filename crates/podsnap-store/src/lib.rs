@@ -101,6 +101,9 @@ pub(crate) struct Inner {
     keys: Arc<Keyring>,
     /// The node-local page cache pulls read from and fill (see `cache`).
     cache: Option<PageCache>,
+    /// A `file://` store's directory: objects are fsynced before a manifest names them (the
+    /// local backend itself does not fsync).
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// How the store retries its own object calls after a transient error (see the crate docs).
@@ -182,6 +185,7 @@ impl Store {
             retry,
             Default::default(),
             None,
+            o.local_root,
         ))
     }
 
@@ -203,6 +207,7 @@ impl Store {
             RetryPolicy::default(),
             Default::default(),
             None,
+            None,
         )
     }
 
@@ -213,6 +218,7 @@ impl Store {
         retry: RetryPolicy,
         keys: Arc<Keyring>,
         cache: Option<PageCache>,
+        local_root: Option<std::path::PathBuf>,
     ) -> Store {
         Store {
             inner: Arc::new(Inner {
@@ -222,6 +228,7 @@ impl Store {
                 retry,
                 keys,
                 cache,
+                local_root,
             }),
         }
     }
@@ -237,6 +244,7 @@ impl Store {
             self.inner.retry,
             self.inner.keys.clone(),
             cache,
+            self.inner.local_root.clone(),
         )
     }
 
@@ -255,6 +263,7 @@ impl Store {
             self.inner.retry,
             Arc::new(keys),
             self.inner.cache.clone(),
+            self.inner.local_root.clone(),
         )
     }
 
@@ -275,6 +284,7 @@ impl Store {
             },
             self.inner.keys.clone(),
             self.inner.cache.clone(),
+            self.inner.local_root.clone(),
         )
     }
 
@@ -307,6 +317,7 @@ impl Store {
             retry,
             self.inner.keys.clone(),
             self.inner.cache.clone(),
+            self.inner.local_root.clone(),
         )
     }
 
@@ -321,6 +332,42 @@ pub(crate) const INDEXES: &str = "indexes";
 pub(crate) const PACKS: &str = "packs";
 
 impl Inner {
+    /// For a `file://` store, the file behind `key`.
+    pub(crate) fn local_file(&self, key: &str) -> Option<std::path::PathBuf> {
+        let root = self.local_root.as_ref()?;
+        Some(root.join(self.path(key).as_ref()))
+    }
+
+    /// Makes objects durable before something names them: on a `file://` store, fsyncs the
+    /// files behind `keys` and then their directories (object_store's local backend writes
+    /// and renames without fsync). Nothing to do on other stores: a completed put is durable.
+    pub(crate) async fn make_durable(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        let files: Vec<std::path::PathBuf> =
+            keys.iter().filter_map(|k| self.local_file(k)).collect();
+        if files.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || {
+            let mut dirs = std::collections::BTreeSet::new();
+            for f in &files {
+                std::fs::File::open(f)
+                    .and_then(|h| h.sync_all())
+                    .map_err(|e| StoreError::io("fsync", f, e))?;
+                if let Some(d) = f.parent() {
+                    dirs.insert(d.to_path_buf());
+                }
+            }
+            for d in dirs {
+                std::fs::File::open(&d)
+                    .and_then(|h| h.sync_all())
+                    .map_err(|e| StoreError::io("fsync", &d, e))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::Task)?
+    }
+
     /// Full object path of `key` (which is relative to the store prefix).
     pub(crate) fn path(&self, key: &str) -> ObjPath {
         if self.prefix.is_empty() {

@@ -553,6 +553,17 @@ impl<'a> Pipeline<'a> {
                 .retry("write", &key, || inner.os.put(&path, payload.clone()))
                 .await
                 .map_err(|e| inner.err("write", &key, e))?;
+            // On a file:// store, on disk before the manifest can name it (its directory is
+            // synced once, before the commit).
+            if let Some(f) = inner.local_file(&key) {
+                tokio::task::spawn_blocking(move || {
+                    std::fs::File::open(&f)
+                        .and_then(|h| h.sync_data())
+                        .map_err(|e| StoreError::io("fsync", &f, e))
+                })
+                .await
+                .map_err(StoreError::Task)??;
+            }
             Ok(len)
         });
         Ok(())
@@ -821,6 +832,10 @@ impl Store {
         p.known = HashMap::new();
         let (entries, all_packs) = p.write_indexes(&files, &mut builds).await?;
         p.check_reused_packs(&builds).await?;
+        // Everything the manifest will name is durable before it is committed.
+        let mut written: Vec<String> = p.packs[p.reused_packs..].iter().map(pack_key).collect();
+        written.extend(entries.iter().map(|e| index_key(&e.index.digest)));
+        inner.make_durable(written).await?;
 
         progress.event(ProgressEvent::Committing);
         let manifest = Manifest {
@@ -1151,5 +1166,6 @@ async fn commit_manifest(
         }
         Err(e) => return Err(inner.err("commit", &key, e)),
     }
+    inner.make_durable(vec![key]).await?;
     Ok((manifest, body_len))
 }
