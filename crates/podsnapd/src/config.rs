@@ -549,6 +549,25 @@ mod tests {
     }
 
     #[test]
+    fn uploading_while_runsc_writes_is_on_unless_turned_off() {
+        let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
+        assert!(c.upload_while_checkpointing);
+        let file =
+            || -> FileConfig { toml::from_str("upload_while_checkpointing = false").unwrap() };
+        let c = Config::merge(Args::default(), file()).unwrap();
+        assert!(!c.upload_while_checkpointing);
+        let args = Args {
+            upload_while_checkpointing: Some(true),
+            ..Default::default()
+        };
+        assert!(
+            Config::merge(args, file())
+                .unwrap()
+                .upload_while_checkpointing
+        );
+    }
+
+    #[test]
     fn tcp_listen_without_tls_is_refused() {
         let args = Args {
             listen: Some("127.0.0.1:7000".into()),
