@@ -110,6 +110,17 @@ fn sandbox_record(sb: &Sandbox) -> Option<SandboxRecord> {
     })
 }
 
+/// What the stages of one checkpoint job share.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    job: &'a JobHandle,
+    cp: &'a CheckpointJob,
+    info: &'a RuntimeInfo,
+    /// Where runsc writes the image.
+    image_dir: &'a Path,
+    tx: &'a Option<Updates>,
+}
+
 /// The metadata in the header of runsc's image.
 fn image_metadata(image_dir: &Path) -> Result<BTreeMap<String, String>> {
     podsnap_runtime::read_image_dir_header(image_dir)
@@ -234,6 +245,13 @@ impl Engine {
         };
         tracing::Span::current().record("snapshot", id.as_str());
 
+        let run = Run {
+            job,
+            cp: &cp,
+            info,
+            image_dir: &image_dir,
+            tx,
+        };
         let manifest = match self.overlap_upload(job, &cp, info).await {
             Some((files, slot)) => {
                 phase_update(
@@ -242,7 +260,7 @@ impl Engine {
                     Phase::Checkpointing,
                     "runsc checkpoint, uploading pages as runsc writes them",
                 );
-                self.checkpoint_while_uploading(job, &cp, info, &image_dir, id, files, slot, tx)
+                self.checkpoint_while_uploading(&run, id, files, slot)
                     .await?
             }
             None => {
@@ -261,8 +279,7 @@ impl Engine {
                     Ok(m) => m,
                     Err(podsnap_store::StoreError::SnapshotNotFound(_)) => {
                         let slot = self.transfer_slot(job, tx, Phase::Uploading).await;
-                        self.push_image(job, &cp, info, &image_dir, id, tx, None, slot)
-                            .await?
+                        self.push_image(&run, id, None, slot).await?
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -340,18 +357,20 @@ impl Engine {
     /// `runsc checkpoint` and the push of its image at once: the push reads `files` while
     /// runsc appends to them, and commits only once runsc has succeeded. runsc's error wins
     /// over the push's (which then only says the image was not finished).
-    #[allow(clippy::too_many_arguments)]
     async fn checkpoint_while_uploading(
         &self,
-        job: &JobHandle,
-        cp: &CheckpointJob,
-        info: &RuntimeInfo,
-        image_dir: &Path,
+        run: &Run<'_>,
         id: SnapshotId,
         files: Vec<String>,
         slot: tokio::sync::OwnedSemaphorePermit,
-        tx: &Option<Updates>,
     ) -> Result<Manifest> {
+        let Run {
+            job,
+            cp,
+            image_dir,
+            tx,
+            ..
+        } = *run;
         // Whatever an earlier, unrecorded attempt left must not be read as this image.
         if image_dir.exists() {
             std::fs::remove_dir_all(image_dir)
@@ -378,7 +397,7 @@ impl Engine {
             files,
             state: state_rx,
         };
-        let push = self.push_image(job, cp, info, image_dir, id, tx, Some(follow), slot);
+        let push = self.push_image(run, id, Some(follow), slot);
         let (runsc, pushed) = tokio::join!(runsc, push);
         let runsc_done = runsc?;
         let manifest = pushed?;
@@ -476,18 +495,20 @@ impl Engine {
     /// Pushes the image in the work dir as snapshot `id`, deduplicating against the named
     /// parent or the group's newest snapshot; commits the manifest last. With `follow`, the
     /// push starts while runsc still writes the image (its metadata comes when runsc is done).
-    #[allow(clippy::too_many_arguments)]
     async fn push_image(
         &self,
-        job: &JobHandle,
-        cp: &CheckpointJob,
-        info: &RuntimeInfo,
-        image_dir: &Path,
+        run: &Run<'_>,
         id: SnapshotId,
-        tx: &Option<Updates>,
         follow: Option<Follow>,
         _slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Manifest> {
+        let Run {
+            job,
+            cp,
+            info,
+            image_dir,
+            tx,
+        } = *run;
         let runsc_metadata = match follow {
             Some(_) => BTreeMap::new(),
             None => image_metadata(image_dir)?,
