@@ -370,6 +370,11 @@ struct Pipeline<'a> {
     packs: Vec<[u8; 32]>,
     /// Packs that come from a dedup base (must still exist at commit).
     reused_packs: usize,
+    /// Reused packs whose existence is being (or was) checked, by name.
+    checked_packs: std::collections::HashSet<[u8; 32]>,
+    pack_checks: JoinSet<Result<(), StoreError>>,
+    /// Checks in flight at most.
+    check_slots: Arc<Semaphore>,
     // The open pack.
     pack_buf: Vec<u8>,
     pack_hasher: Sha256,
@@ -447,7 +452,8 @@ impl<'a> Pipeline<'a> {
                     self.bytes_zero += len;
                 }
                 Some(d) => {
-                    if let Some(loc) = self.known.get(d) {
+                    if let Some(&loc) = self.known.get(d) {
+                        self.check_reused(loc.blob);
                         flush(&mut run, &mut jobs);
                         build.index.push_extent(loc.blob, loc.page, 1);
                         build.index.digests.push(*d);
@@ -831,7 +837,7 @@ impl Store {
         // page), since the indexes are built at the push's memory peak.
         p.known = HashMap::new();
         let (entries, all_packs) = p.write_indexes(&files, &mut builds).await?;
-        p.check_reused_packs(&builds).await?;
+        p.finish_pack_checks().await?;
         // Everything the manifest will name is durable before it is committed.
         let mut written: Vec<String> = p.packs[p.reused_packs..].iter().map(pack_key).collect();
         written.extend(entries.iter().map(|e| index_key(&e.index.digest)));
@@ -910,6 +916,9 @@ impl<'a> Pipeline<'a> {
             blobs: Vec::new(),
             packs: Vec::new(),
             reused_packs: 0,
+            checked_packs: std::collections::HashSet::new(),
+            pack_checks: JoinSet::new(),
+            check_slots: Arc::new(Semaphore::new(16)),
             pack_buf: Vec::with_capacity(PACK_TARGET + MAX_BLOB_RAW),
             pack_hasher: Sha256::new(),
             pack_slot: None,
@@ -1089,35 +1098,40 @@ impl<'a> Pipeline<'a> {
         Ok((entries, all_packs))
     }
 
-    /// Reused packs must still exist (a concurrent gc may have swept a deleted parent's).
-    async fn check_reused_packs(&self, builds: &[FileBuild]) -> Result<(), StoreError> {
-        let inner = self.inner;
-        let used: std::collections::HashSet<u32> = builds
-            .iter()
-            .flat_map(|b| b.index.extents.iter())
-            .filter(|e| !e.is_zero())
-            .map(|e| self.blobs[e.blob as usize].pack)
-            .filter(|&pk| (pk as usize) < self.reused_packs)
-            .collect();
-        let names: std::collections::BTreeSet<[u8; 32]> =
-            used.iter().map(|&pk| self.packs[pk as usize]).collect();
-        let checks: Vec<Result<(), StoreError>> = futures::stream::iter(names)
-            .map(|name| async move {
-                let k = pack_key(&name);
-                if inner.exists(&k).await? {
-                    Ok(())
-                } else {
-                    Err(StoreError::MissingObject {
-                        file: "(dedup base)".into(),
-                        offset: 0,
-                        object: k,
-                    })
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        checks.into_iter().collect::<Result<Vec<()>, _>>()?;
+    /// Reused packs must still exist (a concurrent gc may have swept a deleted parent's):
+    /// the first time a page of a dedup base's pack is reused, a check of that pack starts,
+    /// so the checks run while the push goes on; [`Pipeline::finish_pack_checks`] awaits them.
+    fn check_reused(&mut self, blob: u32) {
+        let pack = self.blobs[blob as usize].pack;
+        if pack == PENDING || pack as usize >= self.reused_packs {
+            return;
+        }
+        let name = self.packs[pack as usize];
+        if !self.checked_packs.insert(name) {
+            return;
+        }
+        let inner = self.inner.clone();
+        let slots = self.check_slots.clone();
+        self.pack_checks.spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("never closed");
+            let k = pack_key(&name);
+            if inner.exists(&k).await? {
+                Ok(())
+            } else {
+                Err(StoreError::MissingObject {
+                    file: "(dedup base)".into(),
+                    offset: 0,
+                    object: k,
+                })
+            }
+        });
+    }
+
+    /// Waits for every check of a reused pack; the first failure fails the push.
+    async fn finish_pack_checks(&mut self) -> Result<(), StoreError> {
+        while let Some(r) = self.pack_checks.join_next().await {
+            r.map_err(StoreError::Task)??;
+        }
         Ok(())
     }
 }

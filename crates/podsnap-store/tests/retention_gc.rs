@@ -132,3 +132,46 @@ async fn gc_refuses_to_sweep_when_a_manifest_is_unreadable() {
     // list skips it instead of failing.
     assert!(store.list().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_push_reusing_pages_of_a_pack_gc_swept_fails_and_commits_nothing() {
+    let os: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let store = Store::from_object_store(os.clone(), "", "memory://gc-race");
+    let parent = push(&store, 7, "g", None).await;
+    // A gc swept the parent's packs (say the parent was deleted meanwhile); its manifest and
+    // index are still readable when the next push loads them as its dedup base.
+    let packs: Vec<_> = os
+        .list(Some(&ObjPath::from("packs")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!packs.is_empty());
+    let gone = packs[0].location.clone();
+    os.delete(&gone).await.unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    write_file(work.path(), "pages.img", &mixed_image(7, 300));
+    let err = store
+        .push(
+            work.path(),
+            PushOptions {
+                group: Some("g".into()),
+                parent: Some(parent.clone()),
+                ..Default::default()
+            },
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, podsnap_store::StoreError::MissingObject { .. })
+            && msg.contains(gone.filename().unwrap()),
+        "{msg}"
+    );
+    assert_eq!(
+        count(&os, "manifests").await,
+        1,
+        "only the parent is committed"
+    );
+}
