@@ -20,9 +20,10 @@ the cases rotating at every repetition:
            flags podsnapd passes on runsc 20240729), then the image is removed (untimed);
 * podsnap: `podsnapctl checkpoint ID --resume` into podsnapd with a file:// store (and S3
            (moto) with --s3 1): runsc's checkpoint, then the upload while the sandbox runs;
-           the snapshot is deleted afterwards (untimed). On this runsc podsnapd uploads
-           pages.img while runsc writes it; with --seq 1, also a podsnapd with
-           `--upload-while-checkpointing=false` (upload after runsc): the A/B of that overlap.
+           the snapshot is deleted afterwards (untimed). podsnapd's default uploads after
+           runsc for a checkpoint that leaves the sandbox running; with --seq 1, also a
+           podsnapd with `--upload-while-checkpointing=always` (reads pages.img while runsc
+           writes it): the A/B of that overlap.
 
 Frozen time = the largest gap the ticker saw from the command's start until 300 ms after it
 returned. A "pair" is one checkpoint of each case in the same repetition (same sandbox, same
@@ -205,10 +206,10 @@ class Bench(SandboxBench):
         self.daemons["file"] = Daemon(podsnapd, self.work, "file",
                                       f"file://{self.work}/store", self.root)
         if self.a.seq:
-            self.daemons["seq"] = Daemon(podsnapd, self.work, "seq",
-                                         f"file://{self.work}/store-seq", self.root,
-                                         args=["--upload-while-checkpointing=false"])
-            cases.append("seq")
+            self.daemons["ovl"] = Daemon(podsnapd, self.work, "ovl",
+                                         f"file://{self.work}/store-ovl", self.root,
+                                         args=["--upload-while-checkpointing=always"])
+            cases.append("ovl")
         if self.a.s3:
             env = self.start_moto()
             self.daemons["s3"] = Daemon(podsnapd, self.work, "s3", "s3://e2e/down",
@@ -219,7 +220,7 @@ class Bench(SandboxBench):
 
 LABEL = {"raw": "raw `runsc checkpoint --leave-running`",
          "file": "podsnap `checkpoint --resume`, file:// store",
-         "seq": "podsnap `checkpoint --resume`, file://, upload after runsc",
+         "ovl": "podsnap `checkpoint --resume`, file://, upload while runsc writes",
          "s3": "podsnap `checkpoint --resume`, S3 (moto)"}
 
 
@@ -253,7 +254,7 @@ def report(rows, meta):
       "runsc phase s | upload s | idle max gap ms | frozen / raw (same pair) |")
     p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     raw = {r["pair"]: r for r in rows if r["case"] == "raw"}
-    for name in ("raw", "file", "seq", "s3"):
+    for name in ("raw", "file", "ovl", "s3"):
         rs = [r for r in rows if r["case"] == name]
         if not rs:
             continue
@@ -275,7 +276,7 @@ def report(rows, meta):
     p("## Targets\n")
     p("| target | measured (median over pairs) | met? |")
     p("|---|---|---|")
-    for name in ("file", "seq", "s3"):
+    for name in ("file", "ovl", "s3"):
         rs = [r for r in rows if r["case"] == name and r["pair"] in raw]
         if not rs:
             continue

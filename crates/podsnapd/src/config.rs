@@ -84,11 +84,13 @@ pub struct Args {
     /// default, 4. Raise it for a high-latency store. Downloads are not affected.
     #[arg(long, env = "PODSNAPD_CONCURRENCY")]
     pub concurrency: Option<usize>,
-    /// Upload a checkpoint's pages while runsc is still writing them (true, the default), on
-    /// runsc releases known to write them front to back (20240729); false uploads after
-    /// runsc has finished, as on every other release.
+    /// When to upload a checkpoint's pages while runsc is still writing them (on runsc
+    /// releases known to write them front to back: 20240729): `auto` (the default) when the
+    /// sandbox stops after its checkpoint (`--stop`), not when it keeps running, whose freeze
+    /// the concurrent upload lengthens; `always`; `never` (upload after runsc, as on every
+    /// other release).
     #[arg(long, env = "PODSNAPD_UPLOAD_WHILE_CHECKPOINTING")]
-    pub upload_while_checkpointing: Option<bool>,
+    pub upload_while_checkpointing: Option<UploadWhileCheckpointing>,
     /// Timeout for one runsc checkpoint or restore, e.g. 10m.
     #[arg(long, env = "PODSNAPD_RUNSC_TIMEOUT")]
     pub runsc_timeout: Option<String>,
@@ -153,7 +155,7 @@ pub struct FileConfig {
     pub node_name: Option<String>,
     pub log_format: Option<String>,
     pub concurrency: Option<usize>,
-    pub upload_while_checkpointing: Option<bool>,
+    pub upload_while_checkpointing: Option<UploadWhileCheckpointing>,
     pub runsc_timeout: Option<String>,
     pub key_dir: Option<PathBuf>,
     pub max_transfers: Option<usize>,
@@ -203,8 +205,8 @@ pub struct Config {
     pub node_name: String,
     pub log_format: LogFormat,
     pub concurrency: usize,
-    /// Follow runsc's page file with the upload where the release allows it.
-    pub upload_while_checkpointing: bool,
+    /// When to follow runsc's page file with the upload, where the release allows it.
+    pub upload_while_checkpointing: UploadWhileCheckpointing,
     pub runsc_timeout: std::time::Duration,
     pub key_dir: Option<PathBuf>,
     pub max_transfers: usize,
@@ -214,6 +216,31 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// The page cache's size bound in bytes; 0 turns the cache off.
     pub cache_max_bytes: u64,
+}
+
+/// When a checkpoint's upload runs while runsc writes the image (`--upload-while-checkpointing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadWhileCheckpointing {
+    /// When the sandbox stops after its checkpoint; after runsc when it keeps running.
+    #[default]
+    Auto,
+    /// Whenever the runsc release allows it.
+    Always,
+    /// Never: the upload starts once runsc has finished.
+    Never,
+}
+
+impl UploadWhileCheckpointing {
+    /// Whether to upload while runsc writes, for a checkpoint that leaves the sandbox
+    /// running (`keeps_running`) or not.
+    pub fn applies(self, keeps_running: bool) -> bool {
+        match self {
+            UploadWhileCheckpointing::Auto => !keeps_running,
+            UploadWhileCheckpointing::Always => true,
+            UploadWhileCheckpointing::Never => false,
+        }
+    }
 }
 
 /// The page cache's default bound: 10 GiB.
@@ -363,7 +390,7 @@ impl Config {
             upload_while_checkpointing: args
                 .upload_while_checkpointing
                 .or(file.upload_while_checkpointing)
-                .unwrap_or(true),
+                .unwrap_or_default(),
             runsc_timeout,
             key_dir: args.key_dir.or(file.key_dir),
             max_transfers: match args.max_transfers.or(file.max_transfers).unwrap_or(2) {
@@ -549,22 +576,22 @@ mod tests {
     }
 
     #[test]
-    fn uploading_while_runsc_writes_is_on_unless_turned_off() {
+    fn uploading_while_runsc_writes_defaults_to_stopping_checkpoints_only() {
         let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
-        assert!(c.upload_while_checkpointing);
+        assert_eq!(c.upload_while_checkpointing, UploadWhileCheckpointing::Auto);
+        assert!(c.upload_while_checkpointing.applies(false));
+        assert!(!c.upload_while_checkpointing.applies(true));
         let file =
-            || -> FileConfig { toml::from_str("upload_while_checkpointing = false").unwrap() };
+            || -> FileConfig { toml::from_str("upload_while_checkpointing = \"never\"").unwrap() };
         let c = Config::merge(Args::default(), file()).unwrap();
-        assert!(!c.upload_while_checkpointing);
+        assert!(!c.upload_while_checkpointing.applies(false));
         let args = Args {
-            upload_while_checkpointing: Some(true),
+            upload_while_checkpointing: Some(UploadWhileCheckpointing::Always),
             ..Default::default()
         };
-        assert!(
-            Config::merge(args, file())
-                .unwrap()
-                .upload_while_checkpointing
-        );
+        let c = Config::merge(args, file()).unwrap();
+        assert!(c.upload_while_checkpointing.applies(true));
+        assert!(toml::from_str::<FileConfig>("upload_while_checkpointing = true").is_err());
     }
 
     #[test]

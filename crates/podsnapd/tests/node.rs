@@ -489,7 +489,12 @@ async fn a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_th
         "node-full",
         &store,
         &[],
-        &[format!("--work-dir={}", work.display())],
+        &[
+            format!("--work-dir={}", work.display()),
+            // A checkpoint that leaves the sandbox running uploads after runsc by default:
+            // make this one read the image while runsc writes it.
+            "--upload-while-checkpointing=always".to_string(),
+        ],
     );
     let id = unique_id("e2e-full");
     let log = dir.path().join("counter.log");

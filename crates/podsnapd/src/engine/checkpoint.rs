@@ -334,7 +334,9 @@ impl Engine {
     /// to upload after runsc. Only for a fresh `runsc checkpoint` (not one an earlier run
     /// started) that leaves nothing to do between runsc and the upload (no resume in place),
     /// on a release that writes those files front to back, when the daemon is configured
-    /// to, and when a transfer slot is free now (rather than wait for one while runsc runs).
+    /// to (by default only when the sandbox stops: with `--leave-running` the concurrent
+    /// upload lengthened the sandbox's freeze about 2x in `make bench-downtime`), and when
+    /// a transfer slot is free now (rather than wait for one while runsc runs).
     async fn overlap_upload(
         &self,
         job: &JobHandle,
@@ -342,7 +344,10 @@ impl Engine {
         info: &RuntimeInfo,
     ) -> Option<(Vec<String>, tokio::sync::OwnedSemaphorePermit)> {
         let files = info.policy().image_files_written_in_order();
-        if !self.cfg.upload_while_checkpointing
+        if !self
+            .cfg
+            .upload_while_checkpointing
+            .applies(cp.leave_running)
             || files.is_empty()
             || cp.done(CheckpointStage::Checkpointed)
             || (cp.resume && !cp.leave_running)
