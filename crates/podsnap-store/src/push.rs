@@ -612,22 +612,34 @@ impl<'a> Pipeline<'a> {
         // Blocks alive at once: those being hashed, and those that blobs being compressed
         // or waiting to be packed still slice.
         let pool = BlockPool::new(2 * workers + MAX_COMPRESSING_BLOBS_PER_WORKER * workers);
+        // While the writer still writes, one block is hashed at a time: the writer (runsc,
+        // with its sandbox paused) keeps a CPU to itself.
+        let gate = Arc::new(Semaphore::new(1));
         let mut hashed = futures::stream::iter(0..blocks)
             .map(|b| {
                 let file = file.clone();
                 let path = path.clone();
                 let pool = pool.clone();
+                let gate = gate.clone();
                 let mut follow = follow.cloned();
                 async move {
                     let start = b * READ_BLOCK as u64;
+                    let mut permit = None;
                     let len = match &mut follow {
                         Some(f) => match f.block_len(&file, &path, b).await? {
-                            Some(len) => len,
+                            Some(len) => {
+                                if f.now() == WriterState::Writing {
+                                    permit =
+                                        Some(gate.acquire_owned().await.expect("never closed"));
+                                }
+                                len
+                            }
                             None => return Ok(None),
                         },
                         None => (size - start).min(READ_BLOCK as u64) as usize,
                     };
                     let r = crate::pool::run(move || {
+                        let _permit = permit;
                         let mut buf = pool.take();
                         file.read_exact_at(&mut buf[..len], start)
                             .map_err(|e| StoreError::io("read", &path, e))?;
