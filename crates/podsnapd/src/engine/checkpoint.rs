@@ -335,7 +335,8 @@ impl Engine {
     /// started) that leaves nothing to do between runsc and the upload (no resume in place),
     /// on a release that writes those files front to back, when the daemon is configured
     /// to (by default only when the sandbox stops: with `--leave-running` the concurrent
-    /// upload lengthened the sandbox's freeze about 2x in `make bench-downtime`), and when
+    /// upload lengthened the sandbox's freeze in `make bench-downtime`: 1.12x runsc's own against
+    /// 0.94x uploading after), and when
     /// a transfer slot is free now (rather than wait for one while runsc runs).
     async fn overlap_upload(
         &self,
