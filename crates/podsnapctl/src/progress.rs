@@ -137,15 +137,19 @@ impl Reporter {
     }
 
     /// Where a job stands (daemon progress events): a plain line at once when the phase
-    /// changed, otherwise at most one per [`PLAIN_INTERVAL`].
+    /// changed, otherwise at most one per [`PLAIN_INTERVAL`]. An update without byte counts
+    /// (a phase change: `done` and `total` both 0) keeps the counts shown so far.
     pub fn update(&self, phase: &str, done: u64, total: u64) {
+        let counts = done > 0 || total > 0;
         match &self.view {
             View::Bar(b) => {
                 b.set_message(phase.to_string());
                 if total > 0 {
                     b.set_length(total);
                 }
-                b.set_position(done);
+                if counts {
+                    b.set_position(done);
+                }
             }
             View::Plain(_) => self.plain(|p| {
                 let changed = p.phase != phase;
@@ -153,7 +157,9 @@ impl Reporter {
                 if total > 0 {
                     p.total = total;
                 }
-                p.done = done;
+                if counts {
+                    p.done = done;
+                }
                 changed || p.due()
             }),
             View::Quiet => {}
@@ -239,6 +245,28 @@ mod tests {
         assert!(!p.due());
         p.last_line = Some(Instant::now() - PLAIN_INTERVAL);
         assert!(p.due());
+    }
+
+    #[test]
+    fn a_phase_change_without_counts_keeps_the_bytes_shown() {
+        let r = Reporter {
+            verb: "checkpoint",
+            view: View::Plain(Mutex::new(Plain::default())),
+        };
+        let state = || match &r.view {
+            View::Plain(p) => {
+                let p = p.lock().unwrap();
+                (p.phase.clone(), p.done, p.total)
+            }
+            _ => unreachable!(),
+        };
+        r.update("uploading", 512, 2048);
+        r.update("uploading", 2048, 2048);
+        r.update("done", 0, 0);
+        assert_eq!(state(), ("done".to_string(), 2048, 2048));
+        // Counts without a known total still move.
+        r.update("uploading", 4096, 0);
+        assert_eq!(state(), ("uploading".to_string(), 4096, 2048));
     }
 
     #[test]
