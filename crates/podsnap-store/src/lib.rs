@@ -331,6 +331,13 @@ pub(crate) const MANIFESTS: &str = "manifests";
 pub(crate) const INDEXES: &str = "indexes";
 pub(crate) const PACKS: &str = "packs";
 
+/// fsync of a file or directory.
+pub(crate) fn fsync_path(p: &std::path::Path) -> Result<(), StoreError> {
+    std::fs::File::open(p)
+        .and_then(|h| h.sync_all())
+        .map_err(|e| StoreError::io("fsync", p, e))
+}
+
 impl Inner {
     /// For a `file://` store, the file behind `key`.
     pub(crate) fn local_file(&self, key: &str) -> Option<std::path::PathBuf> {
@@ -339,33 +346,48 @@ impl Inner {
     }
 
     /// Makes objects durable before something names them: on a `file://` store, fsyncs the
-    /// files behind `keys` and then their directories (object_store's local backend writes
-    /// and renames without fsync). Nothing to do on other stores: a completed put is durable.
-    pub(crate) async fn make_durable(&self, keys: Vec<String>) -> Result<(), StoreError> {
-        let files: Vec<std::path::PathBuf> =
-            keys.iter().filter_map(|k| self.local_file(k)).collect();
-        if files.is_empty() {
+    /// files behind `files`, then the directories holding them and those holding
+    /// `synced_files` (objects whose contents were fsynced already, by [`Inner::sync_object`]).
+    /// object_store's local backend writes and renames without fsync. Nothing to do on other
+    /// stores: a completed put is durable.
+    pub(crate) async fn make_durable(
+        &self,
+        files: &[String],
+        synced_files: &[String],
+    ) -> Result<(), StoreError> {
+        let local = |keys: &[String]| -> Vec<std::path::PathBuf> {
+            keys.iter().filter_map(|k| self.local_file(k)).collect()
+        };
+        let (files, synced) = (local(files), local(synced_files));
+        if files.is_empty() && synced.is_empty() {
             return Ok(());
         }
         tokio::task::spawn_blocking(move || {
-            let mut dirs = std::collections::BTreeSet::new();
             for f in &files {
-                std::fs::File::open(f)
-                    .and_then(|h| h.sync_all())
-                    .map_err(|e| StoreError::io("fsync", f, e))?;
-                if let Some(d) = f.parent() {
-                    dirs.insert(d.to_path_buf());
-                }
+                fsync_path(f)?;
             }
+            let dirs: std::collections::BTreeSet<&std::path::Path> = files
+                .iter()
+                .chain(&synced)
+                .filter_map(|f| f.parent())
+                .collect();
             for d in dirs {
-                std::fs::File::open(&d)
-                    .and_then(|h| h.sync_all())
-                    .map_err(|e| StoreError::io("fsync", &d, e))?;
+                fsync_path(d)?;
             }
             Ok(())
         })
         .await
         .map_err(StoreError::Task)?
+    }
+
+    /// On a `file://` store, fsyncs the file behind `key` (not its directory).
+    pub(crate) async fn sync_object(&self, key: &str) -> Result<(), StoreError> {
+        let Some(f) = self.local_file(key) else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || fsync_path(&f))
+            .await
+            .map_err(StoreError::Task)?
     }
 
     /// Full object path of `key` (which is relative to the store prefix).

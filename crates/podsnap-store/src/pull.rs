@@ -134,12 +134,6 @@ fn check_destination(dest: &Path) -> Result<bool, StoreError> {
     }
 }
 
-fn fsync_dir(p: &Path) -> Result<(), StoreError> {
-    File::open(p)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("fsync", p, e))
-}
-
 impl Store {
     /// Pulls snapshot `id` into `dir`, which must not exist or be an empty directory. `dir`
     /// appears only once every page of every file has been verified, and fsynced.
@@ -450,7 +444,7 @@ impl Destination {
             .map_err(|e| StoreError::io("rename into", &self.path, e))?;
         tmp.0 = None;
         if opts.durable {
-            fsync_dir(&self.parent)?;
+            crate::fsync_path(&self.parent)?;
         }
         Ok(())
     }
@@ -710,9 +704,9 @@ async fn finish_files(
         dirs.sort();
         dirs.dedup();
         for d in dirs.iter().rev() {
-            fsync_dir(d)?;
+            crate::fsync_path(d)?;
         }
-        fsync_dir(&tmp)
+        crate::fsync_path(&tmp)
     })
     .await
     .map_err(StoreError::Task)?

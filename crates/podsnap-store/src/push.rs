@@ -561,15 +561,7 @@ impl<'a> Pipeline<'a> {
                 .map_err(|e| inner.err("write", &key, e))?;
             // On a file:// store, on disk before the manifest can name it (its directory is
             // synced once, before the commit).
-            if let Some(f) = inner.local_file(&key) {
-                tokio::task::spawn_blocking(move || {
-                    std::fs::File::open(&f)
-                        .and_then(|h| h.sync_data())
-                        .map_err(|e| StoreError::io("fsync", &f, e))
-                })
-                .await
-                .map_err(StoreError::Task)??;
-            }
+            inner.sync_object(&key).await?;
             Ok(len)
         });
         Ok(())
@@ -850,10 +842,11 @@ impl Store {
         p.known = HashMap::new();
         let (entries, all_packs) = p.write_indexes(&files, &mut builds).await?;
         p.finish_pack_checks().await?;
-        // Everything the manifest will name is durable before it is committed.
-        let mut written: Vec<String> = p.packs[p.reused_packs..].iter().map(pack_key).collect();
-        written.extend(entries.iter().map(|e| index_key(&e.index.digest)));
-        inner.make_durable(written).await?;
+        // Everything the manifest will name is durable before it is committed (the packs
+        // were fsynced as their uploads finished; their directory is synced here).
+        let packs: Vec<String> = p.packs[p.reused_packs..].iter().map(pack_key).collect();
+        let indexes: Vec<String> = entries.iter().map(|e| index_key(&e.index.digest)).collect();
+        inner.make_durable(&indexes, &packs).await?;
 
         progress.event(ProgressEvent::Committing);
         let manifest = Manifest {
@@ -1192,6 +1185,6 @@ async fn commit_manifest(
         }
         Err(e) => return Err(inner.err("commit", &key, e)),
     }
-    inner.make_durable(vec![key]).await?;
+    inner.make_durable(&[key], &[]).await?;
     Ok((manifest, body_len))
 }
