@@ -320,8 +320,15 @@ proptest! {
         let mut bytes = idx.encode();
         for m in &muts {
             match m {
-                IdxMut::Set(i, b) => { let i = i.index(bytes.len()); bytes[i] = *b; }
-                IdxMut::Truncate(i) => { let i = i.index(bytes.len()); bytes.truncate(i); }
+                // A truncation may have emptied the buffer: nothing to set or cut then.
+                IdxMut::Set(i, b) => if !bytes.is_empty() {
+                    let i = i.index(bytes.len());
+                    bytes[i] = *b;
+                },
+                IdxMut::Truncate(i) => if !bytes.is_empty() {
+                    let i = i.index(bytes.len());
+                    bytes.truncate(i);
+                },
                 IdxMut::Append(more) => bytes.extend_from_slice(more),
                 IdxMut::Count(f, n) => if bytes.len() >= 40 {
                     let at = 20 + 4 * f;
