@@ -380,6 +380,8 @@ struct Pipeline<'a> {
     pack_hasher: Sha256,
     pack_slot: Option<u32>,
     pack_seq: u64,
+    /// Pack uploads in flight. A push that fails drops its pipeline, and with it this set,
+    /// which aborts them.
     uploads: JoinSet<Result<u64, StoreError>>,
     upload_slots: Arc<Semaphore>,
     // Statistics.
@@ -826,13 +828,13 @@ impl Store {
         if let Some(mut f) = follow {
             progress.event(ProgressEvent::Started { total_bytes: 0 });
             followed = p.push_followed(dir, &f).await?;
-            if let Some(meta) = f.finished().await.inspect_err(|_| p.uploads.abort_all())? {
+            if let Some(meta) = f.finished().await? {
                 opts.runsc_metadata = meta;
             }
         }
         let files = match early {
             Some(files) => files,
-            None => list().await.inspect_err(|_| p.uploads.abort_all())?,
+            None => list().await?,
         };
         let total: u64 = files.iter().map(|f| f.size).sum();
         progress.event(ProgressEvent::Started { total_bytes: total });
@@ -985,13 +987,8 @@ impl<'a> Pipeline<'a> {
                 path: rel.clone(),
                 size: 0,
             });
-            match self.push_file(&src, workers, Some(follow)).await {
-                Ok(b) => out.insert(rel.clone(), b),
-                Err(e) => {
-                    self.uploads.abort_all();
-                    return Err(e);
-                }
-            };
+            let b = self.push_file(&src, workers, Some(follow)).await?;
+            out.insert(rel.clone(), b);
             self.progress
                 .event(ProgressEvent::FileFinished { path: rel.clone() });
         }
@@ -1010,7 +1007,6 @@ impl<'a> Pipeline<'a> {
         for src in files {
             if let Some(b) = followed.remove(&src.rel) {
                 if b.index.file_size != src.size {
-                    self.uploads.abort_all();
                     return Err(StoreError::Io {
                         op: "read (file changed size after its writer finished)",
                         path: src.abs.clone(),
@@ -1024,20 +1020,13 @@ impl<'a> Pipeline<'a> {
                 path: src.rel.clone(),
                 size: src.size,
             });
-            let b = match self.push_file(src, workers, None).await {
-                Ok(b) => b,
-                Err(e) => {
-                    self.uploads.abort_all();
-                    return Err(e);
-                }
-            };
+            let b = self.push_file(src, workers, None).await?;
             self.progress.event(ProgressEvent::FileFinished {
                 path: src.rel.clone(),
             });
             builds.push(b);
         }
         if let Some(rel) = followed.keys().next() {
-            self.uploads.abort_all();
             return Err(StoreError::io(
                 "find (a followed file disappeared)",
                 rel.as_str(),
