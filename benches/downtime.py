@@ -14,7 +14,8 @@ window of each checkpoint command.
 
 Per round, one fresh sandbox, checkpointed once untimed (raw, image dropped: a sandbox's first
 checkpoint froze it longer than the next ones here); then REPS times each case, the order of
-the cases rotating at every repetition:
+the cases rotating at every repetition, and (--prime 1, the default) an untimed raw
+checkpoint, image dropped, right before every timed one:
 
 * raw:     `runsc checkpoint --compression=none --leave-running --image-path DIR ID` (the
            flags podsnapd passes on runsc 20240729), then the image is removed (untimed);
@@ -24,6 +25,13 @@ the cases rotating at every repetition:
            runsc for a checkpoint that leaves the sandbox running; with --seq 1, also a
            podsnapd with `--upload-while-checkpointing=always` (reads pages.img while runsc
            writes it): the A/B of that overlap.
+
+Why the priming: how long runsc froze the sandbox depended on what the step before had
+done. Here, a checkpoint right after a raw one froze it ~0.8 s more often than not, one right
+after a podsnap checkpoint ~0.1 s (raw runsc alone, both ways). With a fixed case order
+each case mostly followed the same other case, and that, not podsnap, decided the ratios
+(two runs of the same code: 0.94x and 1.95x). Primed, every timed checkpoint follows the
+same step.
 
 Frozen time = the largest gap the ticker saw from the command's start until 300 ms after it
 returned. A "pair" is one checkpoint of each case in the same repetition (same sandbox, same
@@ -131,7 +139,7 @@ class Bench(SandboxBench):
         load = os.getloadavg()[0]
         w0 = time.time()
         row = {"round": rnd, "rep": rep, "pair": f"{rnd}.{rep + 1}", "case": name, "load": load}
-        if name in ("raw", "warmup"):
+        if name in ("raw", "warmup", "prime"):
             img = os.path.join(self.work, f"img-{rnd}")
             os.makedirs(img)
             t0, m0 = time.time(), time.monotonic()
@@ -165,7 +173,7 @@ class Bench(SandboxBench):
                    idle_max_ms=max([g[1] for g in idle] + [idle_tmax]),
                    gap_list=[round(g[1], 2) for g in sorted(gaps, key=lambda g: -g[1])[:5]])
         # Untimed clean-up: the image, the snapshot and its packs.
-        if name in ("raw", "warmup"):
+        if name in ("raw", "warmup", "prime"):
             shutil.rmtree(img)
         else:
             subprocess.run([self.ctl, "--socket", d.sock, "delete", snap],
@@ -174,7 +182,7 @@ class Bench(SandboxBench):
                            capture_output=True, timeout=300, env=d.env)
         self.rows.append(row)
         extra = (f", runsc phase {row['ph_runsc_ckpt']:.3f} s, upload {row['ph_upload']:.3f} s"
-                 if name not in ("raw", "warmup") else "")
+                 if name not in ("raw", "warmup", "prime") else "")
         log(f"round {rnd} {name}: frozen {frozen:.1f} ms (command {row['cmd']:.3f} s{extra}; "
             f"{len(gaps)} gaps >= 3 ms, largest {row['gap_list']}; idle max "
             f"{row['idle_max_ms']:.1f} ms)")
@@ -196,6 +204,8 @@ class Bench(SandboxBench):
         for rep in range(self.a.reps):
             k = (rnd - 1 + rep) % len(cases)
             for name in cases[k:] + cases[:k]:
+                if self.a.prime:
+                    self.measure(rnd, "prime", cid, logp, rep)
                 self.measure(rnd, name, cid, logp, rep)
         self.delete(cid)
 
@@ -206,10 +216,10 @@ class Bench(SandboxBench):
         self.daemons["file"] = Daemon(podsnapd, self.work, "file",
                                       f"file://{self.work}/store", self.root)
         if self.a.seq:
-            self.daemons["ovl"] = Daemon(podsnapd, self.work, "ovl",
-                                         f"file://{self.work}/store-ovl", self.root,
-                                         args=["--upload-while-checkpointing=always"])
-            cases.append("ovl")
+            self.daemons["after"] = Daemon(podsnapd, self.work, "after",
+                                           f"file://{self.work}/store-after", self.root,
+                                           args=["--upload-while-checkpointing=never"])
+            cases.append("after")
         if self.a.s3:
             env = self.start_moto()
             self.daemons["s3"] = Daemon(podsnapd, self.work, "s3", "s3://e2e/down",
@@ -220,7 +230,7 @@ class Bench(SandboxBench):
 
 LABEL = {"raw": "raw `runsc checkpoint --leave-running`",
          "file": "podsnap `checkpoint --resume`, file:// store",
-         "ovl": "podsnap `checkpoint --resume`, file://, upload while runsc writes",
+         "after": "podsnap `checkpoint --resume`, file://, upload after runsc (`never`)",
          "s3": "podsnap `checkpoint --resume`, S3 (moto)"}
 
 
@@ -228,7 +238,8 @@ def report(rows, meta):
     out = []
     p = out.append
     warm = [r for r in rows if r["case"] == "warmup"]
-    rows = [r for r in rows if r["case"] != "warmup"]
+    primes = [r for r in rows if r["case"] == "prime"]
+    rows = [r for r in rows if r["case"] not in ("warmup", "prime")]
     rounds = sorted({r["round"] for r in rows})
     p("# Suspend downtime: checkpoint of a running sandbox, seen from inside it\n")
     p(f"Command: `{meta['command']}` (whole run {meta['elapsed']:.0f} s), source "
@@ -249,12 +260,14 @@ def report(rows, meta):
       "before every checkpoint (the idle column is the largest gap in that second); medians "
       "(min–max); ratios per pair, then the median. Each sandbox's first checkpoint is an "
       "untimed raw one: the first checkpoint of a sandbox froze it longer than the later ones "
-      "in trial runs, and whichever case came first paid for it.\n")
+      "in trial runs, and whichever case came first paid for it."
+      + (" Every timed checkpoint came right after an untimed raw one (priming; see "
+         "benches/downtime.py for why)." if primes else "") + "\n")
     p("| case | frozen ms | gaps >= 3 ms in the window | their excess ms | command s | "
       "runsc phase s | upload s | idle max gap ms | frozen / raw (same pair) |")
     p("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     raw = {r["pair"]: r for r in rows if r["case"] == "raw"}
-    for name in ("raw", "file", "ovl", "s3"):
+    for name in ("raw", "file", "after", "s3"):
         rs = [r for r in rows if r["case"] == name]
         if not rs:
             continue
@@ -276,7 +289,7 @@ def report(rows, meta):
     p("## Targets\n")
     p("| target | measured (median over pairs) | met? |")
     p("|---|---|---|")
-    for name in ("file", "ovl", "s3"):
+    for name in ("file", "after", "s3"):
         rs = [r for r in rows if r["case"] == name and r["pair"] in raw]
         if not rs:
             continue
@@ -308,10 +321,12 @@ def describe(a, elapsed, uptime_before):
                "':!../benches/results'")
     return {
         "mib": a.mib, "rounds": a.rounds, "reps": a.reps, "s3": int(a.s3), "seq": int(a.seq),
+        "prime": int(a.prime),
         "elapsed": elapsed,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": f"BENCH_DOWN_MIB={a.mib} BENCH_DOWN_ROUNDS={a.rounds} BENCH_DOWN_REPS={a.reps} "
-                   f"BENCH_DOWN_S3={int(a.s3)} BENCH_DOWN_SEQ={int(a.seq)} make bench-downtime",
+                   f"BENCH_DOWN_S3={int(a.s3)} BENCH_DOWN_SEQ={int(a.seq)} "
+                   f"BENCH_DOWN_PRIME={int(a.prime)} make bench-downtime",
         "source": sh(f"git -C {HERE} rev-parse --short HEAD")
         + (" with uncommitted changes" if dirty else ""),
         "machine": f"{os.cpu_count()} CPUs, {cpu}, {memk / 2**20:.1f} GiB RAM, kernel "
@@ -333,6 +348,8 @@ def main():
                     help="checkpoints per case per sandbox (default 3)")
     ap.add_argument("--s3", type=int, default=0)
     ap.add_argument("--seq", type=int, default=1)
+    ap.add_argument("--prime", type=int, default=1,
+                    help="1 (default): an untimed raw checkpoint before every timed one")
     ap.add_argument("--results", default=os.path.join(HERE, "results", "downtime-latest.md"))
     ap.add_argument("--report-from", metavar="JSON",
                     help="only render the report of an earlier run's .json")

@@ -8,6 +8,8 @@
 #   BENCH_DOWN_ROUNDS   rounds, a fresh sandbox each (default 5)
 #   BENCH_DOWN_REPS     checkpoints per case per sandbox (default 3)
 #   BENCH_DOWN_S3       1 adds podsnapd with an S3 (moto) store (default 0)
+#   BENCH_DOWN_SEQ      1 adds podsnapd with --upload-while-checkpointing=always (default 1)
+#   BENCH_DOWN_PRIME    1: an untimed raw checkpoint right before every timed one (default 1)
 #   BENCH_DOWN_RESULTS  report (default benches/results/downtime-latest.md, plus a .json)
 #   BENCH_DIR           scratch directory (default: a new /tmp/podsnap-down.XXXXXX, removed after)
 #   BENCH_KEEP=1        keep the scratch directory
@@ -40,4 +42,5 @@ echo "== load before the run: $(uptime)" >&2
 python3 "$here/downtime.py" --bin "$tdir/release" --dir "$D" \
   --mib "${BENCH_DOWN_MIB:-256}" --rounds "${BENCH_DOWN_ROUNDS:-5}" \
   --reps "${BENCH_DOWN_REPS:-3}" --s3 "${BENCH_DOWN_S3:-0}" --seq "${BENCH_DOWN_SEQ:-1}" \
+  --prime "${BENCH_DOWN_PRIME:-1}" \
   --results "${BENCH_DOWN_RESULTS:-$here/results/downtime-latest.md}"

@@ -10,29 +10,58 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-fn sender() -> &'static Mutex<mpsc::Sender<Job>> {
-    static POOL: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    POOL.get_or_init(|| {
+/// A set of threads taking jobs from one queue.
+struct Pool(Mutex<mpsc::Sender<Job>>);
+
+impl Pool {
+    fn start(name: &str, threads: usize, on_start: fn()) -> Pool {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        for i in 0..workers() {
+        for i in 0..threads {
             let rx = rx.clone();
             std::thread::Builder::new()
-                .name(format!("podsnap-cpu-{i}"))
-                .spawn(move || loop {
-                    let job = {
-                        let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
-                        guard.recv()
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    on_start();
+                    loop {
+                        let job = {
+                            let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
+                            guard.recv()
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
                     }
                 })
                 .expect("spawn podsnap worker thread");
         }
-        Mutex::new(tx)
-    })
+        Pool(Mutex::new(tx))
+    }
+
+    /// Runs `f` on one of the pool's threads; resolves to its result. A panic in `f`
+    /// resolves to an error.
+    async fn run<T, F>(&self, f: F) -> Result<T, crate::StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(r);
+        });
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| crate::StoreError::Worker("worker pool is gone".into()))?;
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(crate::StoreError::Worker("worker panicked".into())),
+            Err(_) => Err(crate::StoreError::Worker("worker dropped the job".into())),
+        }
+    }
 }
 
 /// Number of CPU workers: the available parallelism.
@@ -42,26 +71,73 @@ pub(crate) fn workers() -> usize {
         .unwrap_or(2)
 }
 
-/// Runs `f` on the pool; resolves to its result. A panic in `f` resolves to an error.
+/// Runs `f` on the pool of one thread per core; resolves to its result. A panic in `f`
+/// resolves to an error.
 pub(crate) async fn run<T, F>(f: F) -> Result<T, crate::StoreError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        let _ = tx.send(r);
-    });
-    sender()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job)
-        .map_err(|_| crate::StoreError::Worker("worker pool is gone".into()))?;
-    match rx.await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) => Err(crate::StoreError::Worker("worker panicked".into())),
-        Err(_) => Err(crate::StoreError::Worker("worker dropped the job".into())),
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool::start("podsnap-cpu", workers(), || {}))
+        .run(f)
+        .await
+}
+
+/// Runs `f` on the one thread that only uses CPU time no other thread of the host wants
+/// (`SCHED_IDLE`); resolves to its result.
+///
+/// For work done while another process must finish first: a push that follows runsc while it
+/// writes a checkpoint, with the sandbox paused until runsc is done. Queue little here: on a
+/// host whose CPUs are all busy, this thread gets almost no time.
+pub(crate) async fn run_idle<T, F>(f: F) -> Result<T, crate::StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        Pool::start("podsnap-idle", 1, || {
+            if let Err(e) = set_idle_priority() {
+                tracing::warn!(
+                    "cannot give the follow worker idle CPU priority ({e}); \
+                     it runs at normal priority"
+                );
+            }
+        })
+    })
+    .run(f)
+    .await
+}
+
+/// Puts the calling thread in the `SCHED_IDLE` class (Linux; no privilege needed to lower
+/// one's own priority). Elsewhere: the lowest nice value.
+#[cfg(target_os = "linux")]
+fn set_idle_priority() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE,
+    // whose only allowed priority is 0.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_idle_priority() -> std::io::Result<()> {
+    Err(std::io::Error::other("not supported on this OS"))
+}
+
+/// The calling thread's scheduling policy (for tests).
+#[cfg(all(test, target_os = "linux"))]
+fn current_policy() -> i32 {
+    // SAFETY: pid 0 is the calling thread; no memory is passed.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sched_getscheduler(0)
     }
 }
 
@@ -98,6 +174,22 @@ fn set_arena_max(_n: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn idle_work_runs_in_the_idle_class_and_other_work_does_not() {
+        let idle = super::run_idle(super::current_policy).await.unwrap();
+        assert_eq!(idle, libc::SCHED_IDLE);
+        let normal = super::run(super::current_policy).await.unwrap();
+        assert_eq!(normal, libc::SCHED_OTHER);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_idle_job_is_an_error_and_the_thread_lives_on() {
+        let r = super::run_idle(|| panic!("boom")).await;
+        assert!(matches!(r, Err(crate::StoreError::Worker(_))), "{r:?}");
+        assert_eq!(super::run_idle(|| 7).await.unwrap(), 7);
+    }
+
     #[test]
     fn the_arena_cap_is_applied_on_glibc_unless_the_environment_sets_one() {
         let expected = cfg!(all(target_os = "linux", target_env = "gnu"))

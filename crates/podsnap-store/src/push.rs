@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
+use futures::FutureExt;
 use futures::StreamExt;
 use object_store::{PutMode, PutOptions, PutPayload};
 use serde::Serialize;
@@ -65,6 +66,10 @@ pub struct PushOptions {
 
 /// How long a followed push waits before it looks at a growing file again.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// New packs held in memory while a followed file's writer still writes (see
+/// `Pipeline::seal_pack`): 64 MiB, sixteen packs.
+const HOLD_MAX_BYTES: usize = 64 << 20;
 
 /// The state of whatever writes a followed push's source (runsc writing its image).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -384,6 +389,11 @@ struct Pipeline<'a> {
     /// which aborts them.
     uploads: JoinSet<Result<u64, StoreError>>,
     upload_slots: Arc<Semaphore>,
+    /// The writer of the file being pushed, while it is followed.
+    writer: Option<Follow>,
+    /// Sealed packs not uploaded yet because the writer still writes, and their bytes.
+    held: Vec<([u8; 32], Vec<u8>)>,
+    held_bytes: usize,
     // Statistics.
     bytes_read: u64,
     bytes_zero: u64,
@@ -543,6 +553,41 @@ impl<'a> Pipeline<'a> {
             &mut self.pack_buf,
             Vec::with_capacity(PACK_TARGET + MAX_BLOB_RAW),
         );
+        // While the writer (runsc, its sandbox paused) still writes, new packs wait in memory:
+        // writing them would take page cache and disk bandwidth from the writer. Once
+        // `HOLD_MAX_BYTES` wait, the push waits for the writer to finish.
+        if self.writer_writing() {
+            self.held_bytes += buf.len();
+            self.held.push((name, buf));
+            if self.held_bytes >= HOLD_MAX_BYTES {
+                if let Some(w) = self.writer.as_mut() {
+                    w.finished().await?;
+                }
+                self.release_held().await?;
+            }
+            return Ok(());
+        }
+        self.start_upload(name, buf).await
+    }
+
+    /// Whether the followed file's writer is still writing.
+    fn writer_writing(&mut self) -> bool {
+        self.writer
+            .as_mut()
+            .is_some_and(|w| w.now() == WriterState::Writing)
+    }
+
+    /// Starts the uploads of the packs held while the writer wrote.
+    async fn release_held(&mut self) -> Result<(), StoreError> {
+        self.held_bytes = 0;
+        for (name, buf) in std::mem::take(&mut self.held) {
+            self.start_upload(name, buf).await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads a sealed pack (waiting for an upload slot).
+    async fn start_upload(&mut self, name: [u8; 32], buf: Vec<u8>) -> Result<(), StoreError> {
         let permit = self
             .upload_slots
             .clone()
@@ -606,8 +651,9 @@ impl<'a> Pipeline<'a> {
         // Blocks alive at once: those being hashed, and those that blobs being compressed
         // or waiting to be packed still slice.
         let pool = BlockPool::new(2 * workers + MAX_COMPRESSING_BLOBS_PER_WORKER * workers);
-        // While the writer still writes, one block is hashed at a time: the writer (runsc,
-        // with its sandbox paused) keeps a CPU to itself.
+        // While the writer still writes (runsc, with its sandbox paused), blocks are hashed
+        // one at a time on the idle-priority thread: the writer keeps the CPUs it wants, and
+        // at most one block waits there when the host is busy.
         let gate = Arc::new(Semaphore::new(1));
         let mut hashed = futures::stream::iter(0..blocks)
             .map(|b| {
@@ -632,7 +678,8 @@ impl<'a> Pipeline<'a> {
                         },
                         None => (size - start).min(READ_BLOCK as u64) as usize,
                     };
-                    let r = crate::pool::run(move || {
+                    let low = permit.is_some();
+                    let job = move || {
                         let _permit = permit;
                         let mut buf = pool.take();
                         file.read_exact_at(&mut buf[..len], start)
@@ -640,8 +687,12 @@ impl<'a> Pipeline<'a> {
                         let hashes = chunk::hash_pages(&buf[..len]);
                         let block = PooledBlock { buf, len, pool };
                         Ok::<_, StoreError>((Bytes::from_owner(block), hashes))
-                    })
-                    .await;
+                    };
+                    let r = if low {
+                        crate::pool::run_idle(job).await
+                    } else {
+                        crate::pool::run(job).await
+                    };
                     Ok::<_, StoreError>(Some(r??))
                 }
             })
@@ -649,7 +700,12 @@ impl<'a> Pipeline<'a> {
         let mut build = FileBuild::default();
         let mut compressing = FuturesOrdered::new();
         let mut read = 0u64;
+        let mut writer = follow.cloned();
+        self.writer = follow.cloned();
         while let Some(r) = hashed.next().await {
+            if !self.held.is_empty() && !self.writer_writing() {
+                self.release_held().await?;
+            }
             let Some((block, hashes)) = r? else { break };
             read += block.len() as u64;
             self.bytes_read += block.len() as u64;
@@ -657,9 +713,13 @@ impl<'a> Pipeline<'a> {
                 .event(ProgressEvent::BytesRead(block.len() as u64));
             // One pool job per blob (up to 1 MiB), so that every worker has work even when
             // a block holds few blobs; packed in order.
+            // Blobs found while the writer still writes are compressed at idle priority too.
+            let low = writer
+                .as_mut()
+                .is_some_and(|w| w.now() == WriterState::Writing);
             for j in self.dedup(&mut build, &block, &hashes) {
                 let key = self.key.clone();
-                compressing.push_back(crate::pool::run(move || {
+                let job = move || {
                     // A raw blob is a slice of the block: no copy.
                     let (mut codec, mut bytes) = match chunk::try_compress(&j.data) {
                         Some(z) => (Codec::Zstd, Bytes::from(z)),
@@ -677,7 +737,12 @@ impl<'a> Pipeline<'a> {
                         bytes,
                         digests: j.digests,
                     }
-                }));
+                };
+                compressing.push_back(if low {
+                    crate::pool::run_idle(job).boxed()
+                } else {
+                    crate::pool::run(job).boxed()
+                });
             }
             while compressing.len() > MAX_COMPRESSING_BLOBS_PER_WORKER * workers {
                 let c = compressing.next().await.expect("non-empty")?;
@@ -688,6 +753,12 @@ impl<'a> Pipeline<'a> {
         while let Some(c) = compressing.next().await {
             self.add_compressed(c?).await?;
         }
+        // The file is complete, so its writer is done (or failed: then it says so).
+        if let Some(w) = self.writer.as_mut() {
+            w.finished().await?;
+        }
+        self.writer = None;
+        self.release_held().await?;
         let size = if follow.is_some() { read } else { size };
         build.index.file_size = size;
         // The file may have changed size while we read it (or, followed, after its writer
@@ -932,6 +1003,9 @@ impl<'a> Pipeline<'a> {
             pack_seq: 0,
             uploads: JoinSet::new(),
             upload_slots: Arc::new(Semaphore::new(uploads)),
+            writer: None,
+            held: Vec::new(),
+            held_bytes: 0,
             bytes_read: 0,
             bytes_zero: 0,
             bytes_dedup: 0,

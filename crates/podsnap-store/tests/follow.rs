@@ -265,3 +265,72 @@ async fn a_followed_path_outside_the_directory_is_refused() {
         .unwrap_err();
     assert!(matches!(err, StoreError::UnsupportedFile { .. }), "{err}");
 }
+
+/// Files under `dir`, recursively (none if it does not exist).
+fn count_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { count_files(&p) } else { 1 })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_packs_wait_in_memory_until_the_writer_is_done_then_are_uploaded() {
+    let r = Rig::new();
+    let src = r.src();
+    let packs_dir = r.work.path().join("store").join("packs");
+    // 16 MiB of new pages: several packs' worth, under the 64 MiB held at most.
+    let pages = random(11, 16 << 20);
+    let (tx, rx) = watch::channel(WriterState::Writing);
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let (src, pages) = (src.clone(), pages.clone());
+        std::thread::spawn(move || {
+            append_slowly(&src, "pages.img", &pages);
+            write_file(&src, "checkpoint.img", &runsc_like_image(5, 4));
+            // Still "writing" until the test has looked at the store.
+            release_rx.recv().unwrap();
+            tx.send(WriterState::Done {
+                runsc_metadata: None,
+            })
+            .unwrap();
+        })
+    };
+    let progress = Arc::new(ReadWhileWriting::default());
+    let push = {
+        let (store, src, progress) = (r.store.clone(), src.clone(), progress.clone());
+        tokio::spawn(async move {
+            store
+                .push_following(&src, PushOptions::default(), progress.as_ref(), follow(rx))
+                .await
+        })
+    };
+    // Wait until the push has read all but the last block of pages.img (that one is known
+    // complete only when the writer says so) while the writer still writes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while progress.read_before.load(Ordering::SeqCst) < pages.len() as u64 - (4 << 20) {
+        assert!(std::time::Instant::now() < deadline, "the push never read pages.img");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Give any upload that would have started a moment to land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count_files(&packs_dir),
+        0,
+        "no pack is written while the writer still writes"
+    );
+    release_tx.send(()).unwrap();
+    let pushed = push.await.unwrap().expect("followed push");
+    writer.join().unwrap();
+    assert!(
+        count_files(&packs_dir) >= 4,
+        "the held packs were uploaded once the writer was done: {} packs",
+        count_files(&packs_dir)
+    );
+    assert!(pushed.bytes_uploaded >= pages.len() as u64);
+    let out = r.work.path().join("out");
+    r.store.pull(&pushed.id, &out, &NoProgress).await.unwrap();
+    assert_eq!(dir_digest(&out), dir_digest(&src), "byte-exact");
+}

@@ -490,10 +490,9 @@ async fn a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_th
         &store,
         &[],
         &[
+            // On 20240729 the upload reads the image while runsc writes it (the default),
+            // so the push is under way when runsc fails.
             format!("--work-dir={}", work.display()),
-            // A checkpoint that leaves the sandbox running uploads after runsc by default:
-            // make this one read the image while runsc writes it.
-            "--upload-while-checkpointing=always".to_string(),
         ],
     );
     let id = unique_id("e2e-full");
@@ -538,4 +537,55 @@ async fn a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_th
     let at = last_count(&log).unwrap();
     wait_for_count(&log, at + 2, Duration::from_secs(30)).unwrap();
     drop(sb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_leaves_the_sandbox_running_uploads_while_runsc_writes_unless_told_never()
+{
+    if !require(
+        "a_checkpoint_that_leaves_the_sandbox_running_uploads_while_runsc_writes_unless_told_never",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    // Only releases traced to write pages.img front to back are followed.
+    let traced = !podsnap_testkit::runsc::Release::System.is_limited();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, args, follows) in [
+        ("node-default", vec![], traced),
+        (
+            "node-never",
+            vec!["--upload-while-checkpointing=never".to_string()],
+            false,
+        ),
+    ] {
+        let store = format!("file://{}", dir.path().join(name).join("store").display());
+        let d = Daemon::start_with(dir.path(), name, &store, &[], &args);
+        let id = unique_id("e2e-follow");
+        let log = dir.path().join(format!("{name}.log"));
+        let sb = CounterSandbox::start(&d.root, &id, &log, &[]).expect("counter starts");
+        wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+        let mut c = d.client().await;
+        let (_, snap) = common::harness::run_checkpoint(
+            &mut c,
+            common::harness::checkpoint_req(&id, &[], &[], 0, false),
+        )
+        .await;
+        let snap = snap.unwrap_or_else(|e| panic!("{name}: checkpoint failed: {e:?}"));
+        assert!(snap.logical_bytes > 0, "{name}: {snap:?}");
+        let m = d.metrics();
+        assert_eq!(
+            m.histogram_count(
+                "podsnap_phase_duration_seconds",
+                &[("operation", "checkpoint"), ("phase", "upload_after_runsc")]
+            ),
+            follows.then_some(1),
+            "{name}: the upload followed runsc's write: expected {follows}\n{}",
+            m.text()
+        );
+        // Left running either way.
+        let at = last_count(&log).unwrap();
+        wait_for_count(&log, at + 2, Duration::from_secs(30)).unwrap();
+        drop(sb);
+    }
 }

@@ -333,11 +333,10 @@ impl Engine {
     /// The image files to upload while runsc writes them, and the transfer slot for it; `None`
     /// to upload after runsc. Only for a fresh `runsc checkpoint` (not one an earlier run
     /// started) that leaves nothing to do between runsc and the upload (no resume in place),
-    /// on a release that writes those files front to back, when the daemon is configured
-    /// to (by default only when the sandbox stops: with `--leave-running` the concurrent
-    /// upload lengthened the sandbox's freeze in `make bench-downtime`: 1.12x runsc's own against
-    /// 0.94x uploading after), and when
-    /// a transfer slot is free now (rather than wait for one while runsc runs).
+    /// on a release that writes those files front to back, unless the daemon is configured
+    /// not to (`--upload-while-checkpointing=never`), and when a transfer slot is free now
+    /// (rather than wait for one while runsc runs). The store does the work that overlaps
+    /// runsc at idle CPU priority, so runsc (with the sandbox paused) is not slowed by it.
     async fn overlap_upload(
         &self,
         job: &JobHandle,
@@ -345,10 +344,7 @@ impl Engine {
         info: &RuntimeInfo,
     ) -> Option<(Vec<String>, tokio::sync::OwnedSemaphorePermit)> {
         let files = info.policy().image_files_written_in_order();
-        if !self
-            .cfg
-            .upload_while_checkpointing
-            .applies(cp.leave_running)
+        if !self.cfg.upload_while_checkpointing.enabled()
             || files.is_empty()
             || cp.done(CheckpointStage::Checkpointed)
             || (cp.resume && !cp.leave_running)
