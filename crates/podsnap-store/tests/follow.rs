@@ -311,7 +311,10 @@ async fn new_packs_wait_in_memory_until_the_writer_is_done_then_are_uploaded() {
     // complete only when the writer says so) while the writer still writes.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while progress.read_before.load(Ordering::SeqCst) < pages.len() as u64 - (4 << 20) {
-        assert!(std::time::Instant::now() < deadline, "the push never read pages.img");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push never read pages.img"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Give any upload that would have started a moment to land.

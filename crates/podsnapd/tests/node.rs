@@ -562,7 +562,7 @@ async fn a_checkpoint_that_leaves_the_sandbox_running_uploads_while_runsc_writes
         let store = format!("file://{}", dir.path().join(name).join("store").display());
         let d = Daemon::start_with(dir.path(), name, &store, &[], &args);
         let id = unique_id("e2e-follow");
-        let log = dir.path().join(format!("{name}.log"));
+        let log = dir.path().join(format!("counter-{name}.log"));
         let sb = CounterSandbox::start(&d.root, &id, &log, &[]).expect("counter starts");
         wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
         let mut c = d.client().await;
