@@ -9,15 +9,21 @@ anonymous memory, every page random (incompressible), then "Count: N" every 20 m
 SIGUSR1 (`runsc kill ID USR1`) it rewrites 5% of its pages (one page at a random place in
 every run of 20) with new random data and prints "rewrote ... generation G".
 
-Per round, one fresh sandbox, and for each case: file:// (podsnapd's defaults: on runsc
-20240729 the upload reads pages.img while runsc writes it), with --seq 1 file:// again with
-`--upload-while-checkpointing=never` (the upload starts after runsc; the A/B of that
-overlap), and S3 (moto) with --s3 1:
+Per round, one fresh sandbox, and for each case: file:// (podsnapd's defaults: a checkpoint
+that leaves the sandbox running is uploaded after runsc), with --seq 1 file:// again with
+`--upload-while-checkpointing=always` (the upload reads pages.img while runsc writes it; the
+A/B of that overlap), and S3 (moto) with --s3 1:
 
 * first:  `podsnapctl checkpoint ID --label bench-incr=rR-CASE --group-by bench-incr --resume`
           (the sandbox keeps running; the snapshot is the first of its group);
 * rewrite 5% of the sandbox's pages (SIGUSR1, wait for its "rewrote" line; untimed);
 * second: the same command again: the daemon dedups against the group's newest snapshot.
+
+With --cycle 1 (the default), also the suspend/resume cycle of GKE Pod Snapshots on a fresh
+sandbox of its own, through the default file:// podsnapd (whose default overlaps the upload
+with runsc for these): `checkpoint ID ... --stop` (first; the sandbox stops), `podsnapctl
+restore` of it (untimed), rewrite 5% of the restored sandbox's pages, `checkpoint ... --stop`
+(second, dedups against the first).
 
 Each checkpoint is timed from the call until podsnapctl prints the snapshot id (the manifest
 is committed); `podsnapctl inspect --json` gives its `logical_bytes` and `uploaded_bytes`.
@@ -167,7 +173,7 @@ class Bench(SandboxBench):
                 "files": sizes(img), "image_bytes": sum(sizes(img).values())}
 
     # ---- podsnap --------------------------------------------------------------------------
-    def ps_checkpoint(self, name, cid, group):
+    def ps_checkpoint(self, name, cid, group, post="--resume"):
         d = self.daemons[name]
         pid = d.proc.pid
         local = d.store.startswith("file://")
@@ -178,7 +184,7 @@ class Bench(SandboxBench):
         t0 = time.monotonic()
         out = subprocess.run([self.ctl, "--socket", d.sock, "checkpoint", cid,
                               "--label", f"{GROUP_KEY}={group}", "--group-by", GROUP_KEY,
-                              "--resume"], capture_output=True, timeout=TIMEOUT)
+                              post], capture_output=True, timeout=TIMEOUT)
         t1 = time.monotonic()
         if out.returncode != 0:
             raise RuntimeError(f"podsnapctl checkpoint failed: {out.stderr.decode()[-2000:]}")
@@ -210,6 +216,53 @@ class Bench(SandboxBench):
             row["store_fsync"] = time.monotonic() - t2
             row["stored_bytes"] = sum(os.path.getsize(p) for p in new)
         return row
+
+    def ps_restore(self, name, snap, dst, mode="random"):
+        """Restores `snap` as the sandbox `dst` (untimed); its log."""
+        d = self.daemons[name]
+        dlog = os.path.join(self.work, "log", f"{dst}.log")
+        self.live.add(dst)
+        out = subprocess.run([self.ctl, "--socket", d.sock, "restore", snap, "--bundle",
+                              self.bundles[mode], "--id", dst, "--log", dlog],
+                             capture_output=True, timeout=TIMEOUT)
+        if out.returncode != 0:
+            raise RuntimeError(f"podsnapctl restore failed: {out.stderr.decode()[-2000:]}")
+        wait_count_above(dlog, 0, time.monotonic() + TIMEOUT)
+        return dlog
+
+    def cycle_round(self, rnd):
+        """The suspend/resume cycle of GKE Pod Snapshots: `checkpoint --stop` (first), restore,
+        rewrite 5%, `checkpoint --stop` again (second, deduplicated against the first)."""
+        name, group = "cycle", f"r{rnd}-cycle"
+        cid = f"pi-{rnd}-c0"
+        logp = self.start_sandbox(cid, "random")
+        snaps = []
+        for kind in ("first", "second"):
+            if kind == "second":
+                dst = f"pi-{rnd}-c1"
+                logp = self.ps_restore(name, snaps[0], dst)
+                self.delete(cid)
+                cid = dst
+                n, total, took = self.rewrite(cid, logp, 1)
+                log(f"round {rnd}: restored the first snapshot as {cid}, rewrote {n} of "
+                    f"{total} pages in {took:.2f} s")
+            settle()
+            load = os.getloadavg()[0]
+            r = self.ps_checkpoint(name, cid, group, post="--stop")
+            r.update(round=rnd, case=name, kind=kind, load=load)
+            if kind == "second":
+                r.update(rewritten_pages=n, pages=total)
+                if r["parent"] != snaps[0]:
+                    log(f"warning: second snapshot's parent is {r['parent']!r}, "
+                        f"not the first snapshot {snaps[0]}")
+            snaps.append(r["snapshot"])
+            self.rows.append(r)
+            log(f"round {rnd} {name} {kind}: {r['ckpt']:.2f} s (runsc "
+                f"{r['ph_runsc_ckpt']:.2f}, upload {r['ph_upload']:.2f}, after runsc "
+                f"{r['ph_upload_after']:.2f}), uploaded {r['uploaded_bytes'] / 2**20:.1f} of "
+                f"{r['logical_bytes'] / 2**20:.1f} MiB")
+        self.delete(cid)
+        self.drop_snapshots(name, snaps)
 
     def drop_snapshots(self, name, snaps):
         d = self.daemons[name]
@@ -340,24 +393,30 @@ class Bench(SandboxBench):
         self.daemons["file"] = Daemon(podsnapd, self.work, "file",
                                       f"file://{self.work}/store", self.root)
         if self.a.seq:
-            self.daemons["after"] = Daemon(podsnapd, self.work, "after",
-                                           f"file://{self.work}/store-after", self.root,
-                                           args=["--upload-while-checkpointing=never"])
-            cases.append("after")
+            self.daemons["ovl"] = Daemon(podsnapd, self.work, "ovl",
+                                         f"file://{self.work}/store-ovl", self.root,
+                                         args=["--upload-while-checkpointing=always"])
+            cases.append("ovl")
         if self.a.s3:
             env = self.start_moto()
             self.daemons["s3"] = Daemon(podsnapd, self.work, "s3", "s3://e2e/incr",
                                         self.root, env)
             cases.append("s3")
+        if self.a.cycle:
+            # The default daemon, its own groups.
+            self.daemons["cycle"] = self.daemons["file"]
         for rnd in range(1, self.a.rounds + 1):
             self.incremental_round(rnd, cases if rnd % 2 else list(reversed(cases)))
+            if self.a.cycle:
+                self.cycle_round(rnd)
             if self.a.zero:
                 self.zero_round(rnd)
 
 # ---- report -------------------------------------------------------------------------------
-LABEL = {"file": "podsnap, file:// store", "after": "podsnap, file://, upload after runsc (`never`)",
-         "s3": "podsnap, S3 (moto)"}
-CASES = ("file", "after", "s3")
+LABEL = {"file": "podsnap, file:// store", "ovl": "podsnap, file://, upload while runsc writes (`always`)",
+         "s3": "podsnap, S3 (moto)",
+         "cycle": "podsnap, file://, suspend/resume (`--stop`, restore, `--stop`)"}
+CASES = ("file", "ovl", "s3", "cycle")
 
 
 def report(rows, zrows, meta):
@@ -471,14 +530,14 @@ def report(rows, zrows, meta):
                   + f") | {'met' if v <= 1.1 else '**missed**'} |")
     ab = {}
     for r in rows:
-        if r["case"] in ("file", "after"):
+        if r["case"] in ("file", "ovl"):
             ab.setdefault((r["round"], r["kind"]), {})[r["case"]] = r["ckpt"]
     for kind in ("first", "second"):
         both = [(k[0], v) for k, v in sorted(ab.items()) if k[1] == kind and len(v) == 2]
         if both:
             p(f"| (A/B) {kind} checkpoint, upload while runsc writes / upload after runsc | "
-              f"{med([v['file'] / v['after'] for _, v in both]):.2f}x (per round: "
-              + ", ".join(f"{v['file']:.2f}/{v['after']:.2f} s" for _, v in both)
+              f"{med([v['ovl'] / v['file'] for _, v in both]):.2f}x (per round: "
+              + ", ".join(f"{v['ovl']:.2f}/{v['file']:.2f} s" for _, v in both)
               + ") | - |")
     if zrows:
         p("")
@@ -548,7 +607,8 @@ def describe(a, elapsed):
                 if l.startswith("model name")), "?")
     memk = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
     env = (f"BENCH_INCR_MIB={a.mib} BENCH_INCR_ROUNDS={a.rounds} BENCH_INCR_S3={int(a.s3)} "
-           f"BENCH_INCR_ZERO={int(a.zero)} BENCH_INCR_SEQ={int(a.seq)}")
+           f"BENCH_INCR_ZERO={int(a.zero)} BENCH_INCR_SEQ={int(a.seq)} "
+           f"BENCH_INCR_CYCLE={int(a.cycle)}")
     scratch = os.path.abspath(a.dir)
     dirty = sh(f"git -C {HERE} status --porcelain --untracked-files=no -- ../crates ../benches "
                "':!../benches/results'")
@@ -576,6 +636,8 @@ def main():
     ap.add_argument("--s3", type=int, default=0)
     ap.add_argument("--zero", type=int, default=1)
     ap.add_argument("--seq", type=int, default=1)
+    ap.add_argument("--cycle", type=int, default=1,
+                    help="1 (default): also the suspend/resume cycle with --stop checkpoints")
     ap.add_argument("--results", default=os.path.join(HERE, "results", "incremental-latest.md"))
     ap.add_argument("--report-from", metavar="JSON",
                     help="only render the report of an earlier run's .json")

@@ -11,6 +11,9 @@
 #   BENCH_INCR_ROUNDS   rounds, each with a fresh sandbox (default 3)
 #   BENCH_INCR_S3       1 adds podsnapd against S3 (moto) as a second case (default 0)
 #   BENCH_INCR_ZERO     1 (default) also measures --exclude-committed-zero-pages; 0 skips it
+#   BENCH_INCR_SEQ      1 (default) adds podsnapd with --upload-while-checkpointing=always
+#   BENCH_INCR_CYCLE    1 (default) adds the suspend/resume cycle: checkpoint --stop, restore,
+#                       rewrite 5%, checkpoint --stop (podsnapd's defaults, file:// store)
 #   BENCH_INCR_RESULTS  report (default benches/results/incremental-latest.md, plus a .json)
 #   BENCH_DIR           scratch directory (default: a new /tmp/podsnap-incr.XXXXXX, removed after)
 #   BENCH_KEEP=1        keep the scratch directory
@@ -47,4 +50,5 @@ echo "== load before the run: $(uptime)" >&2
 python3 "$here/incremental.py" --bin "$tdir/release" --dir "$D" \
   --mib "${BENCH_INCR_MIB:-512}" --rounds "${BENCH_INCR_ROUNDS:-3}" \
   --s3 "${BENCH_INCR_S3:-0}" --zero "${BENCH_INCR_ZERO:-1}" --seq "${BENCH_INCR_SEQ:-1}" \
+  --cycle "${BENCH_INCR_CYCLE:-1}" \
   --results "${BENCH_INCR_RESULTS:-$here/results/incremental-latest.md}"

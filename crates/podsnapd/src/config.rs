@@ -84,10 +84,12 @@ pub struct Args {
     /// default, 4. Raise it for a high-latency store. Downloads are not affected.
     #[arg(long, env = "PODSNAPD_CONCURRENCY")]
     pub concurrency: Option<usize>,
-    /// Whether to upload a checkpoint's pages while runsc is still writing them: `auto` (the
-    /// default) does on runsc releases known to write them front to back (20240729), with
-    /// that work at idle CPU priority so the paused sandbox's runsc keeps the CPUs it wants;
-    /// `never` uploads after runsc, as on every other release. (`always` is read as `auto`.)
+    /// When to read and hash a checkpoint's pages while runsc is still writing them (on runsc
+    /// releases known to write them front to back: 20240729): `auto` (the default) when the
+    /// sandbox stops after its checkpoint (`--stop`), not when it keeps running, whose freeze
+    /// the overlap lengthens (docs/benchmarks.md: about 5% at the median, more often in the
+    /// slow mode); `always` (faster incremental `--resume` checkpoints); `never` (upload
+    /// after runsc, as on every other release).
     #[arg(long, env = "PODSNAPD_UPLOAD_WHILE_CHECKPOINTING")]
     pub upload_while_checkpointing: Option<UploadWhileCheckpointing>,
     /// Timeout for one runsc checkpoint or restore, e.g. 10m.
@@ -217,26 +219,28 @@ pub struct Config {
     pub cache_max_bytes: u64,
 }
 
-/// Whether a checkpoint's upload runs while runsc writes the image
-/// (`--upload-while-checkpointing`).
+/// When a checkpoint's upload runs while runsc writes the image (`--upload-while-checkpointing`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum UploadWhileCheckpointing {
-    /// Whenever the runsc release allows it (checkpoints that stop the sandbox and those that
-    /// leave it running alike). `auto` used to leave out the latter, which `always`
-    /// included; `always` is still accepted and means this.
+    /// When the sandbox stops after its checkpoint; after runsc when it keeps running.
     #[default]
-    #[value(alias = "always")]
-    #[serde(alias = "always")]
     Auto,
+    /// Whenever the runsc release allows it.
+    Always,
     /// Never: the upload starts once runsc has finished.
     Never,
 }
 
 impl UploadWhileCheckpointing {
-    /// Whether to upload while runsc writes (where the release allows it).
-    pub fn enabled(self) -> bool {
-        self == UploadWhileCheckpointing::Auto
+    /// Whether to upload while runsc writes, for a checkpoint that leaves the sandbox
+    /// running (`keeps_running`) or not.
+    pub fn applies(self, keeps_running: bool) -> bool {
+        match self {
+            UploadWhileCheckpointing::Auto => !keeps_running,
+            UploadWhileCheckpointing::Always => true,
+            UploadWhileCheckpointing::Never => false,
+        }
     }
 }
 
@@ -573,31 +577,21 @@ mod tests {
     }
 
     #[test]
-    fn uploading_while_runsc_writes_is_on_by_default_and_never_turns_it_off() {
+    fn uploading_while_runsc_writes_defaults_to_stopping_checkpoints_only() {
         let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
         assert_eq!(c.upload_while_checkpointing, UploadWhileCheckpointing::Auto);
-        assert!(c.upload_while_checkpointing.enabled());
+        assert!(c.upload_while_checkpointing.applies(false));
+        assert!(!c.upload_while_checkpointing.applies(true));
         let file =
             || -> FileConfig { toml::from_str("upload_while_checkpointing = \"never\"").unwrap() };
         let c = Config::merge(Args::default(), file()).unwrap();
-        assert!(!c.upload_while_checkpointing.enabled());
+        assert!(!c.upload_while_checkpointing.applies(false));
         let args = Args {
-            upload_while_checkpointing: Some(UploadWhileCheckpointing::Auto),
+            upload_while_checkpointing: Some(UploadWhileCheckpointing::Always),
             ..Default::default()
         };
         let c = Config::merge(args, file()).unwrap();
-        assert!(
-            c.upload_while_checkpointing.enabled(),
-            "the flag wins over the file"
-        );
-        // The old `always` still parses, as `auto`, on the command line and in the file.
-        let c: FileConfig = toml::from_str("upload_while_checkpointing = \"always\"").unwrap();
-        assert_eq!(
-            c.upload_while_checkpointing,
-            Some(UploadWhileCheckpointing::Auto)
-        );
-        let parsed = <UploadWhileCheckpointing as clap::ValueEnum>::from_str("always", false);
-        assert_eq!(parsed, Ok(UploadWhileCheckpointing::Auto));
+        assert!(c.upload_while_checkpointing.applies(true));
         assert!(toml::from_str::<FileConfig>("upload_while_checkpointing = true").is_err());
     }
 

@@ -490,9 +490,10 @@ async fn a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_th
         &store,
         &[],
         &[
-            // On 20240729 the upload reads the image while runsc writes it (the default),
-            // so the push is under way when runsc fails.
             format!("--work-dir={}", work.display()),
+            // A checkpoint that leaves the sandbox running uploads after runsc by default:
+            // make this one read the image while runsc writes it.
+            "--upload-while-checkpointing=always".to_string(),
         ],
     );
     let id = unique_id("e2e-full");
@@ -540,10 +541,9 @@ async fn a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checkpoint_that_leaves_the_sandbox_running_uploads_while_runsc_writes_unless_told_never()
-{
+async fn a_checkpoint_that_leaves_the_sandbox_running_follows_runscs_write_only_when_told_always() {
     if !require(
-        "a_checkpoint_that_leaves_the_sandbox_running_uploads_while_runsc_writes_unless_told_never",
+        "a_checkpoint_that_leaves_the_sandbox_running_follows_runscs_write_only_when_told_always",
         &[Need::Root, Need::Runsc],
     ) {
         return;
@@ -551,12 +551,15 @@ async fn a_checkpoint_that_leaves_the_sandbox_running_uploads_while_runsc_writes
     // Only releases traced to write pages.img front to back are followed.
     let traced = !podsnap_testkit::runsc::Release::System.is_limited();
     let dir = tempfile::tempdir().unwrap();
+    // By default only checkpoints that stop the sandbox follow runsc (a `--stop` one is
+    // checked in `checkpoint_on_node_a_restore_on_node_b...`): a `--resume` one uploads after
+    // runsc unless the daemon says `always`.
     for (name, args, follows) in [
-        ("node-default", vec![], traced),
+        ("node-default", vec![], false),
         (
-            "node-never",
-            vec!["--upload-while-checkpointing=never".to_string()],
-            false,
+            "node-always",
+            vec!["--upload-while-checkpointing=always".to_string()],
+            traced,
         ),
     ] {
         let store = format!("file://{}", dir.path().join(name).join("store").display());

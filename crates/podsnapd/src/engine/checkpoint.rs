@@ -333,10 +333,11 @@ impl Engine {
     /// The image files to upload while runsc writes them, and the transfer slot for it; `None`
     /// to upload after runsc. Only for a fresh `runsc checkpoint` (not one an earlier run
     /// started) that leaves nothing to do between runsc and the upload (no resume in place),
-    /// on a release that writes those files front to back, unless the daemon is configured
-    /// not to (`--upload-while-checkpointing=never`), and when a transfer slot is free now
-    /// (rather than wait for one while runsc runs). The store does the work that overlaps
-    /// runsc at idle CPU priority, so runsc (with the sandbox paused) is not slowed by it.
+    /// on a release that writes those files front to back, when the daemon is configured
+    /// to (by default only when the sandbox stops: with `--leave-running` the overlap
+    /// lengthens the sandbox's freeze, see `UploadWhileCheckpointing`), and when a transfer
+    /// slot is free now (rather than wait for one while runsc runs). While runsc writes, the
+    /// store hashes at idle CPU priority and holds new packs in memory.
     async fn overlap_upload(
         &self,
         job: &JobHandle,
@@ -344,7 +345,10 @@ impl Engine {
         info: &RuntimeInfo,
     ) -> Option<(Vec<String>, tokio::sync::OwnedSemaphorePermit)> {
         let files = info.policy().image_files_written_in_order();
-        if !self.cfg.upload_while_checkpointing.enabled()
+        if !self
+            .cfg
+            .upload_while_checkpointing
+            .applies(cp.leave_running)
             || files.is_empty()
             || cp.done(CheckpointStage::Checkpointed)
             || (cp.resume && !cp.leave_running)
