@@ -182,6 +182,12 @@ pub struct CheckpointOpts {
     pub job_dir: Option<PathBuf>,
     /// Timeout of the runsc call.
     pub timeout: Option<Duration>,
+    /// For a checkpoint that stops the sandbox: return once runsc has, without waiting for
+    /// runsc's record to say stopped; the caller then calls
+    /// [`SandboxRuntime::settle_stopped`] itself (while it uploads, say). The sandbox's exit
+    /// takes from a fraction of a second to seconds after runsc returns (its adopter must
+    /// reap it: 1.2-2.2 s here).
+    pub defer_settle: bool,
 }
 
 /// A standalone restore.
@@ -369,8 +375,9 @@ pub trait SandboxRuntime: Send + Sync {
     /// Restores an image as a new standalone sandbox.
     async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError>;
     /// After a checkpoint that stopped `sb` and that ran outside [`SandboxRuntime::checkpoint`]
-    /// (a durable runsc job found finished after a daemon restart), makes runsc's record of
-    /// it say stopped (see [`SandboxRuntime::checkpoint`]).
+    /// (a durable runsc job found finished after a daemon restart) or asked it to
+    /// [`CheckpointOpts::defer_settle`], makes runsc's record of it say stopped once the
+    /// sandbox has exited (see [`SandboxRuntime::checkpoint`]).
     async fn settle_stopped(&self, _sb: &Sandbox) {}
     /// State of a container under `root` (the configured root when `None`).
     async fn state(&self, root: Option<&Path>, id: &str) -> Result<SandboxState, RuntimeError>;
@@ -864,7 +871,7 @@ impl SandboxRuntime for RunscRuntime {
                 },
             )
             .await?;
-        if !opts.leave_running {
+        if !opts.leave_running && !opts.defer_settle {
             self.settle_stopped(sb).await;
         }
         Ok(())

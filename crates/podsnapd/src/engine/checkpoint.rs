@@ -264,9 +264,14 @@ impl Engine {
                     .await?
             }
             None => {
+                let mut settle = None;
                 if !cp.done(CheckpointStage::Checkpointed) {
                     phase_update(job, tx, Phase::Checkpointing, "runsc checkpoint");
-                    self.runsc_checkpoint(job, &cp, &image_dir).await?;
+                    settle = self.runsc_checkpoint(job, &cp, &image_dir).await?;
+                } else if !cp.leave_running && !cp.resume {
+                    // An earlier run checkpointed and may have died before runsc's record of
+                    // the stopped sandbox was settled (that runs beside the upload).
+                    self.runtime.settle_stopped(&cp.sandbox).await;
                 }
                 if cp.resume && !cp.leave_running && !cp.done(CheckpointStage::Resumed) {
                     // runsc stopped the sandbox: bring it back under the same id from the
@@ -275,14 +280,18 @@ impl Engine {
                     self.resume_in_place(job, &cp.sandbox, &image_dir).await?;
                 }
                 // Committed before a crash: nothing left to push.
-                match self.store.manifest(&id).await {
+                let manifest = match self.store.manifest(&id).await {
                     Ok(m) => m,
                     Err(podsnap_store::StoreError::SnapshotNotFound(_)) => {
                         let slot = self.transfer_slot(job, tx, Phase::Uploading).await;
                         self.push_image(&run, id, None, slot).await?
                     }
                     Err(e) => return Err(e.into()),
+                };
+                if let Some(settle) = settle {
+                    let _ = settle.await;
                 }
+                manifest
             }
         };
 
@@ -296,14 +305,22 @@ impl Engine {
 
     /// `runsc checkpoint` into `image_dir`, as a durable runsc job in the job's dir; after a
     /// restart, the outcome of the one an earlier run started.
+    ///
+    /// A checkpoint that stops the sandbox for good returns as soon as runsc has, with the
+    /// task that waits for the sandbox to exit and settles runsc's record of it: the caller
+    /// uploads meanwhile and awaits it before answering (the exit took 1.2-2.2 s on a test
+    /// machine whose init reaps slowly, longer than the upload of an incremental snapshot).
     async fn runsc_checkpoint(
         &self,
         job: &JobHandle,
         cp: &CheckpointJob,
         image_dir: &Path,
-    ) -> Result<()> {
+    ) -> Result<Option<tokio::task::JoinHandle<()>>> {
         let runsc_job = job.dir().join("runsc-checkpoint");
         let t = Instant::now();
+        // A resume in place restores under the same id, which needs the record settled first.
+        let defer_settle = !cp.leave_running && !cp.resume;
+        let mut settle = None;
         if self.await_earlier_runsc(&runsc_job).await? {
             // An earlier run's runsc finished it: runsc's record may still say running.
             if !cp.leave_running {
@@ -320,14 +337,21 @@ impl Engine {
                         leave_running: cp.leave_running,
                         job_dir: Some(runsc_job),
                         timeout: Some(self.cfg.runsc_timeout),
+                        defer_settle,
                     },
                 )
                 .await?;
+            if defer_settle {
+                let (runtime, sb) = (self.runtime.clone(), cp.sandbox.clone());
+                settle = Some(tokio::spawn(async move {
+                    runtime.settle_stopped(&sb).await;
+                }));
+            }
         }
         self.metrics
             .phase("checkpoint", "runsc_checkpoint", t.elapsed());
         job.stage_done(CheckpointStage::Checkpointed);
-        Ok(())
+        Ok(settle)
     }
 
     /// The image files to upload while runsc writes them, and the transfer slot for it; `None`
@@ -385,9 +409,9 @@ impl Engine {
         let (state_tx, state_rx) = tokio::sync::watch::channel(WriterState::Writing);
         let runsc = async {
             let r = self.runsc_checkpoint(job, cp, image_dir).await;
-            let r = r.and_then(|()| image_metadata(image_dir));
+            let r = r.and_then(|settle| Ok((image_metadata(image_dir)?, settle)));
             match &r {
-                Ok(meta) => {
+                Ok((meta, _)) => {
                     phase_update(job, tx, Phase::Uploading, "uploading the rest of the image");
                     let _ = state_tx.send(WriterState::Done {
                         runsc_metadata: Some(meta.clone()),
@@ -397,7 +421,7 @@ impl Engine {
                     let _ = state_tx.send(WriterState::Failed(e.message()));
                 }
             }
-            r.map(|_| Instant::now())
+            r.map(|(_, settle)| (Instant::now(), settle))
         };
         let follow = Follow {
             files,
@@ -405,10 +429,13 @@ impl Engine {
         };
         let push = self.push_image(run, id, Some(follow), slot);
         let (runsc, pushed) = tokio::join!(runsc, push);
-        let runsc_done = runsc?;
+        let (runsc_done, settle) = runsc?;
         let manifest = pushed?;
         self.metrics
             .phase("checkpoint", "upload_after_runsc", runsc_done.elapsed());
+        if let Some(settle) = settle {
+            let _ = settle.await;
+        }
         Ok(manifest)
     }
 
