@@ -7,8 +7,8 @@ The sandbox runs benches/memfill.c (built static with gcc): it touches MIB MiB o
 (1/3 zero, 1/3 random, 1/3 text-like pages) and then prints "Count: N" every 20 ms. Per round
 and per case a fresh sandbox is started and, once it counts, checkpointed and restored:
 
-* raw: `runsc checkpoint --image-path DIR ID` + fsync of checkpoint.img and DIR (local
-  disk), then `runsc restore --detach --image-path DIR --bundle B NEW`;
+* raw: `runsc checkpoint --image-path DIR [--compression=none] ID` (the image flags
+  podsnapd passes to this runsc) + fsync of the image files and DIR (local disk), then `runsc restore --detach --image-path DIR --bundle B NEW`;
 * podsnap (file): podsnapd with a file:// store on the same disk: `podsnapctl checkpoint ID
   --stop` until it prints the snapshot id (committed), then `podsnapctl restore SNAP --bundle B
   --id NEW`;
@@ -109,6 +109,28 @@ def fsync_path(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(d):
+    """fsync every file under d, then every directory; returns seconds taken."""
+    t = time.monotonic()
+    for p in files_under(d):
+        fsync_path(p)
+    for root, _, _ in os.walk(d):
+        fsync_path(root)
+    return time.monotonic() - t
+
+
+def sizes(d):
+    return {os.path.relpath(p, d): os.path.getsize(p) for p in files_under(d)}
+
+
+def raw_checkpoint_flags():
+    """The image flags podsnapd passes to this runsc: `--compression=none` where runsc has it
+    (20240729; podsnap compresses with zstd itself), none on older releases (one flate
+    `checkpoint.img`). The raw baseline uses the same."""
+    out = subprocess.run(["runsc", "checkpoint", "--help"], capture_output=True, text=True)
+    return ["--compression=none"] if "-compression" in out.stdout + out.stderr else []
 
 
 def files_under(d):
@@ -290,13 +312,12 @@ class Bench(SandboxBench):
             img = os.path.join(self.work, f"img-{rnd}")
             os.makedirs(img)
             t0 = time.monotonic()
-            self.runsc("checkpoint", f"--image-path={img}", src)
+            self.runsc("checkpoint", f"--image-path={img}", *raw_checkpoint_flags(), src)
             t1 = time.monotonic()
-            fsync_path(os.path.join(img, "checkpoint.img"))
-            fsync_path(img)
+            fsync_tree(img)
             t2 = time.monotonic()
             row.update(ckpt=t2 - t0, ckpt_cmd=t1 - t0, ckpt_sync=t2 - t1,
-                       image_bytes=os.path.getsize(os.path.join(img, "checkpoint.img")))
+                       image_bytes=sum(sizes(img).values()))
             before = counts(src_log)[-1]
             self.delete(src)
             settle()
@@ -422,17 +443,19 @@ def report(rows, meta):
     p(f"# End-to-end: {mib} MiB sandbox, podsnapd against raw runsc\n")
     p(f"Command: `{meta['command']}` (whole e2e run {meta['elapsed']:.0f} s), source "
       f"`{meta['source']}`.\n")
-    p(f"Machine: {meta['machine']}; {meta['runsc']}, ptrace platform, `--network=none`. "
+    p(f"Machine: {meta['machine']}; {meta['runsc']} (default platform), `--network=none`. "
       f"Scratch (images, stores, podsnapd state): {meta['scratch']}. Load average (1 min) "
       f"at the start of each case: {min(r['load'] for r in rows):.1f}–"
       f"{max(r['load'] for r in rows):.1f}.\n")
     if imgs:
-        p(f"Image: `checkpoint.img` {med(imgs) / 2**20:.0f} MiB (runsc's flate compression of "
-          f"the {mib} MiB sandbox; {min(imgs)}–{max(imgs)} bytes over the rounds).\n")
+        how = ("uncompressed (`--compression=none`, as podsnapd asks this runsc for)"
+               if meta.get("raw_flags") else "runsc's flate compression")
+        p(f"Raw image: {med(imgs) / 2**20:.0f} MiB, {how}, of the {mib} MiB sandbox; "
+          f"{min(imgs)}–{max(imgs)} bytes over the rounds.\n")
     p(f"{rounds} rounds, the case order alternating, `sync` and 1 s pause before every timed "
       "operation; median and min–max in seconds; ratio = podsnap median / raw median of this "
-      "run. Checkpoint: call until durable (raw: `runsc checkpoint` + fsync of "
-      "checkpoint.img; podsnap: `podsnapctl checkpoint --stop` until the snapshot id is "
+      "run. Checkpoint: call until durable (raw: `runsc checkpoint` + fsync of the "
+      "image; podsnap: `podsnapctl checkpoint --stop` until the snapshot id is "
       "printed, i.e. the manifest is committed). Restore: call until the restored counter "
       "prints its next count.\n")
     p("| case | checkpoint s | ratio | restore s | ratio | podsnapd CPU s (ckpt / restore) "
@@ -532,6 +555,7 @@ def describe(a, elapsed):
         "machine": f"{os.cpu_count()} CPUs, {cpu}, {memk / 2**20:.1f} GiB RAM, kernel "
                    f"{platform.release()}",
         "runsc": sh("runsc --version | head -n 1"),
+        "raw_flags": raw_checkpoint_flags(),
         "scratch": f"`{scratch}` on "
                    f"`{sh(f'df --output=source,fstype {scratch} | tail -n 1')}`",
     }

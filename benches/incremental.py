@@ -53,8 +53,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from e2e import (Daemon, SandboxBench, counts, files_under, fsync_path, med, proc_cpu,  # noqa: E402
-                 reset_hwm, hwm_kib, settle, spread, wait_count_above, write_results)
+from e2e import (Daemon, SandboxBench, counts, files_under, fsync_path, fsync_tree,  # noqa: E402
+                 med, proc_cpu, reset_hwm, hwm_kib, settle, sizes, spread, wait_count_above,
+                 write_results)
 
 INTERVAL_MS = 20
 TIMEOUT = 900
@@ -68,20 +69,6 @@ GROUP_KEY = "bench-incr"
 
 def log(msg):
     print(f"== incremental: {msg}", file=sys.stderr, flush=True)
-
-
-def fsync_tree(d):
-    """fsync every file under d, then every directory; returns seconds taken."""
-    t = time.monotonic()
-    for p in files_under(d):
-        fsync_path(p)
-    for root, _, _ in os.walk(d):
-        fsync_path(root)
-    return time.monotonic() - t
-
-
-def sizes(d):
-    return {os.path.relpath(p, d): os.path.getsize(p) for p in files_under(d)}
 
 
 class Bench(SandboxBench):
