@@ -217,6 +217,28 @@ class Bench(SandboxBench):
         wait_count_above(dlog, 0, time.monotonic() + TIMEOUT)
         return dlog
 
+    def timed_checkpoint(self, rnd, name, cid, group, kind, snaps, rewritten=None,
+                         post="--resume", logp=None):
+        """One timed podsnap checkpoint in group `group`: its row, and its id added to
+        `snaps` (whose first is the parent expected of a second). With `logp`, waits until
+        the sandbox counts again; `rewritten` = (pages rewritten, pages) before a second."""
+        settle()
+        load = os.getloadavg()[0]
+        r = self.ps_checkpoint(name, cid, group, post=post)
+        if logp:
+            self.still_running(logp)
+        r.update(round=rnd, case=name, kind=kind, load=load)
+        if rewritten:
+            r.update(rewritten_pages=rewritten[0], pages=rewritten[1])
+            if r["parent"] != snaps[0]:
+                log(f"warning: second snapshot's parent is {r['parent']!r}, "
+                    f"not the first snapshot {snaps[0]}")
+        snaps.append(r["snapshot"])
+        self.rows.append(r)
+        log(f"round {rnd} {name} {kind}: {r['ckpt']:.2f} s (runsc {r['ph_runsc_ckpt']:.2f}, "
+            f"upload {r['ph_upload']:.2f}, after runsc {r['ph_upload_after']:.2f}), uploaded "
+            f"{r['uploaded_bytes'] / 2**20:.1f} of {r['logical_bytes'] / 2**20:.1f} MiB")
+
     def cycle_round(self, rnd):
         """The suspend/resume cycle of GKE Pod Snapshots: `checkpoint --stop` (first), restore,
         rewrite 5%, `checkpoint --stop` again (second, deduplicated against the first)."""
@@ -233,21 +255,8 @@ class Bench(SandboxBench):
                 n, total, took = self.rewrite(cid, logp, 1)
                 log(f"round {rnd}: restored the first snapshot as {cid}, rewrote {n} of "
                     f"{total} pages in {took:.2f} s")
-            settle()
-            load = os.getloadavg()[0]
-            r = self.ps_checkpoint(name, cid, group, post="--stop")
-            r.update(round=rnd, case=name, kind=kind, load=load)
-            if kind == "second":
-                r.update(rewritten_pages=n, pages=total)
-                if r["parent"] != snaps[0]:
-                    log(f"warning: second snapshot's parent is {r['parent']!r}, "
-                        f"not the first snapshot {snaps[0]}")
-            snaps.append(r["snapshot"])
-            self.rows.append(r)
-            log(f"round {rnd} {name} {kind}: {r['ckpt']:.2f} s (runsc "
-                f"{r['ph_runsc_ckpt']:.2f}, upload {r['ph_upload']:.2f}, after runsc "
-                f"{r['ph_upload_after']:.2f}), uploaded {r['uploaded_bytes'] / 2**20:.1f} of "
-                f"{r['logical_bytes'] / 2**20:.1f} MiB")
+            self.timed_checkpoint(rnd, name, cid, group, kind, snaps,
+                                  (n, total) if kind == "second" else None, post="--stop")
         self.delete(cid)
         self.drop_snapshots(name, snaps)
 
@@ -287,21 +296,8 @@ class Bench(SandboxBench):
                     gen += 1
                     n, total, took = self.rewrite(cid, logp, gen)
                     log(f"round {rnd}: rewrote {n} of {total} pages in {took:.2f} s")
-                settle()
-                load = os.getloadavg()[0]
-                r = self.ps_checkpoint(name, cid, group)
-                self.still_running(logp)
-                r.update(round=rnd, case=name, kind=kind, load=load)
-                if kind == "second":
-                    r.update(rewritten_pages=n, pages=total)
-                    if r["parent"] != snaps[0]:
-                        log(f"warning: second snapshot's parent is {r['parent']!r}, "
-                            f"not the first snapshot {snaps[0]}")
-                snaps.append(r["snapshot"])
-                self.rows.append(r)
-                log(f"round {rnd} {name} {kind}: {r['ckpt']:.2f} s (runsc "
-                    f"{r['ph_runsc_ckpt']:.2f}, upload {r['ph_upload']:.2f}), uploaded "
-                    f"{r['uploaded_bytes'] / 2**20:.1f} of {r['logical_bytes'] / 2**20:.1f} MiB")
+                self.timed_checkpoint(rnd, name, cid, group, kind, snaps,
+                                      (n, total) if kind == "second" else None, logp=logp)
             self.drop_snapshots(name, snaps)
         if not rnd % 2:
             raw()
@@ -426,7 +422,12 @@ def report(rows, zrows, meta):
       "--leave-running` + fsync of the image files and dir. "
       f"{len(rounds)} rounds, a fresh sandbox each; `sync` and 1 s pause before every timed "
       "checkpoint; medians with min–max; ratios are per round (same sandbox, same minute), "
-      "then the median over rounds.\n")
+      "then the median over rounds."
+      + (" The suspend/resume cycle runs on a fresh sandbox of its own through the default "
+         "file:// podsnapd: `checkpoint ... --stop` (first), `podsnapctl restore` of it "
+         "(untimed), the same 5% rewrite in the restored sandbox, `checkpoint ... --stop` "
+         "(second); its 'vs raw' compares with the round's `--leave-running` raw checkpoint."
+         if any(r["case"] == "cycle" for r in rows) else "") + "\n")
     p("| case | checkpoint | s | uploaded MiB | logical MiB | uploaded / logical | "
       "vs raw (same round) |")
     p("|---|---|---:|---:|---:|---:|---:|")
