@@ -574,3 +574,81 @@ async fn a_checkpoint_left_by_the_earlier_release_is_finished_from_its_record() 
     assert_eq!(disk["details"]["resumed"], true);
     assert_eq!(disk["details"]["sandbox"], rec["details"]["sandbox"]);
 }
+
+/// A runtime whose stopped sandbox takes a while to exit: `settle_stopped` waits (up to 5 s)
+/// until the store holds a snapshot, noting whether one appeared meanwhile.
+struct SlowExit {
+    inner: FakeRuntime,
+    store: podsnap_store::Store,
+    deferred: std::sync::atomic::AtomicBool,
+    committed_while_exiting: std::sync::atomic::AtomicBool,
+    settled: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl SandboxRuntime for SlowExit {
+    async fn info(&self) -> Result<RuntimeInfo, RuntimeError> {
+        self.inner.info().await
+    }
+    async fn resolve(&self, target: &Target) -> Result<Sandbox, RuntimeError> {
+        self.inner.resolve(target).await
+    }
+    async fn checkpoint(
+        &self,
+        sb: &Sandbox,
+        dir: &Path,
+        opts: &CheckpointOpts,
+    ) -> Result<(), RuntimeError> {
+        self.deferred.store(opts.defer_settle, Ordering::SeqCst);
+        self.inner.checkpoint(sb, dir, opts).await
+    }
+    async fn settle_stopped(&self, _sb: &Sandbox) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if !self.store.list().await.unwrap().is_empty() {
+                self.committed_while_exiting.store(true, Ordering::SeqCst);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.settled.store(true, Ordering::SeqCst);
+    }
+    async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError> {
+        self.inner.restore(req).await
+    }
+    async fn state(&self, root: Option<&Path>, id: &str) -> Result<SandboxState, RuntimeError> {
+        self.inner.state(root, id).await
+    }
+    async fn delete(&self, root: Option<&Path>, id: &str, force: bool) -> Result<(), RuntimeError> {
+        self.inner.delete(root, id, force).await
+    }
+}
+
+#[tokio::test]
+async fn a_stopping_checkpoint_uploads_while_the_sandbox_exits_and_answers_once_it_has() {
+    let fake = FakeRuntime::new();
+    fake.add_running("app1");
+    let store = memory_store();
+    let rt = Arc::new(SlowExit {
+        inner: fake,
+        store: store.clone(),
+        deferred: Default::default(),
+        committed_while_exiting: Default::default(),
+        settled: Default::default(),
+    });
+    let mut h = harness(rt.clone(), store).await;
+    let (_, snap) = run_checkpoint(&mut h.client, checkpoint_req("app1", &[], &[], 0, true)).await;
+    snap.expect("checkpoint succeeds");
+    assert!(
+        rt.deferred.load(Ordering::SeqCst),
+        "the runtime was asked to leave the settling to the daemon"
+    );
+    assert!(
+        rt.committed_while_exiting.load(Ordering::SeqCst),
+        "the snapshot was committed while the sandbox was still exiting"
+    );
+    assert!(
+        rt.settled.load(Ordering::SeqCst),
+        "the answer came only after runsc's record was settled"
+    );
+}
