@@ -700,7 +700,6 @@ impl<'a> Pipeline<'a> {
         let mut build = FileBuild::default();
         let mut compressing = FuturesOrdered::new();
         let mut read = 0u64;
-        let mut writer = follow.cloned();
         self.writer = follow.cloned();
         while let Some(r) = hashed.next().await {
             if !self.held.is_empty() && !self.writer_writing() {
@@ -714,9 +713,7 @@ impl<'a> Pipeline<'a> {
             // One pool job per blob (up to 1 MiB), so that every worker has work even when
             // a block holds few blobs; packed in order.
             // Blobs found while the writer still writes are compressed at idle priority too.
-            let low = writer
-                .as_mut()
-                .is_some_and(|w| w.now() == WriterState::Writing);
+            let low = self.writer_writing();
             for j in self.dedup(&mut build, &block, &hashes) {
                 let key = self.key.clone();
                 let job = move || {
