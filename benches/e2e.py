@@ -334,8 +334,8 @@ class Bench(SandboxBench):
         else:
             d = self.daemons[name]
             pid = d.proc.pid
-            store_dir = os.path.join(self.work, "store")
-            seen = files_under(store_dir) if name == "file" else {}
+            store_dir = d.store[len("file://"):] if d.store.startswith("file://") else None
+            seen = files_under(store_dir) if store_dir else {}
             ph0, cpu0 = d.phases(), proc_cpu(pid)
             reset_hwm(pid)
             t0 = time.monotonic()
@@ -357,7 +357,7 @@ class Bench(SandboxBench):
                 capture_output=True, check=True).stdout)
             row["image_bytes"] = m["logical_bytes"]
             row["uploaded_bytes"] = m["uploaded_bytes"]
-            if name == "file":
+            if store_dir:
                 # object_store's local backend does not fsync; what it would cost to make
                 # the new objects durable, measured separately (not in ckpt).
                 now = files_under(store_dir)
@@ -417,6 +417,11 @@ class Bench(SandboxBench):
             self.daemons["s3"] = Daemon(podsnapd, self.work, "s3", "s3://e2e/snaps",
                                         self.root, env)
             cases.append("s3")
+        if self.a.nocache:
+            self.daemons["nocache"] = Daemon(podsnapd, self.work, "nocache",
+                                             f"file://{self.work}/store-nocache", self.root,
+                                             args=("--cache-max-bytes", "0"))
+            cases.append("nocache")
         for rnd in range(1, self.a.rounds + 1):
             order = cases if rnd % 2 else list(reversed(cases))
             for name in order:
@@ -435,7 +440,8 @@ def report(rows, meta):
     by = {}
     for r in rows:
         by.setdefault(r["case"], []).append(r)
-    label = {"raw": "raw runsc", "file": "podsnap, file:// store", "s3": "podsnap, S3 (moto)"}
+    label = {"raw": "raw runsc", "file": "podsnap, file:// store", "s3": "podsnap, S3 (moto)",
+             "nocache": "podsnap, file:// store, no page cache"}
     out = []
     p = out.append
     mib, rounds = meta["mib"], meta["rounds"]
@@ -463,7 +469,7 @@ def report(rows, meta):
     p("|---|---:|---:|---:|---:|---:|---:|")
     raw = by.get("raw", [])
     rc, rr = med([r["ckpt"] for r in raw]), med([r["restore"] for r in raw])
-    for name in ("raw", "file", "s3"):
+    for name in ("raw", "file", "s3", "nocache"):
         rs = by.get(name)
         if not rs:
             continue
@@ -491,7 +497,7 @@ def report(rows, meta):
         p(f"| raw | {med([r['ckpt_cmd'] for r in raw]):.2f} | "
           f"{med([r['ckpt_sync'] for r in raw]):.2f} (fsync) | - | - | - | "
           f"{med([r['restore_cmd'] for r in raw]):.2f} | - | - |")
-    for name in ("file", "s3"):
+    for name in ("file", "s3", "nocache"):
         rs = by.get(name)
         if not rs:
             continue
@@ -514,7 +520,7 @@ def report(rows, meta):
     p("## Targets\n")
     p("| target | measured | met? |")
     p("|---|---|---|")
-    for name in ("file", "s3"):
+    for name in ("file", "s3", "nocache"):
         rs = by.get(name)
         if not rs or not raw:
             continue
@@ -548,7 +554,8 @@ def describe(a, elapsed):
     dirty = sh(f"git -C {HERE} status --porcelain --untracked-files=no -- ../crates ../benches "
                "':!../benches/results'")
     return {
-        "mib": a.mib, "rounds": a.rounds, "s3": int(a.s3), "elapsed": elapsed,
+        "mib": a.mib, "rounds": a.rounds, "s3": int(a.s3), "nocache": int(a.nocache),
+        "elapsed": elapsed,
         "command": f"{env} make bench-e2e",
         "source": sh(f"git -C {HERE} rev-parse --short HEAD")
         + (" with uncommitted changes" if dirty else ""),
@@ -568,6 +575,8 @@ def main():
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--s3", type=int, default=0)
+    ap.add_argument("--nocache", type=int, default=0,
+                    help="1 adds podsnapd with its node page cache off (--cache-max-bytes 0)")
     ap.add_argument("--results", default=os.path.join(HERE, "results", "e2e-latest.md"))
     ap.add_argument("--report-from", metavar="JSON",
                     help="only render the report of an earlier run's .json")

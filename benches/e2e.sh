@@ -6,6 +6,7 @@
 #   BENCH_E2E_MIB      sandbox memory in MiB (default 1024; 128 for a quick run)
 #   BENCH_E2E_ROUNDS   rounds, each checkpointing and restoring every case once (default 3)
 #   BENCH_E2E_S3       1 adds podsnapd against S3 (moto) as a third case (default 0)
+#   BENCH_E2E_NOCACHE  1 adds podsnapd with its node page cache off, file:// store (default 0)
 #   BENCH_E2E_RESULTS  report (default benches/results/e2e-latest.md, plus a .json of the rows)
 #   BENCH_DIR          scratch directory (default: a new /tmp/podsnap-e2e.XXXXXX, removed after)
 #   BENCH_KEEP=1       keep the scratch directory
@@ -35,4 +36,5 @@ trap cleanup EXIT
 echo "== load before the run: $(uptime)" >&2
 python3 "$here/e2e.py" --bin "$tdir/release" --dir "$D" \
   --mib "${BENCH_E2E_MIB:-1024}" --rounds "${BENCH_E2E_ROUNDS:-3}" --s3 "${BENCH_E2E_S3:-0}" \
+  --nocache "${BENCH_E2E_NOCACHE:-0}" \
   --results "${BENCH_E2E_RESULTS:-$here/results/e2e-latest.md}"

@@ -6,6 +6,8 @@
 //! ```text
 //! <dir>/lock                 flock'ed by the one process using the cache
 //! <dir>/segments/<id>.seg    one segment per write (the verified pages of one ranged GET)
+//! <dir>/segments/<id>.ext    a linked segment's table: pages of <id>.dat, by offset
+//! <dir>/segments/<id>.dat    a hard link to a file that a pull wrote and verified
 //! <dir>/segments/.tmp-*      a segment being written (removed at open)
 //! ```
 //!
@@ -17,8 +19,19 @@
 //! the pages' bytes, concatenated in the same order
 //! ```
 //!
+//! A linked segment ([`PageCache::adopt`]) costs no copy: a pull that downloaded most of a
+//! file hard-links the finished file into the cache and writes only its table, integers
+//! little-endian:
+//!
+//! ```text
+//! magic "PSNPCEX1" | n_pages u32 | reserved u32 (=0)
+//! n_pages x { sha256 [u8; 32], len u32, offset u64 }   the page's place in <id>.dat
+//! ```
+//!
 //! Segments are written to a temp name and renamed, never modified, and never fsynced: a
-//! segment torn by a power loss is detected like any other corruption.
+//! segment torn by a power loss is detected like any other corruption. A linked segment's
+//! data file shares its inode with the pulled file; nothing writes to either after the pull,
+//! and a change by anyone else is caught by the digest check like any other corruption.
 //!
 //! # Trust
 //!
@@ -29,7 +42,8 @@
 //!
 //! # Bound and eviction
 //!
-//! The bytes of all segment files are kept at or below `max_bytes`: after every write the
+//! The bytes of all segment files (for a linked segment's data file, its allocated blocks) are
+//! kept at or below `max_bytes`: after every write the
 //! least recently used segments (a read hit or a write uses a segment) are deleted until the
 //! total fits. Use order survives restarts through the segments' mtimes, which a use updates.
 //!
@@ -60,6 +74,10 @@ const HEADER_LEN: usize = 16;
 const ENTRY_LEN: usize = 36;
 /// Pages per segment at most (a request's pages are split into several segments beyond it).
 const MAX_SEGMENT_PAGES: usize = 4096;
+const EXT_MAGIC: &[u8; 8] = b"PSNPCEX1";
+const EXT_ENTRY_LEN: usize = 44;
+/// Pages of one linked segment at most (64 GiB of pages).
+const MAX_LINKED_PAGES: usize = 1 << 24;
 
 /// What the cache did, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,11 +145,11 @@ struct CacheInner {
     _lock: File,
 }
 
-/// Where a page is: segment, byte offset in it, length.
+/// Where a page is: segment, byte offset in its data file, length.
 #[derive(Clone, Copy, Debug)]
 struct Loc {
     seg: u64,
-    offset: u32,
+    offset: u64,
     len: u16,
 }
 
@@ -139,6 +157,8 @@ struct Segment {
     bytes: u64,
     used: u64,
     digests: Vec<[u8; 32]>,
+    /// A linked segment: table in `<id>.ext`, pages in `<id>.dat`.
+    linked: bool,
 }
 
 #[derive(Default)]
@@ -174,6 +194,56 @@ impl State {
 
 fn seg_name(id: u64) -> String {
     format!("{id:016x}.seg")
+}
+
+/// Bytes a linked segment's data file takes on disk: its allocated blocks (holes are free),
+/// and never less than the pages it serves.
+fn allocated(md: &std::fs::Metadata, pages: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    (md.blocks() * 512).max(pages)
+}
+
+/// Parses a linked segment's table: (digest, len, offset) of every page, each checked to lie
+/// inside the data file of `data_len` bytes.
+fn parse_linked(
+    file: &File,
+    size: u64,
+    data_len: u64,
+) -> Result<Vec<([u8; 32], u16, u64)>, String> {
+    let mut head = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| format!("header: {e}"))?;
+    if &head[..8] != EXT_MAGIC {
+        return Err("bad magic".into());
+    }
+    let n = u32::from_le_bytes(head[8..12].try_into().expect("4")) as usize;
+    if n == 0 || n > MAX_LINKED_PAGES || head[12..16] != [0; 4] {
+        return Err(format!("bad page count {n}"));
+    }
+    let table_len = n * EXT_ENTRY_LEN;
+    if (HEADER_LEN + table_len) as u64 != size {
+        return Err("size does not match the table".into());
+    }
+    let mut table = vec![0u8; table_len];
+    file.read_exact_at(&mut table, HEADER_LEN as u64)
+        .map_err(|e| format!("table: {e}"))?;
+    let mut out = Vec::with_capacity(n);
+    for e in table.chunks_exact(EXT_ENTRY_LEN) {
+        let d: [u8; 32] = e[..32].try_into().expect("32");
+        let len = u32::from_le_bytes(e[32..36].try_into().expect("4"));
+        let offset = u64::from_le_bytes(e[36..44].try_into().expect("8"));
+        if len == 0 || len as usize > PAGE_SIZE {
+            return Err(format!("bad page length {len}"));
+        }
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > data_len)
+        {
+            return Err(format!("page at {offset} lies outside the data file"));
+        }
+        out.push((d, len as u16, offset));
+    }
+    Ok(out)
 }
 
 /// Parses a segment header: the digests and lengths, checked against the file's size.
@@ -243,35 +313,57 @@ impl PageCache {
                 ));
             }
         }
-        // (mtime, id, size, pages) of every segment that parses.
-        type Found = (SystemTime, u64, u64, Vec<([u8; 32], u16)>);
+        // (mtime, id, bytes on disk, pages as (digest, len, offset), linked) of every
+        // segment that parses.
+        type Found = (SystemTime, u64, u64, Vec<([u8; 32], u16, u64)>, bool);
         let mut found: Vec<Found> = Vec::new();
+        let mut data_files: Vec<(u64, PathBuf)> = Vec::new();
         let mut max_id = 0u64;
         let rd = std::fs::read_dir(&segdir).map_err(|e| StoreError::io("read", &segdir, e))?;
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
-            let id = name
-                .strip_suffix(".seg")
-                .filter(|h| h.len() == 16)
-                .and_then(|h| u64::from_str_radix(h, 16).ok());
-            let Some(id) = id else {
+            let parsed_name = name.split_once('.').and_then(|(h, ext)| {
+                let id = u64::from_str_radix(h, 16).ok().filter(|_| h.len() == 16)?;
+                matches!(ext, "seg" | "ext" | "dat").then_some((id, ext))
+            });
+            let Some((id, ext)) = parsed_name else {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
             max_id = max_id.max(id);
+            if ext == "dat" {
+                data_files.push((id, path));
+                continue;
+            }
+            let linked = ext == "ext";
             let parsed = File::open(&path)
                 .and_then(|f| Ok((f.metadata()?, f)))
-                .map(|(md, f)| {
-                    (
-                        md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        md.len(),
-                        parse_header(&f, md.len()),
-                    )
+                .and_then(|(md, f)| {
+                    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    if !linked {
+                        let pages = parse_header(&f, md.len()).map(|pages| {
+                            let mut offset = (HEADER_LEN + pages.len() * ENTRY_LEN) as u64;
+                            pages
+                                .into_iter()
+                                .map(|(d, len)| {
+                                    offset += len as u64;
+                                    (d, len, offset - len as u64)
+                                })
+                                .collect::<Vec<_>>()
+                        });
+                        return Ok((mtime, pages.map(|p| (md.len(), p))));
+                    }
+                    let data = std::fs::metadata(segdir.join(format!("{id:016x}.dat")))?;
+                    let pages = parse_linked(&f, md.len(), data.len()).map(|pages| {
+                        let served = pages.iter().map(|p| p.1 as u64).sum();
+                        (md.len() + allocated(&data, served), pages)
+                    });
+                    Ok((mtime, pages))
                 });
             match parsed {
-                Ok((mtime, size, Ok(pages))) => found.push((mtime, id, size, pages)),
-                Ok((_, _, Err(reason))) => {
+                Ok((mtime, Ok((bytes, pages)))) => found.push((mtime, id, bytes, pages, linked)),
+                Ok((_, Err(reason))) => {
                     tracing::warn!(segment = %path.display(), %reason, "removing a damaged page cache segment");
                     let _ = std::fs::remove_file(&path);
                 }
@@ -281,17 +373,21 @@ impl PageCache {
                 }
             }
         }
-        found.sort_by_key(|(mtime, id, _, _)| (*mtime, *id));
+        // Data files whose table is gone or damaged (a crash between link and rename).
+        for (id, path) in data_files {
+            if !found.iter().any(|f| f.1 == id && f.4) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        found.sort_by_key(|(mtime, id, ..)| (*mtime, *id));
         let mut st = State {
             next_seg: max_id + 1,
             ..Default::default()
         };
-        for (mtime, id, size, pages) in found {
-            let _ = mtime;
+        for (_, id, bytes, pages, linked) in found {
             st.tick += 1;
-            let mut offset = (HEADER_LEN + pages.len() * ENTRY_LEN) as u32;
             let mut digests = Vec::with_capacity(pages.len());
-            for (d, len) in pages {
+            for (d, len, offset) in pages {
                 st.index.insert(
                     d,
                     Loc {
@@ -300,16 +396,16 @@ impl PageCache {
                         len,
                     },
                 );
-                offset += len as u32;
                 digests.push(d);
             }
-            st.bytes += size;
+            st.bytes += bytes;
             st.segments.insert(
                 id,
                 Segment {
-                    bytes: size,
+                    bytes,
                     used: st.tick,
                     digests,
+                    linked,
                 },
             );
         }
@@ -369,23 +465,22 @@ impl PageCache {
 
     /// Marks the segments holding `digests` as used now (a prefetch that found them).
     pub fn touch<'a>(&self, digests: impl IntoIterator<Item = &'a [u8; 32]>) {
-        let mut segs = HashSet::new();
+        let mut segs = HashMap::new();
         {
             let mut st = self.inner.lock();
             st.tick += 1;
             let tick = st.tick;
             for d in digests {
                 if let Some(l) = st.index.get(d).copied() {
-                    if segs.insert(l.seg) {
-                        if let Some(s) = st.segments.get_mut(&l.seg) {
-                            s.used = tick;
-                        }
+                    if let Some(s) = st.segments.get_mut(&l.seg) {
+                        s.used = tick;
+                        segs.insert(l.seg, s.linked);
                     }
                 }
             }
         }
-        for id in segs {
-            self.inner.touch_file(id);
+        for (id, linked) in segs {
+            self.inner.touch_file(id, linked);
         }
     }
 
@@ -456,7 +551,7 @@ impl PageCache {
         let evicted = match written {
             Ok(size) => {
                 st.tick += 1;
-                let mut offset = (HEADER_LEN + mine.len() * ENTRY_LEN) as u32;
+                let mut offset = (HEADER_LEN + mine.len() * ENTRY_LEN) as u64;
                 let mut digests = Vec::with_capacity(mine.len());
                 for &i in &mine {
                     let (d, b) = pages[i];
@@ -468,7 +563,7 @@ impl PageCache {
                             len: b.len() as u16,
                         },
                     );
-                    offset += b.len() as u32;
+                    offset += b.len() as u64;
                     digests.push(d);
                 }
                 st.bytes += size;
@@ -479,15 +574,13 @@ impl PageCache {
                         bytes: size,
                         used,
                         digests,
+                        linked: false,
                     },
                 );
                 inner.evict_over_bound(&mut st, id)
             }
             Err(e) => {
-                inner.write_failures.fetch_add(1, Ordering::Relaxed);
-                inner.emit(CacheEvent::WriteFailed);
-                tracing::warn!(dir = %inner.dir.display(), error = %e,
-                    "cannot write to the page cache; the restore goes on without it");
+                inner.write_failed(&e);
                 Vec::new()
             }
         };
@@ -495,6 +588,117 @@ impl PageCache {
         drop(st);
         inner.removed(evicted);
         inner.emit(CacheEvent::Bytes(bytes));
+    }
+
+    /// Takes the verified file at `path` into the cache without copying it: hard-links it
+    /// as a linked segment and indexes those of `pages` (sha256, byte offset in the file,
+    /// length) that the cache does not hold yet. For a pull that downloaded most of a file:
+    /// the file's pages cost the cache one link and a table instead of a second write.
+    /// Nothing may write to the file afterwards (a change is caught like any corruption).
+    ///
+    /// Best effort like [`PageCache::insert`]: returns the pages indexed, 0 when there was
+    /// nothing new or the file does not fit the bound; an error (another filesystem, no
+    /// space for the table) is logged and counted, and the cache is unchanged.
+    pub fn adopt(&self, path: &Path, pages: &[([u8; 32], u64, u16)]) -> u64 {
+        let inner = &self.inner;
+        let md = match std::fs::metadata(path) {
+            Ok(md) => md,
+            Err(e) => {
+                inner.write_failed(&e);
+                return 0;
+            }
+        };
+        let (id, mine) = {
+            let mut st = inner.lock();
+            let mut seen = HashSet::new();
+            let mine: Vec<usize> = pages
+                .iter()
+                .enumerate()
+                .filter(|(_, (d, off, len))| {
+                    *len > 0
+                        && *len as usize <= PAGE_SIZE
+                        && off + *len as u64 <= md.len()
+                        && !st.index.contains_key(d)
+                        && !st.reserved.contains(d)
+                        && seen.insert(*d)
+                })
+                .map(|(i, _)| i)
+                .take(MAX_LINKED_PAGES)
+                .collect();
+            if mine.is_empty() {
+                return 0;
+            }
+            let served: u64 = mine.iter().map(|&i| pages[i].2 as u64).sum();
+            let size = (HEADER_LEN + mine.len() * EXT_ENTRY_LEN) as u64 + allocated(&md, served);
+            if size > inner.max_bytes {
+                return 0;
+            }
+            for &i in &mine {
+                st.reserved.insert(pages[i].0);
+            }
+            let id = st.next_seg;
+            st.next_seg += 1;
+            (id, mine)
+        };
+        let written = inner.write_linked(id, path, pages, &mine);
+        let mut st = inner.lock();
+        for &i in &mine {
+            st.reserved.remove(&pages[i].0);
+        }
+        inner.released.notify_all();
+        let (evicted, indexed) = match written {
+            Ok(size) => {
+                st.tick += 1;
+                let mut digests = Vec::with_capacity(mine.len());
+                for &i in &mine {
+                    let (d, offset, len) = pages[i];
+                    st.index.insert(
+                        d,
+                        Loc {
+                            seg: id,
+                            offset,
+                            len,
+                        },
+                    );
+                    digests.push(d);
+                }
+                st.bytes += size;
+                let used = st.tick;
+                st.segments.insert(
+                    id,
+                    Segment {
+                        bytes: size,
+                        used,
+                        digests,
+                        linked: true,
+                    },
+                );
+                (inner.evict_over_bound(&mut st, id), mine.len() as u64)
+            }
+            Err(e) => {
+                drop(st);
+                inner.write_failed(&e);
+                return 0;
+            }
+        };
+        let bytes = st.bytes;
+        drop(st);
+        inner.removed(evicted);
+        inner.emit(CacheEvent::Bytes(bytes));
+        indexed
+    }
+
+    /// Whether files written under `dir` can be adopted by this cache (same filesystem, so
+    /// that a hard link works).
+    pub fn can_adopt_from(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (
+            std::fs::metadata(dir),
+            std::fs::metadata(self.inner.dir.join("segments")),
+        ) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev(),
+            _ => false,
+        }
     }
 
     /// Counts pages a pull had to download.
@@ -517,8 +721,83 @@ impl CacheInner {
         }
     }
 
+    fn write_failed(&self, e: &std::io::Error) {
+        self.write_failures.fetch_add(1, Ordering::Relaxed);
+        self.emit(CacheEvent::WriteFailed);
+        tracing::warn!(dir = %self.dir.display(), error = %e,
+            "cannot write to the page cache; the restore goes on without it");
+    }
+
     fn seg_path(&self, id: u64) -> PathBuf {
         self.dir.join("segments").join(seg_name(id))
+    }
+
+    /// The file a segment's use is recorded on (its mtime): the segment, or a linked
+    /// segment's table (never its data file, which is also the pulled file).
+    fn used_path(&self, id: u64, linked: bool) -> PathBuf {
+        if linked {
+            self.dir.join("segments").join(format!("{id:016x}.ext"))
+        } else {
+            self.seg_path(id)
+        }
+    }
+
+    /// The file a segment's pages are read from.
+    fn data_path(&self, id: u64, linked: bool) -> PathBuf {
+        if linked {
+            self.dir.join("segments").join(format!("{id:016x}.dat"))
+        } else {
+            self.seg_path(id)
+        }
+    }
+
+    /// Deletes every file segment `id` may have.
+    fn delete_files(&self, id: u64) {
+        let _ = std::fs::remove_file(self.seg_path(id));
+        let _ = std::fs::remove_file(self.used_path(id, true));
+        let _ = std::fs::remove_file(self.data_path(id, true));
+    }
+
+    /// Links `path` as segment `id`'s data and writes its table for `pages[mine]`; returns
+    /// the bytes the segment takes. On failure nothing of it is left.
+    fn write_linked(
+        &self,
+        id: u64,
+        path: &Path,
+        pages: &[([u8; 32], u64, u16)],
+        mine: &[usize],
+    ) -> std::io::Result<u64> {
+        let mut buf = Vec::with_capacity(HEADER_LEN + mine.len() * EXT_ENTRY_LEN);
+        buf.extend_from_slice(EXT_MAGIC);
+        buf.extend_from_slice(&(mine.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&[0; 4]);
+        for &i in mine {
+            let (d, offset, len) = pages[i];
+            buf.extend_from_slice(&d);
+            buf.extend_from_slice(&(len as u32).to_le_bytes());
+            buf.extend_from_slice(&offset.to_le_bytes());
+        }
+        let data = self.data_path(id, true);
+        let tmp = self
+            .dir
+            .join("segments")
+            .join(format!(".tmp-{id:016x}-{:08x}", rand::random::<u32>()));
+        let res = std::fs::hard_link(path, &data)
+            .and_then(|_| File::create(&tmp))
+            .and_then(|mut f| f.write_all(&buf))
+            .and_then(|_| std::fs::rename(&tmp, self.used_path(id, true)))
+            .and_then(|_| std::fs::metadata(&data));
+        match res {
+            Ok(md) => {
+                let served = mine.iter().map(|&i| pages[i].2 as u64).sum();
+                Ok(buf.len() as u64 + allocated(&md, served))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&data);
+                Err(e)
+            }
+        }
     }
 
     fn write_segment(
@@ -570,7 +849,7 @@ impl CacheInner {
             return;
         }
         for id in &ids {
-            let _ = std::fs::remove_file(self.seg_path(*id));
+            self.delete_files(*id);
         }
         self.evictions
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
@@ -585,14 +864,17 @@ impl CacheInner {
         if removed {
             tracing::warn!(segment = %self.seg_path(id).display(),
                 "a page cache segment failed verification; removed");
-            let _ = std::fs::remove_file(self.seg_path(id));
+            self.delete_files(id);
             let bytes = self.lock().bytes;
             self.emit(CacheEvent::Bytes(bytes));
         }
     }
 
-    fn touch_file(&self, id: u64) {
-        if let Ok(f) = File::options().append(true).open(self.seg_path(id)) {
+    fn touch_file(&self, id: u64, linked: bool) {
+        if let Ok(f) = File::options()
+            .append(true)
+            .open(self.used_path(id, linked))
+        {
             let _ = f.set_modified(SystemTime::now());
         }
     }
@@ -610,26 +892,27 @@ impl CacheReader<'_> {
     /// not verify also drops its segment.
     pub fn read_into(&mut self, digest: &[u8; 32], len: usize, out: &mut Vec<u8>) -> bool {
         let inner = &self.cache.inner;
-        let loc = {
+        let (loc, linked) = {
             let mut st = inner.lock();
             let Some(loc) = st.index.get(digest).copied() else {
                 return false;
             };
             st.tick += 1;
             let tick = st.tick;
-            if let Some(s) = st.segments.get_mut(&loc.seg) {
-                s.used = tick;
-            }
-            loc
+            let Some(s) = st.segments.get_mut(&loc.seg) else {
+                return false;
+            };
+            s.used = tick;
+            (loc, s.linked)
         };
         if loc.len as usize != len {
             self.corrupt(loc.seg);
             return false;
         }
         let file = self.files.entry(loc.seg).or_insert_with(|| {
-            let f = File::open(inner.seg_path(loc.seg)).ok();
+            let f = File::open(inner.data_path(loc.seg, linked)).ok();
             if f.is_some() {
-                inner.touch_file(loc.seg);
+                inner.touch_file(loc.seg, linked);
             }
             f
         });
@@ -638,9 +921,7 @@ impl CacheReader<'_> {
         };
         let start = out.len();
         out.resize(start + len, 0);
-        let ok = file
-            .read_exact_at(&mut out[start..], loc.offset as u64)
-            .is_ok()
+        let ok = file.read_exact_at(&mut out[start..], loc.offset).is_ok()
             && chunk::sha256(&out[start..]) == *digest;
         if !ok {
             out.truncate(start);
@@ -797,6 +1078,143 @@ mod tests {
         // New segments never reuse an id of the torn one.
         put(&c, &[5]);
         assert!(segs.join(format!("{:016x}.seg", 0x78)).exists());
+    }
+
+    /// Writes pages `seeds` to `path` at page slots `slots` (the gaps stay holes) and
+    /// returns what `adopt` takes for them.
+    fn pulled_file(path: &Path, seeds: &[u32], slots: &[u64]) -> Vec<([u8; 32], u64, u16)> {
+        let f = File::create(path).unwrap();
+        seeds
+            .iter()
+            .zip(slots)
+            .map(|(s, slot)| {
+                let p = page(*s);
+                f.write_all_at(&p, slot * PAGE_SIZE as u64).unwrap();
+                (chunk::sha256(&p), slot * PAGE_SIZE as u64, p.len() as u16)
+            })
+            .collect()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("segments"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_adopted_file_is_linked_not_copied_and_outlives_its_name_and_a_restart() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pulled = dir.path().join("pages.img");
+        let pages = pulled_file(&pulled, &[1, 2, 3], &[0, 5, 9]);
+        let c = PageCache::open(&dir.path().join("cache"), 1 << 30, None).unwrap();
+        assert!(c.can_adopt_from(dir.path()));
+        put(&c, &[2]);
+        // Page 2 is cached already: only 1 and 3 are indexed from the file.
+        assert_eq!(c.adopt(&pulled, &pages), 2);
+        let st = c.stats();
+        assert_eq!((st.pages, st.segments), (3, 2), "{st:?}");
+        let names = names(&dir.path().join("cache"));
+        let dat = names
+            .iter()
+            .find(|n| n.ends_with(".dat"))
+            .expect("a data file");
+        assert!(names.iter().any(|n| n.ends_with(".ext")), "{names:?}");
+        let data = dir.path().join("cache/segments").join(dat);
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().ino(),
+            std::fs::metadata(&pulled).unwrap().ino(),
+            "the cache links the pulled file, it does not copy it"
+        );
+        // The pulled file's name goes (the restore's work dir is removed): still served.
+        std::fs::remove_file(&pulled).unwrap();
+        for s in [1, 2, 3] {
+            assert_eq!(get(&c, s), Some(page(s)), "page {s}");
+        }
+        // Adopting pages the cache holds adds nothing.
+        let again = dir.path().join("again.img");
+        let pages2 = pulled_file(&again, &[1, 3], &[0, 1]);
+        assert_eq!(c.adopt(&again, &pages2), 0);
+        drop(c);
+
+        // Leftovers of a crash between link and table: an orphan data file, and a table
+        // whose page lies past its data file's end.
+        let segs = dir.path().join("cache/segments");
+        std::fs::write(segs.join(format!("{:016x}.dat", 0x50)), b"orphan").unwrap();
+        std::fs::write(segs.join(format!("{:016x}.dat", 0x51)), b"short").unwrap();
+        let mut table = EXT_MAGIC.to_vec();
+        table.extend_from_slice(&1u32.to_le_bytes());
+        table.extend_from_slice(&[0; 4]);
+        table.extend_from_slice(&chunk::sha256(&page(7)));
+        table.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        table.extend_from_slice(&0u64.to_le_bytes());
+        std::fs::write(segs.join(format!("{:016x}.ext", 0x51)), &table).unwrap();
+
+        let c = PageCache::open(&dir.path().join("cache"), 1 << 30, None).unwrap();
+        for s in [1, 2, 3] {
+            assert_eq!(get(&c, s), Some(page(s)), "page {s} after a restart");
+        }
+        assert_eq!(c.stats().segments, 2);
+        let after = super::tests::names(&dir.path().join("cache"));
+        assert_eq!(after.len(), 3, "one .seg, one .ext and its .dat: {after:?}");
+        // A file on another filesystem cannot be linked: adopting it is a counted failure
+        // that changes nothing.
+        if !c.can_adopt_from(Path::new("/dev/shm")) {
+            let other = Path::new("/dev/shm").join(format!("podsnap-adopt-{}", std::process::id()));
+            let p = pulled_file(&other, &[8], &[0]);
+            assert_eq!(c.adopt(&other, &p), 0);
+            let _ = std::fs::remove_file(&other);
+            assert_eq!(c.stats().write_failures, 1);
+            assert_eq!(super::tests::names(&dir.path().join("cache")), after);
+        }
+    }
+
+    #[test]
+    fn a_changed_adopted_file_is_a_miss_and_eviction_removes_both_of_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pulled = dir.path().join("pages.img");
+        let pages = pulled_file(&pulled, &[1, 2], &[0, 1]);
+        // Room for the linked segment (two pages and a table) and one one-page segment.
+        let linked = (HEADER_LEN + 2 * EXT_ENTRY_LEN + 2 * PAGE_SIZE) as u64;
+        let c = PageCache::open(&dir.path().join("cache"), linked + seg_size(1), None).unwrap();
+        assert_eq!(c.adopt(&pulled, &pages), 2);
+        put(&c, &[3]);
+        // Someone writes to the pulled file (the same inode): never served, segment dropped.
+        let f = File::options().write(true).open(&pulled).unwrap();
+        f.write_all_at(b"tampered", 100).unwrap();
+        assert_eq!(get(&c, 1), None);
+        assert_eq!(c.stats().corrupt, 1);
+        assert_eq!(
+            names(&dir.path().join("cache")).len(),
+            1,
+            "only the .seg is left"
+        );
+        assert_eq!(get(&c, 3), Some(page(3)));
+
+        // LRU eviction of a linked segment deletes its table and its link.
+        let pulled2 = dir.path().join("pages2.img");
+        let pages2 = pulled_file(&pulled2, &[4, 5], &[0, 1]);
+        assert_eq!(c.adopt(&pulled2, &pages2), 2);
+        assert_eq!(get(&c, 4), Some(page(4)));
+        put(&c, &[6]); // evicts the least recently used: the .seg of page 3
+        assert_eq!(get(&c, 3), None);
+        put(&c, &[7]); // now the linked segment is the oldest use
+        assert_eq!(get(&c, 4), None);
+        assert_eq!(get(&c, 7), Some(page(7)));
+        let left = names(&dir.path().join("cache"));
+        assert!(left.iter().all(|n| n.ends_with(".seg")), "{left:?}");
+        // A file larger than the whole bound is not adopted.
+        let big = dir.path().join("big.img");
+        let pages3 = pulled_file(&big, &[10, 11, 12, 13], &[0, 1, 2, 3]);
+        assert_eq!(c.adopt(&big, &pages3), 0);
+        assert!(
+            std::fs::metadata(&pulled2).is_ok(),
+            "the pulled file itself stays"
+        );
     }
 
     #[test]

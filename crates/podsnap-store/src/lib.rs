@@ -51,6 +51,7 @@ mod backend;
 pub mod cache;
 pub mod chunk;
 pub mod crypto;
+mod direct;
 mod error;
 mod id;
 pub mod index;

@@ -181,13 +181,36 @@ impl Store {
         // Encrypted snapshots bypass the cache: their plaintext would outlive the restore.
         let cache = self.inner.cache.clone().filter(|_| seal.is_none());
         let mut by_blob = blob_targets(&files);
+        // Where the downloaded pages go in the cache: a pull that downloads most of the
+        // image hard-links its finished files into the cache (no second write of every
+        // page); one that downloads little copies those pages into segments as it goes.
+        let mut adopt: Option<Vec<(PathBuf, Vec<CachePage>)>> = None;
         if let Some(c) = &cache {
+            let total: u64 = by_blob.values().flatten().map(|t| t.pages as u64).sum();
             by_blob = fill_from_cache(c, &files, by_blob, opts, progress, &mut report).await?;
-            c.record_misses(by_blob.values().flatten().map(|t| t.pages as u64).sum());
+            let missing: u64 = by_blob.values().flatten().map(|t| t.pages as u64).sum();
+            c.record_misses(missing);
+            if missing > 0 && missing * 2 >= total && c.can_adopt_from(tmp.path()) {
+                adopt = Some(
+                    files
+                        .iter()
+                        .map(|pf| (pf.dest.clone(), file_pages(pf)))
+                        .collect(),
+                );
+            }
         }
+        let fill_cache = if adopt.is_some() { None } else { cache.clone() };
         let requests = plan_requests(by_blob);
         self.inner
-            .fetch_and_fill(&files, requests, seal, opts, progress, &mut report, cache)
+            .fetch_and_fill(
+                &files,
+                requests,
+                seal,
+                opts,
+                progress,
+                &mut report,
+                fill_cache,
+            )
             .await?;
 
         progress.event(ProgressEvent::Committing);
@@ -203,6 +226,17 @@ impl Store {
             });
         }
         dest.rename_from(&mut tmp, opts)?;
+        if let (Some(c), Some(adopt)) = (cache, adopt) {
+            let pages = tokio::task::spawn_blocking(move || {
+                adopt
+                    .iter()
+                    .map(|(path, pages)| c.adopt(path, pages))
+                    .sum::<u64>()
+            })
+            .await
+            .map_err(StoreError::Task)?;
+            tracing::debug!(pages, "pulled files linked into the page cache");
+        }
         tracing::info!(
             bytes_downloaded = report.bytes_downloaded,
             bytes_written = report.bytes_written,
@@ -291,6 +325,31 @@ impl Store {
         );
         Ok(report)
     }
+}
+
+/// A page of a pulled file for [`PageCache::adopt`]: sha256, byte offset, length.
+type CachePage = ([u8; 32], u64, u16);
+
+/// Every non-zero page of a file, with its digest and place.
+fn file_pages(pf: &PullFile) -> Vec<CachePage> {
+    let idx = &pf.index;
+    let mut out = Vec::with_capacity(idx.digests.len());
+    let mut page = 0u64;
+    let mut digest = 0usize;
+    for e in &idx.extents {
+        if !e.is_zero() {
+            for p in 0..e.pages as u64 {
+                out.push((
+                    idx.digests[digest],
+                    (page + p) * PAGE_SIZE as u64,
+                    page_len(idx.file_size, page + p) as u16,
+                ));
+                digest += 1;
+            }
+        }
+        page += e.pages as u64;
+    }
+    out
 }
 
 /// The digests of a target's pages, from its file's index.

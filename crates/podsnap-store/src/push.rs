@@ -600,14 +600,23 @@ impl<'a> Pipeline<'a> {
             let _permit = permit;
             let key = pack_key(&name);
             let len = buf.len() as u64;
+            // On a file:// store, on disk before the manifest can name it (its directory is
+            // synced once, before the commit), written around the page cache.
+            if let Some(file) = inner.local_file(&key) {
+                tokio::task::spawn_blocking(move || {
+                    crate::direct::write_durable(&file, &buf)
+                        .map_err(|e| StoreError::io("write", &file, e))
+                })
+                .await
+                .map_err(StoreError::Task)??;
+                return Ok(len);
+            }
             let path = inner.path(&key);
             let payload = PutPayload::from(buf);
             inner
                 .retry("write", &key, || inner.os.put(&path, payload.clone()))
                 .await
                 .map_err(|e| inner.err("write", &key, e))?;
-            // On a file:// store, on disk before the manifest can name it (its directory is
-            // synced once, before the commit).
             inner.sync_object(&key).await?;
             Ok(len)
         });

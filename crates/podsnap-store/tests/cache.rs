@@ -76,6 +76,28 @@ async fn a_child_after_its_parent_downloads_what_changed_and_a_corrupted_cache_i
     assert_eq!(r1.bytes_from_cache, 0);
     assert!(r1.bytes_downloaded >= IMAGE as u64, "{r1:?}");
     same(&work.path().join("a"), &work.path().join("r1"));
+    // Downloaded in full, on the cache's filesystem: the pulled files were linked into the
+    // cache (a linked segment per file), not written a second time.
+    let segs = work.path().join("cache/segments");
+    let count = |ext: &str| {
+        std::fs::read_dir(&segs)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(ext))
+            .count()
+    };
+    assert_eq!((count(".dat"), count(".seg")), (2, 0));
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let pulled = ino(&work.path().join("r1/pages.img"));
+    assert!(
+        std::fs::read_dir(&segs)
+            .unwrap()
+            .flatten()
+            .any(|e| ino(&e.path()) == pulled),
+        "pages.img is not linked into the cache"
+    );
+    // The restore is done with its image: the cache keeps the pages, not the name.
+    std::fs::remove_dir_all(work.path().join("r1")).unwrap();
 
     let r2 = store
         .pull(&child, &work.path().join("r2"), &NoProgress)
@@ -97,6 +119,10 @@ async fn a_child_after_its_parent_downloads_what_changed_and_a_corrupted_cache_i
     assert!(r2.bytes_from_cache >= (IMAGE as u64) * 85 / 100, "{r2:?}");
     let hits = cache.stats().hits;
     assert!(hits > 0);
+    // The child downloaded little: those pages were copied into segments, and the child's
+    // image (mostly pages the cache had) was not linked.
+    assert_eq!(count(".dat"), 2);
+    assert!(count(".seg") > 0);
 
     // Corrupt every segment's data: the next pull is still exact, downloads instead.
     for e in std::fs::read_dir(work.path().join("cache/segments"))
