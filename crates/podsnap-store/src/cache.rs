@@ -196,6 +196,30 @@ fn seg_name(id: u64) -> String {
     format!("{id:016x}.seg")
 }
 
+/// A page of a file for [`PageCache::adopt`]: sha256, byte offset in the file, length.
+pub type CachePage = ([u8; 32], u64, u16);
+
+/// Every non-zero page a file index lists, with its digest and place in the file.
+pub(crate) fn index_pages(idx: &crate::index::FileIndex) -> Vec<CachePage> {
+    let mut out = Vec::with_capacity(idx.digests.len());
+    let mut page = 0u64;
+    let mut digest = 0usize;
+    for e in &idx.extents {
+        if !e.is_zero() {
+            for p in 0..e.pages as u64 {
+                out.push((
+                    idx.digests[digest],
+                    (page + p) * PAGE_SIZE as u64,
+                    crate::index::page_len(idx.file_size, page + p) as u16,
+                ));
+                digest += 1;
+            }
+        }
+        page += e.pages as u64;
+    }
+    out
+}
+
 /// Bytes a linked segment's data file takes on disk: its allocated blocks (holes are free),
 /// and never less than the pages it serves.
 fn allocated(md: &std::fs::Metadata, pages: u64) -> u64 {
@@ -590,16 +614,18 @@ impl PageCache {
         inner.emit(CacheEvent::Bytes(bytes));
     }
 
-    /// Takes the verified file at `path` into the cache without copying it: hard-links it
-    /// as a linked segment and indexes those of `pages` (sha256, byte offset in the file,
-    /// length) that the cache does not hold yet. For a pull that downloaded most of a file:
-    /// the file's pages cost the cache one link and a table instead of a second write.
-    /// Nothing may write to the file afterwards (a change is caught like any corruption).
+    /// Takes the file at `path`, whose `pages` (sha256, byte offset in the file, length)
+    /// were hashed from it, into the cache without copying it: hard-links it as a linked
+    /// segment and indexes the pages the cache does not hold yet. For a pull that downloaded
+    /// most of a file, or the image a checkpoint just pushed: the file's pages cost the
+    /// cache one link and a table instead of a second write. Nothing may write to the file
+    /// afterwards (a change is caught like any corruption).
     ///
-    /// Best effort like [`PageCache::insert`]: returns the pages indexed, 0 when there was
-    /// nothing new or the file does not fit the bound; an error (another filesystem, no
-    /// space for the table) is logged and counted, and the cache is unchanged.
-    pub fn adopt(&self, path: &Path, pages: &[([u8; 32], u64, u16)]) -> u64 {
+    /// Best effort like [`PageCache::insert`]: returns the pages indexed; 0 when fewer than
+    /// half of `pages` are new to the cache (linking would pin the whole file for a few
+    /// pages) or the file does not fit the bound. An error (another filesystem, no space for
+    /// the table) is logged and counted, and the cache is unchanged.
+    pub fn adopt(&self, path: &Path, pages: &[CachePage]) -> u64 {
         let inner = &self.inner;
         let md = match std::fs::metadata(path) {
             Ok(md) => md,
@@ -625,7 +651,7 @@ impl PageCache {
                 .map(|(i, _)| i)
                 .take(MAX_LINKED_PAGES)
                 .collect();
-            if mine.is_empty() {
+            if mine.is_empty() || mine.len() * 2 < pages.len() {
                 return 0;
             }
             let served: u64 = mine.iter().map(|&i| pages[i].2 as u64).sum();
@@ -764,7 +790,7 @@ impl CacheInner {
         &self,
         id: u64,
         path: &Path,
-        pages: &[([u8; 32], u64, u16)],
+        pages: &[CachePage],
         mine: &[usize],
     ) -> std::io::Result<u64> {
         let mut buf = Vec::with_capacity(HEADER_LEN + mine.len() * EXT_ENTRY_LEN);
@@ -891,42 +917,78 @@ impl CacheReader<'_> {
     /// it AND it verifies. Anything else is `false` with `out` unchanged; a page that does
     /// not verify also drops its segment.
     pub fn read_into(&mut self, digest: &[u8; 32], len: usize, out: &mut Vec<u8>) -> bool {
+        self.read_pages([(digest, len)], out)
+    }
+
+    /// Appends the pages `pages` (sha256, length), in order, to `out` if the cache holds
+    /// every one AND each verifies; otherwise `false` with `out` unchanged (a page that
+    /// does not verify also drops its segment). Pages that lie next to each other in one
+    /// segment (a linked file's, or one download's) are read with one `pread`.
+    pub fn read_pages<'d>(
+        &mut self,
+        pages: impl IntoIterator<Item = (&'d [u8; 32], usize)>,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let inner = &self.cache.inner;
-        let (loc, linked) = {
+        let mut want: Vec<(Loc, bool, &'d [u8; 32], usize)> = Vec::new();
+        {
             let mut st = inner.lock();
-            let Some(loc) = st.index.get(digest).copied() else {
-                return false;
-            };
             st.tick += 1;
             let tick = st.tick;
-            let Some(s) = st.segments.get_mut(&loc.seg) else {
-                return false;
-            };
-            s.used = tick;
-            (loc, s.linked)
-        };
-        if loc.len as usize != len {
+            for (digest, len) in pages {
+                let Some(loc) = st.index.get(digest).copied() else {
+                    return false;
+                };
+                let Some(s) = st.segments.get_mut(&loc.seg) else {
+                    return false;
+                };
+                s.used = tick;
+                want.push((loc, s.linked, digest, len));
+            }
+        }
+        if let Some((loc, ..)) = want.iter().find(|(l, _, _, len)| l.len as usize != *len) {
             self.corrupt(loc.seg);
             return false;
         }
-        let file = self.files.entry(loc.seg).or_insert_with(|| {
-            let f = File::open(inner.data_path(loc.seg, linked)).ok();
-            if f.is_some() {
-                inner.touch_file(loc.seg, linked);
-            }
-            f
-        });
-        let Some(file) = file else {
-            return false;
-        };
         let start = out.len();
-        out.resize(start + len, 0);
-        let ok = file.read_exact_at(&mut out[start..], loc.offset).is_ok()
-            && chunk::sha256(&out[start..]) == *digest;
-        if !ok {
-            out.truncate(start);
-            self.corrupt(loc.seg);
-            return false;
+        let mut i = 0;
+        while i < want.len() {
+            // A run: the same segment, each page right after the previous one.
+            let (first, linked, ..) = want[i];
+            let mut j = i + 1;
+            let mut end = first.offset + first.len as u64;
+            while j < want.len() && want[j].0.seg == first.seg && want[j].0.offset == end {
+                end += want[j].0.len as u64;
+                j += 1;
+            }
+            let file = self.files.entry(first.seg).or_insert_with(|| {
+                let f = File::open(inner.data_path(first.seg, linked)).ok();
+                if f.is_some() {
+                    inner.touch_file(first.seg, linked);
+                }
+                f
+            });
+            let Some(file) = file else {
+                out.truncate(start);
+                return false;
+            };
+            let at = out.len();
+            out.resize(at + (end - first.offset) as usize, 0);
+            let mut ok = file.read_exact_at(&mut out[at..], first.offset).is_ok();
+            let mut p = at;
+            for (_, _, digest, len) in &want[i..j] {
+                if !ok {
+                    break;
+                }
+                ok = chunk::sha256(&out[p..p + len]) == **digest;
+                p += len;
+            }
+            if !ok {
+                out.truncate(start);
+                self.corrupt(first.seg);
+                return false;
+            }
+            i = j;
         }
         true
     }
@@ -1082,7 +1144,7 @@ mod tests {
 
     /// Writes pages `seeds` to `path` at page slots `slots` (the gaps stay holes) and
     /// returns what `adopt` takes for them.
-    fn pulled_file(path: &Path, seeds: &[u32], slots: &[u64]) -> Vec<([u8; 32], u64, u16)> {
+    fn pulled_file(path: &Path, seeds: &[u32], slots: &[u64]) -> Vec<CachePage> {
         let f = File::create(path).unwrap();
         seeds
             .iter()
@@ -1215,6 +1277,52 @@ mod tests {
             std::fs::metadata(&pulled2).is_ok(),
             "the pulled file itself stays"
         );
+    }
+
+    #[test]
+    fn a_run_of_pages_is_read_whole_across_segments_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let pulled = dir.path().join("pages.img");
+        let pages = pulled_file(&pulled, &[1, 2, 3, 4], &[0, 1, 2, 3]);
+        let c = PageCache::open(&dir.path().join("cache"), 1 << 30, None).unwrap();
+        assert_eq!(c.adopt(&pulled, &pages), 4);
+        put(&c, &[5]);
+        let ask = |seeds: &[u32]| -> Vec<([u8; 32], usize)> {
+            seeds
+                .iter()
+                .map(|s| (chunk::sha256(&page(*s)), PAGE_SIZE))
+                .collect()
+        };
+        let read = |seeds: &[u32], out: &mut Vec<u8>| {
+            let want = ask(seeds);
+            c.reader()
+                .read_pages(want.iter().map(|(d, l)| (d, *l)), out)
+        };
+        // Pages 2..4 of the linked file, then page 5 of another segment, after what `out`
+        // already held.
+        let mut out = b"head".to_vec();
+        assert!(read(&[2, 3, 4, 5], &mut out));
+        let mut expect = b"head".to_vec();
+        for s in [2, 3, 4, 5] {
+            expect.extend_from_slice(&page(s));
+        }
+        assert_eq!(out, expect);
+        // One page the cache lacks: nothing is appended.
+        let mut out = b"head".to_vec();
+        assert!(!read(&[1, 9, 2], &mut out));
+        assert_eq!(out, b"head");
+        assert_eq!(c.stats().corrupt, 0);
+        // A damaged page inside a run: nothing is appended, and its segment goes.
+        let f = File::options().write(true).open(&pulled).unwrap();
+        f.write_all_at(b"x", 2 * PAGE_SIZE as u64 + 7).unwrap();
+        assert!(!read(&[1, 2, 3, 4], &mut out));
+        assert_eq!(out, b"head");
+        assert_eq!(c.stats().corrupt, 1);
+        assert!(
+            !read(&[1], &mut out),
+            "the whole linked segment was dropped"
+        );
+        assert!(read(&[5], &mut out));
     }
 
     #[test]

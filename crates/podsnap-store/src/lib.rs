@@ -73,7 +73,7 @@ use object_store::ObjectStore;
 
 pub use admin::GcReport;
 pub use backend::redact_url;
-pub use cache::{CacheEvent, CacheObserver, CacheStats, PageCache};
+pub use cache::{CacheEvent, CacheObserver, CachePage, CacheStats, PageCache};
 pub use crypto::{Key, Keyring};
 pub use error::StoreError;
 pub use id::SnapshotId;

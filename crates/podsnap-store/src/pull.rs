@@ -18,7 +18,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::cache::PageCache;
+use crate::cache::{CachePage, PageCache};
 use crate::chunk;
 use crate::crypto::{blob_aad, Key};
 use crate::index::{page_len, Codec, FileIndex};
@@ -194,7 +194,7 @@ impl Store {
                 adopt = Some(
                     files
                         .iter()
-                        .map(|pf| (pf.dest.clone(), file_pages(pf)))
+                        .map(|pf| (pf.dest.clone(), crate::cache::index_pages(&pf.index)))
                         .collect(),
                 );
             }
@@ -327,31 +327,6 @@ impl Store {
     }
 }
 
-/// A page of a pulled file for [`PageCache::adopt`]: sha256, byte offset, length.
-type CachePage = ([u8; 32], u64, u16);
-
-/// Every non-zero page of a file, with its digest and place.
-fn file_pages(pf: &PullFile) -> Vec<CachePage> {
-    let idx = &pf.index;
-    let mut out = Vec::with_capacity(idx.digests.len());
-    let mut page = 0u64;
-    let mut digest = 0usize;
-    for e in &idx.extents {
-        if !e.is_zero() {
-            for p in 0..e.pages as u64 {
-                out.push((
-                    idx.digests[digest],
-                    (page + p) * PAGE_SIZE as u64,
-                    page_len(idx.file_size, page + p) as u16,
-                ));
-                digest += 1;
-            }
-        }
-        page += e.pages as u64;
-    }
-    out
-}
-
 /// The digests of a target's pages, from its file's index.
 fn target_digests<'a>(files: &'a [PullFile], t: &Target) -> std::slice::Iter<'a, [u8; 32]> {
     let d = &files[t.file as usize].index.digests;
@@ -424,12 +399,12 @@ fn fill_batch_from_cache(
             let pf = &files[t.file as usize];
             let size = pf.index.file_size;
             buf.clear();
-            for (p, digest) in target_digests(files, t).enumerate() {
-                let want = page_len(size, t.file_page + p as u64);
-                if !reader.read_into(digest, want, &mut buf) {
-                    failed.push((key, targets));
-                    continue 'blobs;
-                }
+            let pages = target_digests(files, t)
+                .enumerate()
+                .map(|(p, digest)| (digest, page_len(size, t.file_page + p as u64)));
+            if !reader.read_pages(pages, &mut buf) {
+                failed.push((key, targets));
+                continue 'blobs;
             }
             if let Some(file) = &pf.file {
                 file.write_all_at(&buf, t.file_page * PAGE_SIZE as u64)

@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::admin::index_digest;
+use crate::cache::CachePage;
 use crate::chunk;
 use crate::crypto::{blob_aad, Key, INDEX_AAD};
 use crate::index::{page_count, BlobRef, Codec, FileIndex, ZERO_BLOB};
@@ -199,6 +200,14 @@ pub struct PushReport {
     pub objects_written: u64,
     pub manifest: crate::Manifest,
 }
+
+/// What [`Pipeline::write_indexes`] returns: the manifest's file entries, every pack the
+/// indexes name, and (when asked) each file's pages for the page cache.
+type IndexesWritten = (
+    Vec<FileEntry>,
+    std::collections::BTreeSet<String>,
+    Vec<Vec<CachePage>>,
+);
 
 /// A file to push.
 struct Source {
@@ -919,7 +928,16 @@ impl Store {
         // The dedup map is no longer needed: free it first (about 40 bytes per distinct
         // page), since the indexes are built at the push's memory peak.
         p.known = HashMap::new();
-        let (entries, all_packs) = p.write_indexes(&files, &mut builds).await?;
+        // The node's page cache links the pushed files (a checkpoint's image, in its own
+        // work dir) so that restoring this snapshot here downloads nothing; not for
+        // encrypted snapshots, whose pages the cache never holds.
+        let cache = inner
+            .cache
+            .clone()
+            .filter(|c| seal.is_none() && c.can_adopt_from(dir));
+        let (entries, all_packs, cache_pages) = p
+            .write_indexes(&files, &mut builds, cache.is_some())
+            .await?;
         p.finish_pack_checks().await?;
         // Everything the manifest will name is durable before it is committed (the packs
         // were fsynced as their uploads finished; their directory is synced here).
@@ -966,6 +984,22 @@ impl Store {
             bytes_uploaded = p.bytes_uploaded,
             "push committed"
         );
+        if let Some(c) = cache {
+            let linked: Vec<(PathBuf, Vec<CachePage>)> = files
+                .iter()
+                .map(|f| f.abs.clone())
+                .zip(cache_pages)
+                .collect();
+            let pages = tokio::task::spawn_blocking(move || {
+                linked
+                    .iter()
+                    .map(|(f, pages)| c.adopt(f, pages))
+                    .sum::<u64>()
+            })
+            .await
+            .map_err(StoreError::Task)?;
+            tracing::debug!(pages, "pushed files linked into the page cache");
+        }
         Ok(PushReport {
             id,
             bytes_read: p.bytes_read,
@@ -1124,15 +1158,22 @@ impl<'a> Pipeline<'a> {
         &mut self,
         files: &[Source],
         builds: &mut [FileBuild],
-    ) -> Result<(Vec<FileEntry>, std::collections::BTreeSet<String>), StoreError> {
+        cache_pages: bool,
+    ) -> Result<IndexesWritten, StoreError> {
         let inner = self.inner;
         let mut entries = Vec::with_capacity(files.len());
         let mut all_packs = std::collections::BTreeSet::new();
+        let mut pages = Vec::new();
         for (src, build) in files.iter().zip(builds.iter_mut()) {
             let idx = self.finish_index(build);
             all_packs.extend(idx.packs.iter().map(hex::encode));
             let seal = self.key.clone();
-            let (digest, plain_len, stored) = tokio::task::spawn_blocking(move || {
+            let (digest, plain_len, stored, file_pages) = tokio::task::spawn_blocking(move || {
+                let file_pages = if cache_pages {
+                    crate::cache::index_pages(&idx)
+                } else {
+                    Vec::new()
+                };
                 let plain = idx.encode();
                 drop(idx);
                 let digest = index_digest(seal.as_ref(), &plain);
@@ -1141,7 +1182,7 @@ impl<'a> Pipeline<'a> {
                     Some(k) => k.seal(INDEX_AAD, &stored),
                     None => stored,
                 };
-                (digest, plain.len() as u64, stored)
+                (digest, plain.len() as u64, stored, file_pages)
             })
             .await
             .map_err(StoreError::Task)?;
@@ -1168,8 +1209,9 @@ impl<'a> Pipeline<'a> {
                 },
                 zero_bytes: build.zero_bytes,
             });
+            pages.push(file_pages);
         }
-        Ok((entries, all_packs))
+        Ok((entries, all_packs, pages))
     }
 
     /// Reused packs must still exist (a concurrent gc may have swept a deleted parent's):

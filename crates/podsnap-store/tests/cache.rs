@@ -232,3 +232,49 @@ async fn a_full_disk_under_the_cache_costs_the_cache_not_the_pull() {
         .collect();
     assert!(tmp.is_empty(), "{tmp:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_image_is_linked_into_the_cache_so_restoring_it_here_downloads_no_pages() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = PageCache::open(&work.path().join("cache"), 1 << 30, None).unwrap();
+    let store = Store::open("memory://")
+        .unwrap()
+        .with_cache(Some(cache.clone()));
+    let (parent, child) = parent_and_child(&store, work.path(), 5).await;
+    let segs = work.path().join("cache/segments");
+    let linked = || {
+        std::fs::read_dir(&segs)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".dat"))
+            .count()
+    };
+    // The parent's two files are new to the cache: linked. The child's pages.img is 95%
+    // cached already: not linked (its small checkpoint.img is new, and is).
+    assert_eq!(linked(), 3);
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let pushed = ino(&work.path().join("a/pages.img"));
+    assert!(std::fs::read_dir(&segs)
+        .unwrap()
+        .flatten()
+        .any(|e| ino(&e.path()) == pushed));
+
+    // The checkpoint's work dir goes; restoring the parent on this node takes every page
+    // from the cache (only the indexes come from the store).
+    let img = std::fs::read(work.path().join("a/pages.img")).unwrap();
+    std::fs::remove_dir_all(work.path().join("a")).unwrap();
+    let r = store
+        .pull(&parent, &work.path().join("r"), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(work.path().join("r/pages.img")).unwrap(), img);
+    assert!(r.bytes_downloaded < (IMAGE as u64) / 100, "{r:?}");
+    assert!(r.bytes_from_cache >= IMAGE as u64, "{r:?}");
+    // The child downloads what changed.
+    let r2 = store
+        .pull(&child, &work.path().join("r2"), &NoProgress)
+        .await
+        .unwrap();
+    same(&work.path().join("b"), &work.path().join("r2"));
+    assert!(r2.bytes_downloaded <= (IMAGE as u64) / 10, "{r2:?}");
+}
