@@ -714,6 +714,45 @@ impl PageCache {
         indexed
     }
 
+    /// The linked segment whose data file holds most of a file's `pages` at their own
+    /// offsets, by the index alone (nothing is read): its id and data file. A pull that
+    /// finds one verifies the whole data file against the snapshot's index and then links
+    /// it as the restored file instead of writing a copy ([`PageCache::served_file`]).
+    /// `None` unless every page is cached and the best segment holds at least half of them.
+    pub fn linked_candidate(&self, pages: &[CachePage]) -> Option<(u64, PathBuf)> {
+        if pages.is_empty() {
+            return None;
+        }
+        let st = self.inner.lock();
+        let mut held: HashMap<u64, usize> = HashMap::new();
+        for (d, offset, _) in pages {
+            let loc = st.index.get(d)?;
+            if loc.offset == *offset && st.segments.get(&loc.seg).is_some_and(|s| s.linked) {
+                *held.entry(loc.seg).or_default() += 1;
+            }
+        }
+        let (seg, n) = held.into_iter().max_by_key(|(seg, n)| (*n, *seg))?;
+        (n * 2 >= pages.len()).then(|| (seg, self.inner.data_path(seg, true)))
+    }
+
+    /// Records that linked segment `seg` served a whole file of `pages` pages (a use, and
+    /// the pages as hits).
+    pub fn served_file(&self, seg: u64, pages: u64) {
+        {
+            let mut st = self.inner.lock();
+            st.tick += 1;
+            let tick = st.tick;
+            if let Some(s) = st.segments.get_mut(&seg) {
+                s.used = tick;
+            }
+        }
+        self.inner.touch_file(seg, true);
+        if pages > 0 {
+            self.inner.hits.fetch_add(pages, Ordering::Relaxed);
+            self.inner.emit(CacheEvent::Hits(pages));
+        }
+    }
+
     /// Whether files written under `dir` can be adopted by this cache (same filesystem, so
     /// that a hard link works).
     pub fn can_adopt_from(&self, dir: &Path) -> bool {

@@ -106,6 +106,8 @@ struct PullFile {
     index: FileIndex,
     /// Bytes written since writeback was last started (durable pulls).
     dirty: AtomicU64,
+    /// The file is a link to a verified copy in the page cache: complete, nothing to fetch.
+    linked: bool,
 }
 
 /// Removes the temp directory unless disarmed.
@@ -172,7 +174,6 @@ impl Store {
         let zero_written: u64 = manifest.files.iter().map(|f| f.zero_bytes).sum();
         progress.event(ProgressEvent::BytesWritten(zero_written));
 
-        let files = Arc::new(files);
         let mut report = PullReport {
             files: manifest.files.len() as u64,
             bytes_written: zero_written,
@@ -180,6 +181,17 @@ impl Store {
         };
         // Encrypted snapshots bypass the cache: their plaintext would outlive the restore.
         let cache = self.inner.cache.clone().filter(|_| seal.is_none());
+        let mut files = files;
+        if let Some(c) = &cache {
+            let linked = link_from_cache(c, &mut files, tmp.path()).await?;
+            report.bytes_written += linked;
+            report.bytes_from_cache += linked;
+            if linked > 0 {
+                progress.event(ProgressEvent::BytesCached(linked));
+                progress.event(ProgressEvent::BytesWritten(linked));
+            }
+        }
+        let files = Arc::new(files);
         let mut by_blob = blob_targets(&files);
         // Where the downloaded pages go in the cache: a pull that downloads most of the
         // image hard-links its finished files into the cache (no second write of every
@@ -276,6 +288,7 @@ impl Store {
                 file: None,
                 index,
                 dirty: AtomicU64::new(0),
+                linked: false,
             })
             .collect();
         let by_blob = blob_targets(&files);
@@ -331,6 +344,126 @@ impl Store {
 fn target_digests<'a>(files: &'a [PullFile], t: &Target) -> std::slice::Iter<'a, [u8; 32]> {
     let d = &files[t.file as usize].index.digests;
     d[t.digest as usize..t.digest as usize + t.pages as usize].iter()
+}
+
+/// Files the cache holds whole, in one linked segment's data file at the same offsets (a
+/// restore of a snapshot this node checkpointed or restored before): each is verified in
+/// full against its index (every page's sha256, zeros where the index has zero pages, the
+/// size) and then hard-linked in place of its laid-out file, so nothing is written. Such a
+/// file is marked done (`index.extents` left as is, `linked` set). Returns the bytes linked.
+async fn link_from_cache(
+    cache: &PageCache,
+    files: &mut [PullFile],
+    tmp: &Path,
+) -> Result<u64, StoreError> {
+    let mut linked = 0u64;
+    for pf in files.iter_mut() {
+        let pages = crate::cache::index_pages(&pf.index);
+        let Some((seg, data)) = cache.linked_candidate(&pages) else {
+            continue;
+        };
+        let index = std::mem::take(&mut pf.index);
+        let (index, ok) = tokio::task::spawn_blocking(move || {
+            let ok = verify_whole(&data, &index);
+            (index, ok.then_some(data))
+        })
+        .await
+        .map_err(StoreError::Task)?;
+        pf.index = index;
+        let Some(data) = ok else {
+            tracing::debug!(file = %pf.rel, "cached copy does not match; pulling pages");
+            continue;
+        };
+        let path = tmp.join(&pf.rel);
+        let relinked = std::fs::remove_file(&path)
+            .and_then(|_| std::fs::hard_link(&data, &path))
+            .and_then(|_| File::open(&path));
+        match relinked {
+            Ok(f) => {
+                pf.file = Some(f);
+                pf.linked = true;
+                linked += pf.index.file_size;
+                cache.served_file(seg, pages.len() as u64);
+            }
+            Err(e) => {
+                // The cached copy went (evicted) between the check and the link: lay the
+                // file out again and pull its pages as usual.
+                tracing::debug!(file = %pf.rel, error = %e, "cannot link the cached copy");
+                let _ = std::fs::remove_file(&path);
+                let f = File::options()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| StoreError::io("create", &path, e))?;
+                f.set_len(pf.index.file_size)
+                    .map_err(|e| StoreError::io("resize", &pf.dest, e))?;
+                pf.file = Some(f);
+            }
+        }
+    }
+    Ok(linked)
+}
+
+/// Whether `data` is exactly the file `idx` describes: its size, every non-zero page's
+/// sha256, and zeros where the index has zero pages. Read in 4 MiB steps on two threads.
+fn verify_whole(data: &Path, idx: &FileIndex) -> bool {
+    let Ok(file) = File::open(data) else {
+        return false;
+    };
+    if file.metadata().map(|m| m.len()).ok() != Some(idx.file_size) {
+        return false;
+    }
+    // (first page, pages, first digest or None for zeros), split into pieces of <= 4 MiB.
+    let step = (4 << 20) / PAGE_SIZE as u64;
+    let mut work: Vec<(u64, u64, Option<usize>)> = Vec::new();
+    let (mut page, mut digest) = (0u64, 0usize);
+    for e in &idx.extents {
+        let mut done = 0u64;
+        while done < e.pages as u64 {
+            let n = (e.pages as u64 - done).min(step);
+            work.push((
+                page + done,
+                n,
+                (!e.is_zero()).then_some(digest + done as usize),
+            ));
+            done += n;
+        }
+        if !e.is_zero() {
+            digest += e.pages as usize;
+        }
+        page += e.pages as u64;
+    }
+    let ok = AtomicU64::new(1);
+    let half = work.len().div_ceil(2).max(1);
+    std::thread::scope(|s| {
+        for part in work.chunks(half) {
+            let (file, ok) = (&file, &ok);
+            s.spawn(move || {
+                let mut buf = vec![0u8; step as usize * PAGE_SIZE];
+                for &(first, n, digest) in part {
+                    if ok.load(Ordering::Relaxed) == 0 {
+                        return;
+                    }
+                    let start = first * PAGE_SIZE as u64;
+                    let len = (idx.file_size - start).min(n * PAGE_SIZE as u64) as usize;
+                    let b = &mut buf[..len];
+                    let good = file.read_exact_at(b, start).is_ok()
+                        && match digest {
+                            None => chunk::is_zero(b),
+                            Some(d) => b
+                                .chunks(PAGE_SIZE)
+                                .zip(&idx.digests[d..])
+                                .all(|(p, want)| chunk::sha256(p) == *want),
+                        };
+                    if !good {
+                        ok.store(0, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    ok.load(Ordering::Relaxed) == 1
 }
 
 /// Writes every blob whose pages the cache holds and verify from the cache; returns the
@@ -633,6 +766,7 @@ fn lay_out(
             file: Some(file),
             index,
             dirty: AtomicU64::new(0),
+            linked: false,
         });
     }
     Ok(files)
@@ -641,7 +775,7 @@ fn lay_out(
 /// The pages of every file grouped by the blob that holds them, blobs in (pack, offset) order.
 fn blob_targets(files: &[PullFile]) -> BTreeMap<BlobKey, Vec<Target>> {
     let mut by_blob: BTreeMap<BlobKey, Vec<Target>> = BTreeMap::new();
-    for (fi, pf) in files.iter().enumerate() {
+    for (fi, pf) in files.iter().enumerate().filter(|(_, pf)| !pf.linked) {
         let idx = &pf.index;
         let mut page: u64 = 0;
         let mut digest: u32 = 0;

@@ -270,6 +270,33 @@ async fn a_pushed_image_is_linked_into_the_cache_so_restoring_it_here_downloads_
     assert_eq!(std::fs::read(work.path().join("r/pages.img")).unwrap(), img);
     assert!(r.bytes_downloaded < (IMAGE as u64) / 100, "{r:?}");
     assert!(r.bytes_from_cache >= IMAGE as u64, "{r:?}");
+    // The cache held the whole file: after verifying it, the pull linked it, wrote nothing.
+    let restored = ino(&work.path().join("r/pages.img"));
+    assert_eq!(
+        restored, pushed,
+        "the restored pages.img is the cached copy, linked"
+    );
+
+    // A cached copy that no longer matches (one byte changed) is never linked: the pull
+    // is still exact.
+    let dat = std::fs::read_dir(&segs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| ino(p) == pushed)
+        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&dat).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[img[12345] ^ 1], 12345).unwrap();
+    let r3 = store
+        .pull(&parent, &work.path().join("r3"), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(work.path().join("r3/pages.img")).unwrap(),
+        img
+    );
+    assert_ne!(ino(&work.path().join("r3/pages.img")), pushed);
+    assert!(r3.bytes_downloaded > 0, "{r3:?}");
     // The child downloads what changed.
     let r2 = store
         .pull(&child, &work.path().join("r2"), &NoProgress)
