@@ -168,6 +168,8 @@ class Daemon:
                "--runsc-flag=--network=none", "--metrics-listen", f"127.0.0.1:{self.mport}",
                *args]
         self.store, self.env = store, {**os.environ, **(env or {})}
+        self.binary, self.extra_env = binary, env
+        self.state = os.path.join(work, f"state-{name}")
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
                                      env=self.env)
         for _ in range(200):
@@ -335,6 +337,19 @@ class Bench(SandboxBench):
                     - ph0.get(("restore", "runsc_restore"), 0)})
         return first
 
+    def fresh_node(self, key, rnd):
+        """The "other node" `key`, restarted with a new state dir (an empty page cache):
+        memfill fills memory the same way every round, so a node that restored an earlier
+        round would hold most of this round's pages."""
+        old = self.daemons.get(key)
+        if old is None:
+            return None
+        old.stop()
+        shutil.rmtree(old.state, ignore_errors=True)
+        self.daemons[key] = Daemon(old.binary, self.work, f"{key}{rnd}", old.store, self.root,
+                                   old.extra_env)
+        return self.daemons[key]
+
     def case(self, rnd, name):
         src, dst = f"pb-{rnd}-{name}-src-x", f"pb-{rnd}-{name}-dst-x"
         src_log = self.start_sandbox(src)
@@ -406,7 +421,8 @@ class Bench(SandboxBench):
             before = counts(src_log)[-1]
             self.delete(src)
             # Another node (cold cache), timed for the ratio; then the checkpointing node.
-            other = self.daemons.get(f"{name}-b", d)
+            other = self.fresh_node(f"{name}-b", rnd)
+            other = other or d
             first = self.restore(other, snap, dst, dst_log, before, row, "")
             if other is not d:
                 self.delete(dst)

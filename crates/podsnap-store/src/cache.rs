@@ -24,9 +24,13 @@
 //! little-endian:
 //!
 //! ```text
-//! magic "PSNPCEX1" | n_pages u32 | reserved u32 (=0)
+//! magic "PSNPCEX1" | n_pages u32 | reserved u32 (=0) | file key [u8; 32] (0 = none)
 //! n_pages x { sha256 [u8; 32], len u32, offset u64 }   the page's place in <id>.dat
 //! ```
+//!
+//! The file key is the digest of the snapshot index that describes the whole file (a
+//! manifest's `files[].index.digest`): a later pull of a file with that index finds the
+//! copy by it, verifies all of it, and links it instead of writing a copy.
 //!
 //! Segments are written to a temp name and renamed, never modified, and never fsynced: a
 //! segment torn by a power loss is detected like any other corruption. A linked segment's
@@ -75,6 +79,7 @@ const ENTRY_LEN: usize = 36;
 /// Pages per segment at most (a request's pages are split into several segments beyond it).
 const MAX_SEGMENT_PAGES: usize = 4096;
 const EXT_MAGIC: &[u8; 8] = b"PSNPCEX1";
+const EXT_HEADER_LEN: usize = 48;
 const EXT_ENTRY_LEN: usize = 44;
 /// Pages of one linked segment at most (64 GiB of pages).
 const MAX_LINKED_PAGES: usize = 1 << 24;
@@ -159,12 +164,16 @@ struct Segment {
     digests: Vec<[u8; 32]>,
     /// A linked segment: table in `<id>.ext`, pages in `<id>.dat`.
     linked: bool,
+    /// A linked segment's file key (the index digest of the whole file it holds).
+    file_key: Option<[u8; 32]>,
 }
 
 #[derive(Default)]
 struct State {
     index: HashMap<[u8; 32], Loc>,
     segments: HashMap<u64, Segment>,
+    /// Linked segments by file key.
+    files: HashMap<[u8; 32], u64>,
     reserved: HashSet<[u8; 32]>,
     bytes: u64,
     tick: u64,
@@ -174,6 +183,11 @@ struct State {
 impl State {
     fn remove_segment(&mut self, id: u64) -> Option<u64> {
         let seg = self.segments.remove(&id)?;
+        if let Some(k) = seg.file_key {
+            if self.files.get(&k) == Some(&id) {
+                self.files.remove(&k);
+            }
+        }
         for d in &seg.digests {
             if self.index.get(d).is_some_and(|l| l.seg == id) {
                 self.index.remove(d);
@@ -198,6 +212,14 @@ fn seg_name(id: u64) -> String {
 
 /// A page of a file for [`PageCache::adopt`]: sha256, byte offset in the file, length.
 pub type CachePage = ([u8; 32], u64, u16);
+
+/// A file to link into the cache: its path, pages and file key (see [`PageCache::adopt`]).
+pub(crate) type Adoption = (PathBuf, Vec<CachePage>, Option<[u8; 32]>);
+
+/// The file key of a file whose index has the (hex) digest `index_digest`.
+pub(crate) fn file_key(index_digest: &str) -> Option<[u8; 32]> {
+    hex::decode(index_digest).ok()?.try_into().ok()
+}
 
 /// Every non-zero page a file index lists, with its digest and place in the file.
 pub(crate) fn index_pages(idx: &crate::index::FileIndex) -> Vec<CachePage> {
@@ -227,29 +249,32 @@ fn allocated(md: &std::fs::Metadata, pages: u64) -> u64 {
     (md.blocks() * 512).max(pages)
 }
 
+type LinkedTable = (Vec<([u8; 32], u16, u64)>, Option<[u8; 32]>);
+
 /// Parses a linked segment's table: (digest, len, offset) of every page, each checked to lie
-/// inside the data file of `data_len` bytes.
-fn parse_linked(
-    file: &File,
-    size: u64,
-    data_len: u64,
-) -> Result<Vec<([u8; 32], u16, u64)>, String> {
-    let mut head = [0u8; HEADER_LEN];
+/// inside the data file of `data_len` bytes, and the file key.
+fn parse_linked(file: &File, size: u64, data_len: u64) -> Result<LinkedTable, String> {
+    let mut head = [0u8; EXT_HEADER_LEN];
     file.read_exact_at(&mut head, 0)
         .map_err(|e| format!("header: {e}"))?;
     if &head[..8] != EXT_MAGIC {
         return Err("bad magic".into());
     }
     let n = u32::from_le_bytes(head[8..12].try_into().expect("4")) as usize;
-    if n == 0 || n > MAX_LINKED_PAGES || head[12..16] != [0; 4] {
+    if n > MAX_LINKED_PAGES || head[12..16] != [0; 4] {
         return Err(format!("bad page count {n}"));
     }
+    let key: [u8; 32] = head[16..48].try_into().expect("32");
+    let key = (key != [0; 32]).then_some(key);
+    if n == 0 && key.is_none() {
+        return Err("neither pages nor a file key".into());
+    }
     let table_len = n * EXT_ENTRY_LEN;
-    if (HEADER_LEN + table_len) as u64 != size {
+    if (EXT_HEADER_LEN + table_len) as u64 != size {
         return Err("size does not match the table".into());
     }
     let mut table = vec![0u8; table_len];
-    file.read_exact_at(&mut table, HEADER_LEN as u64)
+    file.read_exact_at(&mut table, EXT_HEADER_LEN as u64)
         .map_err(|e| format!("table: {e}"))?;
     let mut out = Vec::with_capacity(n);
     for e in table.chunks_exact(EXT_ENTRY_LEN) {
@@ -267,7 +292,7 @@ fn parse_linked(
         }
         out.push((d, len as u16, offset));
     }
-    Ok(out)
+    Ok((out, key))
 }
 
 /// Parses a segment header: the digests and lengths, checked against the file's size.
@@ -337,9 +362,16 @@ impl PageCache {
                 ));
             }
         }
-        // (mtime, id, bytes on disk, pages as (digest, len, offset), linked) of every
-        // segment that parses.
-        type Found = (SystemTime, u64, u64, Vec<([u8; 32], u16, u64)>, bool);
+        // (mtime, id, bytes on disk, pages as (digest, len, offset), linked, file key) of
+        // every segment that parses.
+        type Found = (
+            SystemTime,
+            u64,
+            u64,
+            Vec<([u8; 32], u16, u64)>,
+            bool,
+            Option<[u8; 32]>,
+        );
         let mut found: Vec<Found> = Vec::new();
         let mut data_files: Vec<(u64, PathBuf)> = Vec::new();
         let mut max_id = 0u64;
@@ -376,17 +408,19 @@ impl PageCache {
                                 })
                                 .collect::<Vec<_>>()
                         });
-                        return Ok((mtime, pages.map(|p| (md.len(), p))));
+                        return Ok((mtime, pages.map(|p| (md.len(), p, None))));
                     }
                     let data = std::fs::metadata(segdir.join(format!("{id:016x}.dat")))?;
-                    let pages = parse_linked(&f, md.len(), data.len()).map(|pages| {
+                    let pages = parse_linked(&f, md.len(), data.len()).map(|(pages, key)| {
                         let served = pages.iter().map(|p| p.1 as u64).sum();
-                        (md.len() + allocated(&data, served), pages)
+                        (md.len() + allocated(&data, served), pages, key)
                     });
                     Ok((mtime, pages))
                 });
             match parsed {
-                Ok((mtime, Ok((bytes, pages)))) => found.push((mtime, id, bytes, pages, linked)),
+                Ok((mtime, Ok((bytes, pages, key)))) => {
+                    found.push((mtime, id, bytes, pages, linked, key))
+                }
                 Ok((_, Err(reason))) => {
                     tracing::warn!(segment = %path.display(), %reason, "removing a damaged page cache segment");
                     let _ = std::fs::remove_file(&path);
@@ -408,8 +442,11 @@ impl PageCache {
             next_seg: max_id + 1,
             ..Default::default()
         };
-        for (_, id, bytes, pages, linked) in found {
+        for (_, id, bytes, pages, linked, file_key) in found {
             st.tick += 1;
+            if let Some(k) = file_key {
+                st.files.insert(k, id);
+            }
             let mut digests = Vec::with_capacity(pages.len());
             for (d, len, offset) in pages {
                 st.index.insert(
@@ -430,6 +467,7 @@ impl PageCache {
                     used: st.tick,
                     digests,
                     linked,
+                    file_key,
                 },
             );
         }
@@ -599,6 +637,7 @@ impl PageCache {
                         used,
                         digests,
                         linked: false,
+                        file_key: None,
                     },
                 );
                 inner.evict_over_bound(&mut st, id)
@@ -616,16 +655,21 @@ impl PageCache {
 
     /// Takes the file at `path`, whose `pages` (sha256, byte offset in the file, length)
     /// were hashed from it, into the cache without copying it: hard-links it as a linked
-    /// segment and indexes the pages the cache does not hold yet. For a pull that downloaded
-    /// most of a file, or the image a checkpoint just pushed: the file's pages cost the
-    /// cache one link and a table instead of a second write. Nothing may write to the file
-    /// afterwards (a change is caught like any corruption).
+    /// segment and indexes the pages the cache does not hold yet. For a pulled file or the
+    /// image a checkpoint just pushed: the file's pages cost the cache one link and a table
+    /// instead of a second write. Nothing may write to the file afterwards (a change is
+    /// caught like any corruption).
     ///
-    /// Best effort like [`PageCache::insert`]: returns the pages indexed; 0 when fewer than
-    /// half of `pages` are new to the cache (linking would pin the whole file for a few
-    /// pages) or the file does not fit the bound. An error (another filesystem, no space for
-    /// the table) is logged and counted, and the cache is unchanged.
-    pub fn adopt(&self, path: &Path, pages: &[CachePage]) -> u64 {
+    /// With a `file_key` (the digest of the index describing the whole file) the file is
+    /// linked even when the cache holds all its pages, so that a later pull of the same file
+    /// can link it whole ([`PageCache::linked_file`]); a key already linked is only marked
+    /// used. Without one, a file of which fewer than half the pages are new is not linked
+    /// (that would pin the whole file for a few pages).
+    ///
+    /// Best effort like [`PageCache::insert`]: returns the pages indexed (0 also when the
+    /// file does not fit the bound). An error (another filesystem, no space for the table)
+    /// is logged and counted, and the cache is unchanged.
+    pub fn adopt(&self, path: &Path, pages: &[CachePage], file_key: Option<[u8; 32]>) -> u64 {
         let inner = &self.inner;
         let md = match std::fs::metadata(path) {
             Ok(md) => md,
@@ -636,6 +680,16 @@ impl PageCache {
         };
         let (id, mine) = {
             let mut st = inner.lock();
+            if let Some(seg) = file_key.and_then(|k| st.files.get(&k).copied()) {
+                st.tick += 1;
+                let tick = st.tick;
+                if let Some(s) = st.segments.get_mut(&seg) {
+                    s.used = tick;
+                }
+                drop(st);
+                inner.touch_file(seg, true);
+                return 0;
+            }
             let mut seen = HashSet::new();
             let mine: Vec<usize> = pages
                 .iter()
@@ -651,11 +705,16 @@ impl PageCache {
                 .map(|(i, _)| i)
                 .take(MAX_LINKED_PAGES)
                 .collect();
-            if mine.is_empty() || mine.len() * 2 < pages.len() {
+            let wanted = match file_key {
+                Some(_) => true,
+                None => !mine.is_empty() && mine.len() * 2 >= pages.len(),
+            };
+            if !wanted {
                 return 0;
             }
             let served: u64 = mine.iter().map(|&i| pages[i].2 as u64).sum();
-            let size = (HEADER_LEN + mine.len() * EXT_ENTRY_LEN) as u64 + allocated(&md, served);
+            let size =
+                (EXT_HEADER_LEN + mine.len() * EXT_ENTRY_LEN) as u64 + allocated(&md, served);
             if size > inner.max_bytes {
                 return 0;
             }
@@ -666,7 +725,7 @@ impl PageCache {
             st.next_seg += 1;
             (id, mine)
         };
-        let written = inner.write_linked(id, path, pages, &mine);
+        let written = inner.write_linked(id, path, pages, &mine, file_key);
         let mut st = inner.lock();
         for &i in &mine {
             st.reserved.remove(&pages[i].0);
@@ -697,8 +756,12 @@ impl PageCache {
                         used,
                         digests,
                         linked: true,
+                        file_key,
                     },
                 );
+                if let Some(k) = file_key {
+                    st.files.insert(k, id);
+                }
                 (inner.evict_over_bound(&mut st, id), mine.len() as u64)
             }
             Err(e) => {
@@ -714,25 +777,13 @@ impl PageCache {
         indexed
     }
 
-    /// The linked segment whose data file holds most of a file's `pages` at their own
-    /// offsets, by the index alone (nothing is read): its id and data file. A pull that
-    /// finds one verifies the whole data file against the snapshot's index and then links
-    /// it as the restored file instead of writing a copy ([`PageCache::served_file`]).
-    /// `None` unless every page is cached and the best segment holds at least half of them.
-    pub fn linked_candidate(&self, pages: &[CachePage]) -> Option<(u64, PathBuf)> {
-        if pages.is_empty() {
-            return None;
-        }
-        let st = self.inner.lock();
-        let mut held: HashMap<u64, usize> = HashMap::new();
-        for (d, offset, _) in pages {
-            let loc = st.index.get(d)?;
-            if loc.offset == *offset && st.segments.get(&loc.seg).is_some_and(|s| s.linked) {
-                *held.entry(loc.seg).or_default() += 1;
-            }
-        }
-        let (seg, n) = held.into_iter().max_by_key(|(seg, n)| (*n, *seg))?;
-        (n * 2 >= pages.len()).then(|| (seg, self.inner.data_path(seg, true)))
+    /// The linked copy of the whole file whose index digest is `file_key`, if the cache has
+    /// one: its segment id and data file. Nothing is read: the caller verifies all of it
+    /// against the index before trusting it, then links it instead of writing a copy and
+    /// reports the use ([`PageCache::served_file`]).
+    pub fn linked_file(&self, file_key: &[u8; 32]) -> Option<(u64, PathBuf)> {
+        let seg = *self.inner.lock().files.get(file_key)?;
+        Some((seg, self.inner.data_path(seg, true)))
     }
 
     /// Records that linked segment `seg` served a whole file of `pages` pages (a use, and
@@ -831,11 +882,13 @@ impl CacheInner {
         path: &Path,
         pages: &[CachePage],
         mine: &[usize],
+        file_key: Option<[u8; 32]>,
     ) -> std::io::Result<u64> {
-        let mut buf = Vec::with_capacity(HEADER_LEN + mine.len() * EXT_ENTRY_LEN);
+        let mut buf = Vec::with_capacity(EXT_HEADER_LEN + mine.len() * EXT_ENTRY_LEN);
         buf.extend_from_slice(EXT_MAGIC);
         buf.extend_from_slice(&(mine.len() as u32).to_le_bytes());
         buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&file_key.unwrap_or([0; 32]));
         for &i in mine {
             let (d, offset, len) = pages[i];
             buf.extend_from_slice(&d);
@@ -1216,7 +1269,7 @@ mod tests {
         assert!(c.can_adopt_from(dir.path()));
         put(&c, &[2]);
         // Page 2 is cached already: only 1 and 3 are indexed from the file.
-        assert_eq!(c.adopt(&pulled, &pages), 2);
+        assert_eq!(c.adopt(&pulled, &pages, None), 2);
         let st = c.stats();
         assert_eq!((st.pages, st.segments), (3, 2), "{st:?}");
         let names = names(&dir.path().join("cache"));
@@ -1239,7 +1292,7 @@ mod tests {
         // Adopting pages the cache holds adds nothing.
         let again = dir.path().join("again.img");
         let pages2 = pulled_file(&again, &[1, 3], &[0, 1]);
-        assert_eq!(c.adopt(&again, &pages2), 0);
+        assert_eq!(c.adopt(&again, &pages2, None), 0);
         drop(c);
 
         // Leftovers of a crash between link and table: an orphan data file, and a table
@@ -1250,6 +1303,7 @@ mod tests {
         let mut table = EXT_MAGIC.to_vec();
         table.extend_from_slice(&1u32.to_le_bytes());
         table.extend_from_slice(&[0; 4]);
+        table.extend_from_slice(&[0; 32]);
         table.extend_from_slice(&chunk::sha256(&page(7)));
         table.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
         table.extend_from_slice(&0u64.to_le_bytes());
@@ -1267,7 +1321,7 @@ mod tests {
         if !c.can_adopt_from(Path::new("/dev/shm")) {
             let other = Path::new("/dev/shm").join(format!("podsnap-adopt-{}", std::process::id()));
             let p = pulled_file(&other, &[8], &[0]);
-            assert_eq!(c.adopt(&other, &p), 0);
+            assert_eq!(c.adopt(&other, &p, None), 0);
             let _ = std::fs::remove_file(&other);
             assert_eq!(c.stats().write_failures, 1);
             assert_eq!(super::tests::names(&dir.path().join("cache")), after);
@@ -1280,9 +1334,9 @@ mod tests {
         let pulled = dir.path().join("pages.img");
         let pages = pulled_file(&pulled, &[1, 2], &[0, 1]);
         // Room for the linked segment (two pages and a table) and one one-page segment.
-        let linked = (HEADER_LEN + 2 * EXT_ENTRY_LEN + 2 * PAGE_SIZE) as u64;
+        let linked = (EXT_HEADER_LEN + 2 * EXT_ENTRY_LEN + 2 * PAGE_SIZE) as u64;
         let c = PageCache::open(&dir.path().join("cache"), linked + seg_size(1), None).unwrap();
-        assert_eq!(c.adopt(&pulled, &pages), 2);
+        assert_eq!(c.adopt(&pulled, &pages, None), 2);
         put(&c, &[3]);
         // Someone writes to the pulled file (the same inode): never served, segment dropped.
         let f = File::options().write(true).open(&pulled).unwrap();
@@ -1299,7 +1353,7 @@ mod tests {
         // LRU eviction of a linked segment deletes its table and its link.
         let pulled2 = dir.path().join("pages2.img");
         let pages2 = pulled_file(&pulled2, &[4, 5], &[0, 1]);
-        assert_eq!(c.adopt(&pulled2, &pages2), 2);
+        assert_eq!(c.adopt(&pulled2, &pages2, None), 2);
         assert_eq!(get(&c, 4), Some(page(4)));
         put(&c, &[6]); // evicts the least recently used: the .seg of page 3
         assert_eq!(get(&c, 3), None);
@@ -1311,7 +1365,7 @@ mod tests {
         // A file larger than the whole bound is not adopted.
         let big = dir.path().join("big.img");
         let pages3 = pulled_file(&big, &[10, 11, 12, 13], &[0, 1, 2, 3]);
-        assert_eq!(c.adopt(&big, &pages3), 0);
+        assert_eq!(c.adopt(&big, &pages3, None), 0);
         assert!(
             std::fs::metadata(&pulled2).is_ok(),
             "the pulled file itself stays"
@@ -1324,7 +1378,7 @@ mod tests {
         let pulled = dir.path().join("pages.img");
         let pages = pulled_file(&pulled, &[1, 2, 3, 4], &[0, 1, 2, 3]);
         let c = PageCache::open(&dir.path().join("cache"), 1 << 30, None).unwrap();
-        assert_eq!(c.adopt(&pulled, &pages), 4);
+        assert_eq!(c.adopt(&pulled, &pages, None), 4);
         put(&c, &[5]);
         let ask = |seeds: &[u32]| -> Vec<([u8; 32], usize)> {
             seeds
@@ -1362,6 +1416,47 @@ mod tests {
             "the whole linked segment was dropped"
         );
         assert!(read(&[5], &mut out));
+    }
+
+    #[test]
+    fn a_keyed_file_is_linked_even_when_its_pages_are_cached_and_found_by_its_key() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cdir = dir.path().join("cache");
+        let c = PageCache::open(&cdir, 1 << 30, None).unwrap();
+        put(&c, &[1, 2]);
+        let pulled = dir.path().join("pages.img");
+        let pages = pulled_file(&pulled, &[1, 2], &[0, 1]);
+        let key = [7u8; 32];
+        // Without a key a file whose pages are all cached is not linked; with one it is.
+        assert_eq!(c.adopt(&pulled, &pages, None), 0);
+        assert!(c.linked_file(&key).is_none());
+        assert_eq!(c.adopt(&pulled, &pages, Some(key)), 0, "no page is new");
+        let (seg, data) = c.linked_file(&key).expect("linked under its key");
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().ino(),
+            std::fs::metadata(&pulled).unwrap().ino()
+        );
+        // The same key again adds nothing.
+        let before = names(&cdir);
+        assert_eq!(c.adopt(&pulled, &pages, Some(key)), 0);
+        assert_eq!(names(&cdir), before);
+        c.served_file(seg, 2);
+        assert_eq!(c.stats().hits, 2);
+        drop(c);
+        // Found by its key after a restart; gone with its segment when evicted.
+        let c = PageCache::open(&cdir, 1 << 30, None).unwrap();
+        assert_eq!(c.linked_file(&key).map(|l| l.0), Some(seg));
+        drop(c);
+        let c = PageCache::open(&cdir, seg_size(1), None).unwrap();
+        assert!(
+            c.linked_file(&key).is_none(),
+            "evicted at open for the lower bound"
+        );
+        assert!(
+            std::fs::metadata(&pulled).is_ok(),
+            "the pulled file itself stays"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::cache::{CachePage, PageCache};
+use crate::cache::PageCache;
 use crate::chunk;
 use crate::crypto::{blob_aad, Key};
 use crate::index::{page_len, Codec, FileIndex};
@@ -108,6 +108,8 @@ struct PullFile {
     dirty: AtomicU64,
     /// The file is a link to a verified copy in the page cache: complete, nothing to fetch.
     linked: bool,
+    /// The digest of the file's index, which names a whole-file copy in the page cache.
+    key: Option<[u8; 32]>,
 }
 
 /// Removes the temp directory unless disarmed.
@@ -193,20 +195,24 @@ impl Store {
         }
         let files = Arc::new(files);
         let mut by_blob = blob_targets(&files);
-        // Where the downloaded pages go in the cache: a pull that downloads most of the
-        // image hard-links its finished files into the cache (no second write of every
-        // page); one that downloads little copies those pages into segments as it goes.
-        let mut adopt: Option<Vec<(PathBuf, Vec<CachePage>)>> = None;
+        // Where the downloaded pages go in the cache: on the cache's filesystem the finished
+        // files are hard-linked into it, under their index digests (no second write of any
+        // page, and a later pull of the same file links it whole); elsewhere the downloaded
+        // pages are copied into segments as they arrive.
+        let mut adopt: Option<Vec<crate::cache::Adoption>> = None;
         if let Some(c) = &cache {
-            let total: u64 = by_blob.values().flatten().map(|t| t.pages as u64).sum();
             by_blob = fill_from_cache(c, &files, by_blob, opts, progress, &mut report).await?;
             let missing: u64 = by_blob.values().flatten().map(|t| t.pages as u64).sum();
             c.record_misses(missing);
-            if missing > 0 && missing * 2 >= total && c.can_adopt_from(tmp.path()) {
+            if c.can_adopt_from(tmp.path()) {
                 adopt = Some(
                     files
                         .iter()
-                        .map(|pf| (pf.dest.clone(), crate::cache::index_pages(&pf.index)))
+                        .filter(|pf| !pf.linked)
+                        .map(|pf| {
+                            let pages = crate::cache::index_pages(&pf.index);
+                            (pf.dest.clone(), pages, pf.key)
+                        })
                         .collect(),
                 );
             }
@@ -242,7 +248,7 @@ impl Store {
             let pages = tokio::task::spawn_blocking(move || {
                 adopt
                     .iter()
-                    .map(|(path, pages)| c.adopt(path, pages))
+                    .map(|(path, pages, key)| c.adopt(path, pages, *key))
                     .sum::<u64>()
             })
             .await
@@ -289,6 +295,7 @@ impl Store {
                 index,
                 dirty: AtomicU64::new(0),
                 linked: false,
+                key: None,
             })
             .collect();
         let by_blob = blob_targets(&files);
@@ -346,9 +353,9 @@ fn target_digests<'a>(files: &'a [PullFile], t: &Target) -> std::slice::Iter<'a,
     d[t.digest as usize..t.digest as usize + t.pages as usize].iter()
 }
 
-/// Files the cache holds whole, in one linked segment's data file at the same offsets (a
-/// restore of a snapshot this node checkpointed or restored before): each is verified in
-/// full against its index (every page's sha256, zeros where the index has zero pages, the
+/// Files the cache holds whole, as a linked segment's data file under the file's index
+/// digest (a snapshot this node checkpointed or restored before): each is verified in full
+/// against its index (every page's sha256, zeros where the index has zero pages, the
 /// size) and then hard-linked in place of its laid-out file, so nothing is written. Such a
 /// file is marked done (`index.extents` left as is, `linked` set). Returns the bytes linked.
 async fn link_from_cache(
@@ -358,10 +365,10 @@ async fn link_from_cache(
 ) -> Result<u64, StoreError> {
     let mut linked = 0u64;
     for pf in files.iter_mut() {
-        let pages = crate::cache::index_pages(&pf.index);
-        let Some((seg, data)) = cache.linked_candidate(&pages) else {
+        let Some((seg, data)) = pf.key.as_ref().and_then(|k| cache.linked_file(k)) else {
             continue;
         };
+        let pages = pf.index.digests.len() as u64;
         let index = std::mem::take(&mut pf.index);
         let (index, ok) = tokio::task::spawn_blocking(move || {
             let ok = verify_whole(&data, &index);
@@ -383,7 +390,7 @@ async fn link_from_cache(
                 pf.file = Some(f);
                 pf.linked = true;
                 linked += pf.index.file_size;
-                cache.served_file(seg, pages.len() as u64);
+                cache.served_file(seg, pages);
             }
             Err(e) => {
                 // The cached copy went (evicted) between the check and the link: lay the
@@ -767,6 +774,7 @@ fn lay_out(
             index,
             dirty: AtomicU64::new(0),
             linked: false,
+            key: crate::cache::file_key(&f.index.digest),
         });
     }
     Ok(files)

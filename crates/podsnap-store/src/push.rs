@@ -985,15 +985,22 @@ impl Store {
             "push committed"
         );
         if let Some(c) = cache {
-            let linked: Vec<(PathBuf, Vec<CachePage>)> = files
+            let linked: Vec<crate::cache::Adoption> = files
                 .iter()
-                .map(|f| f.abs.clone())
                 .zip(cache_pages)
+                .map(|(f, pages)| {
+                    let key = manifest
+                        .files
+                        .iter()
+                        .find(|e| e.path == f.rel)
+                        .and_then(|e| crate::cache::file_key(&e.index.digest));
+                    (f.abs.clone(), pages, key)
+                })
                 .collect();
             let pages = tokio::task::spawn_blocking(move || {
                 linked
                     .iter()
-                    .map(|(f, pages)| c.adopt(f, pages))
+                    .map(|(f, pages, key)| c.adopt(f, pages, *key))
                     .sum::<u64>()
             })
             .await

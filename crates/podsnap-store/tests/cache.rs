@@ -119,10 +119,20 @@ async fn a_child_after_its_parent_downloads_what_changed_and_a_corrupted_cache_i
     assert!(r2.bytes_from_cache >= (IMAGE as u64) * 85 / 100, "{r2:?}");
     let hits = cache.stats().hits;
     assert!(hits > 0);
-    // The child downloaded little: those pages were copied into segments, and the child's
-    // image (mostly pages the cache had) was not linked.
-    assert_eq!(count(".dat"), 2);
-    assert!(count(".seg") > 0);
+    // The child's files were linked too, under their index digests (the pages it
+    // downloaded are served from its pages.img; nothing was copied into segments).
+    assert_eq!((count(".dat"), count(".seg")), (4, 0));
+    // Restoring the child again on this node links the copy its first restore left.
+    let again = store
+        .pull(&child, &work.path().join("r2b"), &NoProgress)
+        .await
+        .unwrap();
+    assert!(again.bytes_downloaded < (IMAGE as u64) / 100, "{again:?}");
+    assert_eq!(
+        ino(&work.path().join("r2b/pages.img")),
+        ino(&work.path().join("r2/pages.img"))
+    );
+    same(&work.path().join("b"), &work.path().join("r2b"));
 
     // Corrupt every segment's data: the next pull is still exact, downloads instead.
     for e in std::fs::read_dir(work.path().join("cache/segments"))
@@ -249,9 +259,9 @@ async fn a_pushed_image_is_linked_into_the_cache_so_restoring_it_here_downloads_
             .filter(|e| e.file_name().to_string_lossy().ends_with(".dat"))
             .count()
     };
-    // The parent's two files are new to the cache: linked. The child's pages.img is 95%
-    // cached already: not linked (its small checkpoint.img is new, and is).
-    assert_eq!(linked(), 3);
+    // Every pushed file is linked, under its index digest (the child's pages.img too,
+    // although 95% of its pages were cached already).
+    assert_eq!(linked(), 4);
     let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     let pushed = ino(&work.path().join("a/pages.img"));
     assert!(std::fs::read_dir(&segs)
