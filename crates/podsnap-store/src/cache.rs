@@ -150,6 +150,33 @@ struct CacheInner {
     _lock: File,
 }
 
+/// Hashes a sha256 digest by its first 8 bytes: the keys are uniformly distributed already,
+/// and a cold restore indexes every page of the image (SipHash over 177k digests three times
+/// over measured about 0.2 s of a 1 GiB sandbox's restore).
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]` hashes as its length (`write_usize`) and then its bytes: keep the
+        // first 8 bytes of the longest write.
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(b);
+    }
+
+    fn write_usize(&mut self, _: usize) {}
+}
+
+type DigestBuild = std::hash::BuildHasherDefault<DigestHasher>;
+type DigestMap<V> = HashMap<[u8; 32], V, DigestBuild>;
+type DigestSet = HashSet<[u8; 32], DigestBuild>;
+
 /// Where a page is: segment, byte offset in its data file, length.
 #[derive(Clone, Copy, Debug)]
 struct Loc {
@@ -170,11 +197,11 @@ struct Segment {
 
 #[derive(Default)]
 struct State {
-    index: HashMap<[u8; 32], Loc>,
+    index: DigestMap<Loc>,
     segments: HashMap<u64, Segment>,
     /// Linked segments by file key.
-    files: HashMap<[u8; 32], u64>,
-    reserved: HashSet<[u8; 32]>,
+    files: DigestMap<u64>,
+    reserved: DigestSet,
     bytes: u64,
     tick: u64,
     next_seg: u64,
@@ -579,7 +606,7 @@ impl PageCache {
         let (id, mine) = {
             let mut st = inner.lock();
             let mut mine: Vec<usize> = Vec::new();
-            let mut seen = HashSet::new();
+            let mut seen = DigestSet::default();
             for (i, (d, b)) in pages.iter().enumerate() {
                 if b.is_empty() || b.len() > PAGE_SIZE {
                     continue;
@@ -690,7 +717,7 @@ impl PageCache {
                 inner.touch_file(seg, true);
                 return 0;
             }
-            let mut seen = HashSet::new();
+            let mut seen = DigestSet::default();
             let mine: Vec<usize> = pages
                 .iter()
                 .enumerate()
