@@ -614,6 +614,8 @@ def describe(a, elapsed):
                 if l.startswith("model name")), "?")
     memk = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
     env = f"BENCH_E2E_MIB={a.mib} BENCH_E2E_ROUNDS={a.rounds} BENCH_E2E_S3={int(a.s3)}"
+    if a.nocache:
+        env += " BENCH_E2E_NOCACHE=1"
     scratch = os.path.abspath(a.dir)
     dirty = sh(f"git -C {HERE} status --porcelain --untracked-files=no -- ../crates ../benches "
                "':!../benches/results'")
