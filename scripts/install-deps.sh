@@ -13,7 +13,10 @@
 #   - pip: moto[server] kubernetes-validate pytest pyyaml grpcio, and for the cluster tests
 #     kubernetes==34.1.0 and k8s-agent-sandbox==0.4.6 (test only);
 #   - npm: azurite (the Azure Storage emulator; test only), pinned to a release that runs on
-#     bookworm's Node.
+#     bookworm's Node, with its whole dependency tree pinned by scripts/azurite/package-lock.json
+#     (npm ci into /opt/podsnap/azurite, azurite-blob linked into /usr/local/bin): an unpinned
+#     install resolves transitive ranges afresh and breaks when a new release needs a package
+#     the registry does not serve yet.
 # Not as root, it prints the exact commands that would install what is missing and exits 1.
 # No protoc is needed: the build uses a vendored one.
 #
@@ -28,6 +31,8 @@ OLD_RUNSC_VERSION=0.0~20221219.0-2+b3
 OLD_RUNSC=/opt/podsnap/runsc-20221219/runsc
 MIN_RUNSC=0.0~20240729.0
 AZURITE_VERSION=3.35.0   # 3.36 and later need Node >= 21; bookworm has Node 18, this machine 20
+AZURITE_DIR=/opt/podsnap/azurite
+AZURITE_LOCK="$(cd "$(dirname "$0")" && pwd)/azurite"
 TRIXIE_SOURCES=/etc/apt/sources.list.d/trixie.sources
 TRIXIE_PIN=/etc/apt/preferences.d/podsnap-trixie
 
@@ -86,9 +91,11 @@ fi
 need_azurite=0
 if [ "$profile" = test ]; then
   # The version from the package's own package.json (running azurite-blob --version takes 2 s).
+  # The install must come from this lockfile (a copy of it sits beside the installed tree).
   main=$(readlink -f "$(command -v azurite-blob 2>/dev/null || echo /nonexistent)")
   pkg=${main%/dist/*}/package.json
   grep -q "\"version\": *\"$AZURITE_VERSION\"" "$pkg" 2>/dev/null || need_azurite=1
+  cmp -s "$AZURITE_LOCK/package-lock.json" "$AZURITE_DIR/package-lock.json" || need_azurite=1
 fi
 
 missing_tools=""
@@ -118,7 +125,9 @@ if [ $need_old_runsc = 1 ]; then
   cmds+=("(d=\$(mktemp -d) && cd \$d && chmod 777 \$d && apt-get download runsc=$OLD_RUNSC_VERSION && dpkg -x runsc_*.deb x && install -D -m 0755 x/usr/bin/runsc $OLD_RUNSC && rm -rf \$d)")
 fi
 [ -n "$missing_pip" ] && cmds+=("python3 -m pip install -q $pip_pkgs")
-[ $need_azurite = 1 ] && cmds+=("npm install -g --no-fund --no-audit azurite@$AZURITE_VERSION")
+if [ $need_azurite = 1 ]; then
+  cmds+=("mkdir -p $AZURITE_DIR && cp $AZURITE_LOCK/package.json $AZURITE_LOCK/package-lock.json $AZURITE_DIR/ && (cd $AZURITE_DIR && npm ci --no-fund --no-audit --omit=dev) && ln -sf $AZURITE_DIR/node_modules/.bin/azurite-blob /usr/local/bin/azurite-blob")
+fi
 
 if [ -n "$missing_tools" ]; then
   echo "install-deps: missing, install them yourself:$missing_tools" >&2
