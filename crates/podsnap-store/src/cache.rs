@@ -208,6 +208,46 @@ struct State {
 }
 
 impl State {
+    /// Records a segment just written, or found at open, as the most recently used: its
+    /// pages (digest, offset in its data file, length) go into the index.
+    fn add_segment(
+        &mut self,
+        id: u64,
+        bytes: u64,
+        pages: impl IntoIterator<Item = ([u8; 32], u64, u16)>,
+        linked: bool,
+        file_key: Option<[u8; 32]>,
+    ) {
+        self.tick += 1;
+        let mut digests = Vec::new();
+        for (d, offset, len) in pages {
+            self.index.insert(
+                d,
+                Loc {
+                    seg: id,
+                    offset,
+                    len,
+                },
+            );
+            digests.push(d);
+        }
+        self.bytes += bytes;
+        if let Some(k) = file_key {
+            self.files.insert(k, id);
+        }
+        let used = self.tick;
+        self.segments.insert(
+            id,
+            Segment {
+                bytes,
+                used,
+                digests,
+                linked,
+                file_key,
+            },
+        );
+    }
+
     fn remove_segment(&mut self, id: u64) -> Option<u64> {
         let seg = self.segments.remove(&id)?;
         if let Some(k) = seg.file_key {
@@ -470,33 +510,8 @@ impl PageCache {
             ..Default::default()
         };
         for (_, id, bytes, pages, linked, file_key) in found {
-            st.tick += 1;
-            if let Some(k) = file_key {
-                st.files.insert(k, id);
-            }
-            let mut digests = Vec::with_capacity(pages.len());
-            for (d, len, offset) in pages {
-                st.index.insert(
-                    d,
-                    Loc {
-                        seg: id,
-                        offset,
-                        len,
-                    },
-                );
-                digests.push(d);
-            }
-            st.bytes += bytes;
-            st.segments.insert(
-                id,
-                Segment {
-                    bytes,
-                    used: st.tick,
-                    digests,
-                    linked,
-                    file_key,
-                },
-            );
+            let pages = pages.into_iter().map(|(d, len, offset)| (d, offset, len));
+            st.add_segment(id, bytes, pages, linked, file_key);
         }
         let cache = PageCache {
             inner: Arc::new(CacheInner {
@@ -639,34 +654,13 @@ impl PageCache {
         inner.released.notify_all();
         let evicted = match written {
             Ok(size) => {
-                st.tick += 1;
                 let mut offset = (HEADER_LEN + mine.len() * ENTRY_LEN) as u64;
-                let mut digests = Vec::with_capacity(mine.len());
-                for &i in &mine {
+                let located = mine.iter().map(|&i| {
                     let (d, b) = pages[i];
-                    st.index.insert(
-                        d,
-                        Loc {
-                            seg: id,
-                            offset,
-                            len: b.len() as u16,
-                        },
-                    );
                     offset += b.len() as u64;
-                    digests.push(d);
-                }
-                st.bytes += size;
-                let used = st.tick;
-                st.segments.insert(
-                    id,
-                    Segment {
-                        bytes: size,
-                        used,
-                        digests,
-                        linked: false,
-                        file_key: None,
-                    },
-                );
+                    (d, offset - b.len() as u64, b.len() as u16)
+                });
+                st.add_segment(id, size, located, false, None);
                 inner.evict_over_bound(&mut st, id)
             }
             Err(e) => {
@@ -760,35 +754,7 @@ impl PageCache {
         inner.released.notify_all();
         let (evicted, indexed) = match written {
             Ok(size) => {
-                st.tick += 1;
-                let mut digests = Vec::with_capacity(mine.len());
-                for &i in &mine {
-                    let (d, offset, len) = pages[i];
-                    st.index.insert(
-                        d,
-                        Loc {
-                            seg: id,
-                            offset,
-                            len,
-                        },
-                    );
-                    digests.push(d);
-                }
-                st.bytes += size;
-                let used = st.tick;
-                st.segments.insert(
-                    id,
-                    Segment {
-                        bytes: size,
-                        used,
-                        digests,
-                        linked: true,
-                        file_key,
-                    },
-                );
-                if let Some(k) = file_key {
-                    st.files.insert(k, id);
-                }
+                st.add_segment(id, size, mine.iter().map(|&i| pages[i]), true, file_key);
                 (inner.evict_over_bound(&mut st, id), mine.len() as u64)
             }
             Err(e) => {
@@ -802,6 +768,21 @@ impl PageCache {
         inner.removed(evicted);
         inner.emit(CacheEvent::Bytes(bytes));
         indexed
+    }
+
+    /// [`PageCache::adopt`] of several files, off the async runtime.
+    pub(crate) async fn adopt_all(&self, files: Vec<Adoption>) -> Result<u64, StoreError> {
+        let c = self.clone();
+        let pages = tokio::task::spawn_blocking(move || {
+            files
+                .iter()
+                .map(|(path, pages, key)| c.adopt(path, pages, *key))
+                .sum::<u64>()
+        })
+        .await
+        .map_err(StoreError::Task)?;
+        tracing::debug!(pages, "files linked into the page cache");
+        Ok(pages)
     }
 
     /// The linked copy of the whole file whose index digest is `file_key`, if the cache has

@@ -245,15 +245,7 @@ impl Store {
         }
         dest.rename_from(&mut tmp, opts)?;
         if let (Some(c), Some(adopt)) = (cache, adopt) {
-            let pages = tokio::task::spawn_blocking(move || {
-                adopt
-                    .iter()
-                    .map(|(path, pages, key)| c.adopt(path, pages, *key))
-                    .sum::<u64>()
-            })
-            .await
-            .map_err(StoreError::Task)?;
-            tracing::debug!(pages, "pulled files linked into the page cache");
+            c.adopt_all(adopt).await?;
         }
         tracing::info!(
             bytes_downloaded = report.bytes_downloaded,

@@ -997,15 +997,7 @@ impl Store {
                     (f.abs.clone(), pages, key)
                 })
                 .collect();
-            let pages = tokio::task::spawn_blocking(move || {
-                linked
-                    .iter()
-                    .map(|(f, pages, key)| c.adopt(f, pages, *key))
-                    .sum::<u64>()
-            })
-            .await
-            .map_err(StoreError::Task)?;
-            tracing::debug!(pages, "pushed files linked into the page cache");
+            c.adopt_all(linked).await?;
         }
         Ok(PushReport {
             id,

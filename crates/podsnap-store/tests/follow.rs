@@ -107,6 +107,15 @@ async fn a_followed_push_reads_while_the_file_grows_and_equals_the_finished_imag
         let (src, pages, progress) = (src.clone(), pages.clone(), progress.clone());
         std::thread::spawn(move || {
             append_slowly(&src, "pages.img", &pages);
+            // On a loaded machine the push may not have been scheduled yet: hold the file
+            // open-ended (the writer has not said Done) until the push has read a block of it,
+            // or give up after a minute and let the assertion below fail.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while progress.read_before.load(Ordering::SeqCst) < 4 << 20
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             // Written last, as runsc finishes checkpoint.img after the pages.
             write_file(&src, "checkpoint.img", &runsc_like_image(3, 10));
             write_file(&src, "pages_meta.img", b"meta");
