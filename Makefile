@@ -96,4 +96,5 @@ test-cluster: deps
 	bash scripts/cluster/down.sh >/dev/null 2>&1 || true
 	@$(MAKE) --no-print-directory cluster-up
 	PODSNAP_CLUSTER=1 python3 -m pytest -q tests/cluster; rc=$$?; \
+	  [ $$rc = 0 ] || bash scripts/cluster/diagnose.sh; \
 	  bash scripts/cluster/down.sh >/dev/null 2>&1; exit $$rc

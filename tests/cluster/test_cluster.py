@@ -87,12 +87,33 @@ def pod_manifest(name, command, runtime_class=None):
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
+def pod_story(core, name):
+    """The pod's phase, container states and events: why it is not running."""
+    out = []
+    try:
+        pod = core.read_namespaced_pod(name, NAMESPACE)
+        out.append(f"phase {pod.status.phase}; conditions "
+                   + ", ".join(f"{c.type}={c.status} {c.reason or ''} {c.message or ''}".strip()
+                               for c in pod.status.conditions or []))
+        for cs in (pod.status.container_statuses or []) + (pod.status.init_container_statuses or []):
+            out.append(f"container {cs.name}: {cs.state}")
+    except client.ApiException as e:
+        out.append(f"pod: {e.status} {e.reason}")
+    events = core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items
+    for ev in events:
+        out.append(f"event {ev.type} {ev.reason} x{ev.count or 1}: {ev.message}")
+    return "\n".join(out)
+
+
 def run_pod(core, name, command, runtime_class=None, want=None):
     """Create the pod, wait until it runs and its log holds `want`, return the log."""
     core.create_namespaced_pod(NAMESPACE, pod_manifest(name, command, runtime_class))
     try:
-        wait(f"pod {name} Running", 120,
-             lambda: core.read_namespaced_pod(name, NAMESPACE).status.phase in ("Running", "Succeeded"))
+        try:
+            wait(f"pod {name} Running", 120,
+                 lambda: core.read_namespaced_pod(name, NAMESPACE).status.phase in ("Running", "Succeeded"))
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{pod_story(core, name)}") from None
 
         def log():
             text = core.read_namespaced_pod_log(name, NAMESPACE)

@@ -1,0 +1,46 @@
+"""On a failed cluster test, the cluster's side of the story: every pod that is not running
+(phase, container states) and the latest warning events, added to the test's report so that a
+CI log shows why, not only that it timed out."""
+
+from pathlib import Path
+
+import pytest
+
+KUBECONFIG = Path(__file__).resolve().parents[2] / "target" / "cluster" / "kubeconfig"
+
+
+def cluster_story():
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(KUBECONFIG))
+    core = client.CoreV1Api(api)
+    out = []
+    for pod in core.list_pod_for_all_namespaces(_request_timeout=10).items:
+        phase = pod.status.phase
+        statuses = (pod.status.container_statuses or []) + (pod.status.init_container_statuses or [])
+        waiting = [cs for cs in statuses if cs.state and cs.state.waiting]
+        if phase in ("Running", "Succeeded") and not waiting:
+            continue
+        out.append(f"pod {pod.metadata.namespace}/{pod.metadata.name} on {pod.spec.node_name}: {phase}")
+        for cs in statuses:
+            out.append(f"  container {cs.name}: {cs.state}".replace("\n", " "))
+    events = core.list_event_for_all_namespaces(_request_timeout=10).items
+    warnings = [e for e in events if e.type != "Normal"]
+    warnings.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
+    for e in warnings[-20:]:
+        obj = e.involved_object
+        out.append(f"event {e.type} {obj.kind}/{obj.name} {e.reason} x{e.count or 1}: {e.message}")
+    return "\n".join(out) or "every pod is running; no warning events"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed or not KUBECONFIG.exists():
+        return
+    try:
+        story = cluster_story()
+    except Exception as e:  # the story is a courtesy; never mask the test's own failure
+        story = f"(could not read the cluster: {e})"
+    report.sections.append(("cluster at the failure", story))
