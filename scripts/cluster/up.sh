@@ -400,14 +400,19 @@ authorization:
 clusterDomain: cluster.local
 resolvConf: /etc/resolv.conf
 podLogsDir: $CLUSTER_VAR/pod-logs
-# Images come from ctr import only: never garbage-collect them, never evict for disk.
+# Images come from ctr import only: never garbage-collect them. A test node never evicts:
+# a machine whose disk is nearly full (or whose page cache the kubelet counts as used memory)
+# would otherwise taint the node with a pressure condition, and every later pod would stay
+# Pending with nothing in the tests' output to say why.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard:
-  memory.available: "100Mi"
-  nodefs.available: "1%"
-  imagefs.available: "1%"
-  nodefs.inodesFree: "1%"
+  memory.available: "0%"
+  nodefs.available: "0%"
+  imagefs.available: "0%"
+  nodefs.inodesFree: "0%"
+  imagefs.inodesFree: "0%"
+  pid.available: "0%"
 serializeImagePulls: false
 protectKernelDefaults: false
 rotateCertificates: false

@@ -1,5 +1,6 @@
 """On a failed cluster test, the cluster's side of the story: every pod that is not running
-(phase, container states) and the latest warning events, added to the test's report so that a
+(phase, container states), the node's pressure conditions and taints, and the latest warning
+events, added to the test's report so that a
 CI log shows why, not only that it timed out."""
 
 from pathlib import Path
@@ -15,6 +16,12 @@ def cluster_story():
     api = config.new_client_from_config(config_file=str(KUBECONFIG))
     core = client.CoreV1Api(api)
     out = []
+    for node in core.list_node(_request_timeout=10).items:
+        bad = [f"{c.type}={c.status} ({c.reason}: {c.message})" for c in node.status.conditions or []
+               if (c.type == "Ready") != (c.status == "True")]
+        taints = [f"{t.key}:{t.effect}" for t in node.spec.taints or []]
+        if bad or taints:
+            out.append(f"node {node.metadata.name}: {'; '.join(bad)} taints {taints}")
     for pod in core.list_pod_for_all_namespaces(_request_timeout=10).items:
         phase = pod.status.phase
         statuses = (pod.status.container_statuses or []) + (pod.status.init_container_statuses or [])
@@ -25,7 +32,9 @@ def cluster_story():
         for cs in statuses:
             out.append(f"  container {cs.name}: {cs.state}".replace("\n", " "))
     events = core.list_event_for_all_namespaces(_request_timeout=10).items
-    warnings = [e for e in events if e.type != "Normal"]
+    # Warnings every pod of this cluster gets (no cluster DNS, cgroup v1) say nothing.
+    noise = {"MissingClusterDNS", "CgroupV1"}
+    warnings = [e for e in events if e.type != "Normal" and e.reason not in noise]
     warnings.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
     for e in warnings[-20:]:
         obj = e.involved_object
