@@ -657,8 +657,9 @@ impl PageCache {
                 let mut offset = (HEADER_LEN + mine.len() * ENTRY_LEN) as u64;
                 let located = mine.iter().map(|&i| {
                     let (d, b) = pages[i];
+                    let at = offset;
                     offset += b.len() as u64;
-                    (d, offset - b.len() as u64, b.len() as u16)
+                    (d, at, b.len() as u16)
                 });
                 st.add_segment(id, size, located, false, None);
                 inner.evict_over_bound(&mut st, id)
