@@ -91,10 +91,13 @@ cluster-down:
 
 # The cluster tests (tests/cluster: the tutorial's SDK flow, the API, failure reasons) on a
 # fresh local cluster (one already up is taken down first), taken down afterwards whatever
-# the outcome. Needs root and Go.
+# the outcome; then tests/cluster/sdk1 with the SDK 1.0.x (its own directory, SDK1_PATH) on
+# agent-sandbox 1.x. Needs root and Go.
+SDK1_PATH ?= /opt/podsnap/sdk1
 test-cluster: deps
 	bash scripts/cluster/down.sh >/dev/null 2>&1 || true
 	@$(MAKE) --no-print-directory cluster-up
-	PODSNAP_CLUSTER=1 python3 -m pytest -q tests/cluster; rc=$$?; \
+	PODSNAP_CLUSTER=1 python3 -m pytest -q tests/cluster --ignore=tests/cluster/sdk1 && \
+	  PODSNAP_CLUSTER_SDK1=1 PYTHONPATH=$(SDK1_PATH) python3 -m pytest -q tests/cluster/sdk1; rc=$$?; \
 	  [ $$rc = 0 ] || bash scripts/cluster/diagnose.sh; \
 	  bash scripts/cluster/down.sh >/dev/null 2>&1; exit $$rc

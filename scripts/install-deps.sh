@@ -11,7 +11,9 @@
 #   - runsc 20221219 (bookworm's) at /opt/podsnap/runsc-20221219/runsc, for the tests of the
 #     older release;
 #   - pip: moto[server] kubernetes-validate pytest pyyaml grpcio, and for the cluster tests
-#     kubernetes==34.1.0 and k8s-agent-sandbox==0.4.6 (test only);
+#     kubernetes==34.1.0 and k8s-agent-sandbox==0.4.6 (test only); and in a directory of its
+#     own, /opt/podsnap/sdk1 (pip --target, used through PYTHONPATH by tests/cluster/sdk1),
+#     today's SDK k8s-agent-sandbox==1.0.8 with the kubernetes==37.0.2 it needs;
 #   - npm: azurite (the Azure Storage emulator; test only), pinned to a release that runs on
 #     bookworm's Node, with its whole dependency tree pinned by scripts/azurite/package-lock.json
 #     (npm ci into /opt/podsnap/azurite, azurite-blob linked into /usr/local/bin): an unpinned
@@ -33,6 +35,8 @@ MIN_RUNSC=0.0~20240729.0
 AZURITE_VERSION=3.35.0   # 3.36 and later need Node >= 21; bookworm has Node 18, this machine 20
 AZURITE_DIR=/opt/podsnap/azurite
 AZURITE_LOCK="$(cd "$(dirname "$0")" && pwd)/azurite"
+SDK1_DIR=/opt/podsnap/sdk1
+SDK1_PKGS="k8s-agent-sandbox==1.0.8 kubernetes==37.0.2"
 TRIXIE_SOURCES=/etc/apt/sources.list.d/trixie.sources
 TRIXIE_PIN=/etc/apt/preferences.d/podsnap-trixie
 
@@ -88,6 +92,14 @@ PY
 )
 fi
 
+need_sdk1=0
+if [ "$profile" = test ]; then
+  for p in $SDK1_PKGS; do
+    d="$(echo "${p%%==*}" | tr - _)-${p#*==}.dist-info"
+    [ -d "$SDK1_DIR/$d" ] || need_sdk1=1
+  done
+fi
+
 need_azurite=0
 if [ "$profile" = test ]; then
   # The version from the package's own package.json (running azurite-blob --version takes 2 s).
@@ -106,7 +118,7 @@ if [ "$profile" = test ]; then
 fi
 
 if [ -z "$missing_apt" ] && [ $need_trixie_source = 0 ] && [ $need_runsc = 0 ] && [ $need_old_runsc = 0 ] \
-  && [ -z "$missing_pip" ] && [ $need_azurite = 0 ] && [ -z "$missing_tools" ]; then
+  && [ -z "$missing_pip" ] && [ $need_sdk1 = 0 ] && [ $need_azurite = 0 ] && [ -z "$missing_tools" ]; then
   exit 0
 fi
 
@@ -125,6 +137,7 @@ if [ $need_old_runsc = 1 ]; then
   cmds+=("(d=\$(mktemp -d) && cd \$d && chmod 777 \$d && apt-get download runsc=$OLD_RUNSC_VERSION && dpkg -x runsc_*.deb x && install -D -m 0755 x/usr/bin/runsc $OLD_RUNSC && rm -rf \$d)")
 fi
 [ -n "$missing_pip" ] && cmds+=("python3 -m pip install -q $pip_pkgs")
+[ $need_sdk1 = 1 ] && cmds+=("rm -rf $SDK1_DIR && python3 -m pip install -q --no-warn-conflicts --target $SDK1_DIR $SDK1_PKGS")
 if [ $need_azurite = 1 ]; then
   cmds+=("mkdir -p $AZURITE_DIR && cp $AZURITE_LOCK/package.json $AZURITE_LOCK/package-lock.json $AZURITE_DIR/ && (cd $AZURITE_DIR && npm ci --no-fund --no-audit --omit=dev) && ln -sf $AZURITE_DIR/node_modules/.bin/azurite-blob /usr/local/bin/azurite-blob")
 fi

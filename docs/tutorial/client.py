@@ -1,10 +1,16 @@
 """The tutorial's client: create a sandbox, suspend it with a snapshot, resume it, and see
-that the counter continues. Uses only the agent-sandbox SDK (k8s-agent-sandbox 0.4.6) and the
-Kubernetes client, with the kubeconfig in $KUBECONFIG.
+that the counter continues. Uses only the agent-sandbox SDK and the Kubernetes client, with
+the kubeconfig in $KUBECONFIG. Either SDK line works:
+
+- k8s-agent-sandbox 0.4.6 (the tutorial's, with agent-sandbox 0.4.x and ./template.yaml):
+  the sandbox comes from the SandboxTemplate `python-counter-template`;
+- k8s-agent-sandbox 1.0.x (with agent-sandbox 1.x and ./v1/template.yaml): 1.0.x claims
+  sandboxes from a warm pool, `python-counter-pool`, made from the same counter.
 
     python3 docs/tutorial/client.py
 """
 
+import inspect
 import re
 import time
 
@@ -12,6 +18,8 @@ from kubernetes import client, config
 from k8s_agent_sandbox.gke_extensions.snapshots import PodSnapshotSandboxClient
 
 NAMESPACE = "default"
+TEMPLATE = "python-counter-template"  # SDK 0.4.x
+WARM_POOL = "python-counter-pool"  # SDK 1.0.x
 
 
 def counts(core, pod):
@@ -45,7 +53,10 @@ def main():
     config.load_kube_config()
     core = client.CoreV1Api()
     sandboxes = PodSnapshotSandboxClient()
-    sandbox = sandboxes.create_sandbox(template="python-counter-template", namespace=NAMESPACE)
+    if "template" in inspect.signature(sandboxes.create_sandbox).parameters:
+        sandbox = sandboxes.create_sandbox(template=TEMPLATE, namespace=NAMESPACE)
+    else:
+        sandbox = sandboxes.create_sandbox(warmpool=WARM_POOL, namespace=NAMESPACE)
     try:
         pod = sandbox.get_pod_name()
         print(f"Sandbox {sandbox.sandbox_id} runs in pod {pod}")

@@ -6,6 +6,7 @@
 #   kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl   k8s.io/kubernetes
 #   containerd containerd-shim-runc-v2 ctr                                 containerd/v2
 #   agent-sandbox-controller (+ its CRDs and manifests under ../k8s)        sigs.k8s.io/agent-sandbox
+#   agent-sandbox-controller-v1 (the 1.x release, the same way)           sigs.k8s.io/agent-sandbox
 #
 # Environment: PODSNAP_CLUSTER_GO_P (go build -p, default 2), PODSNAP_CLUSTER_NICE (default 10).
 set -euo pipefail
@@ -104,26 +105,29 @@ build_containerd() {
     )
 }
 
-build_agent_sandbox() {
-    local src="$CLUSTER_BUILD/src/agent-sandbox" dir
-    dir="$(mod_dir "sigs.k8s.io/agent-sandbox@$AGENT_SANDBOX_VERSION")"
-    [ -n "$dir" ] || die "the module proxy did not serve sigs.k8s.io/agent-sandbox@$AGENT_SANDBOX_VERSION"
+# One agent-sandbox release: its controller as $CLUSTER_BIN/<bin>, its CRDs and manifests under
+# $CLUSTER_BUILD/<bin>/k8s.
+build_agent_sandbox() { # version bin
+    local version="$1" bin="$2" src="$CLUSTER_BUILD/src/$2" dir
+    dir="$(mod_dir "sigs.k8s.io/agent-sandbox@$version")"
+    [ -n "$dir" ] || die "the module proxy did not serve sigs.k8s.io/agent-sandbox@$version"
     rm -rf "$src"
     cp -r "$dir" "$src"
     chmod -R u+w "$src"
     (
         cd "$src"
         CGO_ENABLED=0 gobuild -mod=mod -ldflags "-s -w" \
-            -o "$CLUSTER_BIN/agent-sandbox-controller" ./cmd/agent-sandbox-controller
+            -o "$CLUSTER_BIN/$bin" ./cmd/agent-sandbox-controller
     )
-    rm -rf "$CLUSTER_BUILD/agent-sandbox"
-    mkdir -p "$CLUSTER_BUILD/agent-sandbox"
-    cp -r "$src/k8s" "$CLUSTER_BUILD/agent-sandbox/k8s"
+    rm -rf "${CLUSTER_BUILD:?}/$bin"
+    mkdir -p "$CLUSTER_BUILD/$bin"
+    cp -r "$src/k8s" "$CLUSTER_BUILD/$bin/k8s"
 }
 
 log "building into $CLUSTER_BUILD (go build -p $GO_P under nice -n $NICE)"
 start=$(date +%s)
-timed agent-sandbox build_agent_sandbox
+timed agent-sandbox build_agent_sandbox "$AGENT_SANDBOX_VERSION" agent-sandbox-controller
+timed agent-sandbox-v1 build_agent_sandbox "$AGENT_SANDBOX_V1_VERSION" agent-sandbox-controller-v1
 timed containerd build_containerd
 timed kubernetes build_kubernetes
 printf 'total %ss\n' "$(($(date +%s) - start))" | tee -a "$TIMES" >&2

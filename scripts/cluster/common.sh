@@ -36,3 +36,47 @@ CLUSTER_DIR="$REPO_ROOT/target/cluster"
 CLUSTER_RUN="${PODSNAP_CLUSTER_RUN:-/run/podsnap-cluster}"
 CLUSTER_VAR="${PODSNAP_CLUSTER_VAR:-/var/lib/podsnap-cluster}"
 
+
+# Processes of a running cluster: each in its own session, its pid in $PIDS/<name>.pid and its
+# output in $LOGS/<name>.log.
+LOGS="$CLUSTER_DIR/logs"
+PIDS="$CLUSTER_RUN/pids"
+
+start() { # name command...
+    local name="$1"
+    shift
+    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    echo $! >"$PIDS/$name.pid"
+    log "started $name (pid $!)"
+}
+
+stop() { # name: SIGTERM its session, then SIGKILL after 10 s
+    local name="$1" pid i
+    [ -f "$PIDS/$name.pid" ] || return 0
+    pid="$(cat "$PIDS/$name.pid")"
+    if kill -0 "$pid" 2>/dev/null; then
+        log "stopping $name (pid $pid)"
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 20; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$PIDS/$name.pid"
+}
+
+wait_for() { # what seconds command...
+    local what="$1" secs="$2"
+    shift 2
+    local i
+    for ((i = 0; i < secs * 2; i++)); do
+        if "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    die "$what not ready after ${secs}s (logs: $LOGS)"
+}
+
+alive() { kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }

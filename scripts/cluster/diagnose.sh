@@ -17,6 +17,8 @@ export KUBECONFIG="$CLUSTER_DIR/kubeconfig"
 kubectl() { timeout 20 "$CLUSTER_BIN/kubectl" "$@"; }
 section() { printf '\n===== %s\n' "$*"; }
 
+section "agent-sandbox release"
+cat "$CLUSTER_DIR/agent-sandbox" 2>/dev/null || echo "(not recorded)"
 for f in "$CLUSTER_DIR"/logs/*.log; do
     [ -f "$f" ] || continue
     section "$(basename "$f") (last $lines lines)"

@@ -4,24 +4,7 @@
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 
-PIDS="$CLUSTER_RUN/pids"
 SOCK="$CLUSTER_RUN/containerd.sock"
-
-stop() { # name: SIGTERM its session, then SIGKILL after 10 s
-    local name="$1" pid i
-    [ -f "$PIDS/$name.pid" ] || return 0
-    pid="$(cat "$PIDS/$name.pid")"
-    if kill -0 "$pid" 2>/dev/null; then
-        log "stopping $name (pid $pid)"
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-        for ((i = 0; i < 20; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.5
-        done
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
-    fi
-    rm -f "$PIDS/$name.pid"
-}
 
 # Control plane clients of the node first, so nothing recreates pods while they go.
 stop podsnap-controller

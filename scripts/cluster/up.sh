@@ -3,10 +3,12 @@
 #
 #   etcd (Debian trixie's etcd-server) -> kube-apiserver -> kube-controller-manager,
 #   kube-scheduler; containerd 2.x (CRI, CNI bridge) -> kubelet; agent-sandbox-controller
-#   (with --extensions) and its CRDs; RuntimeClass `gvisor` (handler `runsc`, podsnap-runsc);
-#   podsnapd on the node (Unix socket for podsnap-runsc, mutual TLS on NODE_IP:9443 for the
-#   controller); podsnap-controller (podsnapshot.gke.io/v1, restore webhook on 127.0.0.1:9444)
-#   and the PodSnapshotStorageConfig `local` (a file store under /var/lib/podsnap-cluster).
+#   (with --extensions) and its CRDs, release v0 or v1 (PODSNAP_CLUSTER_AGENT_SANDBOX, default
+#   v0; scripts/cluster/agent-sandbox.sh switches a running cluster); RuntimeClass `gvisor`
+#   (handler `runsc`, podsnap-runsc); podsnapd on the node (Unix socket for podsnap-runsc,
+#   mutual TLS on NODE_IP:9443 for the controller); podsnap-controller (podsnapshot.gke.io/v1,
+#   restore webhook on 127.0.0.1:9444) and the PodSnapshotStorageConfig `local` (a file store
+#   under /var/lib/podsnap-cluster).
 #
 # Leaves target/cluster/kubeconfig (cluster admin) and target/cluster/containerd.sock. Every
 # process runs in its own session, logs to target/cluster/logs/ and is stopped by
@@ -61,8 +63,6 @@ POD_SUBNET=10.244.0.0/24
 SERVICE_RANGE=10.96.0.0/16
 
 PKI="$CLUSTER_DIR/pki"
-LOGS="$CLUSTER_DIR/logs"
-PIDS="$CLUSTER_RUN/pids"
 rm -rf "$CLUSTER_DIR"
 mkdir -p "$CLUSTER_DIR" "$PKI" "$LOGS" "$PIDS" "$CLUSTER_VAR" "$CLUSTER_RUN" "$CLUSTER_DIR/bin"
 # Where things are, for down.sh and for anyone debugging.
@@ -155,29 +155,7 @@ KUBECTL="$CLUSTER_BIN/kubectl"
 ln -sf "$KUBECTL" "$CLUSTER_DIR/bin/kubectl"
 ln -sf "$CLUSTER_BIN/ctr" "$CLUSTER_DIR/bin/ctr"
 
-# --- processes ------------------------------------------------------------------------------
-start() { # name command...
-    local name="$1"
-    shift
-    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-    echo $! >"$PIDS/$name.pid"
-    log "started $name (pid $!)"
-}
-
-wait_for() { # what seconds command...
-    local what="$1" secs="$2"
-    shift 2
-    local i
-    for ((i = 0; i < secs * 2; i++)); do
-        if "$@" >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.5
-    done
-    die "$what not ready after ${secs}s (logs: $LOGS)"
-}
-
-alive() { kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+# --- processes (start, wait_for, alive: common.sh) ------------------------------------------
 
 log "etcd"
 start etcd etcd --name podsnap --data-dir "$CLUSTER_VAR/etcd" \
@@ -427,19 +405,9 @@ wait_for "node $NODE_NAME" 120 "$KUBECTL" get node "$NODE_NAME"
     die "node $NODE_NAME not Ready (logs: $LOGS/kubelet.log)"
 
 # --- cluster objects: RuntimeClass, agent-sandbox ---------------------------------------------
-log "RuntimeClass gvisor, agent-sandbox $AGENT_SANDBOX_VERSION"
-AS="$CLUSTER_BUILD/agent-sandbox/k8s"
+log "RuntimeClass gvisor"
 "$KUBECTL" apply -f "$CLUSTER_SCRIPTS/manifests/runtimeclass-gvisor.yaml" >&2
-"$KUBECTL" apply --server-side -f "$AS/crds" >&2
-"$KUBECTL" apply -f "$AS/rbac.generated.yaml" -f "$AS/extensions-rbac.generated.yaml" >&2
-"$KUBECTL" apply -f "$CLUSTER_SCRIPTS/manifests/agent-sandbox-rbac.yaml" >&2
-"$KUBECTL" wait --for condition=Established --timeout=60s \
-    crd/sandboxes.agents.x-k8s.io crd/sandboxclaims.extensions.agents.x-k8s.io \
-    crd/sandboxtemplates.extensions.agents.x-k8s.io >&2
-start agent-sandbox-controller env KUBECONFIG="$CLUSTER_DIR/agent-sandbox-controller.kubeconfig" \
-    "$CLUSTER_BIN/agent-sandbox-controller" --extensions --leader-elect=false \
-    --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081
-wait_for agent-sandbox-controller 60 curl -fsS http://127.0.0.1:18081/readyz
+bash "$CLUSTER_SCRIPTS/agent-sandbox.sh" "${PODSNAP_CLUSTER_AGENT_SANDBOX:-v0}"
 
 # --- podsnap: podsnapd on the node, podsnap-controller, the `local` storage config -------------
 # Binaries: the newer of this clone's release and debug builds (make cluster-up builds debug).

@@ -1,13 +1,39 @@
 """On a failed cluster test, the cluster's side of the story: every pod that is not running
 (phase, container states), the node's pressure conditions and taints, and the latest warning
 events, added to the test's report so that a
-CI log shows why, not only that it timed out."""
+CI log shows why, not only that it timed out. Also the run of the tutorial's client that
+tests/cluster (SDK 0.4.6) and tests/cluster/sdk1 (SDK 1.0.x) both make."""
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-KUBECONFIG = Path(__file__).resolve().parents[2] / "target" / "cluster" / "kubeconfig"
+ROOT = Path(__file__).resolve().parents[2]
+KUBECONFIG = ROOT / "target" / "cluster" / "kubeconfig"
+
+
+@pytest.fixture
+def tutorial_client():
+    """Runs docs/tutorial/client.py with whichever SDK this interpreter imports and checks
+    that the counter continued from the snapshot; returns the client's output."""
+    def run():
+        out = subprocess.run([sys.executable, str(ROOT / "docs" / "tutorial" / "client.py")],
+                             capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "KUBECONFIG": str(KUBECONFIG)})
+        assert out.returncode == 0, out.stdout + out.stderr
+        before = int(re.search(r"^Count before: (\d+)$", out.stdout, re.M).group(1))
+        after = int(re.search(r"^Count after: (\d+)$", out.stdout, re.M).group(1))
+        assert "restored from snapshot: True" in out.stdout, out.stdout
+        # Continues from the snapshot (taken right after `before` was read): not from 0, and
+        # not from where it would be had it kept running through the 10 s suspension.
+        assert before >= 5
+        assert before < after <= before + 9, out.stdout
+        return out.stdout
+    return run
 
 
 def cluster_story():
