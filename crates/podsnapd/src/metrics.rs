@@ -335,15 +335,21 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve(addr: String, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// Binds `addr` for [`serve`]: done before the daemon reports ready, so that a port in use
+/// fails the start instead of leaving a daemon without metrics.
+pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
     use anyhow::Context;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding --metrics-listen {addr}"))?;
     tracing::info!(%addr, "serving metrics at /metrics");
+    Ok(listener)
+}
+
+/// Serves `GET /metrics` on `listener` (from [`bind`]) until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,

@@ -98,13 +98,9 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
             }
         });
     }
-    if let Some(addr) = cfg.metrics_listen.clone() {
-        let m = engine.metrics().clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, m).await {
-                tracing::error!(error = %format!("{e:#}"), "metrics listener failed");
-            }
-        });
+    if let Some(addr) = cfg.metrics_listen.as_deref() {
+        let listener = crate::metrics::bind(addr).await?;
+        tokio::spawn(crate::metrics::serve(listener, engine.metrics().clone()));
     }
 
     let service = PodsnapServer::new(Service::new(engine.clone()))

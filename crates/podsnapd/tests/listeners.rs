@@ -223,3 +223,47 @@ async fn listen_tls_serves_the_controller_beside_the_unix_socket() {
         "--listen-tls served a client without a certificate"
     );
 }
+
+/// A `--metrics-listen` address that cannot be bound fails the start, saying which flag,
+/// instead of leaving a running daemon without metrics.
+#[test]
+fn a_metrics_port_in_use_fails_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_podsnapd"))
+        .arg(format!("--listen=unix://{}", p("d.sock")))
+        .arg(format!("--store=file://{}", p("store")))
+        .arg(format!("--state-dir={}", p("state")))
+        .arg("--runsc=/nonexistent/runsc")
+        .arg(format!("--metrics-listen=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("podsnapd kept running with its metrics port in use");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&format!("binding --metrics-listen 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("d.sock").exists(),
+        "the gRPC socket appeared before the metrics listener was bound"
+    );
+    drop(held);
+}
