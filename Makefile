@@ -10,6 +10,13 @@ ifneq ($(wildcard $(RUNSC_20221219)),)
 PODSNAP_RUNSC_20221219 ?= $(RUNSC_20221219)
 export PODSNAP_RUNSC_20221219
 endif
+# runsc built from 2026's gVisor (scripts/gvisor/build.sh; install-deps puts it there), for the
+# tests that differ by release.
+GVISOR_DIR := /opt/podsnap/gvisor
+ifneq ($(wildcard $(GVISOR_DIR)/runsc),)
+PODSNAP_RUNSC_2026 ?= $(GVISOR_DIR)/runsc
+export PODSNAP_RUNSC_2026
+endif
 
 # The workspace version (Cargo.toml's [workspace.package]); the image is podsnap:$(VERSION).
 VERSION := $(shell awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/ { print $$2; exit }' Cargo.toml)

@@ -10,6 +10,11 @@
 #     at priority 100 so nothing else comes from it;
 #   - runsc 20221219 (bookworm's) at /opt/podsnap/runsc-20221219/runsc, for the tests of the
 #     older release;
+#   - current gVisor (test only): runsc and containerd-shim-runsc-v1 built from the Go module
+#     proxy at the version pinned in scripts/cluster/versions.env (scripts/gvisor/build.sh,
+#     about 5 minutes on 2 cores, cached under /var/cache/podsnap/gvisor), installed in
+#     /opt/podsnap/gvisor; needs Go. The demo stays on Debian's runsc, so a newcomer's first
+#     `make demo` does not wait for a Go build;
 #   - pip: moto[server] kubernetes-validate pytest pyyaml grpcio, and for the cluster tests
 #     kubernetes==34.1.0 and k8s-agent-sandbox==0.4.6 (test only); and in a directory of its
 #     own, /opt/podsnap/sdk1 (pip --target, used through PYTHONPATH by tests/cluster/sdk1),
@@ -35,6 +40,9 @@ MIN_RUNSC=0.0~20240729.0
 AZURITE_VERSION=3.35.0   # 3.36 and later need Node >= 21; bookworm has Node 18, this machine 20
 AZURITE_DIR=/opt/podsnap/azurite
 AZURITE_LOCK="$(cd "$(dirname "$0")" && pwd)/azurite"
+GVISOR_DIR=/opt/podsnap/gvisor
+GVISOR_BUILD="$(cd "$(dirname "$0")" && pwd)/gvisor/build.sh"
+GVISOR_RELEASE=$(sed -n 's/^GVISOR_RELEASE=//p' "$(cd "$(dirname "$0")" && pwd)/cluster/versions.env")
 SDK1_DIR=/opt/podsnap/sdk1
 SDK1_PKGS="k8s-agent-sandbox==1.0.8 kubernetes==37.0.2"
 TRIXIE_SOURCES=/etc/apt/sources.list.d/trixie.sources
@@ -110,6 +118,13 @@ if [ "$profile" = test ]; then
   cmp -s "$AZURITE_LOCK/package-lock.json" "$AZURITE_DIR/package-lock.json" || need_azurite=1
 fi
 
+need_gvisor=0
+if [ "$profile" = test ]; then
+  [ -x "$GVISOR_DIR/containerd-shim-runsc-v1" ] \
+    && [ "$("$GVISOR_DIR/runsc" --version 2>/dev/null | sed -n 1p)" = "runsc version $GVISOR_RELEASE" ] \
+    || need_gvisor=1
+fi
+
 missing_tools=""
 command -v cargo >/dev/null 2>&1 || missing_tools="$missing_tools cargo(rustup.rs)"
 if [ "$profile" = test ]; then
@@ -118,7 +133,8 @@ if [ "$profile" = test ]; then
 fi
 
 if [ -z "$missing_apt" ] && [ $need_trixie_source = 0 ] && [ $need_runsc = 0 ] && [ $need_old_runsc = 0 ] \
-  && [ -z "$missing_pip" ] && [ $need_sdk1 = 0 ] && [ $need_azurite = 0 ] && [ -z "$missing_tools" ]; then
+  && [ -z "$missing_pip" ] && [ $need_sdk1 = 0 ] && [ $need_azurite = 0 ] && [ $need_gvisor = 0 ] \
+  && [ -z "$missing_tools" ]; then
   exit 0
 fi
 
@@ -140,6 +156,11 @@ fi
 [ $need_sdk1 = 1 ] && cmds+=("rm -rf $SDK1_DIR && python3 -m pip install -q --no-warn-conflicts --target $SDK1_DIR $SDK1_PKGS")
 if [ $need_azurite = 1 ]; then
   cmds+=("mkdir -p $AZURITE_DIR && cp $AZURITE_LOCK/package.json $AZURITE_LOCK/package-lock.json $AZURITE_DIR/ && (cd $AZURITE_DIR && npm ci --no-fund --no-audit --omit=dev) && ln -sf $AZURITE_DIR/node_modules/.bin/azurite-blob /usr/local/bin/azurite-blob")
+fi
+
+if [ $need_gvisor = 1 ]; then
+  command -v go >/dev/null 2>&1 || missing_tools="$missing_tools go(gVisor's runsc and shim are built from Go modules)"
+  cmds+=("bin=\$(bash $GVISOR_BUILD) && install -D -m 0755 \$bin/runsc $GVISOR_DIR/runsc && install -D -m 0755 \$bin/containerd-shim-runsc-v1 $GVISOR_DIR/containerd-shim-runsc-v1")
 fi
 
 if [ -n "$missing_tools" ]; then
@@ -167,4 +188,5 @@ for c in "${cmds[@]}"; do
 done
 [ -n "$missing_tools" ] && exit 1
 /usr/bin/runsc --version | sed -n 1p >&2
+[ "$profile" = test ] && "$GVISOR_DIR/runsc" --version | sed -n 1p >&2
 echo "install-deps: done" >&2

@@ -19,9 +19,11 @@ export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 command -v go >/dev/null || die "go not found: the cluster's parts are built from Go modules"
 
+# The GVISOR lines of versions.env key gVisor's own cache (scripts/gvisor/build.sh), not this one.
 cluster_key() {
     {
-        cat "$CLUSTER_SCRIPTS/versions.env" "$CLUSTER_SCRIPTS/build.sh"
+        grep -v GVISOR "$CLUSTER_SCRIPTS/versions.env"
+        cat "$CLUSTER_SCRIPTS/build.sh"
         go env GOVERSION GOARCH
     } | sha256sum | cut -c1-16
 }

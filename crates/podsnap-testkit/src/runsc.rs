@@ -140,14 +140,21 @@ impl Bundle {
 /// `PODSNAP_RUNSC_20221219` names another path.
 pub const RUNSC_20221219_DEFAULT: &str = "/opt/podsnap/runsc-20221219/runsc";
 
+/// Where current gVisor's runsc (built from the Go module proxy by `scripts/gvisor/build.sh`)
+/// is installed, unless `PODSNAP_RUNSC_2026` names another path.
+pub const RUNSC_2026_DEFAULT: &str = "/opt/podsnap/gvisor/runsc";
+
 /// The runsc releases the tests run on: the system `runsc` (Debian trixie's 20240729 where the
-/// set-up script installed it) and bookworm's 20221219 kept at a fixed path.
+/// set-up script installed it), bookworm's 20221219 and current gVisor's 2026 build, the last
+/// two kept at fixed paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Release {
     /// The `runsc` on PATH.
     System,
     /// runsc 20221219 (`PODSNAP_RUNSC_20221219`, or [`RUNSC_20221219_DEFAULT`]).
     R20221219,
+    /// runsc built from 2026's gVisor (`PODSNAP_RUNSC_2026`, or [`RUNSC_2026_DEFAULT`]).
+    R2026,
 }
 
 impl Release {
@@ -158,7 +165,37 @@ impl Release {
             Release::R20221219 => std::env::var_os("PODSNAP_RUNSC_20221219")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(RUNSC_20221219_DEFAULT)),
+            Release::R2026 => std::env::var_os("PODSNAP_RUNSC_2026")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(RUNSC_2026_DEFAULT)),
         }
+    }
+
+    /// The environment variable that names this release's binary (`None` for the system one).
+    pub fn env_var(self) -> Option<&'static str> {
+        match self {
+            Release::System => None,
+            Release::R20221219 => Some("PODSNAP_RUNSC_20221219"),
+            Release::R2026 => Some("PODSNAP_RUNSC_2026"),
+        }
+    }
+
+    /// The binary of this release when it runs; `None` when it is not installed, which fails
+    /// the test when privileged tests are required (`make test` as root) and skips otherwise.
+    pub fn required(self) -> Option<PathBuf> {
+        if self.available() {
+            return Some(self.binary());
+        }
+        let msg = format!(
+            "runsc {self:?} not found at {} (set {})",
+            self.binary().display(),
+            self.env_var().unwrap_or("PATH")
+        );
+        if crate::privileged_required() {
+            panic!("{msg} (PODSNAP_REQUIRE_PRIVILEGED=1)");
+        }
+        eprintln!("{msg}: skipped");
+        None
     }
 
     /// The release date in `runsc --version` (`None` when it cannot be run or has none).
@@ -186,21 +223,16 @@ impl Release {
         self.release_date().is_some_and(|d| d <= 20221219)
     }
 
-    /// The releases a test that differs by release runs on: the system runsc and, when it is
-    /// installed (it must be when privileged tests are required), 20221219.
+    /// The releases a test that differs by release runs on: the system runsc and, when they
+    /// are installed (they must be when privileged tests are required), 20221219 and the 2026
+    /// build; a release whose date equals the system runsc's is not run twice.
     pub fn all() -> Vec<Release> {
         let mut out = vec![Release::System];
-        if Release::R20221219.available() {
-            if Release::System.release_date() != Release::R20221219.release_date() {
-                out.push(Release::R20221219);
+        let system = Release::System.release_date();
+        for r in [Release::R20221219, Release::R2026] {
+            if r.required().is_some() && r.release_date() != system {
+                out.push(r);
             }
-        } else if crate::privileged_required() {
-            panic!(
-                "runsc 20221219 not found at {} (set PODSNAP_RUNSC_20221219; PODSNAP_REQUIRE_PRIVILEGED=1)",
-                Release::R20221219.binary().display()
-            );
-        } else {
-            eprintln!("runsc 20221219 not installed: testing the system runsc only");
         }
         out
     }
