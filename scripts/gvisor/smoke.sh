@@ -251,7 +251,7 @@ PY
 }
 cat >"$W/app.json" <<EOF
 {"metadata": {"name": "app"}, "image": {"image": "$IMAGE"},
- "command": ["sh", "-c", "i=0; while :; do i=\$((i+1)); echo \$i >/tmp/count; echo tick \$i; sleep 0.2; done"],
+ "command": ["sh", "-c", "i=0; while :; do i=\$((i+1)); echo \$i >/tmp/count; echo \$i >>/rootfs-count; echo tick \$i; sleep 0.2; done"],
  "log_path": "app.log", "linux": {}}
 EOF
 run_pod() { # pod.json: prints "POD CID"
@@ -305,11 +305,17 @@ c4="$(count_of "$CID")"
 sleep 1
 c5="$(count_of "$CID")"
 [ "${c5:-0}" -gt "$c4" ] 2>/dev/null || fail "CRI: restored app not counting ($c4 -> $c5)"
+# Rootfs writes travel in the image (runsc's rootfs overlay): the file the app appends to on
+# its root filesystem still starts at 1 and holds the lines from before the checkpoint.
+first="$(timeout 30 "${CRI[@]}" exec "$CID" head -1 /rootfs-count 2>/dev/null || true)"
+lines="$(timeout 30 "${CRI[@]}" exec "$CID" wc -l /rootfs-count 2>/dev/null | awk '{print $1}' || true)"
+[ "$first" = 1 ] && [ "${lines:-0}" -ge "${c5:-1}" ] 2>/dev/null \
+    || fail "CRI: rootfs file after restore starts at '$first' with $lines lines (count $c5)"
 "${CRI[@]}" logs "$CID" 2>/dev/null | grep '^tick ' >/dev/null || fail "CRI: no logs from the restored app"
 start=$(date +%s.%N)
 timeout 60 "${CRI[@]}" stopp "$POD" >/dev/null 2>&1 || fail "StopPodSandbox of the restored pod"
 timeout 60 "${CRI[@]}" rmp "$POD" >/dev/null 2>&1 || fail "RemovePodSandbox of the restored pod"
-log "CRI: restored app continued ($c3 -> $c4 -> $c5); stopped and removed in $(elapsed "$start")s"
+log "CRI: restored app continued ($c3 -> $c4 -> $c5), rootfs file kept ($lines lines); stopped and removed in $(elapsed "$start")s"
 [ -z "$("${RR[@]}" list -quiet 2>/dev/null)" ] || fail "runsc containers left under $RUNSC_ROOT/k8s.io"
 ok=1
 log "PASS"
