@@ -5,15 +5,17 @@
 //! help texts, plus the defaults `runsc flags` prints). Flags are facts; what a flag is worth on
 //! a given release is what this module decides, from behaviour measured on real releases:
 //!
-//! | behaviour | 20221219 | 20240729 |
-//! |---|---|---|
-//! | image | one flate `checkpoint.img` | `checkpoint.img` + `pages.img` + `pages_meta.img` with `--compression=none` |
-//! | `--leave-running`, standalone | unreliable | the sandbox keeps running |
-//! | `--leave-running`, under containerd | hangs, task left broken | works |
-//! | multi-container sandboxes | cannot be checkpointed | one image, restored root first |
-//! | default platform / rootfs overlay | ptrace / none | systrap / `root:self` |
-//! | images of another runsc version | refused | refused (both directions tried) |
-//! | `pages.img` written | - | front to back by plain `write(2)`s, never rewritten (traced) |
+//! | behaviour | 20221219 | 20240729 | 20260905 (built from the Go module proxy) |
+//! |---|---|---|---|
+//! | image | one flate `checkpoint.img` | `checkpoint.img` + `pages.img` + `pages_meta.img` with `--compression=none` | the same; uncompressed is the default |
+//! | `--leave-running`, standalone | unreliable | the sandbox keeps running | the sandbox keeps running |
+//! | `--leave-running`, under containerd | hangs, task left broken | works | works |
+//! | multi-container sandboxes | cannot be checkpointed | one image, restored root first | the same |
+//! | default platform / rootfs overlay | ptrace / none | systrap / `root:self` | systrap / `root:self` |
+//! | images of another runsc version | refused | refused (both directions tried) | refused: a 20240729 image fails with "container specs not found in metadata", and 20240729 fails on a 20260905 image with "statefile error: hash mismatch" |
+//! | `pages.img` written | - | front to back by plain `write(2)`s, never rewritten (traced) | front to back by 256 KiB `pwrite(2)`s at the running end, one at a time, never rewritten (traced) |
+//! | `restore --background` | no | no | yes (uncompressed images): returns once kernel state is loaded |
+//! | `cpu-features`, `dev.gvisor.internal.cpufeatures` allow-list | no | no | yes |
 //!
 //! When the version carries no release date (a build from source prints none), podsnap cannot
 //! know which side of those lines the binary is on, so it takes the behaviour that is correct on
@@ -27,10 +29,11 @@ use std::fmt;
 /// The last release whose `--leave-running` and multi-container checkpoints are broken.
 pub const LAST_LIMITED_RELEASE: u32 = 20221219;
 
-/// The newest release whose image writes were traced (`strace` of the sandbox during a
-/// checkpoint): `pages.img` grows by plain sequential `write(2)`s and is never rewritten, so
-/// a push may read it while runsc writes. Later releases may write it another way.
-pub const LAST_TRACED_APPEND_ONLY_RELEASE: u32 = 20240729;
+/// The releases whose image writes were traced (`strace` of the sandbox during a checkpoint):
+/// `pages.img` grows front to back, each write done before the next starts, and is never
+/// rewritten, so a push may read it while runsc writes. Other releases may write it another
+/// way, so only these are followed.
+pub const TRACED_APPEND_ONLY_RELEASES: &[u32] = &[20240729, 20260905];
 
 /// Whether something is possible, and why not when it is not.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,12 +136,39 @@ impl ReleasePolicy {
     pub fn image_files_written_in_order(&self) -> &'static [&'static str] {
         let traced = self
             .release
-            .is_some_and(|r| r > LAST_LIMITED_RELEASE && r <= LAST_TRACED_APPEND_ONLY_RELEASE);
+            .is_some_and(|r| TRACED_APPEND_ONLY_RELEASES.contains(&r));
         if self.page_dedup_possible() && traced {
             &["pages.img"]
         } else {
             &[]
         }
+    }
+
+    /// Whether a restore may pass `--background`: runsc then returns once the kernel's state
+    /// is loaded and reads the application's pages as they are touched. Only where the flag
+    /// exists, and only for the uncompressed images podsnap takes there (runsc pages in
+    /// nothing else lazily).
+    pub fn background_restore(&self) -> Support {
+        if !self.caps.restore_background {
+            Support::No(format!(
+                "runsc {} has no restore --background",
+                self.version
+            ))
+        } else if !self.page_dedup_possible() {
+            Support::No(format!(
+                "runsc {} writes compressed images, which restore --background cannot page in",
+                self.version
+            ))
+        } else {
+            Support::Yes
+        }
+    }
+
+    /// Whether the sandbox's CPU features can be narrowed with the
+    /// `dev.gvisor.internal.cpufeatures` annotation (and listed by `runsc cpu-features`): both
+    /// came in the same release, so the subcommand's presence tells.
+    pub fn cpu_allow_list(&self) -> bool {
+        self.caps.cpu_features_command
     }
 
     /// Whether to pass `--exclude-committed-zero-pages`. Not used: podsnap never stores zero
@@ -243,8 +273,13 @@ impl ReleasePolicy {
         }
         if self.page_dedup_possible() && self.image_files_written_in_order().is_empty() {
             out.push(format!(
-                "uploads start once runsc {} has written the whole image (only releases up to {LAST_TRACED_APPEND_ONLY_RELEASE} are known to write pages.img front to back)",
-                self.version
+                "uploads start once runsc {} has written the whole image (only releases {} are known to write pages.img front to back)",
+                self.version,
+                TRACED_APPEND_ONLY_RELEASES
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         out
@@ -329,6 +364,57 @@ mod tests {
         assert_eq!(p.default_overlay(), RootfsOverlay::SelfBacked);
     }
 
+    fn release_2026() -> ReleasePolicy {
+        policy(
+            "release-20260905.0",
+            Capabilities {
+                leave_running: true,
+                compression: true,
+                exclude_committed_zero_pages: true,
+                checkpoint_direct: true,
+                restore_background: true,
+                restore_direct: true,
+                cpu_features_command: true,
+                default_platform: Some("systrap".into()),
+                default_overlay: Some("root:self".into()),
+            },
+        )
+    }
+
+    #[test]
+    fn release_2026_restores_in_the_background_and_narrows_cpu_features() {
+        let p = release_2026();
+        assert_eq!(p.release(), Some(20260905));
+        assert!(p.background_restore().is_yes());
+        assert!(p.cpu_allow_list());
+        assert_eq!(p.checkpoint_compression(), Some("none"));
+        assert_eq!(p.image_files_written_in_order(), ["pages.img"]);
+        assert_eq!(
+            p.resume_method(Manager::Containerd),
+            ResumeMethod::LeaveRunning
+        );
+        assert!(p.multi_container_checkpoint().is_yes());
+        assert!(p.limits().is_empty(), "{:?}", p.limits());
+        let why = current().background_restore();
+        assert!(
+            why.reason().unwrap().contains("no restore --background"),
+            "{why:?}"
+        );
+        assert!(!current().cpu_allow_list() && !old().cpu_allow_list());
+    }
+
+    #[test]
+    fn images_of_20240729_and_2026_are_refused_both_ways_naming_both_versions() {
+        for (node, image) in [
+            (release_2026(), "0.0~20240729.0"),
+            (current(), "release-20260905.0"),
+        ] {
+            let why = node.can_restore_image_of(image);
+            let why = why.reason().unwrap();
+            assert!(why.contains(image) && why.contains(node.version()), "{why}");
+        }
+    }
+
     #[test]
     fn only_traced_releases_are_followed_while_runsc_writes() {
         assert!(old().image_files_written_in_order().is_empty());
@@ -386,6 +472,11 @@ mod tests {
         assert_eq!(flag_default(text, "overlay2").as_deref(), Some("root:self"));
         assert_eq!(flag_default(text, "pprof"), None);
         assert_eq!(flag_default(text, "network"), None);
+        // 2026's --overlay2 explains its format over several lines before its default.
+        let text = "  -overlay\n    \tDEPRECATED: use --overlay2=all:memory to achieve the same effect\n  -overlay2 value\n    \twrap mounts with overlayfs. Format is\n    \t* 'none' to turn overlay mode off\n    \t* {mount}:{medium}[,size={size}], where\n    \t    'mount' can be 'root' or 'all'\n    \t (default root:self)\n  -override-procs string\n    \tcomma-separated list (e.g. kallsyms)\n";
+        assert_eq!(flag_default(text, "overlay2").as_deref(), Some("root:self"));
+        assert_eq!(flag_default(text, "overlay"), None);
+        assert_eq!(flag_default(text, "override-procs"), None);
     }
 
     #[test]

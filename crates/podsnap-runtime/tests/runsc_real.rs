@@ -58,6 +58,22 @@ async fn checkpoint_and_restore_on(release: Release) {
     eprintln!("runtime info: {info:?}");
     let limited = release.is_limited();
     assert_eq!(info.platform, if limited { "ptrace" } else { "systrap" });
+    let caps = &info.capabilities;
+    if release.release_date() >= Some(20250820) {
+        // What the 2026 build adds, read off its help texts and `runsc flags`.
+        assert!(
+            caps.restore_background && caps.cpu_features_command,
+            "{caps:?}"
+        );
+        assert!(info.policy().background_restore().is_yes());
+    }
+    if !limited {
+        assert_eq!(
+            caps.default_overlay.as_deref(),
+            Some("root:self"),
+            "{caps:?}"
+        );
+    }
 
     let sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
     assert_eq!(sb.status, Status::Running);
@@ -649,4 +665,80 @@ async fn restore_refuses_a_directory_without_an_image() {
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::InvalidRequest(_)), "{err}");
+}
+
+/// Checkpoints a counter with runsc `from` and restores the image with runsc `to`; the
+/// restore's error, or `None` when it succeeded.
+async fn restore_across(from: Release, to: Release) -> Option<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let log = tmp.path().join("counter.log");
+    let id = unique_id("xv");
+    let counter =
+        CounterSandbox::start_on(from, &root, &id, &log, &[], Bundle::counter().unwrap()).unwrap();
+    wait_for_count(&log, 1, Duration::from_secs(30)).unwrap();
+    let src = runtime_on(from, &root, &[]);
+    let sb = src
+        .resolve(&Target::Runsc { id: id.clone() })
+        .await
+        .unwrap();
+    let image = tmp.path().join("image");
+    src.checkpoint(
+        &sb,
+        &image,
+        &CheckpointOpts {
+            timeout: Some(T),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    src.delete(None, &id, true).await.unwrap();
+    let dst = runtime_on(to, &root, &[]);
+    let new_id = unique_id("xv-rest");
+    let res = dst
+        .restore(&RestoreRequest {
+            id: new_id.clone(),
+            bundle: counter.bundle.path().to_path_buf(),
+            image_dir: image,
+            log_file: Some(tmp.path().join("restored.log")),
+            timeout: Some(T),
+            ..Default::default()
+        })
+        .await;
+    let _ = dst.delete(None, &new_id, true).await;
+    res.err().map(|e| e.to_string())
+}
+
+/// The cross-version rule the release policy encodes (`can_restore_image_of`), tried on the
+/// real binaries in both directions: 20240729 and the 2026 build refuse each other's images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_20240729_and_2026_refuse_each_others_images() {
+    if !require(
+        "runsc_20240729_and_2026_refuse_each_others_images",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    if Release::R2026.required().is_none() {
+        return;
+    }
+    let system = Release::System.release_date();
+    assert!(
+        system.is_some_and(|d| d != Release::R2026.release_date().unwrap()),
+        "the system runsc ({system:?}) must be another release than the 2026 build"
+    );
+    for (from, to, says) in [
+        (
+            Release::System,
+            Release::R2026,
+            "container specs not found in metadata",
+        ),
+        (Release::R2026, Release::System, "hash mismatch"),
+    ] {
+        let err = restore_across(from, to).await;
+        eprintln!("{from:?} -> {to:?}: {err:?}");
+        let err = err.unwrap_or_else(|| panic!("{to:?} restored an image of {from:?}"));
+        assert!(err.contains(says), "{from:?} -> {to:?}: {err}");
+    }
 }

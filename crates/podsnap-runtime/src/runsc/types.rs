@@ -87,17 +87,23 @@ pub struct Capabilities {
 }
 
 /// The default a Go `flag` help text prints for flag `name` (`(default "systrap")` or
-/// `(default root:self)` on the description line below the flag).
+/// `(default root:self)` at the end of the flag's description, which may span several lines:
+/// 2026's `--overlay2` explains its format over seven).
 pub fn flag_default(help: &str, name: &str) -> Option<String> {
+    let is_flag_line = |l: &str| l.trim_start().starts_with('-') && !l.starts_with("    ");
     let mut lines = help.lines();
     while let Some(line) = lines.next() {
         let t = line.trim_start();
         let flag = t.trim_start_matches('-').split([' ', '\t', '=']).next();
-        if !t.starts_with('-') || flag != Some(name) {
+        if !is_flag_line(line) || flag != Some(name) {
             continue;
         }
-        // The description may be on the flag line or the next one.
-        let text = format!("{line} {}", lines.next().unwrap_or(""));
+        // The description: the flag line's rest and every line up to the next flag.
+        let mut text = line.to_string();
+        for l in lines.by_ref().take_while(|l| !is_flag_line(l)) {
+            text.push(' ');
+            text.push_str(l);
+        }
         let (_, rest) = text.rsplit_once("(default ")?;
         let value = rest.split(')').next()?.trim().trim_matches('"');
         return (!value.is_empty()).then(|| value.to_string());
