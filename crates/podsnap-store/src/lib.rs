@@ -4,7 +4,7 @@
 //! # Layers
 //!
 //! [`Store`] (this module) is what the daemon and the CLI call. It drives the push pipeline
-//! (`push`), the verified pull (`pull`) and the admin operations (`admin`: list, delete,
+//! (`push`), the verified pull (`pull`), lazy images served page by page (`lazy`) and the admin operations (`admin`: list, delete,
 //! retention, gc). Those work on three kinds of objects, described by `manifest` and `index`,
 //! whose bytes come from `chunk` (hashing, compression). `backend` turns a store URL into an
 //! object store with bounded retries.
@@ -55,6 +55,7 @@ mod direct;
 mod error;
 mod id;
 pub mod index;
+mod lazy;
 pub mod limits;
 mod manifest;
 mod pool;
@@ -77,6 +78,7 @@ pub use cache::{CacheEvent, CacheObserver, CachePage, CacheStats, PageCache};
 pub use crypto::{Key, Keyring};
 pub use error::StoreError;
 pub use id::SnapshotId;
+pub use lazy::{HotPages, LazyFile, LazyImage, LazyProgress, LazyStatus};
 pub use manifest::{
     validate_rel_path, ContainerRecord, ContainerRole, Encryption, FileEntry, IndexRef, Manifest,
     NodeFacts, OverlayMedium, PodRef, SandboxRecord, Totals, FORMAT_VERSION,

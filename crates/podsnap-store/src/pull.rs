@@ -70,46 +70,46 @@ pub struct PrefetchReport {
 
 /// Pages of one file to fill from one blob.
 #[derive(Clone, Copy, Debug)]
-struct Target {
-    file: u32,
-    file_page: u64,
-    first_page: u32,
-    pages: u32,
+pub(crate) struct Target {
+    pub(crate) file: u32,
+    pub(crate) file_page: u64,
+    pub(crate) first_page: u32,
+    pub(crate) pages: u32,
     /// Index of the first page's digest in the file's index.
-    digest: u32,
+    pub(crate) digest: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct BlobKey {
-    pack: [u8; 32],
-    offset: u64,
-    stored_len: u32,
-    raw_len: u32,
-    codec: u8,
+pub(crate) struct BlobKey {
+    pub(crate) pack: [u8; 32],
+    pub(crate) offset: u64,
+    pub(crate) stored_len: u32,
+    pub(crate) raw_len: u32,
+    pub(crate) codec: u8,
 }
 
 /// One ranged GET of a pack and the blobs it holds.
 #[derive(Debug)]
-struct Request {
-    pack: [u8; 32],
-    start: u64,
-    end: u64,
-    blobs: Vec<(BlobKey, Vec<Target>)>,
+pub(crate) struct Request {
+    pub(crate) pack: [u8; 32],
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) blobs: Vec<(BlobKey, Vec<Target>)>,
 }
 
-struct PullFile {
-    rel: String,
+pub(crate) struct PullFile {
+    pub(crate) rel: String,
     /// Where the file will be once the pull succeeds (named in local I/O errors).
-    dest: PathBuf,
+    pub(crate) dest: PathBuf,
     /// `None` for a prefetch, which only fills the cache.
-    file: Option<File>,
-    index: FileIndex,
+    pub(crate) file: Option<File>,
+    pub(crate) index: FileIndex,
     /// Bytes written since writeback was last started (durable pulls).
-    dirty: AtomicU64,
+    pub(crate) dirty: AtomicU64,
     /// The file is a link to a verified copy in the page cache: complete, nothing to fetch.
-    linked: bool,
+    pub(crate) linked: bool,
     /// The digest of the file's index, which names a whole-file copy in the page cache.
-    key: Option<[u8; 32]>,
+    pub(crate) key: Option<[u8; 32]>,
 }
 
 /// Removes the temp directory unless disarmed.
@@ -340,7 +340,10 @@ impl Store {
 }
 
 /// The digests of a target's pages, from its file's index.
-fn target_digests<'a>(files: &'a [PullFile], t: &Target) -> std::slice::Iter<'a, [u8; 32]> {
+pub(crate) fn target_digests<'a>(
+    files: &'a [PullFile],
+    t: &Target,
+) -> std::slice::Iter<'a, [u8; 32]> {
     let d = &files[t.file as usize].index.digests;
     d[t.digest as usize..t.digest as usize + t.pages as usize].iter()
 }
@@ -510,12 +513,12 @@ async fn fill_from_cache(
     Ok(rest)
 }
 
-type BlobBatch = Vec<(BlobKey, Vec<Target>)>;
+pub(crate) type BlobBatch = Vec<(BlobKey, Vec<Target>)>;
 
 /// One batch of cached blobs: each blob's pages are read, verified and written; a blob with
 /// a page that fails is returned for download (pages already written from it are simply
 /// overwritten by the download).
-fn fill_batch_from_cache(
+pub(crate) fn fill_batch_from_cache(
     cache: &PageCache,
     files: &[PullFile],
     batch: BlobBatch,
@@ -626,7 +629,7 @@ impl TempDir {
 
 impl Inner {
     /// Every file's index, each checked against its digest in the manifest and validated.
-    async fn read_indexes(
+    pub(crate) async fn read_indexes(
         self: &Arc<Self>,
         manifest: &crate::Manifest,
         seal: Option<&Key>,
@@ -665,60 +668,9 @@ impl Inner {
                 let seal = seal.clone();
                 let cache = cache.clone();
                 async move {
-                    let key = pack_key(&req.pack);
-                    let first = req.blobs[0].1[0];
-                    let where_ = |t: Target| {
-                        (
-                            files[t.file as usize].rel.clone(),
-                            t.file_page * PAGE_SIZE as u64,
-                        )
-                    };
-                    let path = inner.path(&key);
-                    let bytes = match inner
-                        .retry("read", &key, || {
-                            inner.os.get_range(&path, req.start..req.end)
-                        })
+                    inner
+                        .fetch_request(files, req, seal, opts.durable, cache)
                         .await
-                    {
-                        Ok(b) => b,
-                        Err(object_store::Error::NotFound { .. }) => {
-                            let (file, offset) = where_(first);
-                            return Err(StoreError::MissingObject {
-                                file,
-                                offset,
-                                object: key,
-                            });
-                        }
-                        Err(e) => {
-                            let (file, offset) = where_(first);
-                            return Err(StoreError::Corrupt {
-                                file,
-                                offset,
-                                reason: format!("cannot read {key} from {}: {e}", inner.display),
-                            });
-                        }
-                    };
-                    let downloaded = bytes.len() as u64;
-                    if downloaded != req.end - req.start {
-                        let (file, offset) = where_(first);
-                        return Err(StoreError::Corrupt {
-                            file,
-                            offset,
-                            reason: format!("{key} is shorter than its index says"),
-                        });
-                    }
-                    let written = crate::pool::run(move || {
-                        fill(
-                            &files,
-                            &req,
-                            &bytes,
-                            seal.as_ref(),
-                            opts.durable,
-                            cache.as_ref(),
-                        )
-                    })
-                    .await??;
-                    Ok((downloaded, written))
                 }
             })
             .buffer_unordered(DOWNLOADS);
@@ -730,6 +682,67 @@ impl Inner {
             progress.event(ProgressEvent::BytesWritten(w));
         }
         Ok(())
+    }
+
+    /// One ranged GET of a pack: its blobs are decompressed, verified page by page and
+    /// written into `files` (and offered to `cache`) on the worker pool. Returns the bytes
+    /// downloaded and written.
+    pub(crate) async fn fetch_request(
+        self: &Arc<Self>,
+        files: Arc<Vec<PullFile>>,
+        req: Request,
+        seal: Option<Key>,
+        durable: bool,
+        cache: Option<PageCache>,
+    ) -> Result<(u64, u64), StoreError> {
+        let inner = self;
+        let key = pack_key(&req.pack);
+        let first = req.blobs[0].1[0];
+        let where_ = |t: Target| {
+            (
+                files[t.file as usize].rel.clone(),
+                t.file_page * PAGE_SIZE as u64,
+            )
+        };
+        let path = inner.path(&key);
+        let bytes = match inner
+            .retry("read", &key, || {
+                inner.os.get_range(&path, req.start..req.end)
+            })
+            .await
+        {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => {
+                let (file, offset) = where_(first);
+                return Err(StoreError::MissingObject {
+                    file,
+                    offset,
+                    object: key,
+                });
+            }
+            Err(e) => {
+                let (file, offset) = where_(first);
+                return Err(StoreError::Corrupt {
+                    file,
+                    offset,
+                    reason: format!("cannot read {key} from {}: {e}", inner.display),
+                });
+            }
+        };
+        let downloaded = bytes.len() as u64;
+        if downloaded != req.end - req.start {
+            let (file, offset) = where_(first);
+            return Err(StoreError::Corrupt {
+                file,
+                offset,
+                reason: format!("{key} is shorter than its index says"),
+            });
+        }
+        let written = crate::pool::run(move || {
+            fill(&files, &req, &bytes, seal.as_ref(), durable, cache.as_ref())
+        })
+        .await??;
+        Ok((downloaded, written))
     }
 }
 
@@ -773,7 +786,7 @@ fn lay_out(
 }
 
 /// The pages of every file grouped by the blob that holds them, blobs in (pack, offset) order.
-fn blob_targets(files: &[PullFile]) -> BTreeMap<BlobKey, Vec<Target>> {
+pub(crate) fn blob_targets(files: &[PullFile]) -> BTreeMap<BlobKey, Vec<Target>> {
     let mut by_blob: BTreeMap<BlobKey, Vec<Target>> = BTreeMap::new();
     for (fi, pf) in files.iter().enumerate().filter(|(_, pf)| !pf.linked) {
         let idx = &pf.index;
