@@ -15,12 +15,16 @@
 //!
 //! Layers: [`args`] parses runsc's command line (no I/O), [`config`] finds runsc and the
 //! socket, [`spec`] reads the annotation, [`daemon`] is the gRPC client, [`marker`] keeps the
-//! markers, [`runsc_log`] writes failures where the shim looks for them; [`run`] ties them.
+//! markers, [`runsc_log`] writes failures where the shim looks for them; [`plan`] decides
+//! what to do with a call, one step per subcommand, refusing with a typed [`PlanError`];
+//! [`run`] carries the plan out.
 
 pub mod args;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod marker;
+pub mod plan;
 pub mod pod;
 pub mod runsc_log;
 pub mod spec;
@@ -32,8 +36,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use args::Invocation;
-use config::{Config, Env, RestoreMode};
-use marker::{Marker, MarkerMode};
+use config::{Env, RestoreMode};
+pub use error::PlanError;
+pub use plan::plan;
 
 /// What to do with a call.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,7 +97,7 @@ pub fn run(inv: &Invocation, env: &Env) -> i32 {
             waiter,
         }) => pod::run_reworded(&runsc, &args, inv, waiter.as_deref())
             .unwrap_or_else(|msg| fail(inv, &msg)),
-        Err(msg) => fail(inv, &msg),
+        Err(e) => fail(inv, &error::one_line(&e)),
     }
 }
 
@@ -104,228 +109,7 @@ fn fail(inv: &Invocation, msg: &str) -> i32 {
     1
 }
 
-/// Decides what to do with a call. Only `create` reads the bundle or talks to podsnapd.
-pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, String> {
-    let cfg = Config::load(env).map_err(|e| e.to_string())?;
-    let runsc = resolve_runsc(&cfg.runsc)?;
-    let exec = |args: Vec<OsString>| {
-        let mut all: Vec<OsString> = cfg.runsc_flags.iter().map(OsString::from).collect();
-        all.extend(args);
-        Plan::Exec {
-            runsc: runsc.clone(),
-            args: all,
-        }
-    };
-    let passthrough = || exec(inv.args.clone());
-    match inv.subcommand_name() {
-        Some("create") => {
-            let Some(id) = inv.single_id() else {
-                return Ok(passthrough());
-            };
-            let root = inv.root_or_default();
-            let marker = marker::path(&cfg.marker_dir, &root, id);
-            let bundle = absolute(inv.create_bundle().map(PathBuf::from).unwrap_or_default());
-            let spec = match spec::read(&bundle) {
-                Ok(b) => b,
-                // A bundle runsc itself will reject with its own error.
-                Err(spec::SpecError::Read { .. } | spec::SpecError::Parse { .. }) => {
-                    let _ = marker::remove(&marker);
-                    return Ok(passthrough());
-                }
-                Err(e) => return Err(e.to_string()),
-            };
-            let mut create_args = inv.args.clone();
-            if spec.role == spec::Role::PodSandbox
-                && !spec.network_namespace
-                && !inv.has_global("network")
-                && !cfg.runsc_flags.iter().any(|f| {
-                    f.trim_start_matches('-')
-                        .split('=')
-                        .next()
-                        .is_some_and(|n| n == "network")
-                })
-            {
-                let flag = cfg.host_network.flag();
-                pod::record_network_flag(&cfg.marker_dir, &root, id, flag).map_err(|e| {
-                    format!("cannot record the network of host-network pod sandbox: {e}")
-                })?;
-                create_args.insert(0, flag.into());
-            }
-            let create_container = |inv: &Invocation| {
-                // The waiter's arguments: ID, then the global flags of its runsc calls.
-                let mut waiter_args: Vec<OsString> = vec![id.to_os_string()];
-                waiter_args.extend(cfg.runsc_flags.iter().map(OsString::from));
-                waiter_args.extend_from_slice(inv.globals());
-                let Plan::Exec { runsc, args } = exec(inv.args.clone()) else {
-                    unreachable!("exec makes an Exec plan")
-                };
-                Plan::CreateContainer {
-                    runsc,
-                    args,
-                    waiter_args,
-                    pid_file: inv.create_pid_file().map(|p| absolute(p.into()).into()),
-                    record: pod::waiter_dir(&cfg.marker_dir, &root, id),
-                }
-            };
-            let Some(snapshot) = spec.restore_from.clone() else {
-                let _ = marker::remove(&marker);
-                if spec.role == spec::Role::PodContainer {
-                    return Ok(create_container(&Invocation::parse(create_args)));
-                }
-                return Ok(exec(create_args));
-            };
-            let inv = &Invocation::parse(create_args);
-            let id_text = id.to_string_lossy();
-            let what = format!("cannot restore container {id_text} from snapshot {snapshot}");
-            if spec.role == spec::Role::PodContainer {
-                // The pod's sandbox was restored from the whole pod's image: this container
-                // is restored from the same directory into the restoring sandbox.
-                let record = pod::container_restore_marker(&cfg.marker_dir, &root, &spec, &bundle)
-                    .map_err(|e| format!("{what}: {e}"))?;
-                let Some(record) = record else {
-                    // Restored before in this pod: the kubelet restarts it, fresh.
-                    let _ = marker::remove(&marker);
-                    return Ok(create_container(inv));
-                };
-                marker::write(&marker, &record).map_err(|e| {
-                    format!(
-                        "{what}: cannot write restore marker {}: {e}",
-                        marker.display()
-                    )
-                })?;
-                return Ok(create_container(inv));
-            }
-            let mode = match cfg.restore_mode {
-                RestoreMode::Auto => restore_mode_for(&runsc),
-                m => m,
-            };
-            let prepared =
-                daemon::prepare_restore(&cfg.socket, &snapshot, &id_text, cfg.prepare_timeout)
-                    .map_err(|e| format!("{what}: {e}"))?;
-            let mut pod_containers = Vec::new();
-            if spec.role == spec::Role::PodSandbox {
-                // Refusals before anything starts: a pod is restored only from a snapshot of
-                // a pod, of its own namespace unless the operator allowed another.
-                let Some(p) = &prepared.pod else {
-                    return Err(format!(
-                        "{what}: it is not a snapshot of a Kubernetes pod (its manifest records no \
-                         pod); a pod is restored only from a pod snapshot (podsnapctl checkpoint --pod)"
-                    ));
-                };
-                pod::check_pod_namespace(&cfg, p, &spec).map_err(|e| format!("{what}: {e}"))?;
-                pod_containers = p.containers.clone();
-            }
-            let image_dir = prepared.image_dir;
-            if !image_dir.is_dir() {
-                return Err(format!(
-                    "{what}: podsnapd's image dir {} is not a directory on this host",
-                    image_dir.display()
-                ));
-            }
-            let record = Marker {
-                mode: mode.into(),
-                snapshot_id: snapshot.clone(),
-                image_dir: image_dir.clone(),
-                bundle,
-                pod_containers,
-                restored: vec![],
-            };
-            marker::write(&marker, &record).map_err(|e| {
-                format!(
-                    "{what}: cannot write restore marker {}: {e}",
-                    marker.display()
-                )
-            })?;
-            Ok(match mode {
-                RestoreMode::RestoreOnStart => exec(inv.args.clone()),
-                _ => exec(inv.create_as_restore(image_dir.as_os_str())),
-            })
-        }
-        Some("start") => {
-            let Some(id) = inv.single_id() else {
-                return Ok(passthrough());
-            };
-            let root = inv.root_or_default();
-            let record = pod::waiter_dir(&cfg.marker_dir, &root, id);
-            if record.is_dir() {
-                let path = marker::path(&cfg.marker_dir, &root, id);
-                let restore = marker::read(&path)
-                    .map_err(|e| format!("cannot read restore marker {}: {e}", path.display()))?;
-                let Plan::Exec { runsc, args } = (match restore {
-                    Some(m) => exec(inv.start_as_restore(
-                        m.image_dir.as_os_str(),
-                        m.bundle.as_os_str(),
-                        id,
-                    )),
-                    None => passthrough(),
-                }) else {
-                    unreachable!("exec makes an Exec plan")
-                };
-                return Ok(Plan::StartContainer {
-                    runsc,
-                    args,
-                    record,
-                });
-            }
-            let mut start_args = inv.args.clone();
-            if let Some(flag) = pod::recorded_network_flag(&cfg.marker_dir, &root, id) {
-                start_args.insert(0, flag.into());
-            }
-            let path = marker::path(&cfg.marker_dir, &root, id);
-            let inv = &Invocation::parse(start_args);
-            match marker::read(&path) {
-                Ok(None) => Ok(exec(inv.args.clone())),
-                Ok(Some(m)) => Ok(match m.mode {
-                    MarkerMode::RestoreOnStart => exec(inv.start_as_restore(
-                        m.image_dir.as_os_str(),
-                        m.bundle.as_os_str(),
-                        id,
-                    )),
-                    MarkerMode::ReplaceCreate => Plan::Exit0,
-                }),
-                Err(e) => Err(format!(
-                    "cannot read restore marker {}: {e}",
-                    path.display()
-                )),
-            }
-        }
-        Some("delete") => {
-            let root = inv.root_or_default();
-            for id in inv.delete_ids() {
-                let _ = marker::remove(&marker::path(&cfg.marker_dir, &root, id));
-                let _ = std::fs::remove_file(pod::net_record(&cfg.marker_dir, &root, id));
-                pod::forget_container(&pod::waiter_dir(&cfg.marker_dir, &root, id));
-            }
-            let Plan::Exec { runsc, args } = passthrough() else {
-                unreachable!("exec makes an Exec plan")
-            };
-            Ok(Plan::Reworded {
-                runsc,
-                args,
-                waiter: None,
-            })
-        }
-        Some("kill") => {
-            let Plan::Exec { runsc, args } = passthrough() else {
-                unreachable!("exec makes an Exec plan")
-            };
-            // `kill [flags] ID SIGNAL`: the first argument after the flags.
-            let waiter = inv
-                .delete_ids()
-                .first()
-                .map(|id| pod::waiter_dir(&cfg.marker_dir, &inv.root_or_default(), id))
-                .filter(|w| w.is_dir());
-            Ok(Plan::Reworded {
-                runsc,
-                args,
-                waiter,
-            })
-        }
-        _ => Ok(passthrough()),
-    }
-}
-
-fn absolute(p: PathBuf) -> PathBuf {
+pub(crate) fn absolute(p: PathBuf) -> PathBuf {
     if p.is_absolute() {
         p
     } else {
@@ -334,15 +118,12 @@ fn absolute(p: PathBuf) -> PathBuf {
 }
 
 /// Finds the configured runsc (a bare name on PATH) and refuses this wrapper itself.
-pub fn resolve_runsc(configured: &Path) -> Result<PathBuf, String> {
+pub fn resolve_runsc(configured: &Path) -> Result<PathBuf, PlanError> {
     let resolved = if configured.as_os_str().as_encoded_bytes().contains(&b'/') {
         configured.to_path_buf()
     } else {
-        find_on_path(configured.as_os_str()).ok_or_else(|| {
-            format!(
-                "runsc {:?} not found on PATH; set runsc in the config file or PODSNAP_RUNSC",
-                configured
-            )
+        find_on_path(configured.as_os_str()).ok_or_else(|| PlanError::RunscNotFound {
+            name: configured.to_path_buf(),
         })?
     };
     if let (Ok(target), Ok(me)) = (
@@ -350,10 +131,7 @@ pub fn resolve_runsc(configured: &Path) -> Result<PathBuf, String> {
         std::env::current_exe().and_then(std::fs::metadata),
     ) {
         if target.dev() == me.dev() && target.ino() == me.ino() {
-            return Err(format!(
-                "configured runsc {} is podsnap-runsc itself; point runsc (config file or PODSNAP_RUNSC) at the real runsc",
-                resolved.display()
-            ));
+            return Err(PlanError::RunscIsWrapper { path: resolved });
         }
     }
     Ok(resolved)
@@ -419,19 +197,35 @@ mod tests {
     }
 
     #[test]
-    fn installed_runsc_20221219_needs_replace_create() {
-        let runsc = Path::new(config::DEFAULT_RUNSC);
-        if !runsc.exists() {
-            eprintln!("skipping: no {}", runsc.display());
+    fn runsc_20221219_needs_replace_create() {
+        let Some(runsc) = podsnap_testkit::runsc::Release::R20221219.required() else {
+            return;
+        };
+        assert_eq!(restore_mode_for(&runsc), RestoreMode::ReplaceCreate);
+    }
+
+    /// `restore --background` came with 20240930: from then on runsc restores into the
+    /// created container.
+    #[test]
+    fn system_runsc_restore_mode_follows_its_release() {
+        use podsnap_testkit::runsc::Release;
+        let date = Release::System.release_date();
+        let missing = date.is_none().then(|| "runsc not on PATH".to_string());
+        if !podsnap_testkit::require_that("system_runsc_restore_mode", missing) {
             return;
         }
-        assert_eq!(restore_mode_for(runsc), RestoreMode::ReplaceCreate);
+        let want = if date.is_some_and(|d| d >= 20240930) {
+            RestoreMode::RestoreOnStart
+        } else {
+            RestoreMode::ReplaceCreate
+        };
+        assert_eq!(restore_mode_for(&Release::System.binary()), want);
     }
 
     #[test]
     fn refuses_to_exec_itself() {
         let me = std::env::current_exe().unwrap();
-        let e = resolve_runsc(&me).unwrap_err();
+        let e = resolve_runsc(&me).unwrap_err().to_string();
         assert!(e.contains("is podsnap-runsc itself"), "{e}");
         // A symlink to it too.
         let dir = tempfile::tempdir().unwrap();
@@ -446,7 +240,9 @@ mod tests {
             resolve_runsc(Path::new("sh")).unwrap().file_name().unwrap(),
             "sh"
         );
-        let e = resolve_runsc(Path::new("no-such-runsc-here")).unwrap_err();
+        let e = resolve_runsc(Path::new("no-such-runsc-here"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not found on PATH"), "{e}");
     }
 }

@@ -109,6 +109,66 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Why an app container or a pod sandbox may not be restored from a pod snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum PodRestoreError {
+    #[error("the OCI config has no {} annotation", spec::SANDBOX_ID)]
+    NoSandboxId,
+    #[error("cannot read the pod sandbox's restore marker")]
+    ReadSandboxMarker(#[source] std::io::Error),
+    #[error("its pod sandbox {sandbox} was not restored from snapshot {snapshot}")]
+    SandboxNotRestored { sandbox: String, snapshot: String },
+    #[error("its pod sandbox {sandbox} was restored from snapshot {restored}, not {snapshot}")]
+    SandboxOfOtherSnapshot {
+        sandbox: String,
+        restored: String,
+        snapshot: String,
+    },
+    #[error("cannot update the pod sandbox's restore marker")]
+    UpdateSandboxMarker(#[source] std::io::Error),
+    #[error(
+        "the pod's namespace is unknown (no {} annotation)",
+        spec::SANDBOX_NAMESPACE
+    )]
+    UnknownNamespace,
+    #[error(
+        "snapshot {snapshot} is of pod {namespace}/{name}: a pod of namespace {target} may not \
+         be restored from a snapshot of namespace {namespace} (an operator may allow it with \
+         cross_namespace_restores in the node's podsnap.toml)"
+    )]
+    OtherNamespace {
+        snapshot: String,
+        namespace: String,
+        name: String,
+        target: String,
+    },
+    #[error(
+        "the container has no {} annotation to match it by",
+        spec::CONTAINER_NAME
+    )]
+    NoContainerName,
+    #[error("snapshot {snapshot} has no container {name:?} (its containers: {})", .containers.join(", "))]
+    NoSuchContainer {
+        snapshot: String,
+        name: String,
+        containers: Vec<String>,
+    },
+    #[error("container {name:?} of snapshot {snapshot} is already restored in this pod")]
+    AlreadyRestored { snapshot: String, name: String },
+    #[error(
+        "snapshot {snapshot} restores its containers in the order {}: {next:?} comes before {name:?}",
+        .containers.join(", ")
+    )]
+    OutOfOrder {
+        snapshot: String,
+        containers: Vec<String>,
+        next: String,
+        name: String,
+    },
+    #[error("every container of snapshot {snapshot} is already restored")]
+    AllRestored { snapshot: String },
+}
+
 /// The restore marker of an app container of a pod being restored: the image its pod
 /// sandbox was restored from (one image holds the whole pod), restored on `start` into the
 /// created container (`runsc create` + `runsc restore`, what runsc 20240729 needs for a
@@ -120,23 +180,25 @@ pub fn container_restore_marker(
     root: &OsStr,
     spec: &spec::Bundle,
     bundle: &Path,
-) -> Result<Option<Marker>, String> {
+) -> Result<Option<Marker>, PodRestoreError> {
     let snapshot = spec.restore_from.as_deref().unwrap_or_default();
     let sandbox = spec
         .sandbox_id
         .as_deref()
-        .ok_or_else(|| format!("the OCI config has no {} annotation", spec::SANDBOX_ID))?;
+        .ok_or(PodRestoreError::NoSandboxId)?;
     let sandbox_path = marker::path(marker_dir, root, OsStr::new(sandbox));
     let mut sandbox_marker = marker::read(&sandbox_path)
-        .map_err(|e| format!("cannot read the pod sandbox's restore marker: {e}"))?
-        .ok_or_else(|| {
-            format!("its pod sandbox {sandbox} was not restored from snapshot {snapshot}")
+        .map_err(PodRestoreError::ReadSandboxMarker)?
+        .ok_or_else(|| PodRestoreError::SandboxNotRestored {
+            sandbox: sandbox.to_string(),
+            snapshot: snapshot.to_string(),
         })?;
     if sandbox_marker.snapshot_id != snapshot {
-        return Err(format!(
-            "its pod sandbox {sandbox} was restored from snapshot {}, not {snapshot}",
-            sandbox_marker.snapshot_id
-        ));
+        return Err(PodRestoreError::SandboxOfOtherSnapshot {
+            sandbox: sandbox.to_string(),
+            restored: sandbox_marker.snapshot_id,
+            snapshot: snapshot.to_string(),
+        });
     }
     let name = spec.container_name.as_deref();
     if name.is_some_and(|n| sandbox_marker.restored.iter().any(|r| r == n)) {
@@ -155,8 +217,7 @@ pub fn container_restore_marker(
     sandbox_marker
         .restored
         .push(name.unwrap_or_default().to_string());
-    marker::write(&sandbox_path, &sandbox_marker)
-        .map_err(|e| format!("cannot update the pod sandbox's restore marker: {e}"))?;
+    marker::write(&sandbox_path, &sandbox_marker).map_err(PodRestoreError::UpdateSandboxMarker)?;
     Ok(Some(Marker {
         mode: MarkerMode::RestoreOnStart,
         snapshot_id: snapshot.to_string(),
@@ -441,20 +502,20 @@ pub fn check_pod_namespace(
     cfg: &crate::config::Config,
     snap: &PodSnapshot,
     pod: &spec::Bundle,
-) -> Result<(), String> {
-    let target = pod.pod_namespace.as_deref().ok_or_else(|| {
-        format!(
-            "the pod's namespace is unknown (no {} annotation)",
-            spec::SANDBOX_NAMESPACE
-        )
-    })?;
+) -> Result<(), PodRestoreError> {
+    let target = pod
+        .pod_namespace
+        .as_deref()
+        .ok_or(PodRestoreError::UnknownNamespace)?;
     if cfg.restore_allowed(&snap.namespace, target) {
         return Ok(());
     }
-    Err(format!(
-        "snapshot {} is of pod {}/{}: a pod of namespace {target} may not be restored from a          snapshot of namespace {} (an operator may allow it with cross_namespace_restores in          the node's podsnap.toml)",
-        snap.snapshot_id, snap.namespace, snap.name, snap.namespace
-    ))
+    Err(PodRestoreError::OtherNamespace {
+        snapshot: snap.snapshot_id.clone(),
+        namespace: snap.namespace.clone(),
+        name: snap.name.clone(),
+        target: target.to_string(),
+    })
 }
 
 /// The refusal of an app container's restore: it must be the snapshot's next container, by
@@ -463,33 +524,27 @@ pub fn check_container_name(
     snap: &PodSnapshot,
     already: &[String],
     name: Option<&str>,
-) -> Result<(), String> {
-    let name = name.ok_or_else(|| {
-        format!(
-            "the container has no {} annotation to match it by",
-            spec::CONTAINER_NAME
-        )
-    })?;
+) -> Result<(), PodRestoreError> {
+    let name = name.ok_or(PodRestoreError::NoContainerName)?;
+    let snapshot = snap.snapshot_id.clone();
     match snap.containers.get(already.len()) {
         Some(next) if next == name => Ok(()),
-        _ if !snap.containers.iter().any(|c| c == name) => Err(format!(
-            "snapshot {} has no container {name:?} (its containers: {})",
-            snap.snapshot_id,
-            snap.containers.join(", ")
-        )),
-        _ if already.iter().any(|c| c == name) => Err(format!(
-            "container {name:?} of snapshot {} is already restored in this pod",
-            snap.snapshot_id
-        )),
-        Some(next) => Err(format!(
-            "snapshot {} restores its containers in the order {}: {next:?} comes before {name:?}",
-            snap.snapshot_id,
-            snap.containers.join(", ")
-        )),
-        None => Err(format!(
-            "every container of snapshot {} is already restored",
-            snap.snapshot_id
-        )),
+        _ if !snap.containers.iter().any(|c| c == name) => Err(PodRestoreError::NoSuchContainer {
+            snapshot,
+            name: name.to_string(),
+            containers: snap.containers.clone(),
+        }),
+        _ if already.iter().any(|c| c == name) => Err(PodRestoreError::AlreadyRestored {
+            snapshot,
+            name: name.to_string(),
+        }),
+        Some(next) => Err(PodRestoreError::OutOfOrder {
+            snapshot,
+            containers: snap.containers.clone(),
+            next: next.clone(),
+            name: name.to_string(),
+        }),
+        None => Err(PodRestoreError::AllRestored { snapshot }),
     }
 }
 
@@ -532,7 +587,9 @@ mod tests {
         };
         let strict = cfg("");
         assert!(check_pod_namespace(&strict, &snap(), &pod_in("team-a")).is_ok());
-        let e = check_pod_namespace(&strict, &snap(), &pod_in("team-b")).unwrap_err();
+        let e = check_pod_namespace(&strict, &snap(), &pod_in("team-b"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("namespace team-b may not be restored"), "{e}");
         assert!(e.contains("cross_namespace_restores"), "{e}");
         let mut unknown = pod_in("x");
@@ -558,7 +615,9 @@ mod tests {
         ];
         for (already, name, want) in cases {
             let already: Vec<String> = already.iter().map(|s| s.to_string()).collect();
-            let e = check_container_name(&s, &already, *name).unwrap_err();
+            let e = check_container_name(&s, &already, *name)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{name:?} after {already:?}: {e}");
         }
     }

@@ -9,12 +9,12 @@ pub const RESTORE_ANNOTATION: &str = "podsnap.dev/restore-from";
 /// Why the annotation could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} is not a valid OCI config: {source}")]
+    #[error("{path} is not a valid OCI config")]
     Parse {
         path: String,
         source: serde_json::Error,

@@ -51,21 +51,80 @@ fn wrapper_runs_plain_containers_like_runsc_and_restores_annotated_ones() {
     // Edition 2021, and this file's only test, before any thread reads the environment.
     std::env::set_var("PODSNAP_CONFIG", s.join("podsnap.toml"));
     let c = Containerd::start().expect("containerd starts");
-    let ns = "podsnap-runsc-test";
-    let rootfs = s.join("rootfs");
-    tk::busybox_rootfs(&rootfs).unwrap();
+    let t = Case {
+        c: &c,
+        ns: "podsnap-runsc-test",
+        scratch: s,
+        rootfs: s.join("rootfs"),
+    };
+    tk::busybox_rootfs(&t.rootfs).unwrap();
+    let (wrapped_id, wrapped_log) = plain_and_wrapped_run_alike(&t);
+    annotated_container_comes_up_restored(&t, &wrapped_id, &wrapped_log);
 
-    // 1. Plain runsc (the testkit's wrapper script) and podsnap-runsc, side by side.
+    // Step 3: a snapshot the daemon refuses: ctr reports the daemon's reason.
+    let refused_id = tk::unique_id("refused");
+    let err = t
+        .ctr_run_wrapped(&refused_id, "podsnap.dev/restore-from=snap-missing", None)
+        .expect_err("a refused restore fails the create");
+    assert!(
+        err.contains("cannot restore container") && err.contains("snapshot snap-missing not found"),
+        "{err}"
+    );
+    c.remove(t.ns, &refused_id);
+}
+
+/// The test's containerd, namespace, scratch dir and busybox rootfs.
+struct Case<'a> {
+    c: &'a Containerd,
+    ns: &'a str,
+    scratch: &'a Path,
+    rootfs: std::path::PathBuf,
+}
+
+impl Case<'_> {
+    /// `ctr run -d` of a counter with podsnap-runsc as the runc binary and `annotation`.
+    fn ctr_run_wrapped(
+        &self,
+        id: &str,
+        annotation: &str,
+        log: Option<&Path>,
+    ) -> Result<String, String> {
+        let runc_root = self.c.runc_root().display().to_string();
+        let rootfs = self.rootfs.display().to_string();
+        let log_uri = log.map(|l| format!("file://{}", l.display()));
+        let mut args = vec![
+            "run",
+            "-d",
+            "--rootfs",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--runc-root",
+            &runc_root,
+        ];
+        if let Some(uri) = &log_uri {
+            args.extend(["--log-uri", uri]);
+        }
+        args.extend(["--runc-binary", WRAPPER, "--annotation", annotation]);
+        args.extend([rootfs.as_str(), id, "/bin/sh", "-c", COUNTER_SCRIPT]);
+        self.c.ctr(self.ns, &args)
+    }
+}
+
+/// Step 1: plain runsc (the testkit's wrapper script) and podsnap-runsc, side by side, run the
+/// same counter the same way. Returns the wrapped container's id and log; the plain one is
+/// removed.
+fn plain_and_wrapped_run_alike(t: &Case) -> (String, std::path::PathBuf) {
+    let (c, ns, s) = (t.c, t.ns, t.scratch);
     let plain_id = tk::unique_id("plain");
     let plain_log = s.join("plain.log");
-    c.run_counter(ns, &plain_id, &rootfs, &plain_log)
+    c.run_counter(ns, &plain_id, &t.rootfs, &plain_log)
         .expect("plain runsc counter runs");
     let wrapped_id = tk::unique_id("wrapped");
     let wrapped_log = s.join("wrapped.log");
     c.run_container(
         ns,
         &wrapped_id,
-        &rootfs,
+        &t.rootfs,
         Some(Path::new(WRAPPER)),
         &wrapped_log,
         &["/bin/sh", "-c", COUNTER_SCRIPT],
@@ -73,8 +132,8 @@ fn wrapper_runs_plain_containers_like_runsc_and_restores_annotated_ones() {
     .expect("podsnap-runsc counter runs");
     tk::wait_for_count(&plain_log, 2, Duration::from_secs(30)).unwrap();
     tk::wait_for_count(&wrapped_log, 2, Duration::from_secs(30)).unwrap();
-    assert_eq!(task_status(&c, ns, &plain_id).as_deref(), Some("RUNNING"));
-    assert_eq!(task_status(&c, ns, &wrapped_id).as_deref(), Some("RUNNING"));
+    assert_eq!(task_status(c, ns, &plain_id).as_deref(), Some("RUNNING"));
+    assert_eq!(task_status(c, ns, &wrapped_id).as_deref(), Some("RUNNING"));
     // Both count from 0 in steps of 1: the wrapper changed nothing.
     for log in [&plain_log, &wrapped_log] {
         let counts = tk::counts(log);
@@ -87,56 +146,35 @@ fn wrapper_runs_plain_containers_like_runsc_and_restores_annotated_ones() {
         "{list}"
     );
     c.remove(ns, &plain_id);
+    (wrapped_id, wrapped_log)
+}
 
-    // 2. Restore through containerd: checkpoint the wrapped counter with runsc under the
-    // shim's runsc root (containerd's own checkpoint path does not work with runsc), serve
-    // its image from a fake PrepareRestore, and `ctr run` a container with the same spec
-    // plus the annotation.
+/// Step 2, restore through containerd: checkpoint the wrapped counter with runsc under the shim's
+/// runsc root (containerd's own checkpoint path does not work with runsc), serve its image
+/// from a fake PrepareRestore, and `ctr run` a container with the same spec plus the
+/// annotation: it continues where the checkpoint stopped.
+fn annotated_container_comes_up_restored(t: &Case, wrapped_id: &str, wrapped_log: &Path) {
+    let (c, ns, s) = (t.c, t.ns, t.scratch);
     let image = s.join("image");
     let image_arg = format!("--image-path={}", image.display());
     tk::RunscCmd::new(&c.runsc_root(ns))
-        .run(&["checkpoint", &image_arg, &wrapped_id])
+        .run(&["checkpoint", &image_arg, wrapped_id])
         .expect("runsc checkpoint");
-    let before = tk::last_count(&wrapped_log).unwrap();
-    c.remove(ns, &wrapped_id);
-    assert_eq!(task_status(&c, ns, &wrapped_id), None);
+    let before = tk::last_count(wrapped_log).unwrap();
+    c.remove(ns, wrapped_id);
+    assert_eq!(task_status(c, ns, wrapped_id), None);
     let _daemon = fake_daemon::serve(&s.join("podsnapd.sock"), "snap-counter", &image);
 
     let restored_id = tk::unique_id("restored");
     let restored_log = s.join("restored.log");
-    let annotation = "podsnap.dev/restore-from=snap-counter";
-    let runc_root = c.runc_root().display().to_string();
-    let log_uri = format!("file://{}", restored_log.display());
-    let rootfs_arg = rootfs.display().to_string();
-    c.ctr(
-        ns,
-        &[
-            "run",
-            "-d",
-            "--rootfs",
-            "--runtime",
-            "io.containerd.runc.v2",
-            "--runc-root",
-            &runc_root,
-            "--log-uri",
-            &log_uri,
-            "--runc-binary",
-            WRAPPER,
-            "--annotation",
-            annotation,
-            &rootfs_arg,
-            &restored_id,
-            "/bin/sh",
-            "-c",
-            COUNTER_SCRIPT,
-        ],
+    t.ctr_run_wrapped(
+        &restored_id,
+        "podsnap.dev/restore-from=snap-counter",
+        Some(&restored_log),
     )
     .expect("annotated container comes up");
     let after = tk::wait_for_count(&restored_log, before + 2, Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        task_status(&c, ns, &restored_id).as_deref(),
-        Some("RUNNING")
-    );
+    assert_eq!(task_status(c, ns, &restored_id).as_deref(), Some("RUNNING"));
     // It continued where the checkpoint stopped instead of starting from 0.
     let first = tk::first_count(&restored_log).unwrap();
     assert!(
@@ -145,37 +183,6 @@ fn wrapper_runs_plain_containers_like_runsc_and_restores_annotated_ones() {
     );
     assert!(after > first);
     c.remove(ns, &restored_id);
-
-    // 3. A snapshot the daemon refuses: ctr reports the daemon's reason.
-    let refused_id = tk::unique_id("refused");
-    let err = c
-        .ctr(
-            ns,
-            &[
-                "run",
-                "-d",
-                "--rootfs",
-                "--runtime",
-                "io.containerd.runc.v2",
-                "--runc-root",
-                &runc_root,
-                "--runc-binary",
-                WRAPPER,
-                "--annotation",
-                "podsnap.dev/restore-from=snap-missing",
-                &rootfs_arg,
-                &refused_id,
-                "/bin/sh",
-                "-c",
-                COUNTER_SCRIPT,
-            ],
-        )
-        .expect_err("a refused restore fails the create");
-    assert!(
-        err.contains("cannot restore container") && err.contains("snapshot snap-missing not found"),
-        "{err}"
-    );
-    c.remove(ns, &refused_id);
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {

@@ -19,8 +19,6 @@ use podsnap_testkit::runsc::COUNTER_SCRIPT;
 use podsnap_testkit::{require, Need};
 
 const WRAPPER: &str = env!("CARGO_BIN_EXE_podsnap-runsc");
-/// runsc 20221219, where the machine keeps it.
-const RUNSC_20221219: &str = "/opt/podsnap/runsc-20221219/runsc";
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -79,6 +77,37 @@ fn runsc_ids(runsc: &Path, root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Each container counts from 0 in its CRI log (stdout, complete lines) and runs.
+fn count_from_zero_in_cri_logs(c: &CriContainerd, containers: &[(&String, &PathBuf)]) {
+    for (_, log) in containers {
+        cri::wait_for_log_count(log, 3, Duration::from_secs(60)).unwrap();
+        let counts = cri::log_counts(log);
+        assert_eq!(counts[..3], [0, 1, 2], "{}", log.display());
+        // Every line is in the CRI format, on stdout, complete.
+        let lines = cri::read_log(log).unwrap();
+        assert!(lines.iter().all(|l| l.stream == "stdout" && l.tag == "F"));
+    }
+    for (id, _) in containers {
+        let st = c.container_status(id).unwrap();
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
+        assert!(st.log_path.ends_with(".log"), "{st:?}");
+    }
+}
+
+/// ExecSync: output of both streams and the exit code, in the container's own rootfs.
+fn exec_sync_reports_both_streams_and_the_exit_code(c: &CriContainerd, id: &str) {
+    let r = c
+        .exec_sync(
+            id,
+            &["/bin/sh", "-c", "echo out; ls /bin/busybox >&2; exit 3"],
+            Duration::from_secs(30),
+        )
+        .expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "/bin/busybox\n");
+    assert_eq!(r.exit_code, 3);
+}
+
 /// Runs the whole kubelet sequence on one host-network pod; `two_apps`: whether a second app
 /// container runs beside the one that is restarted. (Pods with a CNI network namespace are
 /// refused by runsc 20240729 on this kernel; see the wrapper's `pod` module.)
@@ -110,31 +139,8 @@ fn pod_lifecycle(runsc: &Path, two_apps: bool) {
         (a.clone(), logs.join("counter-a/0.log"))
     };
     let log_a = logs.join("counter-a/0.log");
-    for log in [&log_a, &log_b] {
-        cri::wait_for_log_count(log, 3, Duration::from_secs(60)).unwrap();
-        let counts = cri::log_counts(log);
-        assert_eq!(counts[..3], [0, 1, 2], "{}", log.display());
-        // Every line is in the CRI format, on stdout, complete.
-        let lines = cri::read_log(log).unwrap();
-        assert!(lines.iter().all(|l| l.stream == "stdout" && l.tag == "F"));
-    }
-    for id in [&a, &b] {
-        let st = c.container_status(id).unwrap();
-        assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
-        assert!(st.log_path.ends_with(".log"), "{st:?}");
-    }
-
-    // ExecSync: output of both streams and the exit code, in the container's own rootfs.
-    let r = c
-        .exec_sync(
-            &b,
-            &["/bin/sh", "-c", "echo out; ls /bin/busybox >&2; exit 3"],
-            Duration::from_secs(30),
-        )
-        .expect("ExecSync");
-    assert_eq!(String::from_utf8_lossy(&r.stdout), "out\n");
-    assert_eq!(String::from_utf8_lossy(&r.stderr), "/bin/busybox\n");
-    assert_eq!(r.exit_code, 3);
+    count_from_zero_in_cri_logs(&c, &[(&a, &log_a), (&b, &log_b)]);
+    exec_sync_reports_both_streams_and_the_exit_code(&c, &b);
 
     // A container restart, as the kubelet does it: stop, then a new container of the same
     // name with the next attempt number in the same pod.
@@ -216,12 +222,11 @@ fn pod_of_one_app_container_runs_through_the_cri_on_runsc_20221219() {
     if !require("cri_pod_20221219", &[Need::Root, Need::Containerd]) {
         return;
     }
-    if !Path::new(RUNSC_20221219).is_file() {
-        eprintln!("skipping: no {RUNSC_20221219}");
+    let Some(runsc) = podsnap_testkit::runsc::Release::R20221219.required() else {
         return;
-    }
+    };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    pod_lifecycle(Path::new(RUNSC_20221219), false);
+    pod_lifecycle(&runsc, false);
 }
 
 /// A binary built next to the wrapper (`make test` builds every bin first).
@@ -255,43 +260,19 @@ fn checkpoint_pod(sock: &Path, pod: &str) -> String {
         .to_string()
 }
 
-/// A pod of two app containers is checkpointed with `podsnapctl checkpoint --pod --stop`; a
-/// new pod annotated `podsnap.dev/restore-from` comes up with both containers restored by
-/// name: RUNNING, their counters continuing in the new pod's CRI log files, their rootfs
-/// files intact. A pod of another namespace and an unknown snapshot are refused.
-#[test]
-fn annotated_pod_comes_up_with_every_container_restored() {
-    if !require(
-        "cri_pod_restore",
-        &[Need::Root, Need::Runsc, Need::Containerd],
-    ) {
-        return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let runsc = system_runsc();
-    let help = std::process::Command::new(&runsc)
-        .args(["checkpoint", "--help"])
-        .output()
-        .unwrap();
-    if !String::from_utf8_lossy(&[help.stdout, help.stderr].concat()).contains("-compression") {
-        eprintln!("skipping: {} cannot checkpoint pods", runsc.display());
-        return;
-    }
-    let scratch = tempfile::tempdir().unwrap();
-    let s = scratch.path();
-    let store = format!("file://{}", s.join("store").display());
-    let c = start(s, &runsc);
-    let daemon = podsnap_testkit::daemon::PodsnapdCmd::new(sibling_binary("podsnapd"), s, "node")
-        .store(&store)
-        .sock(s.join("podsnapd.sock"))
-        .arg(format!(
-            "--containerd-socket={}",
-            c.containerd().socket().display()
-        ))
-        .spawn();
-    let logs = s.join("pod-logs");
-    let names = ["counter-a", "counter-b"];
+/// The app containers of the test pods.
+const POD_CONTAINERS: [&str; 2] = ["counter-a", "counter-b"];
 
+/// A checkpointed pod: its snapshot, and each container's last count before the checkpoint.
+struct Source {
+    snapshot: String,
+    last: Vec<u64>,
+}
+
+/// The source pod (`tenant-a/counters`, two file counters) runs, is checkpointed with
+/// `podsnapctl checkpoint --pod --stop` and removed as the kubelet would.
+fn checkpoint_source_pod(c: &CriContainerd, sock: &Path, logs: &Path) -> Source {
+    let names = POD_CONTAINERS;
     // The source pod.
     let pod = cri::pod_config("tenant-a", "counters", &logs.join("src"), true, &[]);
     let pod_id = c.run_pod(&pod).expect("RunPodSandbox");
@@ -307,7 +288,7 @@ fn annotated_pod_comes_up_with_every_container_restored() {
         )
         .unwrap();
     }
-    let snapshot = checkpoint_pod(&daemon.sock, "tenant-a/counters");
+    let snapshot = checkpoint_pod(sock, "tenant-a/counters");
     let last: Vec<u64> = names
         .iter()
         .map(|n| {
@@ -331,6 +312,12 @@ fn annotated_pod_comes_up_with_every_container_restored() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    Source { snapshot, last }
+}
+
+/// The restored pod comes up with every container continuing its count and its rootfs file.
+fn restored_pod_continues(c: &CriContainerd, logs: &Path, source: &Source) {
+    let (names, snapshot, last) = (POD_CONTAINERS, &source.snapshot, &source.last);
     // The restored pod: same namespace, containers of the same names, created in order.
     let pod = cri::pod_config(
         "tenant-a",
@@ -347,7 +334,7 @@ fn annotated_pod_comes_up_with_every_container_restored() {
                 .unwrap_or_else(|e| panic!("restored {name} starts: {e}"))
         })
         .collect();
-    for ((name, id), before) in names.iter().zip(&ids).zip(&last) {
+    for ((name, id), before) in names.iter().zip(&ids).zip(last) {
         let log = logs.join(format!("dst/{name}/0.log"));
         cri::wait_for_log_count(&log, before + 2, Duration::from_secs(60)).unwrap();
         let counts = cri::log_counts(&log);
@@ -378,8 +365,10 @@ fn annotated_pod_comes_up_with_every_container_restored() {
     }
     c.stop_pod(&pod_id).expect("StopPodSandbox");
     c.remove_pod(&pod_id).expect("RemovePodSandbox");
+}
 
-    // Refusals, as pod sandbox (or container) errors the kubelet shows, before anything runs.
+/// Refusals, as pod sandbox (or container) errors the kubelet shows, before anything runs.
+fn refused_restores_fail_the_pod_sandbox(c: &CriContainerd, logs: &Path, snapshot: &str) {
     let refused = |ns: &str, snap: &str| {
         let pod = cri::pod_config(
             ns,
@@ -393,13 +382,60 @@ fn annotated_pod_comes_up_with_every_container_restored() {
             .message()
             .to_string()
     };
-    let e = refused("tenant-b", &snapshot);
+    let e = refused("tenant-b", snapshot);
     assert!(
         e.contains("may not be restored from a snapshot of namespace tenant-a"),
         "{e}"
     );
     let e = refused("tenant-a", "20260101T000000Z-00000000");
     assert!(e.contains("NOT_FOUND"), "{e}");
+}
+
+/// A pod of two app containers is checkpointed with `podsnapctl checkpoint --pod --stop`; a
+/// new pod annotated `podsnap.dev/restore-from` comes up with both containers restored by
+/// name: RUNNING, their counters continuing in the new pod's CRI log files, their rootfs
+/// files intact. A pod of another namespace and an unknown snapshot are refused.
+#[test]
+fn annotated_pod_comes_up_with_every_container_restored() {
+    if !require(
+        "cri_pod_restore",
+        &[Need::Root, Need::Runsc, Need::Containerd],
+    ) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let runsc = system_runsc();
+    let help = std::process::Command::new(&runsc)
+        .args(["checkpoint", "--help"])
+        .output()
+        .unwrap();
+    let missing = (!String::from_utf8_lossy(&[help.stdout, help.stderr].concat())
+        .contains("-compression"))
+    .then(|| {
+        format!(
+            "{} cannot checkpoint pods (runsc 20240729 or later can)",
+            runsc.display()
+        )
+    });
+    if !podsnap_testkit::require_that("cri_pod_restore", missing) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let store = format!("file://{}", s.join("store").display());
+    let c = start(s, &runsc);
+    let daemon = podsnap_testkit::daemon::PodsnapdCmd::new(sibling_binary("podsnapd"), s, "node")
+        .store(&store)
+        .sock(s.join("podsnapd.sock"))
+        .arg(format!(
+            "--containerd-socket={}",
+            c.containerd().socket().display()
+        ))
+        .spawn();
+    let logs = s.join("pod-logs");
+    let source = checkpoint_source_pod(&c, &daemon.sock, &logs);
+    restored_pod_continues(&c, &logs, &source);
+    refused_restores_fail_the_pod_sandbox(&c, &logs, &source.snapshot);
     assert_eq!(runsc_ids(&runsc, &c.runsc_root()), Vec::<String>::new());
     assert_eq!(waiters(&s.join("markers")), Vec::<i32>::new());
     drop(daemon);

@@ -80,6 +80,22 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
     false
 }
 
+/// [`require`] for a prerequisite that [`Need`] does not name (a runsc release, a capability
+/// of the installed runsc): `missing` says why the test cannot run, `None` when it can.
+/// Returns true when the test may proceed; skips (false) or, with
+/// `PODSNAP_REQUIRE_PRIVILEGED=1`, panics otherwise.
+pub fn require_that(test: &str, missing: Option<String>) -> bool {
+    let Some(reason) = missing else {
+        return true;
+    };
+    let msg = format!("{test}: prerequisite missing: {reason}");
+    if privileged_required() {
+        panic!("{msg} (PODSNAP_REQUIRE_PRIVILEGED=1)");
+    }
+    eprintln!("skipping {msg}");
+    false
+}
+
 /// Path of a workspace-relative file, for fixtures shared between crates.
 pub fn workspace_path(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
