@@ -159,8 +159,35 @@ pub async fn connect(socket: &str) -> anyhow::Result<PodsnapClient<Channel>> {
         .max_encoding_message_size(16 << 20))
 }
 
+/// The one place a failed call to podsnapd becomes podsnapctl's error line.
+///
+/// A status that carries a source was made on this side from a transport error: the
+/// connection to podsnapd broke under the call (the daemon died or was restarted). For the
+/// calls that run as a daemon job, the line says what becomes of that job and where to see
+/// it, instead of the transport's wording alone ("h2 protocol error: error reading a body
+/// from connection").
 fn status_err(op: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{op} failed: {} ({:?})", s.message(), s.code())
+    let Some(cause) = std::error::Error::source(&s) else {
+        return anyhow::anyhow!("{op} failed: {} ({:?})", s.message(), s.code());
+    };
+    let lost = podsnap_proto::client::error_chain(cause);
+    match job_after_restart(op) {
+        Some(fate) => anyhow::anyhow!(
+            "{op} failed: podsnapd went away mid-{op} (connection lost: {lost}); when podsnapd \
+             restarts it {fate}: see `podsnapctl jobs`"
+        ),
+        None => anyhow::anyhow!("{op} failed: podsnapd went away (connection lost: {lost})"),
+    }
+}
+
+/// What a restarted podsnapd does with the job of a call it died under (its crash
+/// recovery); `None` for calls that run no job.
+fn job_after_restart(op: &str) -> Option<&'static str> {
+    match op {
+        "checkpoint" | "restore" => Some("finishes the job or rolls it back"),
+        "prefetch" => Some("marks the job failed (run the prefetch again)"),
+        _ => None,
+    }
 }
 
 fn phase_name(p: i32) -> &'static str {
@@ -573,6 +600,9 @@ pub async fn node_info(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
                 "cache": {"dir": n.cache_dir, "max_bytes": n.cache_max_bytes, "bytes": n.cache_bytes},
                 "runsc": {"path": runsc.path, "version": runsc.version, "platform": runsc.platform,
                           "root": runsc.root, "capabilities": runsc.capabilities},
+                "shims": n.shims.iter().map(|s| json!({"runtime": s.runtime, "binary": s.binary,
+                          "root": s.root, "config_path": s.config_path, "namespace": s.namespace,
+                          "containers": s.containers})).collect::<Vec<_>>(),
                 "cpu": {"vendor": cpu.vendor, "family": cpu.family, "model": cpu.model,
                         "stepping": cpu.stepping, "cache_line_size": cpu.cache_line_size,
                         "features": cpu.features},
@@ -599,6 +629,16 @@ pub async fn node_info(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
         );
     } else {
         println!("runsc:       unavailable");
+    }
+    for s in &n.shims {
+        println!(
+            "shim:        {} runsc {} root {} ({} containers in {})",
+            s.runtime,
+            if s.binary.is_empty() { "-" } else { &s.binary },
+            s.root,
+            s.containers,
+            s.namespace
+        );
     }
     println!(
         "cpu:         {} family {} model {} stepping {}, cache line {}, {} features",
@@ -668,4 +708,44 @@ pub async fn jobs(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
         print_jobs(&jobs);
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What tonic makes of a connection that breaks under a call: a status whose source is
+    /// the transport's error.
+    fn connection_lost() -> tonic::Status {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection reset");
+        tonic::Status::from_error(Box::new(io))
+    }
+
+    #[test]
+    fn a_daemon_gone_mid_job_says_what_becomes_of_the_job() {
+        for op in ["checkpoint", "restore"] {
+            let e = status_err(op, connection_lost()).to_string();
+            assert!(
+                e.starts_with(&format!("{op} failed: podsnapd went away mid-{op}")),
+                "{e}"
+            );
+            assert!(e.contains("connection reset"), "{e}");
+            assert!(e.contains("finishes the job or rolls it back"), "{e}");
+            assert!(e.contains("podsnapctl jobs"), "{e}");
+        }
+        let e = status_err("prefetch", connection_lost()).to_string();
+        assert!(e.contains("marks the job failed"), "{e}");
+        let e = status_err("list", connection_lost()).to_string();
+        assert!(e.starts_with("list failed: podsnapd went away"), "{e}");
+        assert!(!e.contains("jobs"), "{e}");
+    }
+
+    #[test]
+    fn the_daemons_own_refusal_is_shown_as_it_is() {
+        let e = status_err("restore", tonic::Status::not_found("snapshot s1 not found"));
+        assert_eq!(
+            e.to_string(),
+            "restore failed: snapshot s1 not found (NotFound)"
+        );
+    }
 }

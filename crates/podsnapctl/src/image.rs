@@ -5,7 +5,7 @@
 //! line (`--json`: one JSON object instead); progress goes to stderr (see [`crate::progress`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -18,37 +18,7 @@ use crate::progress::Reporter;
 #[derive(clap::Subcommand, Debug)]
 pub enum ImageCmd {
     /// Push every file under DIR as a new snapshot; prints its id as the last line.
-    Push {
-        /// Directory holding the checkpoint image files.
-        dir: PathBuf,
-        #[command(flatten)]
-        store: StoreArg,
-        /// Label to record, `key=value`; repeatable.
-        #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        /// Parent snapshot: recorded, and its unchanged pages are not uploaded again.
-        #[arg(long)]
-        parent: Option<String>,
-        /// Retention group the snapshot belongs to.
-        #[arg(long)]
-        group: Option<String>,
-        /// Snapshot id to use instead of a generated one.
-        #[arg(long)]
-        id: Option<String>,
-        /// Print one JSON object (id, bytes read, uploaded, ...) instead of the id.
-        #[arg(long)]
-        json: bool,
-        /// Uploads in flight at once (each a ~4 MiB pack object); 0 means the store's default, 4.
-        ///
-        /// Hashing and compression always use one worker thread per CPU; this only bounds
-        /// how many objects are being sent at the same time. Against a local `file://` store
-        /// it changes little. Against a remote store each request waits at least one round
-        /// trip, so with one upload in flight a push pays that latency once per object; more
-        /// in flight hide it, at the cost of about 4 MiB of memory each. Raise it for a
-        /// distant or high-latency store; lower it to limit bandwidth or memory.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        concurrency: usize,
-    },
+    Push(PushArgs),
     /// Pull a snapshot into DIR (which must not exist or be empty); DIR appears only once
     /// every page has been verified.
     Pull {
@@ -97,6 +67,40 @@ pub enum ImageCmd {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         grace: Duration,
     },
+}
+
+/// `image push`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// Directory holding the checkpoint image files.
+    dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArg,
+    /// Label to record, `key=value`; repeatable.
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Parent snapshot: recorded, and its unchanged pages are not uploaded again.
+    #[arg(long)]
+    parent: Option<String>,
+    /// Retention group the snapshot belongs to.
+    #[arg(long)]
+    group: Option<String>,
+    /// Snapshot id to use instead of a generated one.
+    #[arg(long)]
+    id: Option<String>,
+    /// Print one JSON object (id, bytes read, uploaded, ...) instead of the id.
+    #[arg(long)]
+    json: bool,
+    /// Uploads in flight at once (each a ~4 MiB pack object); 0 means the store's default, 4.
+    ///
+    /// Hashing and compression always use one worker thread per CPU; this only bounds
+    /// how many objects are being sent at the same time. Against a local `file://` store
+    /// it changes little. Against a remote store each request waits at least one round
+    /// trip, so with one upload in flight a push pays that latency once per object; more
+    /// in flight hide it, at the cost of about 4 MiB of memory each. Raise it for a
+    /// distant or high-latency store; lower it to limit bandwidth or memory.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    concurrency: usize,
 }
 
 /// `--store URL`, also from `PODSNAP_STORE`, and the group keys.
@@ -175,111 +179,14 @@ where
 /// Runs one `image` subcommand.
 pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
-        ImageCmd::Push {
-            dir,
-            store,
-            labels,
-            parent,
-            group,
-            id,
-            json,
-            concurrency,
-        } => {
-            let store = store.open()?;
-            let opts = PushOptions {
-                id: id.as_deref().map(snapshot_id).transpose()?,
-                parent: parent.as_deref().map(snapshot_id).transpose()?,
-                labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
-                group,
-                source: podsnap_store::NodeFacts {
-                    node_name: hostname(),
-                    ..Default::default()
-                },
-                concurrency,
-                ..Default::default()
-            };
-            let report = with_progress("push", |p| store.push(&dir, opts, p))
-                .await
-                .with_context(|| {
-                    format!(
-                        "push of {} to {} failed",
-                        dir.display(),
-                        store.display_url()
-                    )
-                })?;
-            if json {
-                let v = serde_json::json!({
-                    "id": report.id,
-                    "bytes_read": report.bytes_read,
-                    "bytes_uploaded": report.bytes_uploaded,
-                    "bytes_deduplicated": report.bytes_deduplicated,
-                    "bytes_zero": report.bytes_zero,
-                    "objects_written": report.objects_written,
-                    "files": report.manifest.files.len(),
-                    "store": store.display_url(),
-                });
-                println!("{v}");
-            } else {
-                eprintln!(
-                    "pushed {} files, read {}, uploaded {} ({} deduplicated, {} zero) to {}",
-                    report.manifest.files.len(),
-                    HumanBytes(report.bytes_read),
-                    HumanBytes(report.bytes_uploaded),
-                    HumanBytes(report.bytes_deduplicated),
-                    HumanBytes(report.bytes_zero),
-                    store.display_url()
-                );
-                println!("{}", report.id);
-            }
-        }
+        ImageCmd::Push(a) => push(a).await,
         ImageCmd::Pull {
             id,
             dir,
             store,
             no_fsync,
-        } => {
-            let store = store.open()?;
-            let id = snapshot_id(&id)?;
-            let opts = PullOptions { durable: !no_fsync };
-            let report = with_progress("pull", |p| store.pull_with(&id, &dir, p, opts))
-                .await
-                .with_context(|| format!("pull of {id} into {} failed", dir.display()))?;
-            println!(
-                "pulled {id} into {}: {} files, {} written, {} downloaded",
-                dir.display(),
-                report.files,
-                HumanBytes(report.bytes_written),
-                HumanBytes(report.bytes_downloaded)
-            );
-        }
-        ImageCmd::Ls { store, json } => {
-            let store = store.open()?;
-            let list = store
-                .list()
-                .await
-                .with_context(|| format!("cannot list {}", store.display_url()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!(
-                    "{:<34} {:<24} {:<16} {:>10} {:>5}  LABELS",
-                    "ID", "CREATED", "GROUP", "SIZE", "FILES"
-                );
-                for m in list {
-                    let labels: Vec<String> =
-                        m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
-                        "{:<34} {:<24} {:<16} {:>10} {:>5}  {}",
-                        m.id,
-                        m.created,
-                        m.group.as_deref().unwrap_or("-"),
-                        HumanBytes(m.totals.bytes).to_string(),
-                        m.files.len(),
-                        labels.join(",")
-                    );
-                }
-            }
-        }
+        } => pull(&id, &dir, &store, no_fsync).await,
+        ImageCmd::Ls { store, json } => ls(&store, json).await,
         ImageCmd::Inspect { id, store } => {
             let store = store.open()?;
             let id = snapshot_id(&id)?;
@@ -288,6 +195,7 @@ pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot inspect {id}"))?;
             println!("{}", serde_json::to_string_pretty(&m)?);
+            Ok(())
         }
         ImageCmd::Rm { id, store } => {
             let store = store.open()?;
@@ -297,28 +205,128 @@ pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot delete {id}"))?;
             println!("deleted {id}");
+            Ok(())
         }
-        ImageCmd::Gc { store, grace } => {
-            let store = store.open()?;
-            let r = store
-                .gc(grace)
-                .await
-                .with_context(|| format!("gc of {} failed", store.display_url()))?;
-            println!(
-                "gc: {} manifests, {} live objects, deleted {} objects ({}), kept {} young",
-                r.manifests,
-                r.live_objects,
-                r.deleted_objects,
-                HumanBytes(r.deleted_bytes),
-                r.kept_young
-            );
-            if !r.broken_snapshots.is_empty() {
-                bail!(
-                    "snapshots with unreadable indexes: {}",
-                    r.broken_snapshots.join(", ")
-                );
-            }
-        }
+        ImageCmd::Gc { store, grace } => gc(&store, grace).await,
+    }
+}
+
+async fn push(a: PushArgs) -> anyhow::Result<()> {
+    let store = a.store.open()?;
+    let opts = PushOptions {
+        id: a.id.as_deref().map(snapshot_id).transpose()?,
+        parent: a.parent.as_deref().map(snapshot_id).transpose()?,
+        labels: a.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        group: a.group,
+        source: podsnap_store::NodeFacts {
+            node_name: hostname(),
+            ..Default::default()
+        },
+        concurrency: a.concurrency,
+        ..Default::default()
+    };
+    let dir = a.dir;
+    let report = with_progress("push", |p| store.push(&dir, opts, p))
+        .await
+        .with_context(|| {
+            format!(
+                "push of {} to {} failed",
+                dir.display(),
+                store.display_url()
+            )
+        })?;
+    if a.json {
+        let v = serde_json::json!({
+            "id": report.id,
+            "bytes_read": report.bytes_read,
+            "bytes_uploaded": report.bytes_uploaded,
+            "bytes_deduplicated": report.bytes_deduplicated,
+            "bytes_zero": report.bytes_zero,
+            "objects_written": report.objects_written,
+            "files": report.manifest.files.len(),
+            "store": store.display_url(),
+        });
+        println!("{v}");
+    } else {
+        eprintln!(
+            "pushed {} files, read {}, uploaded {} ({} deduplicated, {} zero) to {}",
+            report.manifest.files.len(),
+            HumanBytes(report.bytes_read),
+            HumanBytes(report.bytes_uploaded),
+            HumanBytes(report.bytes_deduplicated),
+            HumanBytes(report.bytes_zero),
+            store.display_url()
+        );
+        println!("{}", report.id);
+    }
+    Ok(())
+}
+
+async fn pull(id: &str, dir: &Path, store: &StoreArg, no_fsync: bool) -> anyhow::Result<()> {
+    let store = store.open()?;
+    let id = snapshot_id(id)?;
+    let opts = PullOptions { durable: !no_fsync };
+    let report = with_progress("pull", |p| store.pull_with(&id, dir, p, opts))
+        .await
+        .with_context(|| format!("pull of {id} into {} failed", dir.display()))?;
+    println!(
+        "pulled {id} into {}: {} files, {} written, {} downloaded",
+        dir.display(),
+        report.files,
+        HumanBytes(report.bytes_written),
+        HumanBytes(report.bytes_downloaded)
+    );
+    Ok(())
+}
+
+async fn ls(store: &StoreArg, json: bool) -> anyhow::Result<()> {
+    let store = store.open()?;
+    let list = store
+        .list()
+        .await
+        .with_context(|| format!("cannot list {}", store.display_url()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<34} {:<24} {:<16} {:>10} {:>5}  LABELS",
+        "ID", "CREATED", "GROUP", "SIZE", "FILES"
+    );
+    for m in list {
+        let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<34} {:<24} {:<16} {:>10} {:>5}  {}",
+            m.id,
+            m.created,
+            m.group.as_deref().unwrap_or("-"),
+            HumanBytes(m.totals.bytes).to_string(),
+            m.files.len(),
+            labels.join(",")
+        );
+    }
+    Ok(())
+}
+
+async fn gc(store: &StoreArg, grace: Duration) -> anyhow::Result<()> {
+    let store = store.open()?;
+    let r = store
+        .gc(grace)
+        .await
+        .with_context(|| format!("gc of {} failed", store.display_url()))?;
+    println!(
+        "gc: {} manifests, {} live objects, deleted {} objects ({}), kept {} young",
+        r.manifests,
+        r.live_objects,
+        r.deleted_objects,
+        HumanBytes(r.deleted_bytes),
+        r.kept_young
+    );
+    if !r.broken_snapshots.is_empty() {
+        bail!(
+            "snapshots with unreadable indexes: {}",
+            r.broken_snapshots.join(", ")
+        );
     }
     Ok(())
 }
@@ -362,7 +370,7 @@ mod tests {
         ])
         .unwrap();
         match t.cmd {
-            ImageCmd::Push {
+            ImageCmd::Push(PushArgs {
                 labels,
                 parent,
                 group,
@@ -370,7 +378,7 @@ mod tests {
                 store,
                 concurrency,
                 ..
-            } => {
+            }) => {
                 assert_eq!(concurrency, 16);
                 assert_eq!(
                     labels,
@@ -390,7 +398,7 @@ mod tests {
             .unwrap()
             .cmd
         {
-            ImageCmd::Push { concurrency, .. } => assert_eq!(concurrency, 0, "store default"),
+            ImageCmd::Push(a) => assert_eq!(a.concurrency, 0, "store default"),
             other => panic!("{other:?}"),
         }
         assert!(
@@ -418,7 +426,7 @@ mod tests {
             url: url.clone(),
             key_dir: None,
         };
-        run(ImageCmd::Push {
+        run(ImageCmd::Push(PushArgs {
             dir: src.clone(),
             store: store.clone(),
             labels: vec![("app".into(), "x".into())],
@@ -427,7 +435,7 @@ mod tests {
             id: Some("cli-1".into()),
             json: true,
             concurrency: 1,
-        })
+        }))
         .await
         .unwrap();
         let dest = work.join("out");

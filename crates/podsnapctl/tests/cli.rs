@@ -341,6 +341,107 @@ fn daemon_commands_checkpoint_list_inspect_compat_restore_delete() {
     drop(sb);
 }
 
+/// podsnapd killed while `podsnapctl checkpoint` streams its progress: podsnapctl says that
+/// the daemon went away, what a restarted daemon does with the job and where to see it (not
+/// the transport's "h2 protocol error"); a restarted podsnapd then finishes that job.
+#[test]
+fn a_daemon_killed_mid_checkpoint_is_explained_and_the_job_finishes_after_restart() {
+    use std::io::BufRead;
+    if !require(
+        "a_daemon_killed_mid_checkpoint_is_explained",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = PodsnapdCmd::new(podsnapd_bin(), dir.path(), "d").spawn();
+    let root = daemon.root.clone();
+    let s = daemon.sock.display().to_string();
+    let id = unique_id("clik");
+    let log = dir.path().join("c.log");
+    let sb = CounterSandbox::start(&root, &id, &log, &[]).unwrap();
+    wait_for_count(&log, 1, Duration::from_secs(30)).unwrap();
+
+    let mut ctl = ctl()
+        .args([
+            "--socket",
+            &s,
+            "--progress",
+            "plain",
+            "checkpoint",
+            &id,
+            "--stop",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The phase line comes before runsc checkpoint runs (which takes a second or more):
+    // the call is mid-stream when the daemon dies.
+    let mut lines = std::io::BufReader::new(ctl.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let checkpointing = line.starts_with("checkpoint: checkpointing");
+        seen.push(line);
+        if checkpointing {
+            break;
+        }
+    }
+    daemon.kill9();
+    seen.extend(lines.map(|l| l.unwrap()));
+    let out = ctl.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{seen:?}");
+    assert!(out.stdout.is_empty(), "no snapshot id: {out:?}");
+    let last = seen.last().cloned().unwrap_or_default();
+    eprintln!("podsnapctl's last line: {last}");
+    assert!(
+        last.starts_with("podsnapctl: checkpoint failed: podsnapd went away mid-checkpoint"),
+        "{seen:?}"
+    );
+    assert!(
+        last.contains("finishes the job or rolls it back: see `podsnapctl jobs`"),
+        "{last}"
+    );
+    assert!(
+        !last.contains("h2 protocol error: error reading a body"),
+        "{last}"
+    );
+
+    // What the message promises: the restarted daemon finishes the job, listed by `jobs`.
+    let daemon = PodsnapdCmd::new(podsnapd_bin(), dir.path(), "d").spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let o = run(ctl_socket(&s).args(["jobs", "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let job = v.as_array().and_then(|jobs| {
+            jobs.iter()
+                .find(|j| j["kind"] == "checkpoint" && j["finished_at"] != "")
+                .cloned()
+        });
+        if let Some(job) = job {
+            break job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no finished checkpoint job: {v} {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(job["phase"], "done", "{job}");
+    assert_eq!(job["error"], "", "{job}");
+    drop(daemon);
+    drop(sb);
+}
+
+fn ctl_socket(socket: &str) -> Command {
+    let mut c = ctl();
+    c.args(["--socket", socket]);
+    c
+}
+
 /// The subcommand paths of every listing command (each must take `--json`).
 const LISTING_COMMANDS: &[&[&str]] = &[
     &["list"],
@@ -499,8 +600,12 @@ fn image_push_prints_plain_progress_lines_when_stderr_is_not_a_terminal() {
 #[test]
 fn image_push_draws_a_progress_bar_in_a_terminal() {
     // `script` gives podsnapctl a pseudo-terminal for stdin, stdout and stderr.
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipping: script(1) not installed");
+    let missing = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+        .then(|| "script(1) not installed (Debian package bsdutils)".to_string());
+    if !podsnap_testkit::require_that("image_push_draws_a_progress_bar_in_a_terminal", missing) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
