@@ -9,6 +9,7 @@
 //! marker_dir = "/run/podsnap/restored"     # restore markers (`start` after a restore)
 //! restore_mode = "auto"                    # auto | replace-create | restore-on-start
 //! host_network = "none"                    # hostNetwork pods: none (loopback only) | host
+//! shim = "auto"                            # auto | runc | gvisor: the containerd shim in front
 //!
 //! [cross_namespace_restores]               # pods of namespace team-b may be restored from
 //! team-b = ["team-a"]                      # snapshots of pods of team-a (none by default)
@@ -73,6 +74,21 @@ impl HostNetwork {
     }
 }
 
+/// The containerd shim that runs this wrapper as its runsc.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shim {
+    /// gVisor's shim when the parent process is `containerd-shim-runsc-v1*`, containerd's
+    /// runc v2 shim otherwise.
+    #[default]
+    Auto,
+    /// containerd's runc v2 shim (`BinaryName`): waiters, pid files, reworded answers.
+    Runc,
+    /// gVisor's `containerd-shim-runsc-v1` (`binary_name` in its runsc.toml): every call is
+    /// passed through but a restore's `start` (the binary's `gvisor_shim` module).
+    Gvisor,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct FileConfig {
@@ -84,6 +100,7 @@ struct FileConfig {
     restore_mode: RestoreMode,
     host_network: HostNetwork,
     cross_namespace_restores: std::collections::BTreeMap<String, Vec<String>>,
+    shim: Shim,
 }
 
 /// The effective configuration.
@@ -106,6 +123,8 @@ pub struct Config {
     /// Target namespace -> the source namespaces whose pod snapshots its pods may restore
     /// (besides their own namespace's).
     pub cross_namespace_restores: std::collections::BTreeMap<String, Vec<String>>,
+    /// The shim in front of the wrapper.
+    pub shim: Shim,
     /// The file read, if any.
     pub source: Option<PathBuf>,
 }
@@ -221,6 +240,7 @@ impl Config {
             restore_mode: file.restore_mode,
             host_network: file.host_network,
             cross_namespace_restores: file.cross_namespace_restores,
+            shim: file.shim,
             source,
         })
     }
@@ -261,6 +281,7 @@ prepare_timeout = "10m"
 runsc_flags = ["--platform=systrap"]
 marker_dir = "/run/x/restored"
 restore_mode = "replace-create"
+shim = "gvisor"
 "#,
         );
         let env = Env {
@@ -274,6 +295,7 @@ restore_mode = "replace-create"
         assert_eq!(c.runsc_flags, vec!["--platform=systrap".to_string()]);
         assert_eq!(c.marker_dir, PathBuf::from("/run/x/restored"));
         assert_eq!(c.restore_mode, RestoreMode::ReplaceCreate);
+        assert_eq!(c.shim, Shim::Gvisor);
         assert_eq!(c.source.as_deref(), Some(Path::new(&file)));
 
         let env = Env {
@@ -317,6 +339,7 @@ restore_mode = "replace-create"
         assert_eq!(c.prepare_timeout, DEFAULT_PREPARE_TIMEOUT);
         assert_eq!(c.marker_dir, PathBuf::from(DEFAULT_MARKER_DIR));
         assert_eq!(c.restore_mode, RestoreMode::Auto);
+        assert_eq!(c.shim, Shim::Auto);
         assert!(c.runsc_flags.is_empty());
     }
 
