@@ -12,7 +12,8 @@ use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
 use podsnap_testkit::metrics::Exposition;
 use podsnap_testkit::runsc::{
-    first_count, last_count, unique_id, wait_for_count, CounterSandbox, RunscCmd,
+    first_count, last_count, unique_id, wait_for_count, Bundle, CounterSandbox, Release, RunscCmd,
+    COUNTER_SCRIPT,
 };
 use podsnap_testkit::{require, Need};
 use tonic::transport::Channel;
@@ -480,7 +481,8 @@ async fn a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_th
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // Room for runsc's state file, not for the sandbox's pages (its image is ~1.6 MB).
+    // Room for the job's small files, not for the sandbox's pages: the sandbox holds 4 MiB of
+    // random data (a counter alone checkpoints to 1.6 MB on 20240729 but 0.4 MB on 2026).
     let work = dir.path().join("small-work");
     let _disk = SmallDisk::mount(&work, "1m");
     let store = format!("file://{}", dir.path().join("store").display());
@@ -498,7 +500,11 @@ async fn a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_th
     );
     let id = unique_id("e2e-full");
     let log = dir.path().join("counter.log");
-    let sb = CounterSandbox::start(&a.root, &id, &log, &[]).expect("counter starts");
+    let script =
+        format!("dd if=/dev/urandom of=/dev/blob bs=1M count=4 2>/dev/null; {COUNTER_SCRIPT}");
+    let bundle = Bundle::with_args(&["/bin/sh", "-c", &script]).unwrap();
+    let sb = CounterSandbox::start_on(Release::System, &a.root, &id, &log, &[], bundle)
+        .expect("counter starts");
     wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
 
     let mut c = a.client().await;
