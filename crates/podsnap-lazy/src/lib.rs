@@ -11,8 +11,9 @@
 //!   blob however many readers wait for it.
 //! * [`Registry`] (`registry`) shares one `LazyImage` per snapshot among the node's restores
 //!   (a golden snapshot restored N times is downloaded once), starts its background fill (the
-//!   group's hot pages first, read from the store), and once the image is complete records the
-//!   order in which its readers touched pages as the group's new hot pages.
+//!   group's hot pages first, read from the store), and once the image is complete (and at
+//!   least 5 s after it was opened) records the order in which its readers touched pages as
+//!   the group's new hot pages.
 //! * [`LazyMount`] (`fs`) serves one image at one mount point: a flat directory of the image's
 //!   files, read-only, every `read` answered through [`LazyImage::read`] on a tokio runtime.
 //!   A page that cannot be fetched or verified answers `EIO` (and fails the image, which the
@@ -26,7 +27,7 @@ mod registry;
 
 pub use fs::{fuse_available, unmount_stale, LazyMount};
 pub use podsnap_store::{LazyImage, LazyProgress, LazyStatus};
-pub use registry::{ImageLease, Registry};
+pub use registry::{is_lazy_file, ImageLease, Registry};
 
 use std::path::PathBuf;
 

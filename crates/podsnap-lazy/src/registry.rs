@@ -8,6 +8,9 @@ use podsnap_store::{HotPages, LazyImage, LazyStatus, SnapshotId, Store};
 
 use crate::{LazyError, PAGES_FILE};
 
+/// How long after an image is opened its readers' first touches are recorded, at least.
+const HOT_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Hot pages fetched ahead of the rest at most (1 GiB of pages).
 const MAX_HOT_PAGES: usize = 1 << 18;
 
@@ -151,11 +154,16 @@ impl Registry {
             tracing::info!(snapshot = %m.id, pages = first.len(), "fetching the group's hot pages first");
         }
         let (image, store) = (image.clone(), self.inner.store.clone());
+        let opened = tokio::time::Instant::now();
         tokio::spawn(async move {
             // A failure is the image's status; the daemon watches it.
             if image.fill(&first).await.is_err() {
                 return;
             }
+            // Reads are recorded until the image is complete and at least for the first
+            // seconds (a small image is complete before its sandbox has read much).
+            tokio::time::sleep_until(opened + HOT_WINDOW).await;
+            image.stop_recording();
             let order = image.access_order();
             if let (Some(g), false) = (group, order.is_empty()) {
                 let hot = HotPages::from_order(&g, image.manifest().id.as_str(), &order);

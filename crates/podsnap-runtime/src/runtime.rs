@@ -210,6 +210,9 @@ pub struct RestoreRequest {
     pub pid_file: Option<PathBuf>,
     /// Timeout of the runsc call.
     pub timeout: Option<Duration>,
+    /// `runsc restore --background`: runsc returns once the kernel state is loaded and reads
+    /// the pages while the sandbox runs (only on releases that have the flag).
+    pub background: bool,
     /// The other containers of a multi-container image, restored after the root (`id` and
     /// `bundle` above) in this order. Each bundle's `io.kubernetes.cri.sandbox-id` annotation
     /// must name `id`, the restored root.
@@ -938,6 +941,7 @@ impl SandboxRuntime for RunscRuntime {
                     log_file: req.log_file.clone(),
                     timeout: req.timeout,
                     job_dir: req.job_dir.clone(),
+                    background: req.background,
                     ..Default::default()
                 },
             )

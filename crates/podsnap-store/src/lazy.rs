@@ -23,8 +23,8 @@
 //! filesystem the complete local files are linked into it (as a pull's are); elsewhere the
 //! pages of every download are copied into segments as they arrive.
 //!
-//! The order in which readers first touch pages is kept until the image is complete
-//! ([`LazyImage::access_order`]); [`HotPages`] stores it beside the manifests, keyed by the
+//! The order in which readers first touch pages is kept until the owner stops the recording
+//! ([`LazyImage::access_order`], [`LazyImage::stop_recording`]); [`HotPages`] stores it beside the manifests, keyed by the
 //! snapshot's group (`hot/<sha256 of the group>.json`), for the next lazy restore of that
 //! group to fetch first.
 
@@ -136,6 +136,10 @@ struct LazyInner {
     adopt: bool,
     downloaded: AtomicU64,
     from_cache: AtomicU64,
+    /// What [`LazyImage::take_unreported`] has handed out so far.
+    reported: Mutex<(u64, u64)>,
+    /// Reads are recorded in [`LazyInner::access`] until [`LazyImage::stop_recording`].
+    recording: std::sync::atomic::AtomicBool,
     access: Mutex<Access>,
 }
 
@@ -244,6 +248,8 @@ impl Store {
                 adopt,
                 downloaded: AtomicU64::new(0),
                 from_cache: AtomicU64::new(0),
+                reported: Mutex::new((0, 0)),
+                recording: std::sync::atomic::AtomicBool::new(true),
                 access: Mutex::new(access),
             }),
         })
@@ -325,6 +331,19 @@ impl LazyImage {
             bytes_downloaded: self.inner.downloaded.load(Ordering::Relaxed),
             bytes_from_cache: self.inner.from_cache.load(Ordering::Relaxed),
         }
+    }
+
+    /// Bytes downloaded and taken from the cache since the last call (by any holder of the
+    /// image): for metrics that several users of one shared image must not count twice.
+    pub fn take_unreported(&self) -> (u64, u64) {
+        let mut r = self.inner.reported.lock().expect("reported lock");
+        let now = (
+            self.inner.downloaded.load(Ordering::Relaxed),
+            self.inner.from_cache.load(Ordering::Relaxed),
+        );
+        let new = (now.0 - r.0, now.1 - r.1);
+        *r = now;
+        new
     }
 
     /// Reads up to `len` bytes of file `file` at `offset` (fewer at the end of the file), every
@@ -415,8 +434,7 @@ impl LazyImage {
         self.settled().await
     }
 
-    /// The pages readers touched first, in order (file path, page), until the image became
-    /// complete.
+    /// The pages readers touched first, in order (file path, page), while recording.
     pub fn access_order(&self) -> Vec<(String, u64)> {
         let a = self.inner.access.lock().expect("access lock");
         a.order
@@ -425,8 +443,13 @@ impl LazyImage {
             .collect()
     }
 
+    /// Ends the recording of [`LazyImage::access_order`] (it runs from the open on).
+    pub fn stop_recording(&self) {
+        self.inner.recording.store(false, Ordering::Relaxed);
+    }
+
     fn record_access(&self, file: usize, first: u64, last: u64) {
-        if !matches!(*self.inner.status.borrow(), LazyStatus::Filling) {
+        if !self.inner.recording.load(Ordering::Relaxed) {
             return;
         }
         let mut a = self.inner.access.lock().expect("access lock");

@@ -92,6 +92,13 @@ pub struct Args {
     /// after runsc, as on every other release).
     #[arg(long, env = "PODSNAPD_UPLOAD_WHILE_CHECKPOINTING")]
     pub upload_while_checkpointing: Option<UploadWhileCheckpointing>,
+    /// How a standalone restore reads its image: `auto` (the default) serves it lazily
+    /// through a FUSE mount (`runsc restore --background` starts once the small files are
+    /// verified; pages are fetched and verified as runsc reads them) where the runsc release
+    /// and the node allow it, and pulls it whole first elsewhere; `always` fails a restore
+    /// that cannot be lazy; `never` always pulls first.
+    #[arg(long, env = "PODSNAPD_LAZY_RESTORE")]
+    pub lazy_restore: Option<LazyRestore>,
     /// Timeout for one runsc checkpoint or restore, e.g. 10m.
     #[arg(long, env = "PODSNAPD_RUNSC_TIMEOUT")]
     pub runsc_timeout: Option<String>,
@@ -157,6 +164,7 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub concurrency: Option<usize>,
     pub upload_while_checkpointing: Option<UploadWhileCheckpointing>,
+    pub lazy_restore: Option<LazyRestore>,
     pub runsc_timeout: Option<String>,
     pub key_dir: Option<PathBuf>,
     pub max_transfers: Option<usize>,
@@ -208,6 +216,8 @@ pub struct Config {
     pub concurrency: usize,
     /// When to follow runsc's page file with the upload, where the release allows it.
     pub upload_while_checkpointing: UploadWhileCheckpointing,
+    /// Whether standalone restores serve their image lazily (`--lazy-restore`).
+    pub lazy_restore: LazyRestore,
     pub runsc_timeout: std::time::Duration,
     pub key_dir: Option<PathBuf>,
     pub max_transfers: usize,
@@ -242,6 +252,19 @@ impl UploadWhileCheckpointing {
             UploadWhileCheckpointing::Never => false,
         }
     }
+}
+
+/// Whether a standalone restore serves its image lazily (`--lazy-restore`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LazyRestore {
+    /// Where the runsc release and the node allow it; a full pull first elsewhere.
+    #[default]
+    Auto,
+    /// Always; a restore that cannot be lazy fails, saying why.
+    Always,
+    /// Never: the image is pulled and verified whole before runsc restores.
+    Never,
 }
 
 /// The page cache's default bound: 10 GiB.
@@ -392,6 +415,7 @@ impl Config {
                 .upload_while_checkpointing
                 .or(file.upload_while_checkpointing)
                 .unwrap_or_default(),
+            lazy_restore: args.lazy_restore.or(file.lazy_restore).unwrap_or_default(),
             runsc_timeout,
             key_dir: args.key_dir.or(file.key_dir),
             max_transfers: match args.max_transfers.or(file.max_transfers).unwrap_or(2) {

@@ -124,6 +124,10 @@ fn is_false(b: &bool) -> bool {
 pub struct RestoreJob {
     pub bundle: PathBuf,
     pub container_id: String,
+    /// runsc reads the image through this daemon's lazy FUSE mount: a restart loses the
+    /// mount, so recovery stops such a sandbox unless its job finished.
+    #[serde(default)]
+    pub lazy: bool,
 }
 
 /// A restore prepared for the runsc wrapper: nothing to recover (a restart fails it).
@@ -462,6 +466,15 @@ impl JobHandle {
         });
     }
 
+    /// Records that a restore serves its image lazily (see [`RestoreJob::lazy`]).
+    pub fn mark_lazy(&self) {
+        self.jobs.update(&self.id, true, |r| {
+            if let JobSpec::Restore(j) = &mut r.spec {
+                j.lazy = true;
+            }
+        });
+    }
+
     pub fn set_snapshot(&self, id: &str) {
         self.jobs
             .update(&self.id, true, |r| r.snapshot_id = Some(id.to_string()));
@@ -498,6 +511,7 @@ mod tests {
         JobSpec::Restore(RestoreJob {
             bundle: "/b".into(),
             container_id: id.into(),
+            lazy: false,
         })
     }
 

@@ -461,6 +461,7 @@ async fn a_new_call_waits_for_the_recovery_of_its_sandboxs_interrupted_job() {
             podsnapd::jobs::JobSpec::Restore(podsnapd::jobs::RestoreJob {
                 bundle: "/bundles/again".into(),
                 container_id: "again".into(),
+                lazy: false,
             }),
             "again".into(),
             Some("20990101T000000Z-00000000".into()),

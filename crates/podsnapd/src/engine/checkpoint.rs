@@ -468,6 +468,7 @@ impl Engine {
                 job_dir: Some(runsc_job),
                 pid_file: None,
                 timeout: Some(self.cfg.runsc_timeout),
+                background: false,
                 containers: Vec::new(),
             })
             .await?;

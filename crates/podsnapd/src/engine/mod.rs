@@ -75,7 +75,13 @@ pub struct Engine {
     locks: Locks,
     /// Bounds the snapshot uploads and downloads running at once (`max_transfers`).
     transfers: Arc<tokio::sync::Semaphore>,
+    /// The lazy images this node serves, one per snapshot (`restore.rs`, lazy path).
+    lazy: podsnap_lazy::Registry,
 }
+
+/// Below the work dir: the local files of lazy images (removed at start like every work dir
+/// no unfinished job owns).
+const LAZY_DIR: &str = ".lazy";
 
 /// The node's page cache, or `None` when it is off (`cache_max_bytes` 0) or cannot be
 /// opened: the cache is best effort, a daemon without one still restores (downloading all).
@@ -168,6 +174,15 @@ impl Engine {
         let jobs = Jobs::new(cfg.jobs_dir()).context("opening the job journal")?;
         // Work dirs of jobs that finished (or never got a record) are leftovers of a crash;
         // those of unfinished jobs stay for recovery. This runs before anything is served.
+        // Lazy image mounts an earlier run left are dead (their server was that process):
+        // unmount them first, or their directories cannot be removed.
+        let stale = podsnap_lazy::unmount_stale(&cfg.work_dir);
+        if stale > 0 {
+            warn!(
+                mounts = stale,
+                "unmounted lazy image mounts a stopped podsnapd left"
+            );
+        }
         let pending: std::collections::HashSet<String> = jobs
             .unfinished_on_disk()
             .into_iter()
@@ -183,6 +198,7 @@ impl Engine {
             }
         }
         let store = store.with_cache(open_cache(&cfg, &metrics));
+        let lazy = podsnap_lazy::Registry::new(store.clone(), cfg.work_dir.join(LAZY_DIR));
         let host_cpu = podsnap_cpu::host().map_err(|e| e.to_string());
         if let Err(e) = &host_cpu {
             warn!(error = %e, "cannot read this host's CPU feature set; compatibility checks will refuse");
@@ -196,6 +212,7 @@ impl Engine {
             host_cpu,
             locks: Locks::default(),
             transfers: Arc::new(tokio::sync::Semaphore::new(max_transfers)),
+            lazy,
         })
     }
 

@@ -141,6 +141,21 @@ impl Engine {
         restore: &RestoreJob,
     ) -> Result<()> {
         let container_id = &restore.container_id;
+        if restore.lazy {
+            // Its pages were served by the daemon that stopped: what the sandbox reads now
+            // fails. Stop it; the caller may restore again.
+            match self.runtime.delete(None, container_id, true).await {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+                Err(e) => {
+                    warn!(container = %container_id, error = %e, "cannot remove a lazily restored sandbox")
+                }
+            }
+            return Err(DaemonError::Unavailable(format!(
+                "podsnapd restarted while {container_id} was restored lazily (phase {:?}): its \
+                 pages were served by that daemon, so the sandbox was stopped; restore it again",
+                rec.phase
+            )));
+        }
         let outcome = self
             .await_earlier_runsc(&job.dir().join("runsc-restore"))
             .await;

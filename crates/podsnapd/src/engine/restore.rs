@@ -1,17 +1,28 @@
 //! The standalone restore flow: validate -> lock the new container id -> job record ->
 //! manifest -> compatibility (before any chunk is fetched) -> pull (verified) ->
 //! `runsc restore` under the daemon's root. Also the pull both restore flows share.
+//!
+//! The lazy path (where [`eager_reason`] finds nothing against it): instead of the pull, the
+//! snapshot's small files are fetched and verified and the image is mounted read-only through
+//! podsnap-lazy's FUSE filesystem, whose every read is answered with verified bytes only;
+//! `runsc restore --background` then starts from the mount. The answer goes back once runsc
+//! has; the job stays in `Downloading` while the rest of the pages arrive, and finishes when
+//! the last one is local. A page that cannot be fetched or verified stops the sandbox and
+//! fails the job with the reason. The mount stays while the sandbox exists (runsc keeps
+//! `pages.img` open) and goes (lazy unmount) once it is gone, or when the daemon stops.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use podsnap_runtime::{ContainerRestore, RestoreRequest, RuntimeError};
-use podsnap_store::{Manifest, PullOptions, SnapshotId};
-use tracing::{info, info_span};
+use podsnap_lazy::LazyMount;
+use podsnap_runtime::{ContainerRestore, RestoreRequest, RuntimeError, Status};
+use podsnap_store::{LazyStatus, Manifest, PullOptions, SnapshotId, StoreError};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use super::progress::{phase_update, JobProgress};
 use super::{snapshot_id, Engine, Updates};
+use crate::config::LazyRestore;
 use crate::error::{DaemonError, Result};
 use crate::jobs::{JobHandle, JobSpec, Phase, RestoreJob};
 
@@ -83,6 +94,81 @@ pub(super) fn match_containers(
             log_file: g.log.clone(),
         })
         .collect())
+}
+
+/// How often a lazily restored sandbox is looked at, to unmount its image once it is gone.
+const SANDBOX_POLL: Duration = Duration::from_secs(2);
+
+/// Why a standalone restore pulls its image whole instead of serving it lazily; `None` when
+/// nothing is against the lazy path. The one place that decides it (with `--lazy-restore`).
+pub(super) fn eager_reason(
+    restore_background: bool,
+    runsc_version: &str,
+    m: &Manifest,
+    other_containers: usize,
+    fuse: std::result::Result<(), String>,
+) -> Option<String> {
+    if !restore_background {
+        return Some(format!(
+            "runsc {runsc_version} has no `restore --background`"
+        ));
+    }
+    if !m.files.iter().any(|f| podsnap_lazy::is_lazy_file(&f.path)) {
+        return Some(format!(
+            "the image has no {} (one checkpoint.img, as runsc 20221219 writes)",
+            podsnap_lazy::PAGES_FILE
+        ));
+    }
+    match m.runsc_metadata.get("compression").map(String::as_str) {
+        Some("none") => {}
+        other => {
+            return Some(format!(
+                "the image is compressed ({}); runsc restores in the background only uncompressed images",
+                other.unwrap_or("flate, the legacy default")
+            ))
+        }
+    }
+    if other_containers > 0 {
+        return Some("a sandbox of several containers restores from a pulled image".into());
+    }
+    if let Some(f) = m.files.iter().find(|f| f.path.contains('/')) {
+        return Some(format!("the image has a file in a directory ({})", f.path));
+    }
+    fuse.err()
+}
+
+/// A failed lazy image as the daemon's error (data loss for a page that did not verify).
+fn image_failure(e: &StoreError) -> DaemonError {
+    match e {
+        StoreError::Corrupt {
+            file,
+            offset,
+            reason,
+        } => DaemonError::Store(StoreError::Corrupt {
+            file: file.clone(),
+            offset: *offset,
+            reason: reason.clone(),
+        }),
+        StoreError::MissingObject {
+            file,
+            offset,
+            object,
+        } => DaemonError::Store(StoreError::MissingObject {
+            file: file.clone(),
+            offset: *offset,
+            object: object.clone(),
+        }),
+        other => DaemonError::Unavailable(podsnap_proto::client::error_chain(other)),
+    }
+}
+
+fn lazy_error(e: podsnap_lazy::LazyError) -> DaemonError {
+    match e {
+        podsnap_lazy::LazyError::Store(s) => DaemonError::Store(s),
+        podsnap_lazy::LazyError::Fetch(f) => image_failure(&f),
+        podsnap_lazy::LazyError::Unsupported(m) => DaemonError::Unsupported(m),
+        other => DaemonError::Internal(podsnap_proto::client::error_chain(&other)),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -170,16 +256,28 @@ impl Engine {
                 JobSpec::Restore(RestoreJob {
                     bundle: spec.bundle.clone(),
                     container_id: spec.container_id.clone(),
+                    lazy: false,
                 }),
                 spec.container_id.clone(),
                 Some(id.to_string()),
             )
             .map_err(|e| DaemonError::io("writing the job record", e))?;
-        let res = self.run_restore(&job, &spec, &id, &tx).await;
-        job.finish(res.as_ref().err().map(DaemonError::message));
-        // runsc has read the image (or failed): the local copy goes.
-        self.remove_work_dir_later(&job.id);
-        res
+        match self.run_restore(&job, &spec, &id, &tx).await {
+            Ok((info, Some(mount))) => {
+                // The job goes on until the last page is local; the work dir (the mount
+                // point) goes with the sandbox.
+                self.clone()
+                    .follow_lazy(job, mount, spec.container_id.clone());
+                Ok(info)
+            }
+            res => {
+                let res = res.map(|(info, _)| info);
+                job.finish(res.as_ref().err().map(DaemonError::message));
+                // runsc has read the image (or failed): the local copy goes.
+                self.remove_work_dir_later(&job.id);
+                res
+            }
+        }
     }
 
     async fn run_restore(
@@ -188,7 +286,7 @@ impl Engine {
         spec: &RestoreSpec,
         id: &SnapshotId,
         tx: &Option<Updates>,
-    ) -> Result<RestoredInfo> {
+    ) -> Result<(RestoredInfo, Option<LazyMount>)> {
         phase_update(job, tx, Phase::Checking, "checking compatibility");
         let m = self.store.manifest(id).await?;
         self.require_compatible(&m).await?;
@@ -197,8 +295,33 @@ impl Engine {
         std::fs::create_dir_all(&work)
             .map_err(|e| DaemonError::io(format!("creating {}", work.display()), e))?;
         let image_dir = work.join("image");
-        self.fetch(job, &m, &image_dir, PullFor::Restore, tx)
-            .await?;
+        let against = match self.cfg.lazy_restore {
+            LazyRestore::Never => Some("lazy restores are off (--lazy-restore never)".to_string()),
+            _ => {
+                let info = self.runtime.info().await?;
+                eager_reason(
+                    info.capabilities.restore_background,
+                    &info.version.version,
+                    &m,
+                    containers.len(),
+                    podsnap_lazy::fuse_available(),
+                )
+            }
+        };
+        let mount = match against {
+            Some(reason) if self.cfg.lazy_restore == LazyRestore::Always => {
+                return Err(DaemonError::Unsupported(format!(
+                    "cannot restore {id} lazily (--lazy-restore always): {reason}"
+                )));
+            }
+            Some(reason) => {
+                info!(%reason, "pulling the whole image before runsc restore (not lazy)");
+                self.fetch(job, &m, &image_dir, PullFor::Restore, tx)
+                    .await?;
+                None
+            }
+            None => Some(self.mount_lazy(job, id, &image_dir, tx).await?),
+        };
 
         phase_update(job, tx, Phase::Restoring, "runsc restore");
         let log = spec.log.clone().unwrap_or_else(|| {
@@ -218,18 +341,144 @@ impl Engine {
                 job_dir: Some(job.dir().join("runsc-restore")),
                 pid_file: None,
                 timeout: Some(self.cfg.runsc_timeout),
+                background: mount.is_some(),
                 containers,
             })
-            .await?;
+            .await;
+        let restored = match (restored, &mount) {
+            (Ok(r), _) => r,
+            (Err(e), Some(mount)) => {
+                // runsc failing on a page we refused says less than our reason.
+                if let LazyStatus::Failed(f) = mount.image().status() {
+                    warn!(error = %e, "runsc restore failed on a lazy image that had failed");
+                    return Err(image_failure(&f));
+                }
+                return Err(e.into());
+            }
+            (Err(e), None) => return Err(e.into()),
+        };
         self.metrics.phase("restore", "runsc_restore", t.elapsed());
-        phase_update(job, tx, Phase::Done, "done");
-        info!(pid = ?restored.pid, "sandbox restored");
-        Ok(RestoredInfo {
-            container_id: restored.id,
-            snapshot: id.to_string(),
-            pid: restored.pid.unwrap_or(0),
-            log,
-        })
+        if mount.is_some() {
+            phase_update(
+                job,
+                tx,
+                Phase::Downloading,
+                "sandbox running; fetching the remaining pages",
+            );
+        } else {
+            phase_update(job, tx, Phase::Done, "done");
+        }
+        info!(pid = ?restored.pid, lazy = mount.is_some(), "sandbox restored");
+        Ok((
+            RestoredInfo {
+                container_id: restored.id,
+                snapshot: id.to_string(),
+                pid: restored.pid.unwrap_or(0),
+                log,
+            },
+            mount,
+        ))
+    }
+
+    /// The lazy path's "pull": the node's shared image of the snapshot (its small files local
+    /// and verified), mounted at `image_dir`.
+    async fn mount_lazy(
+        &self,
+        job: &JobHandle,
+        id: &SnapshotId,
+        image_dir: &Path,
+        tx: &Option<Updates>,
+    ) -> Result<LazyMount> {
+        let _slot = self.transfer_slot(job, tx, Phase::Downloading).await;
+        phase_update(
+            job,
+            tx,
+            Phase::Downloading,
+            "fetching the image's small files (lazy restore)",
+        );
+        let t = Instant::now();
+        job.mark_lazy();
+        let lease = self.lazy.acquire(id).await.map_err(lazy_error)?;
+        self.report_lazy_bytes(lease.image());
+        let mount = LazyMount::mount(lease, image_dir, tokio::runtime::Handle::current())
+            .await
+            .map_err(lazy_error)?;
+        self.metrics.phase("restore", "lazy_mount", t.elapsed());
+        Ok(mount)
+    }
+
+    /// Counts the bytes a lazy image moved since it was last asked (by any restore sharing it).
+    fn report_lazy_bytes(&self, image: &podsnap_store::LazyImage) {
+        let (downloaded, cached) = image.take_unreported();
+        if downloaded > 0 {
+            self.metrics.bytes("downloaded", downloaded);
+        }
+        if cached > 0 {
+            self.metrics.bytes("cached", cached);
+        }
+    }
+
+    /// After the answer: follows a lazy restore's image until every page is local (the job
+    /// finishes) or one fails (the sandbox is stopped and the job fails with the reason);
+    /// then keeps the mount until the sandbox is gone, and unmounts it.
+    fn follow_lazy(self: Arc<Self>, job: JobHandle, mount: LazyMount, container_id: String) {
+        let span = info_span!("lazy-restore", container = %container_id, job = %job.id);
+        tokio::spawn(
+            async move {
+                let image = mount.image().clone();
+                let settled = loop {
+                    tokio::select! {
+                        r = image.settled() => break r,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                            let p = image.progress();
+                            job.progress(p.bytes_local, p.bytes_total);
+                            self.report_lazy_bytes(&image);
+                        }
+                    }
+                };
+                self.report_lazy_bytes(&image);
+                let p = image.progress();
+                job.progress(p.bytes_local, p.bytes_total);
+                match settled {
+                    Ok(()) => {
+                        info!(
+                            bytes = p.bytes_total,
+                            "lazy restore complete: every page is local"
+                        );
+                        job.finish(None);
+                    }
+                    Err(e) => {
+                        let msg = format!(
+                            "lazy restore failed after the sandbox started, so sandbox \
+                             {container_id} was stopped: {}",
+                            podsnap_proto::client::error_chain(&*e)
+                        );
+                        error!(error = %msg, "stopping a lazily restored sandbox");
+                        match self.runtime.delete(None, &container_id, true).await {
+                            Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+                            Err(e) => warn!(error = %e, "cannot stop the sandbox"),
+                        }
+                        job.finish(Some(msg));
+                    }
+                }
+                self.await_sandbox_gone(&container_id).await;
+                drop(mount);
+                self.remove_work_dir_later(&job.id);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Returns once sandbox `id` no longer runs (gone, or stopped).
+    async fn await_sandbox_gone(&self, id: &str) {
+        loop {
+            match self.runtime.state(None, id).await {
+                Ok(st) if st.status != Status::Stopped => {}
+                Ok(_) | Err(RuntimeError::NotFound { .. }) => return,
+                Err(e) => warn!(error = %e, "cannot read the sandbox's state"),
+            }
+            tokio::time::sleep(SANDBOX_POLL).await;
+        }
     }
 
     /// Fetches and verifies a snapshot into `dest` (which must not exist), in one of the

@@ -1,0 +1,329 @@
+//! Lazy restores with real components: the podsnapd binary, the 2026 runsc (which has
+//! `restore --background`), a `file://` store shared by two daemons acting as two nodes, the
+//! second with an empty page cache. Gated like the other real tests: skipped without root or
+//! that runsc, unless `PODSNAP_REQUIRE_PRIVILEGED=1`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use podsnap_proto::v1 as pb;
+use podsnap_proto::v1::podsnap_client::PodsnapClient;
+use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
+use podsnap_testkit::runsc::{
+    last_count, unique_id, wait_for_count, Bundle, CounterSandbox, Release, RunscCmd,
+};
+use podsnap_testkit::{require, require_that, Need};
+use tonic::transport::Channel;
+
+/// The 2026 runsc, or `None` (skipped) when it is not installed.
+fn runsc_2026(test: &str) -> Option<PathBuf> {
+    if !require(test, &[Need::Root]) {
+        return None;
+    }
+    let missing = podsnap_lazy_fuse().err();
+    if !require_that(test, missing) {
+        return None;
+    }
+    Release::R2026.required()
+}
+
+fn podsnap_lazy_fuse() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map(drop)
+        .map_err(|e| format!("cannot open /dev/fuse: {e}"))
+}
+
+fn daemon(dir: &Path, name: &str, store: &str, runsc: &Path, metrics_port: u16) -> Podsnapd {
+    PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, name)
+        .store(store)
+        .arg(format!("--runsc={}", runsc.display()))
+        .arg(format!("--metrics-listen=127.0.0.1:{metrics_port}"))
+        .spawn()
+}
+
+async fn client(d: &Podsnapd) -> PodsnapClient<Channel> {
+    podsnap_proto::client::podsnapd(&d.sock).await.unwrap()
+}
+
+fn metrics(port: u16) -> podsnap_testkit::metrics::Exposition {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    podsnap_testkit::metrics::Exposition::from_http_response(&out)
+}
+
+async fn checkpoint_stop(c: &mut PodsnapClient<Channel>, id: &str, app: &str) -> pb::Snapshot {
+    let req = common::harness::checkpoint_req(id, &[("app", app)], &["app"], 0, true);
+    let mut stream = c
+        .checkpoint(req)
+        .await
+        .expect("checkpoint call")
+        .into_inner();
+    let mut snap = None;
+    while let Some(ev) = stream.message().await.expect("checkpoint succeeds") {
+        if let Some(pb::checkpoint_event::Event::Snapshot(s)) = ev.event {
+            snap = Some(s);
+        }
+    }
+    snap.expect("a snapshot event")
+}
+
+/// Waits for the restore job of `container` to finish; returns it.
+async fn finished_restore_job(
+    c: &mut PodsnapClient<Channel>,
+    container: &str,
+    within: Duration,
+) -> pb::Job {
+    let deadline = Instant::now() + within;
+    loop {
+        let jobs = c
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        let job = jobs
+            .into_iter()
+            .find(|j| j.kind == "restore" && j.target == container)
+            .expect("the restore job is listed");
+        if !job.finished_at.is_empty() {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restore job still running: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A stopped counter checkpointed on node A, restored lazily on node B (empty cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_restores_lazily_on_a_cold_node_and_counts_on() {
+    let test = "a_counter_restores_lazily_on_a_cold_node_and_counts_on";
+    let Some(runsc) = runsc_2026(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = format!("file://{}", store_dir.display());
+    let (pa, pb_) = (
+        podsnap_testkit::moto::free_port().unwrap(),
+        podsnap_testkit::moto::free_port().unwrap(),
+    );
+    let a = daemon(dir.path(), "node-a", &store, &runsc, pa);
+    let b = daemon(dir.path(), "node-b", &store, &runsc, pb_);
+
+    let id = unique_id("lazy-counter");
+    let log = dir.path().join("counter.log");
+    let bundle = Bundle::counter().unwrap();
+    let sb = CounterSandbox::start_on(Release::R2026, &a.root, &id, &log, &[], bundle)
+        .expect("counter starts");
+    wait_for_count(&log, 3, Duration::from_secs(30)).unwrap();
+    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-counter").await;
+    let before = last_count(&log).unwrap();
+
+    let mut cb = client(&b).await;
+    let new_id = unique_id("lazy-restored");
+    let rlog = dir.path().join("restored.log");
+    let t = Instant::now();
+    common::restore(&mut cb, &snap.id, sb.bundle.path(), &new_id, Some(&rlog))
+        .await
+        .expect("lazy restore succeeds");
+    let answered = t.elapsed();
+    wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
+    let job = finished_restore_job(&mut cb, &new_id, Duration::from_secs(120)).await;
+    assert!(job.error.is_empty(), "{job:?}");
+    assert!(
+        job.bytes_total > 0 && job.bytes_done == job.bytes_total,
+        "{job:?}"
+    );
+    // It took the lazy path: the image was mounted, and runsc restored in the background.
+    let m = metrics(pb_);
+    assert_eq!(
+        m.histogram_count(
+            "podsnap_phase_duration_seconds",
+            &[("operation", "restore"), ("phase", "lazy_mount")]
+        ),
+        Some(1),
+        "{}",
+        m.text()
+    );
+    assert!(
+        m.counter("podsnap_bytes", &[("direction", "downloaded")])
+            .unwrap_or(0.0)
+            > 0.0,
+        "{}",
+        m.text()
+    );
+    assert!(b.log_text().contains("lazy image mounted"));
+    // The counter goes on from where it stopped, and keeps going once every page is local.
+    let n = last_count(&rlog).unwrap();
+    wait_for_count(&rlog, n + 2, Duration::from_secs(30)).unwrap();
+    // The order the sandbox read pages became the group's hot pages (recorded for the first
+    // 5 s at least).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hot: Vec<_> = std::fs::read_dir(store_dir.join("hot"))
+            .map(|d| d.flatten().collect())
+            .unwrap_or_default();
+        if hot.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no hot pages record for the group"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("lazy restore answered in {answered:?}");
+
+    // Once the sandbox is gone, the mount goes.
+    RunscCmd::of(Release::R2026, &b.root).force_delete(&new_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("fuse.podsnap") && l.contains(&*dir.path().to_string_lossy()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lazy mount outlived its sandbox"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The stored blobs (pack file, offset, length) only `pages.img` uses, not the small files
+/// (which are fetched and verified before runsc runs).
+fn pages_only_blobs(store_dir: &Path, snapshot: &str) -> Vec<(PathBuf, u64, u64)> {
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store_dir.join(format!("manifests/{snapshot}.json"))).unwrap(),
+    )
+    .unwrap();
+    let mut pages = Vec::new();
+    let mut others = Vec::new();
+    for f in m["files"].as_array().unwrap() {
+        let digest = f["index"]["digest"].as_str().unwrap();
+        let z = std::fs::read(store_dir.join("indexes").join(digest)).unwrap();
+        let plain = zstd::decode_all(&z[..]).unwrap();
+        let idx = podsnap_store::index::FileIndex::decode(&plain).unwrap();
+        let blobs = idx.blobs.iter().map(|b| {
+            let hex: String = idx.packs[b.pack as usize]
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect();
+            (
+                store_dir.join("packs").join(hex),
+                b.offset,
+                b.stored_len as u64,
+            )
+        });
+        if f["path"] == "pages.img" {
+            pages.extend(blobs);
+        } else {
+            others.extend(blobs);
+        }
+    }
+    pages.retain(|p| !others.contains(p));
+    pages
+}
+
+/// A page of the image that fails verification after the sandbox started: the sandbox is
+/// stopped and the job fails naming the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_page_stops_the_lazily_restored_sandbox_and_fails_the_job() {
+    let test = "a_corrupt_page_stops_the_lazily_restored_sandbox_and_fails_the_job";
+    let Some(runsc) = runsc_2026(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = format!("file://{}", store_dir.display());
+    let a = daemon(
+        dir.path(),
+        "node-a",
+        &store,
+        &runsc,
+        podsnap_testkit::moto::free_port().unwrap(),
+    );
+    let b = daemon(
+        dir.path(),
+        "node-b",
+        &store,
+        &runsc,
+        podsnap_testkit::moto::free_port().unwrap(),
+    );
+
+    let id = unique_id("lazy-bad");
+    let log = dir.path().join("counter.log");
+    let sb = CounterSandbox::start_on(
+        Release::R2026,
+        &a.root,
+        &id,
+        &log,
+        &[],
+        Bundle::counter().unwrap(),
+    )
+    .expect("counter starts");
+    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-bad").await;
+
+    // Flip the bytes of pages.img's last blob (stored in a pack it may share).
+    let blobs = pages_only_blobs(&store_dir, &snap.id);
+    let (pack, offset, len) = blobs
+        .last()
+        .expect("pages.img has blobs of its own")
+        .clone();
+    let mut data = std::fs::read(&pack).unwrap();
+    for b in &mut data[offset as usize..(offset + len) as usize] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&pack, data).unwrap();
+
+    let mut cb = client(&b).await;
+    let new_id = unique_id("lazy-bad-restored");
+    let rlog = dir.path().join("restored.log");
+    let answer = common::restore(&mut cb, &snap.id, sb.bundle.path(), &new_id, Some(&rlog)).await;
+    let job = finished_restore_job(&mut cb, &new_id, Duration::from_secs(120)).await;
+    eprintln!(
+        "restore answered {}; job error: {}",
+        if answer.is_ok() {
+            "ok"
+        } else {
+            "with an error"
+        },
+        job.error
+    );
+    assert_eq!(
+        job.phase,
+        pb::Phase::Failed as i32,
+        "{job:?} (answer {answer:?})"
+    );
+    assert!(
+        job.error.contains("pages.img") && job.error.contains("at offset"),
+        "the reason names the page: {}",
+        job.error
+    );
+    if answer.is_ok() {
+        assert!(job.error.contains("was stopped"), "{}", job.error);
+    }
+    // Nothing runs on bad pages: the sandbox is gone (or stopped).
+    let state = RunscCmd::of(Release::R2026, &b.root).run(&["state", &new_id]);
+    assert!(
+        state.as_ref().map_or(true, |s| !s.contains("\"running\"")),
+        "{state:?}"
+    );
+    RunscCmd::of(Release::R2026, &b.root).force_delete(&new_id);
+}
