@@ -33,6 +33,31 @@ use podsnap_runsc::marker::{self, Marker, MarkerMode};
 use podsnap_runsc::pod::{self, PodRestoreError};
 use podsnap_runsc::{resolve_runsc, restore_mode_for, runsc_log, spec};
 
+/// runsc's global flag for how a restore compares the new spec with the checkpointed one
+/// (`enforce` by default in the 2026 release). A pod restored into a new pod differs in what
+/// the kubelet derives from the pod's uid (`dev.gvisor.spec.cgroup-parent`, volume paths), so
+/// a restore the wrapper issues says `warning` (mismatches logged, the restore goes on)
+/// unless the shim's `runsc_config` or the wrapper's `runsc_flags` set it.
+const SPEC_VALIDATION: &str = "restore-spec-validation";
+
+/// Whether `runsc flags` lists the global flag `name`.
+fn runsc_has_global_flag(runsc: &Path, name: &str) -> bool {
+    Command::new(runsc)
+        .arg("flags")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| {
+            let text = [o.stdout, o.stderr].concat();
+            String::from_utf8_lossy(&text).lines().any(|l| {
+                l.trim_start()
+                    .trim_start_matches('-')
+                    .split_whitespace()
+                    .next()
+                    == Some(name)
+            })
+        })
+}
+
 /// The shim's executable name (the test machine's build carries a suffix).
 const GVISOR_SHIM: &str = "containerd-shim-runsc-v1";
 
@@ -112,6 +137,7 @@ pub fn run(inv: &Invocation, env: &Env) -> Option<i32> {
                     daemon::prepare_restore(&cfg.socket, snapshot, id, cfg.prepare_timeout)
                 },
                 background: &|| restore_mode_for(&runsc) == RestoreMode::RestoreOnStart,
+                spec_validation: &|| runsc_has_global_flag(&runsc, SPEC_VALIDATION),
             };
             planner.plan().map(|args| (runsc.clone(), args))
         });
@@ -174,6 +200,8 @@ struct Planner<'a> {
     prepare: PrepareFn<'a>,
     /// Whether `runsc restore` has `--background`.
     background: &'a dyn Fn() -> bool,
+    /// Whether runsc has the global `--restore-spec-validation`.
+    spec_validation: &'a dyn Fn() -> bool,
 }
 
 impl Planner<'_> {
@@ -228,10 +256,30 @@ impl Planner<'_> {
         } else {
             Some(self.sandbox_marker(&id_s, &snapshot, &spec, &bundle)?)
         };
-        if let Some(record) = record {
-            write_marker(&marker_path, &record)?;
+        let Some(record) = record else {
+            return Ok(self.passthrough());
+        };
+        write_marker(&marker_path, &record)?;
+        // The sandbox validates a restore with the flags its `create` had.
+        let mut args = self.globals_for_restore();
+        args.extend(self.inv.args[self.inv.globals().len()..].iter().cloned());
+        Ok(self.with_flags(args))
+    }
+
+    /// This call's global flags, with `--restore-spec-validation=warning` when runsc has
+    /// the flag and neither the shim nor the wrapper's config set it.
+    fn globals_for_restore(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = self.inv.globals().to_vec();
+        let validation_set = self.inv.has_global(SPEC_VALIDATION)
+            || self
+                .cfg
+                .runsc_flags
+                .iter()
+                .any(|f| f.trim_start_matches('-').split('=').next() == Some(SPEC_VALIDATION));
+        if !validation_set && (self.spec_validation)() {
+            args.push(format!("--{SPEC_VALIDATION}=warning").into());
         }
-        Ok(self.passthrough())
+        args
     }
 
     /// A pod sandbox or a plain container: the image podsnapd prepares.
@@ -346,7 +394,7 @@ impl Planner<'_> {
             .unwrap_or(false);
         let mut image = OsString::from("--image-path=");
         image.push(&m.image_dir);
-        let mut args: Vec<OsString> = self.inv.globals().to_vec();
+        let mut args = self.globals_for_restore();
         args.extend(["restore".into(), "--detach".into(), image]);
         if sandbox && (self.background)() {
             args.push("--background".into());
@@ -464,6 +512,7 @@ mod tests {
                 cfg: &self.cfg,
                 prepare: &prepare,
                 background: &|| true,
+                spec_validation: &|| true,
             }
             .plan()
         }
@@ -557,7 +606,10 @@ mod tests {
             "/u",
             "sb",
         ];
-        assert_eq!(w.plan(&create).unwrap(), os(&create));
+        // The sandbox checks the restore with its create's flags.
+        let mut want = create.to_vec();
+        want.insert(1, "--restore-spec-validation=warning");
+        assert_eq!(w.plan(&create).unwrap(), os(&want));
         assert_eq!(
             *w.prepared.borrow(),
             vec![("snap1".to_string(), "sb".to_string())]
@@ -568,6 +620,7 @@ mod tests {
             os(&[
                 G,
                 "--log=/l",
+                "--restore-spec-validation=warning",
                 "restore",
                 "--detach",
                 &img,
@@ -586,10 +639,20 @@ mod tests {
                 "/p",
                 id,
             ];
-            assert_eq!(w.plan(&create).unwrap(), os(&create));
+            let mut want = create.to_vec();
+            want.insert(1, "--restore-spec-validation=warning");
+            assert_eq!(w.plan(&create).unwrap(), os(&want));
             assert_eq!(
-                w.plan(&[G, "start", id]).unwrap(),
-                os(&[G, "restore", "--detach", &img, id])
+                w.plan(&[G, "--restore-spec-validation=enforce", "start", id])
+                    .unwrap(),
+                os(&[
+                    G,
+                    "--restore-spec-validation=enforce",
+                    "restore",
+                    "--detach",
+                    &img,
+                    id
+                ])
             );
         }
         assert_eq!(w.prepared.borrow().len(), 1, "one PrepareRestore per pod");
