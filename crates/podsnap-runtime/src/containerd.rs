@@ -14,6 +14,11 @@
 //! own state dir is); the runtime options are `containerd.runc.v1.Options` with `binary_name`
 //! (field 6) and `root` (field 7); the bundle is `<state>/io.containerd.runtime.v2.task/<ns>/<id>`
 //! and runsc's state file records it, so it is read from there rather than guessed.
+//!
+//! gVisor's shim (`io.containerd.runsc.v1`, containerd 2.x's CRI): the runtime options are
+//! containerd's `runtimeoptions.v1.Options` (`type_url` 1, `config_path` 2, `config_body` 3)
+//! naming the shim's runsc.toml; its runsc root is that file's `root` (default
+//! `/run/containerd/runsc`) + `/<namespace>`, and its runsc is the file's `binary_name`.
 
 use containerd_client::services::v1::{
     containers_client::ContainersClient, tasks_client::TasksClient, version_client::VersionClient,
@@ -122,6 +127,32 @@ struct RuncOptions {
     root: String,
 }
 
+/// containerd's generic runtime options (`runtimeoptions.v1.Options`), what the CRI gives
+/// gVisor's shim: the TOML file of the shim's own options, or its text.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ShimConfigOptions {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(string, tag = "2")]
+    config_path: String,
+    #[prost(bytes = "vec", tag = "3")]
+    config_body: Vec<u8>,
+}
+
+/// `root` and `binary_name` of a gVisor shim options file (runsc.toml); empty when absent.
+fn gvisor_shim_toml(text: &str) -> (String, String) {
+    let Ok(v) = text.parse::<toml::Table>() else {
+        return Default::default();
+    };
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    (s("root"), s("binary_name"))
+}
+
 /// The runtime a container is configured with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -131,8 +162,11 @@ pub struct RuntimeConfig {
     pub options_type: String,
     /// `BinaryName` of the runc options (empty: the shim's default `runc`).
     pub binary_name: String,
-    /// `Root` of the runc options (empty: the shim's default).
+    /// `Root` of the runc options, or `root` of gVisor's shim's runsc.toml (empty: the
+    /// shim's default).
     pub root: String,
+    /// gVisor's shim: the runsc.toml its options name (empty: none named).
+    pub config_path: String,
 }
 
 /// Kubernetes facts of a CRI-managed container.
@@ -209,7 +243,7 @@ impl ContainerInfo {
 
     /// The runsc root its shim uses, when the runtime is one that can run runsc: runc v2 with
     /// a root option → `<root>/<ns>`, runc v2 → `/run/containerd/runc/<ns>`, gVisor's shim →
-    /// `/run/containerd/runsc/<ns>`.
+    /// its runsc.toml's `root` + `/<ns>`, by default `/run/containerd/runsc/<ns>`.
     pub fn shim_root(&self) -> Option<PathBuf> {
         let ns = &self.namespace;
         match self.runtime.name.as_str() {
@@ -218,7 +252,11 @@ impl ContainerInfo {
             } else {
                 Path::new(&self.runtime.root).join(ns)
             }),
-            RUNSC_V1 => Some(Path::new(RUNSC_SHIM_DEFAULT_ROOT).join(ns)),
+            RUNSC_V1 => Some(if self.runtime.root.is_empty() {
+                Path::new(RUNSC_SHIM_DEFAULT_ROOT).join(ns)
+            } else {
+                Path::new(&self.runtime.root).join(ns)
+            }),
             _ => None,
         }
     }
@@ -542,6 +580,18 @@ fn container_info(namespace: &str, c: containerd_client::services::v1::Container
                         rc.binary_name = o.binary_name;
                         rc.root = o.root;
                     }
+                } else if opts.type_url.ends_with("runtimeoptions.v1.Options") {
+                    if let Ok(o) =
+                        <ShimConfigOptions as prost::Message>::decode(opts.value.as_slice())
+                    {
+                        let text = if o.config_body.is_empty() {
+                            std::fs::read_to_string(&o.config_path).unwrap_or_default()
+                        } else {
+                            String::from_utf8_lossy(&o.config_body).into_owned()
+                        };
+                        (rc.root, rc.binary_name) = gvisor_shim_toml(&text);
+                        rc.config_path = o.config_path;
+                    }
                 }
             }
             rc
@@ -593,6 +643,65 @@ mod tests {
             PathBuf::from("/run/containerd/runsc/k8s.io")
         );
         assert!(info("io.containerd.kata.v2", "", "").shim_root().is_none());
+    }
+
+    #[test]
+    fn gvisor_shim_root_comes_from_its_runsc_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("runsc.toml");
+        std::fs::write(
+            &file,
+            "binary_name = \"/usr/local/bin/podsnap-runsc\"\nroot = \"/run/x/runsc\"\n[runsc_config]\n  network = \"none\"\n",
+        )
+        .unwrap();
+        let container = |opts: ShimConfigOptions| containerd_client::services::v1::Container {
+            id: "x".into(),
+            runtime: Some(containerd_client::services::v1::container::Runtime {
+                name: RUNSC_V1.into(),
+                options: Some(prost_types::Any {
+                    type_url: "runtimeoptions.v1.Options".into(),
+                    value: prost::Message::encode_to_vec(&opts),
+                }),
+            }),
+            ..Default::default()
+        };
+        let i = container_info(
+            "k8s.io",
+            container(ShimConfigOptions {
+                type_url: "io.containerd.runsc.v1.options".into(),
+                config_path: file.display().to_string(),
+                config_body: vec![],
+            }),
+        );
+        assert_eq!(i.shim_root().unwrap(), PathBuf::from("/run/x/runsc/k8s.io"));
+        assert_eq!(i.runtime.binary_name, "/usr/local/bin/podsnap-runsc");
+        assert_eq!(i.runtime.config_path, file.display().to_string());
+        // The body wins over the path; no root means the shim's default.
+        let i = container_info(
+            "k8s.io",
+            container(ShimConfigOptions {
+                type_url: "io.containerd.runsc.v1.options".into(),
+                config_path: file.display().to_string(),
+                config_body: b"binary_name = \"runsc\"\n".to_vec(),
+            }),
+        );
+        assert_eq!(
+            i.shim_root().unwrap(),
+            PathBuf::from("/run/containerd/runsc/k8s.io")
+        );
+        // A file that is gone: the default.
+        let i = container_info(
+            "k8s.io",
+            container(ShimConfigOptions {
+                type_url: String::new(),
+                config_path: "/nonexistent/runsc.toml".into(),
+                config_body: vec![],
+            }),
+        );
+        assert_eq!(
+            i.shim_root().unwrap(),
+            PathBuf::from("/run/containerd/runsc/k8s.io")
+        );
     }
 
     #[test]

@@ -423,7 +423,9 @@ impl Podsnap for Service {
                 limits: i.policy().limits(),
             }
         });
+        let shims = shims_of(&e.config().containerd_socket).await;
         Ok(Response::new(pb::NodeInfo {
+            shims,
             node_name: e.config().node_name.clone(),
             podsnap_version: env!("CARGO_PKG_VERSION").into(),
             cpu: e.host_cpu().ok().map(cpu_to_pb),
@@ -449,4 +451,45 @@ impl Podsnap for Service {
             jobs: self.engine.jobs().list().iter().map(job_to_pb).collect(),
         }))
     }
+}
+
+/// The containerd runtimes running gVisor containers (namespaces `k8s.io` and `default`):
+/// one entry per runtime, binary and root, with its container count. Empty when containerd
+/// does not answer within a second or two.
+async fn shims_of(socket: &std::path::Path) -> Vec<pb::ShimInfo> {
+    use podsnap_runtime::containerd::{ContainerdClient, ContainerdConfig};
+    let client = ContainerdClient::new(ContainerdConfig {
+        connect_attempts: 1,
+        call_timeout: std::time::Duration::from_secs(2),
+        ..ContainerdConfig::with_socket(socket)
+    });
+    let mut out: BTreeMap<(String, String, String, String), pb::ShimInfo> = BTreeMap::new();
+    for ns in ["k8s.io", "default"] {
+        let Ok(containers) = client.containers(ns).await else {
+            continue;
+        };
+        for c in containers.iter().filter(|c| c.configured_for_runsc()) {
+            let root = c
+                .shim_root()
+                .map(|r| r.display().to_string())
+                .unwrap_or_default();
+            let key = (
+                ns.to_string(),
+                c.runtime.name.clone(),
+                c.runtime.binary_name.clone(),
+                root.clone(),
+            );
+            out.entry(key)
+                .or_insert_with(|| pb::ShimInfo {
+                    runtime: c.runtime.name.clone(),
+                    binary: c.runtime.binary_name.clone(),
+                    root,
+                    config_path: c.runtime.config_path.clone(),
+                    containers: 0,
+                    namespace: ns.to_string(),
+                })
+                .containers += 1;
+        }
+    }
+    out.into_values().collect()
 }
