@@ -160,7 +160,7 @@ fi
 
 if [ $need_gvisor = 1 ]; then
   command -v go >/dev/null 2>&1 || missing_tools="$missing_tools go(gVisor's runsc and shim are built from Go modules)"
-  cmds+=("bin=\$(bash $GVISOR_BUILD) && install -D -m 0755 \$bin/runsc $GVISOR_DIR/runsc && install -D -m 0755 \$bin/containerd-shim-runsc-v1 $GVISOR_DIR/containerd-shim-runsc-v1")
+  cmds+=("bin=\$(bash $GVISOR_BUILD) && install -D -m 0755 \$bin/runsc $GVISOR_DIR/runsc && install -D -m 0755 \$bin/containerd-shim-runsc-v1 $GVISOR_DIR/containerd-shim-runsc-v1 && install -D -m 0755 \$bin/containerd-shim-runsc-v1-testmachine $GVISOR_DIR/containerd-shim-runsc-v1-testmachine")
 fi
 
 if [ -n "$missing_tools" ]; then

@@ -99,10 +99,12 @@ settings() {
     # therefore run with --network=none (loopback only); PODSNAP_CLUSTER_RUNSC_NETWORK=sandbox
     # for a runsc that checks otherwise (later releases test net/core/dev_weight).
     RUNSC_NETWORK="${PODSNAP_CLUSTER_RUNSC_NETWORK:-none}"
-    # Optional, test only: PODSNAP_CLUSTER_SHIM=gvisor runs the `runsc` handler on gVisor's
-    # own shim and runsc 2026 (gvisor_shim_configs); the default is containerd's runc shim
-    # with podsnap-runsc in front of the system runsc.
-    CLUSTER_SHIM="${PODSNAP_CLUSTER_SHIM:-runc}"
+    # The `runsc` handler's shim: gVisor's own (default: runsc 2026 behind
+    # containerd-shim-runsc-v1 with podsnap-runsc as its binary_name; gvisor_shim_configs) or
+    # PODSNAP_CLUSTER_SHIM=runc (containerd's runc v2 shim with podsnap-runsc in front of the
+    # system runsc, Debian's 20240729).
+    CLUSTER_SHIM="${PODSNAP_CLUSTER_SHIM:-gvisor}"
+    CONTAINERD_ENV=()
     PODSNAPD_RUNSC=/usr/bin/runsc
     SNAPSHOTS="$CLUSTER_VAR/snapshots"
     PODSNAPD_PORT=9443
@@ -285,31 +287,46 @@ node_configs() {
     case "$CLUSTER_SHIM" in
         runc) ;;
         gvisor) gvisor_shim_configs ;;
-        *) die "PODSNAP_CLUSTER_SHIM=$CLUSTER_SHIM: runc (default) or gvisor" ;;
+        *) die "PODSNAP_CLUSTER_SHIM=$CLUSTER_SHIM: gvisor (default) or runc" ;;
     esac
 }
 
-# PODSNAP_CLUSTER_SHIM=gvisor (optional, test only): the `runsc` handler becomes gVisor's shim
-# (containerd-shim-runsc-v1-testmachine from scripts/gvisor/build.sh, cached) running runsc
-# 2026 directly; podsnapd drives that runsc. No podsnap-runsc: the one built today hangs
-# behind this shim, so pods do not come up restored here yet (docs/gvisor-shim.md).
+# PODSNAP_CLUSTER_SHIM=gvisor (the default): the `runsc` handler is gVisor's shim
+# (containerd-shim-runsc-v1-testmachine from scripts/gvisor/build.sh, cached: upstream but for
+# the OOM-score tolerance this machine needs) configured as a node operator would add podsnap
+# to a gVisor node pool: the runtime's options name a runsc.toml whose binary_name is
+# podsnap-runsc (this clone's build, linked at up time), which runs runsc 2026 behind the shim
+# (gVisor mode: calls pass through, restores happen at `start`); podsnapd drives the same runsc.
 gvisor_shim_configs() {
     local bin
     bin="$(bash "$REPO_ROOT/scripts/gvisor/build.sh")"
     GVISOR_SHIM="$bin/containerd-shim-runsc-v1-testmachine"
     PODSNAPD_RUNSC="$bin/runsc"
-    render gvisor-runsc.toml.tmpl "$CLUSTER_DIR/gvisor-runsc.toml" PODSNAPD_RUNSC CLUSTER_RUN RUNSC_NETWORK LOGS
+    # binary_name: podsnap-runsc when built (the newer of release and debug), else runsc itself.
+    SHIM_BINARY="$PODSNAPD_RUNSC"
+    local r="$REPO_ROOT/target/release/podsnap-runsc" d="$REPO_ROOT/target/debug/podsnap-runsc"
+    if [ -x "$r" ] && { [ ! -x "$d" ] || [ "$r" -nt "$d" ]; }; then SHIM_BINARY="$r"
+    elif [ -x "$d" ]; then SHIM_BINARY="$d"; fi
+    if [ "$SHIM_BINARY" != "$PODSNAPD_RUNSC" ]; then
+        ln -sf "$SHIM_BINARY" "$CLUSTER_DIR/bin/podsnap-runsc"
+        SHIM_BINARY="$CLUSTER_DIR/bin/podsnap-runsc"
+    fi
+    # podsnap-runsc's config, found through containerd's environment (PODSNAP_CONFIG; a node
+    # uses /etc/podsnap/podsnap.toml). No runsc_flags: the shim's runsc_config gives them.
+    render podsnap-runsc-gvisor.toml.tmpl "$CLUSTER_DIR/podsnap-runsc-gvisor.toml" PODSNAPD_RUNSC CLUSTER_RUN
+    CONTAINERD_ENV=(PODSNAP_CONFIG="$CLUSTER_DIR/podsnap-runsc-gvisor.toml")
+    render gvisor-runsc.toml.tmpl "$CLUSTER_DIR/gvisor-runsc.toml" SHIM_BINARY CLUSTER_RUN RUNSC_NETWORK LOGS
     # The `runsc` runtime is containerd.toml's last section: replace it.
     sed -i '/containerd\.runtimes\.runsc\]$/,$d' "$CLUSTER_DIR/containerd.toml"
     render containerd-runsc-gvisor.toml.tmpl - GVISOR_SHIM CLUSTER_DIR >>"$CLUSTER_DIR/containerd.toml"
-    log "runsc handler: gVisor's shim $GVISOR_SHIM, $("$PODSNAPD_RUNSC" --version | sed -n 1p)"
+    log "runsc handler: gVisor's shim $GVISOR_SHIM, binary_name $SHIM_BINARY, $("$PODSNAPD_RUNSC" --version | sed -n 1p)"
 }
 
 start_containerd() {
     log "containerd"
     node_configs
     # The shim runs from PATH: put this build's shim first.
-    start containerd env PATH="$CLUSTER_BIN:$PATH" "$CLUSTER_BIN/containerd" \
+    start containerd env PATH="$CLUSTER_BIN:$PATH" "${CONTAINERD_ENV[@]}" "$CLUSTER_BIN/containerd" \
         --config "$CLUSTER_DIR/containerd.toml"
     ln -sf "$CLUSTER_RUN/containerd.sock" "$CLUSTER_DIR/containerd.sock"
     local ctr=("$CLUSTER_BIN/ctr" --address "$CLUSTER_RUN/containerd.sock" -n k8s.io) image
