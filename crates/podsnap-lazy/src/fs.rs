@@ -135,6 +135,11 @@ impl LazyMount {
         &self.mountpoint
     }
 
+    /// Starts the image's background fill (see [`ImageLease::start_fill`]).
+    pub fn start_fill(&self) {
+        self.lease.start_fill();
+    }
+
     /// The image served.
     pub fn image(&self) -> &podsnap_store::LazyImage {
         self.lease.image()

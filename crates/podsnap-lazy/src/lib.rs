@@ -10,8 +10,8 @@
 //!   and writes it into a local sparse file, and only then answers from that file. One fetch per
 //!   blob however many readers wait for it.
 //! * [`Registry`] (`registry`) shares one `LazyImage` per snapshot among the node's restores
-//!   (a golden snapshot restored N times is downloaded once), starts its background fill (the
-//!   group's hot pages first, read from the store), and once the image is complete (and at
+//!   (a golden snapshot restored N times is downloaded once), runs its background fill (the
+//!   group's hot pages first, read from the store) once a restore says runsc has started, and once the image is complete (and at
 //!   least 5 s after it was opened) records the order in which its readers touched pages as
 //!   the group's new hot pages.
 //! * [`LazyMount`] (`fs`) serves one image at one mount point: a flat directory of the image's

@@ -34,6 +34,7 @@ struct RegistryInner {
 struct Entry {
     image: LazyImage,
     users: usize,
+    go: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// One restore's use of a shared image; the image (and its local files) goes with the last
@@ -43,12 +44,20 @@ pub struct ImageLease {
     registry: Arc<RegistryInner>,
     id: String,
     image: LazyImage,
+    go: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl ImageLease {
     /// The image.
     pub fn image(&self) -> &LazyImage {
         &self.image
+    }
+
+    /// Starts the image's background fill (once per image; later calls do nothing). Until
+    /// then only the pages readers ask for are fetched: a restore calls it once runsc has
+    /// returned, so that the store's bandwidth goes to what runsc needs to start.
+    pub fn start_fill(&self) {
+        self.go.send_replace(true);
     }
 }
 
@@ -89,7 +98,7 @@ impl Registry {
 
     /// Leases snapshot `id`'s image: the one already open on this node (unless it failed), or
     /// a new one. Every file but `pages.img` is made local (fetched and verified) before this
-    /// returns; a new image starts its background fill, hot pages first.
+    /// returns; the background fill (hot pages first) waits for [`ImageLease::start_fill`].
     pub async fn acquire(&self, id: &SnapshotId) -> Result<ImageLease, LazyError> {
         let key = id.to_string();
         let _opening = self.inner.opening.lock().await;
@@ -98,15 +107,15 @@ impl Registry {
             match images.get_mut(&key) {
                 Some(e) if !matches!(e.image.status(), LazyStatus::Failed(_)) => {
                     e.users += 1;
-                    Some(e.image.clone())
+                    Some((e.image.clone(), e.go.clone()))
                 }
                 _ => None,
             }
         };
-        let image = match existing {
-            Some(image) => {
+        let (image, go) = match existing {
+            Some(found) => {
                 tracing::info!(snapshot = %id, "sharing the lazy image already open on this node");
-                image
+                found
             }
             None => {
                 let dir = self
@@ -114,22 +123,25 @@ impl Registry {
                     .dir
                     .join(format!("{key}-{:08x}", rand::random::<u32>()));
                 let image = self.inner.store.open_lazy(id, &dir).await?;
-                self.start_fill(&image).await;
+                let go = Arc::new(tokio::sync::watch::channel(false).0);
+                self.start_fill(&image, go.subscribe()).await;
                 let mut images = self.inner.images.lock().expect("registry lock");
                 images.insert(
                     key.clone(),
                     Entry {
                         image: image.clone(),
                         users: 1,
+                        go: go.clone(),
                     },
                 );
-                image
+                (image, go)
             }
         };
         let lease = ImageLease {
             registry: self.inner.clone(),
             id: key,
             image: image.clone(),
+            go,
         };
         drop(_opening);
         for (i, f) in image.files().iter().enumerate() {
@@ -140,9 +152,10 @@ impl Registry {
         Ok(lease)
     }
 
-    /// Starts the background fill of a new image: the group's hot pages first; once complete,
-    /// the order its readers touched pages becomes the group's hot pages.
-    async fn start_fill(&self, image: &LazyImage) {
+    /// Prepares the background fill of a new image, which starts once a lease says go
+    /// ([`ImageLease::start_fill`]): the group's hot pages first; once complete, the order its
+    /// readers touched pages becomes the group's hot pages.
+    async fn start_fill(&self, image: &LazyImage, mut go: tokio::sync::watch::Receiver<bool>) {
         let m = image.manifest();
         let group = m.group.clone().filter(|_| m.encryption.is_none());
         let hot = match &group {
@@ -156,6 +169,10 @@ impl Registry {
         let (image, store) = (image.clone(), self.inner.store.clone());
         let opened = tokio::time::Instant::now();
         tokio::spawn(async move {
+            // Every lease went without saying go: nothing to fill.
+            if go.wait_for(|go| *go).await.is_err() {
+                return;
+            }
             // A failure is the image's status; the daemon watches it.
             if image.fill(&first).await.is_err() {
                 return;

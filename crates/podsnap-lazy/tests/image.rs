@@ -190,6 +190,7 @@ async fn concurrent_restores_of_one_snapshot_download_each_blob_once() {
         let (registry, id, data) = (registry.clone(), id.clone(), data.clone());
         tasks.push(tokio::spawn(async move {
             let lease = registry.acquire(&id).await.unwrap();
+            lease.start_fill();
             let image = lease.image().clone();
             let file = image
                 .files()
@@ -245,6 +246,7 @@ async fn a_page_that_fails_verification_fails_the_read_and_the_image() {
     let (tmp, store, counting, id, _) = setup(16384, Duration::from_millis(200)).await;
     let registry = Registry::new(store, tmp.path().join("lazy"));
     let lease = registry.acquire(&id).await.unwrap();
+    lease.start_fill();
     // The small files were verified before acquire returned; from now on packs lie.
     counting.corrupt.store(true, Ordering::SeqCst);
     let image = lease.image().clone();
@@ -267,6 +269,7 @@ async fn a_page_that_fails_verification_fails_the_read_and_the_image() {
     // A failed image is not shared with the next restore.
     counting.corrupt.store(false, Ordering::SeqCst);
     let again = registry.acquire(&id).await.unwrap();
+    again.start_fill();
     assert!(!matches!(again.image().status(), LazyStatus::Failed(_)));
     again.image().settled().await.unwrap();
 }
@@ -284,6 +287,11 @@ async fn pages_read_first_become_the_groups_hot_pages() {
         .unwrap();
     let got = image.read(file, 1000 * 4096, 8192).await.unwrap();
     assert_eq!(got, data[1000 * 4096..1002 * 4096]);
+    assert!(
+        matches!(image.status(), LazyStatus::Filling),
+        "no fill before start_fill"
+    );
+    lease.start_fill();
     image.settled().await.unwrap();
     let mut hot = None;
     for _ in 0..100 {

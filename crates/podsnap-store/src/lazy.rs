@@ -53,6 +53,8 @@ const FILL_BATCH: usize = 32;
 const FILL_PARALLEL: usize = 3;
 /// Pages of first-touch order kept per image (4 GiB of pages).
 const MAX_ACCESS_PAGES: usize = 1 << 20;
+/// Blobs fetched ahead of a reader (up to 8 MiB of pages).
+const READ_AHEAD: u32 = 8;
 /// Largest ranged GET of neighbouring blobs.
 const MAX_GROUP: u64 = 4 << 20;
 
@@ -370,12 +372,36 @@ impl LazyImage {
         let mut needed: Vec<u32> = pages.iter().copied().filter(|b| *b != ZERO).collect();
         needed.sort_unstable();
         needed.dedup();
+        self.read_ahead(needed.last().copied());
         self.ensure(needed).await?;
         let mut buf = vec![0u8; (end - offset) as usize];
         let f = pf.file.as_ref().expect("lazy files are open");
         f.read_exact_at(&mut buf, offset)
             .map_err(|e| Arc::new(StoreError::io("read", &pf.dest, e)))?;
         Ok(buf)
+    }
+
+    /// Starts fetching the blobs after `last` (in pack order, which is file order for pages a
+    /// snapshot stored itself) without waiting for them: readers that go through the file
+    /// front to back find the next pages on their way. Stops at the first local blob.
+    fn read_ahead(&self, last: Option<u32>) {
+        let Some(last) = last else {
+            return;
+        };
+        let n = self.inner.blobs.len() as u32;
+        let ahead: Vec<u32> = {
+            let st = self.inner.state.lock().expect("lazy state lock");
+            (last + 1..n.min(last + 1 + READ_AHEAD))
+                .take_while(|&b| matches!(st.blobs[b as usize], BlobState::Missing))
+                .collect()
+        };
+        if !ahead.is_empty() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                // A failure is the image's status, seen by its next reader.
+                let _ = me.ensure(ahead).await;
+            });
+        }
     }
 
     /// Makes every page of file `file` local.

@@ -268,16 +268,19 @@ async fn a_corrupt_page_stops_the_lazily_restored_sandbox_and_fails_the_job() {
 
     let id = unique_id("lazy-bad");
     let log = dir.path().join("counter.log");
+    // ~32 MiB of random text in the shell's memory, so that pages.img has pages runsc does
+    // not need to restore the kernel and the counter.
+    let script = r#"echo "Count: 0"; x=$(head -c 24000000 /dev/urandom | base64); i=1; while :; do echo "Count: $i"; i=$((i+1)); sleep 1; done"#;
     let sb = CounterSandbox::start_on(
         Release::R2026,
         &a.root,
         &id,
         &log,
         &[],
-        Bundle::counter().unwrap(),
+        Bundle::with_args(&["/bin/sh", "-c", script]).unwrap(),
     )
     .expect("counter starts");
-    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    wait_for_count(&log, 2, Duration::from_secs(90)).unwrap();
     let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-bad").await;
 
     // Flip the bytes of pages.img's last blob (stored in a pack it may share).

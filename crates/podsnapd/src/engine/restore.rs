@@ -358,6 +358,10 @@ impl Engine {
             (Err(e), None) => return Err(e.into()),
         };
         self.metrics.phase("restore", "runsc_restore", t.elapsed());
+        if let Some(mount) = &mount {
+            // runsc runs: the rest of the pages may come now.
+            mount.start_fill();
+        }
         if mount.is_some() {
             phase_update(
                 job,
@@ -559,6 +563,54 @@ mod tests {
         single.sandbox = None;
         assert!(match_containers(&single, &[]).unwrap().is_empty());
         assert!(match_containers(&single, &[spec("app")]).is_err());
+    }
+
+    fn image(files: &[&str], compression: Option<&str>) -> Manifest {
+        let mut m = pod_manifest();
+        m.sandbox = None;
+        m.files = files
+            .iter()
+            .map(|p| {
+                serde_json::from_value(serde_json::json!({
+                    "path": p, "size": 4096, "mode": 420,
+                    "index": {"digest": "00", "size": 1}, "zero_bytes": 0,
+                }))
+                .unwrap()
+            })
+            .collect();
+        if let Some(c) = compression {
+            m.runsc_metadata.insert("compression".into(), c.into());
+        }
+        m
+    }
+
+    #[test]
+    fn a_restore_is_lazy_only_where_runsc_the_image_and_the_node_allow_it() {
+        let current = image(
+            &["checkpoint.img", "pages.img", "pages_meta.img"],
+            Some("none"),
+        );
+        assert_eq!(eager_reason(true, "r", &current, 0, Ok(())), None);
+        let why = |r: Option<String>| r.expect("eager");
+        assert!(why(eager_reason(
+            false,
+            "release-20221219.0",
+            &current,
+            0,
+            Ok(())
+        ))
+        .contains("restore --background"));
+        let legacy = image(&["checkpoint.img"], None);
+        assert!(why(eager_reason(true, "r", &legacy, 0, Ok(()))).contains("no pages.img"));
+        let flate = image(&["checkpoint.img", "pages.img"], Some("flate-best-speed"));
+        assert!(why(eager_reason(true, "r", &flate, 0, Ok(()))).contains("compressed"));
+        assert!(why(eager_reason(true, "r", &current, 1, Ok(()))).contains("containers"));
+        let nested = image(&["pages.img", "d/checkpoint.img"], Some("none"));
+        assert!(why(eager_reason(true, "r", &nested, 0, Ok(()))).contains("directory"));
+        assert_eq!(
+            eager_reason(true, "r", &current, 0, Err("no /dev/fuse".into())),
+            Some("no /dev/fuse".into())
+        );
     }
 
     #[test]
