@@ -294,7 +294,8 @@ async fn pages_read_first_become_the_groups_hot_pages() {
     lease.start_fill();
     image.settled().await.unwrap();
     let mut hot = None;
-    for _ in 0..100 {
+    // Recorded for at least 5 s after the open, then stored.
+    for _ in 0..500 {
         hot = store.hot_pages("app=lazy").await;
         if hot.is_some() {
             break;
