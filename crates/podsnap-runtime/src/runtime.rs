@@ -190,6 +190,16 @@ pub struct CheckpointOpts {
     pub defer_settle: bool,
 }
 
+/// A checkpoint image runsc wrote: its directory and the metadata of its header (what a
+/// manifest records), read once through [`SandboxRuntime::open_image`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointImage {
+    /// The directory holding `checkpoint.img` (and, on current runsc, the pages files).
+    pub dir: PathBuf,
+    /// The JSON metadata of `checkpoint.img`'s header.
+    pub metadata: BTreeMap<String, String>,
+}
+
 /// A standalone restore.
 #[derive(Clone, Debug, Default)]
 pub struct RestoreRequest {
@@ -382,6 +392,30 @@ pub trait SandboxRuntime: Send + Sync {
     /// [`CheckpointOpts::defer_settle`], makes runsc's record of it say stopped once the
     /// sandbox has exited (see [`SandboxRuntime::checkpoint`]).
     async fn settle_stopped(&self, _sb: &Sandbox) {}
+    /// Takes the outcome of an operation that an earlier run of the daemon started as a
+    /// durable job in `job_dir` (its [`CheckpointOpts::job_dir`] or
+    /// [`RestoreRequest::job_dir`]; runsc ran in its own session and outlived that daemon),
+    /// waiting up to `timeout` if it still runs: `Ok(true)` when it succeeded, `Ok(false)`
+    /// when none was started there, an error when it failed. A runtime without durable jobs
+    /// has none to take.
+    async fn await_earlier(
+        &self,
+        _job_dir: &Path,
+        _timeout: Option<Duration>,
+    ) -> Result<bool, RuntimeError> {
+        Ok(false)
+    }
+    /// The image in `dir` that a checkpoint wrote, with its header's metadata.
+    fn open_image(&self, dir: &Path) -> Result<CheckpointImage, RuntimeError> {
+        let header = image::read_image_dir_header(dir).map_err(|source| RuntimeError::Image {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(CheckpointImage {
+            dir: dir.to_path_buf(),
+            metadata: header.metadata,
+        })
+    }
     /// State of a container under `root` (the configured root when `None`).
     async fn state(&self, root: Option<&Path>, id: &str) -> Result<SandboxState, RuntimeError>;
     /// Deletes a container under `root` (the configured root when `None`).
@@ -878,6 +912,21 @@ impl SandboxRuntime for RunscRuntime {
             self.settle_stopped(sb).await;
         }
         Ok(())
+    }
+
+    async fn await_earlier(
+        &self,
+        job_dir: &Path,
+        timeout: Option<Duration>,
+    ) -> Result<bool, RuntimeError> {
+        // A job whose argv is written but whose process has not started yet gets this long
+        // to show its pid.
+        const START_GRACE: Duration = Duration::from_secs(5);
+        let Some(mut job) = runsc::DurableJob::find(job_dir, START_GRACE).await? else {
+            return Ok(false);
+        };
+        job.wait(timeout).await?.into_result()?;
+        Ok(true)
     }
 
     async fn settle_stopped(&self, sb: &Sandbox) {

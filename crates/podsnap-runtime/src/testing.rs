@@ -93,6 +93,8 @@ struct State {
     sandboxes: HashMap<Target, Sandbox>,
     calls: Vec<FakeCall>,
     script: HashMap<FakeOp, VecDeque<FakeOutcome>>,
+    /// Durable jobs "an earlier run of the daemon started", by job dir, with their outcome.
+    earlier: HashMap<PathBuf, Result<(), RuntimeError>>,
 }
 
 /// A scripted, recording [`SandboxRuntime`].
@@ -188,6 +190,12 @@ impl FakeRuntime {
     /// Makes the next call of `op` fail with `err`.
     pub fn fail_next(&self, op: FakeOp, err: RuntimeError) {
         self.push_outcome(op, FakeOutcome::Fail(err));
+    }
+
+    /// Makes `job_dir` hold a durable job that an earlier run of the daemon started, which
+    /// ends with `outcome` (see [`SandboxRuntime::await_earlier`]; taken once).
+    pub fn add_earlier(&self, job_dir: &Path, outcome: Result<(), RuntimeError>) {
+        self.lock().earlier.insert(job_dir.to_path_buf(), outcome);
     }
 
     /// Every call so far, in order.
@@ -317,6 +325,17 @@ impl SandboxRuntime for FakeRuntime {
             }
         }
         Ok(())
+    }
+
+    async fn await_earlier(
+        &self,
+        job_dir: &Path,
+        _timeout: Option<Duration>,
+    ) -> Result<bool, RuntimeError> {
+        match self.lock().earlier.remove(job_dir) {
+            None => Ok(false),
+            Some(outcome) => outcome.map(|()| true),
+        }
     }
 
     async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError> {
@@ -487,6 +506,32 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RuntimeError::Unsupported { .. }));
+    }
+
+    #[tokio::test]
+    async fn earlier_jobs_are_taken_once_with_their_outcome() {
+        let rt = FakeRuntime::new();
+        let (ok, failed) = (Path::new("/jobs/a"), Path::new("/jobs/b"));
+        rt.add_earlier(ok, Ok(()));
+        rt.add_earlier(failed, Err(RuntimeError::InvalidRequest("boom".into())));
+        assert!(rt.await_earlier(ok, None).await.unwrap());
+        assert!(!rt.await_earlier(ok, None).await.unwrap());
+        assert!(rt.await_earlier(failed, None).await.is_err());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            rt.open_image(dir.path()),
+            Err(RuntimeError::Image { .. })
+        ));
+        let sb = rt.add_running("a");
+        rt.checkpoint(&sb, dir.path(), &CheckpointOpts::default())
+            .await
+            .unwrap();
+        let image = rt.open_image(dir.path()).unwrap();
+        assert_eq!(image.dir, dir.path());
+        assert_eq!(
+            image.metadata.get("cpu_usage").map(String::as_str),
+            Some("1ms")
+        );
     }
 
     #[tokio::test]

@@ -77,40 +77,119 @@ impl JobSpec {
     }
 }
 
-/// A checkpoint: the resolved sandbox, where its snapshot goes, and the stages done so far.
+/// A checkpoint: the resolved sandbox, where its snapshot goes, what becomes of the sandbox,
+/// and the last stage done.
+///
+/// On disk the record also keeps the fields of the release before explicit stages (`resume`,
+/// `leave_running`, `checkpointed`, `resumed`): a record that release wrote is read here, and a
+/// record written here is still read (and recovered) by that release.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "CheckpointOnDisk", into = "CheckpointOnDisk")]
 pub struct CheckpointJob {
     pub sandbox: Sandbox,
     pub group: String,
     pub labels: BTreeMap<String, String>,
     /// The group's retention (0: keep all).
     pub keep: u32,
-    /// Bring the sandbox back after the checkpoint (`PostAction::Resume`).
-    pub resume: bool,
     pub parent: Option<SnapshotId>,
-    /// runsc keeps the sandbox running itself (`--leave-running`); otherwise a resume restores
-    /// it in place.
-    pub leave_running: bool,
-    /// Stage done: runsc wrote the image into the work dir.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub checkpointed: bool,
-    /// Stage done: the stopped sandbox was restored in place.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub resumed: bool,
+    /// What becomes of the sandbox once runsc wrote its image, decided before it is touched.
+    pub after: AfterCheckpoint,
+    /// The last stage done: a re-run after a restart goes on from the next one.
+    pub stage: CheckpointStage,
 }
 
-/// A stage of a checkpoint that, once recorded, a re-run skips.
+/// What becomes of a sandbox once runsc wrote its image (the post-checkpoint action as this
+/// runsc release can honour it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CheckpointStage {
-    Checkpointed,
-    Resumed,
+pub enum AfterCheckpoint {
+    /// runsc keeps it running (`--leave-running`).
+    LeaveRunning,
+    /// runsc stops it; it is restored in place under the same id, from the local image,
+    /// before the upload.
+    RestoreInPlace,
+    /// runsc stops it and it stays down.
+    Stop,
 }
 
-impl CheckpointJob {
-    pub fn done(&self, stage: CheckpointStage) -> bool {
-        match stage {
-            CheckpointStage::Checkpointed => self.checkpointed,
-            CheckpointStage::Resumed => self.resumed,
+impl AfterCheckpoint {
+    /// Whether runsc stops the sandbox when it checkpoints it.
+    pub fn runsc_stops(self) -> bool {
+        self != AfterCheckpoint::LeaveRunning
+    }
+}
+
+/// The stages of a checkpoint, in order. Each is recorded once done; a re-run after a
+/// restart goes on from the next. `Resumed` is a stage only of [`AfterCheckpoint::RestoreInPlace`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStage {
+    /// The sandbox is resolved and the job recorded; nothing touched yet.
+    Resolved,
+    /// runsc wrote the image into the work dir.
+    Checkpointed,
+    /// The stopped sandbox was restored in place.
+    Resumed,
+    /// The snapshot's manifest is in the store.
+    Committed,
+}
+
+/// [`CheckpointJob`] as stored in the record's `details`.
+#[derive(Serialize, Deserialize)]
+struct CheckpointOnDisk {
+    sandbox: Sandbox,
+    group: String,
+    labels: BTreeMap<String, String>,
+    keep: u32,
+    resume: bool,
+    parent: Option<SnapshotId>,
+    leave_running: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    checkpointed: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    resumed: bool,
+    /// Absent in records of the release before explicit stages: derived from the flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stage: Option<CheckpointStage>,
+}
+
+impl From<CheckpointOnDisk> for CheckpointJob {
+    fn from(d: CheckpointOnDisk) -> CheckpointJob {
+        let after = match (d.resume, d.leave_running) {
+            (_, true) => AfterCheckpoint::LeaveRunning,
+            (true, false) => AfterCheckpoint::RestoreInPlace,
+            (false, false) => AfterCheckpoint::Stop,
+        };
+        let stage = d.stage.unwrap_or(match (d.checkpointed, d.resumed) {
+            (_, true) => CheckpointStage::Resumed,
+            (true, false) => CheckpointStage::Checkpointed,
+            (false, false) => CheckpointStage::Resolved,
+        });
+        CheckpointJob {
+            sandbox: d.sandbox,
+            group: d.group,
+            labels: d.labels,
+            keep: d.keep,
+            parent: d.parent,
+            after,
+            stage,
+        }
+    }
+}
+
+impl From<CheckpointJob> for CheckpointOnDisk {
+    fn from(c: CheckpointJob) -> CheckpointOnDisk {
+        CheckpointOnDisk {
+            sandbox: c.sandbox,
+            group: c.group,
+            labels: c.labels,
+            keep: c.keep,
+            resume: c.after != AfterCheckpoint::Stop,
+            parent: c.parent,
+            leave_running: c.after == AfterCheckpoint::LeaveRunning,
+            checkpointed: c.stage >= CheckpointStage::Checkpointed,
+            resumed: c.after == AfterCheckpoint::RestoreInPlace
+                && c.stage >= CheckpointStage::Resumed,
+            stage: Some(c.stage),
         }
     }
 }
@@ -454,14 +533,12 @@ impl JobHandle {
         });
     }
 
-    /// Records that a checkpoint stage is done, so a re-run after a restart skips it.
+    /// Records that a checkpoint reached `stage`, so a re-run after a restart goes on from
+    /// the next one.
     pub fn stage_done(&self, stage: CheckpointStage) {
         self.jobs.update(&self.id, true, |r| {
             if let JobSpec::Checkpoint(c) = &mut r.spec {
-                match stage {
-                    CheckpointStage::Checkpointed => c.checkpointed = true,
-                    CheckpointStage::Resumed => c.resumed = true,
-                }
+                c.stage = stage;
             }
         });
     }
@@ -586,28 +663,34 @@ mod tests {
         for (name, text) in EARLIER {
             let rec: JobRecord =
                 serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            // Written back, the record is what the earlier release wrote: it reads it again.
+            // Written back, the record is what the earlier release wrote (it reads it again),
+            // plus the explicit stage of a checkpoint (which that release ignores).
             let original: serde_json::Value = serde_json::from_str(text).unwrap();
-            assert_eq!(serde_json::to_value(&rec).unwrap(), original, "{name}");
+            let mut written = serde_json::to_value(&rec).unwrap();
+            let stage = written["details"]
+                .as_object_mut()
+                .and_then(|d| d.remove("stage"));
+            assert_eq!(written, original, "{name}");
+            assert_eq!(stage.is_some(), rec.kind() == JobKind::Checkpoint, "{name}");
             match (&rec.spec, name) {
                 (JobSpec::Checkpoint(c), _) => {
                     assert_eq!(c.sandbox.container_id, "app1", "{name}");
                     assert_eq!(c.group, "app=web");
                     assert_eq!(c.labels.get("app").map(String::as_str), Some("web"));
                     assert_eq!(c.keep, 3);
-                    assert!(c.resume);
-                    assert!(!c.leave_running, "runsc 20221219 resumes in place");
+                    assert_eq!(
+                        c.after,
+                        AfterCheckpoint::RestoreInPlace,
+                        "runsc 20221219 resumes in place"
+                    );
                     assert_eq!(c.parent, None);
-                    assert_eq!(
-                        c.done(CheckpointStage::Checkpointed),
-                        name != "checkpoint-checkpointing",
-                        "{name}"
-                    );
-                    assert_eq!(
-                        c.done(CheckpointStage::Resumed),
-                        name == "checkpoint-done",
-                        "{name}"
-                    );
+                    let want = match name {
+                        "checkpoint-checkpointing" => CheckpointStage::Resolved,
+                        "checkpoint-resuming" => CheckpointStage::Checkpointed,
+                        _ => CheckpointStage::Resumed,
+                    };
+                    assert_eq!(c.stage, want, "{name}");
+                    assert_eq!(stage, Some(serde_json::to_value(want).unwrap()), "{name}");
                     assert_eq!(rec.finished_at.is_some(), name == "checkpoint-done");
                 }
                 (JobSpec::Restore(r), "restore-restoring") => {
@@ -660,8 +743,7 @@ mod tests {
         else {
             panic!("a checkpoint fixture");
         };
-        cp.checkpointed = false;
-        cp.resumed = false;
+        cp.stage = CheckpointStage::Resolved;
         let h = jobs
             .start(JobSpec::Checkpoint(cp), "c".into(), None)
             .unwrap();
@@ -670,8 +752,38 @@ mod tests {
         let JobSpec::Checkpoint(cp) = &again.unfinished_on_disk()[0].spec else {
             panic!("a checkpoint");
         };
-        assert!(cp.done(CheckpointStage::Checkpointed));
-        assert!(!cp.done(CheckpointStage::Resumed));
+        assert_eq!(cp.stage, CheckpointStage::Checkpointed);
+        h.stage_done(CheckpointStage::Committed);
+        let disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(jobs.job_dir(&h.id).join("job.json")).unwrap())
+                .unwrap();
+        // What the release before explicit stages reads: the image is written and the
+        // sandbox resumed in place (that release then finds the snapshot in the store).
+        assert_eq!(disk["details"]["stage"], "committed");
+        assert_eq!(disk["details"]["checkpointed"], true);
+        assert_eq!(disk["details"]["resumed"], true);
+    }
+
+    #[test]
+    fn the_post_checkpoint_action_reads_from_the_earlier_flags() {
+        let rec: serde_json::Value = serde_json::from_str(EARLIER[0].1).unwrap();
+        for (resume, leave_running, after) in [
+            (true, true, AfterCheckpoint::LeaveRunning),
+            (true, false, AfterCheckpoint::RestoreInPlace),
+            (false, false, AfterCheckpoint::Stop),
+        ] {
+            let mut rec = rec.clone();
+            rec["details"]["resume"] = resume.into();
+            rec["details"]["leave_running"] = leave_running.into();
+            let read: JobRecord = serde_json::from_value(rec.clone()).unwrap();
+            let JobSpec::Checkpoint(cp) = &read.spec else {
+                panic!("a checkpoint");
+            };
+            assert_eq!(cp.after, after);
+            let back = serde_json::to_value(&read).unwrap();
+            assert_eq!(back["details"]["resume"], resume);
+            assert_eq!(back["details"]["leave_running"], leave_running);
+        }
     }
 
     #[test]

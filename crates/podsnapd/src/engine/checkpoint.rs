@@ -1,8 +1,12 @@
-//! The checkpoint flow: validate -> resolve -> refuse what runsc cannot do -> lock -> job
-//! record -> `runsc checkpoint` -> (resume in place) -> push -> commit -> retention.
+//! The checkpoint flow: validate -> resolve -> decide what becomes of the sandbox (the release
+//! policy, asked once) -> lock -> job record (stage `Resolved`) -> then one step per stage,
+//! each recording the stage it reached: `runsc checkpoint` (`Checkpointed`) -> restore in place
+//! when runsc stopped a sandbox that is to resume (`Resumed`) -> push and commit (`Committed`)
+//! -> retention.
 //!
-//! [`Engine::run_checkpoint`] works from the job's durable record alone, so the same path
-//! carries a checkpoint that a killed daemon left to the end (see `recovery`).
+//! [`Engine::run_checkpoint`] works from the job's durable record alone, so the same steps
+//! carry a checkpoint that a killed daemon left to the end, from its recorded stage (see
+//! `recovery`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,20 +14,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use podsnap_cpu::CpuInfo;
+use podsnap_runtime::runtime::CheckpointImage;
 use podsnap_runtime::{
     CheckpointOpts, ContainerRole, RestoreRequest, ResumeMethod, RootfsOverlay, RuntimeError,
     RuntimeInfo, Sandbox, SandboxKind, Target,
 };
 use podsnap_store::{
     ContainerRecord, Follow, Manifest, NodeFacts, OverlayMedium, PodRef, PushOptions,
-    SandboxRecord, SnapshotId, WriterState,
+    SandboxRecord, SnapshotId, StoreError, WriterState,
 };
 use tracing::{info, info_span, warn};
 
 use super::progress::{phase_update, JobProgress};
 use super::{group_key, snapshot_id, validate_label, Engine, Updates};
 use crate::error::{DaemonError, Result};
-use crate::jobs::{CheckpointJob, CheckpointStage, JobHandle, JobSpec, Phase};
+use crate::jobs::{AfterCheckpoint, CheckpointJob, CheckpointStage, JobHandle, JobSpec, Phase};
 
 /// What to do with the sandbox after its checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -43,15 +48,14 @@ pub struct CheckpointSpec {
     pub parent: Option<String>,
 }
 
-/// How `post` is honoured for `sb` on this runsc (the release rules live in
-/// `podsnap_runtime::policy`): `Ok(true)` to checkpoint with `--leave-running`, `Ok(false)` to
-/// let runsc stop the sandbox (then, for `resume`, restore it in place), or why not.
-pub(super) fn leave_running_for(
+/// How `post` is honoured for `sb` on this runsc, asked of the release policy
+/// (`podsnap_runtime::policy`) once, before the sandbox is touched; or why it cannot be.
+pub(super) fn after_checkpoint(
     post: PostAction,
     sb: &Sandbox,
     info: &RuntimeInfo,
     target: &Target,
-) -> Result<bool> {
+) -> Result<AfterCheckpoint> {
     let policy = info.policy();
     if sb.is_multi_container() {
         if let Some(reason) = policy.multi_container_checkpoint().reason() {
@@ -62,11 +66,13 @@ pub(super) fn leave_running_for(
         }
     }
     if post == PostAction::Stop {
-        return Ok(false);
+        return Ok(AfterCheckpoint::Stop);
     }
     match policy.resume_method(sb.manager()) {
-        ResumeMethod::LeaveRunning => Ok(true),
-        ResumeMethod::RestoreInPlace if !sb.is_multi_container() => Ok(false),
+        ResumeMethod::LeaveRunning => Ok(AfterCheckpoint::LeaveRunning),
+        ResumeMethod::RestoreInPlace if !sb.is_multi_container() => {
+            Ok(AfterCheckpoint::RestoreInPlace)
+        }
         ResumeMethod::RestoreInPlace => Err(DaemonError::Unsupported(format!(
             "post-checkpoint resume of {target} is not available with runsc {}: a sandbox of several containers cannot be restored in place; use --stop",
             policy.version()
@@ -114,23 +120,21 @@ fn sandbox_record(sb: &Sandbox) -> Option<SandboxRecord> {
 #[derive(Clone, Copy)]
 struct Run<'a> {
     job: &'a JobHandle,
+    /// The job's record as this run found it (its stage is where the run starts).
     cp: &'a CheckpointJob,
     info: &'a RuntimeInfo,
+    /// The snapshot the job commits.
+    id: &'a SnapshotId,
     /// Where runsc writes the image.
     image_dir: &'a Path,
     tx: &'a Option<Updates>,
 }
 
-/// The metadata in the header of runsc's image.
-fn image_metadata(image_dir: &Path) -> Result<BTreeMap<String, String>> {
-    podsnap_runtime::read_image_dir_header(image_dir)
-        .map(|h| h.metadata)
-        .map_err(|e| {
-            DaemonError::Internal(format!(
-                "runsc wrote an image without a valid header in {}: {e}",
-                image_dir.display()
-            ))
-        })
+/// What a push reads: an image runsc has written, or one it is still writing (its metadata
+/// comes when runsc is done).
+enum ImageSource {
+    Written(CheckpointImage),
+    Writing(Follow),
 }
 
 /// How the manifest names a rootfs overlay whose writes travel with the checkpoint; `None`
@@ -184,29 +188,30 @@ impl Engine {
     ) -> Result<Manifest> {
         let info = self.runtime.info().await?;
         let sb = self.runtime.resolve(&target).await?;
-        // Decide how to honour `resume` before touching the sandbox.
-        let leave_running = leave_running_for(spec.post, &sb, &info, &target)?;
-        let resume = spec.post == PostAction::Resume;
+        // Decide how to honour the post-checkpoint action before touching the sandbox.
+        let after = after_checkpoint(spec.post, &sb, &info, &target)?;
         let _guard = self.locks.lock_container(&sb.root, &sb.container_id).await;
+        let cp = CheckpointJob {
+            sandbox: sb,
+            group,
+            labels: spec.labels,
+            keep: spec.keep,
+            parent,
+            after,
+            stage: CheckpointStage::Resolved,
+        };
         let job = self
             .jobs
             .start(
-                JobSpec::Checkpoint(Box::new(CheckpointJob {
-                    sandbox: sb,
-                    group,
-                    labels: spec.labels,
-                    keep: spec.keep,
-                    resume,
-                    parent,
-                    leave_running,
-                    checkpointed: false,
-                    resumed: false,
-                })),
+                JobSpec::Checkpoint(Box::new(cp.clone())),
                 target.to_string(),
                 None,
             )
             .map_err(|e| DaemonError::io("writing the job record", e))?;
-        let res = self.clone().run_checkpoint(&job, &info, &tx).await;
+        let res = self
+            .clone()
+            .run_checkpoint(&job, &cp, None, &info, &tx)
+            .await;
         job.finish(res.as_ref().err().map(DaemonError::message));
         if res.is_ok() {
             // The image is in the store: the work dir goes.
@@ -215,27 +220,18 @@ impl Engine {
         res
     }
 
-    /// Runs (or, after a restart, resumes) a checkpoint job from its durable record: each
-    /// stage records its completion, and a re-run skips what is done.
+    /// Runs (or, after a restart, resumes) a checkpoint job from its durable record `cp`
+    /// and the snapshot id it recorded: its stages from the one after `cp.stage` to
+    /// `Committed`, then retention.
     pub(super) async fn run_checkpoint(
         self: Arc<Self>,
         job: &JobHandle,
+        cp: &CheckpointJob,
+        snapshot: Option<&str>,
         info: &RuntimeInfo,
         tx: &Option<Updates>,
     ) -> Result<Manifest> {
-        let rec = job
-            .record()
-            .ok_or_else(|| DaemonError::Internal(format!("job {} vanished", job.id)))?;
-        let JobSpec::Checkpoint(cp) = rec.spec else {
-            return Err(DaemonError::Internal(format!(
-                "job {} is a {} job, not a checkpoint",
-                job.id,
-                rec.spec.kind().as_str()
-            )));
-        };
-
-        let image_dir = self.work_dir(&job.id).join("image");
-        let id = match rec.snapshot_id.as_deref() {
+        let id = match snapshot {
             Some(s) => snapshot_id(s)?,
             None => {
                 let id = SnapshotId::generate();
@@ -244,57 +240,16 @@ impl Engine {
             }
         };
         tracing::Span::current().record("snapshot", id.as_str());
-
+        let image_dir = self.work_dir(&job.id).join("image");
         let run = Run {
             job,
-            cp: &cp,
+            cp,
             info,
+            id: &id,
             image_dir: &image_dir,
             tx,
         };
-        let manifest = match self.overlap_upload(job, &cp, info).await {
-            Some((files, slot)) => {
-                phase_update(
-                    job,
-                    tx,
-                    Phase::Checkpointing,
-                    "runsc checkpoint, uploading pages as runsc writes them",
-                );
-                self.checkpoint_while_uploading(&run, id, files, slot)
-                    .await?
-            }
-            None => {
-                let mut settle = None;
-                if !cp.done(CheckpointStage::Checkpointed) {
-                    phase_update(job, tx, Phase::Checkpointing, "runsc checkpoint");
-                    settle = self.runsc_checkpoint(job, &cp, &image_dir).await?;
-                } else if !cp.leave_running && !cp.resume {
-                    // An earlier run checkpointed and may have died before runsc's record of
-                    // the stopped sandbox was settled (that runs beside the upload).
-                    self.runtime.settle_stopped(&cp.sandbox).await;
-                }
-                if cp.resume && !cp.leave_running && !cp.done(CheckpointStage::Resumed) {
-                    // runsc stopped the sandbox: bring it back under the same id from the
-                    // local image.
-                    phase_update(job, tx, Phase::Resuming, "restoring the sandbox in place");
-                    self.resume_in_place(job, &cp.sandbox, &image_dir).await?;
-                }
-                // Committed before a crash: nothing left to push.
-                let manifest = match self.store.manifest(&id).await {
-                    Ok(m) => m,
-                    Err(podsnap_store::StoreError::SnapshotNotFound(_)) => {
-                        let slot = self.transfer_slot(job, tx, Phase::Uploading).await;
-                        self.push_image(&run, id, None, slot).await?
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if let Some(settle) = settle {
-                    let _ = settle.await;
-                }
-                manifest
-            }
-        };
-
+        let manifest = self.run_stages(&run).await?;
         if cp.keep > 0 {
             phase_update(job, tx, Phase::Retention, "applying retention");
             self.apply_retention(&cp.group, cp.keep).await;
@@ -303,8 +258,85 @@ impl Engine {
         Ok(manifest)
     }
 
-    /// `runsc checkpoint` into `image_dir`, as a durable runsc job in the job's dir; after a
-    /// restart, the outcome of the one an earlier run started.
+    /// Steps from the recorded stage to `Committed`, one step per stage; each step records
+    /// the stage it reached. From `Resolved`, runsc and the upload may run as one step
+    /// ([`Engine::overlap_upload`]).
+    async fn run_stages(&self, run: &Run<'_>) -> Result<Manifest> {
+        let Run { job, cp, tx, .. } = *run;
+        if cp.stage >= CheckpointStage::Checkpointed && cp.after == AfterCheckpoint::Stop {
+            // An earlier run checkpointed and may have died before runsc's record of the
+            // stopped sandbox was settled (that runs beside the upload).
+            self.runtime.settle_stopped(&cp.sandbox).await;
+        }
+        let mut settle = None;
+        let mut stage = cp.stage;
+        let manifest = loop {
+            stage = match stage {
+                CheckpointStage::Resolved => {
+                    if let Some((files, slot)) = self.overlap_upload(job, cp, run.info) {
+                        phase_update(
+                            job,
+                            tx,
+                            Phase::Checkpointing,
+                            "runsc checkpoint, uploading pages as runsc writes them",
+                        );
+                        break self.checkpoint_while_uploading(run, files, slot).await?;
+                    }
+                    phase_update(job, tx, Phase::Checkpointing, "runsc checkpoint");
+                    settle = self.runsc_checkpoint(job, cp, run.image_dir).await?;
+                    CheckpointStage::Checkpointed
+                }
+                CheckpointStage::Checkpointed if cp.after == AfterCheckpoint::RestoreInPlace => {
+                    // runsc stopped the sandbox: bring it back under the same id from the
+                    // local image, before the upload.
+                    phase_update(job, tx, Phase::Resuming, "restoring the sandbox in place");
+                    self.resume_in_place(job, &cp.sandbox, run.image_dir)
+                        .await?;
+                    CheckpointStage::Resumed
+                }
+                CheckpointStage::Checkpointed | CheckpointStage::Resumed => {
+                    break self.upload(run).await?
+                }
+                CheckpointStage::Committed => break self.store.manifest(run.id).await?,
+            };
+        };
+        if let Some(settle) = settle {
+            let _ = settle.await;
+        }
+        Ok(manifest)
+    }
+
+    /// The image runsc wrote into `dir`, read through the runtime.
+    fn open_image(&self, dir: &Path) -> Result<CheckpointImage> {
+        self.runtime.open_image(dir).map_err(|e| match e {
+            RuntimeError::Image { dir, source } => DaemonError::Internal(format!(
+                "runsc wrote an image without a valid header in {}: {source}",
+                dir.display()
+            )),
+            e => e.into(),
+        })
+    }
+
+    /// The upload stage after runsc: pushes the image and commits its manifest, unless an
+    /// earlier run committed it already (and stopped before recording so).
+    async fn upload(&self, run: &Run<'_>) -> Result<Manifest> {
+        let manifest = match self.store.manifest(run.id).await {
+            Ok(m) => m,
+            Err(StoreError::SnapshotNotFound(_)) => {
+                let slot = self.transfer_slot(run.job, run.tx, Phase::Uploading).await;
+                let image = self.open_image(run.image_dir)?;
+                return self
+                    .push_image(run, ImageSource::Written(image), slot)
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        run.job.stage_done(CheckpointStage::Committed);
+        Ok(manifest)
+    }
+
+    /// The `Checkpointed` step: `runsc checkpoint` into `image_dir`, as a durable runsc job
+    /// in the job's dir; after a restart, the outcome of the one an earlier run started.
     ///
     /// A checkpoint that stops the sandbox for good returns as soon as runsc has, with the
     /// task that waits for the sandbox to exit and settles runsc's record of it: the caller
@@ -319,11 +351,11 @@ impl Engine {
         let runsc_job = job.dir().join("runsc-checkpoint");
         let t = Instant::now();
         // A resume in place restores under the same id, which needs the record settled first.
-        let defer_settle = !cp.leave_running && !cp.resume;
+        let defer_settle = cp.after == AfterCheckpoint::Stop;
         let mut settle = None;
         if self.await_earlier_runsc(&runsc_job).await? {
             // An earlier run's runsc finished it: runsc's record may still say running.
-            if !cp.leave_running {
+            if cp.after.runsc_stops() {
                 self.runtime.settle_stopped(&cp.sandbox).await;
             }
         } else {
@@ -334,7 +366,7 @@ impl Engine {
                     &cp.sandbox,
                     image_dir,
                     &CheckpointOpts {
-                        leave_running: cp.leave_running,
+                        leave_running: !cp.after.runsc_stops(),
                         job_dir: Some(runsc_job),
                         timeout: Some(self.cfg.runsc_timeout),
                         defer_settle,
@@ -362,7 +394,7 @@ impl Engine {
     /// lengthens the sandbox's freeze, see `UploadWhileCheckpointing`), and when a transfer
     /// slot is free now (rather than wait for one while runsc runs). While runsc writes, the
     /// store hashes at idle CPU priority and holds new packs in memory.
-    async fn overlap_upload(
+    fn overlap_upload(
         &self,
         job: &JobHandle,
         cp: &CheckpointJob,
@@ -372,10 +404,10 @@ impl Engine {
         if !self
             .cfg
             .upload_while_checkpointing
-            .applies(cp.leave_running)
+            .applies(!cp.after.runsc_stops())
             || files.is_empty()
-            || cp.done(CheckpointStage::Checkpointed)
-            || (cp.resume && !cp.leave_running)
+            || cp.stage >= CheckpointStage::Checkpointed
+            || cp.after == AfterCheckpoint::RestoreInPlace
             || job.dir().join("runsc-checkpoint").exists()
         {
             return None;
@@ -384,13 +416,13 @@ impl Engine {
         Some((files.iter().map(|f| f.to_string()).collect(), slot))
     }
 
-    /// `runsc checkpoint` and the push of its image at once: the push reads `files` while
-    /// runsc appends to them, and commits only once runsc has succeeded. runsc's error wins
-    /// over the push's (which then only says the image was not finished).
+    /// The `Checkpointed` and `Committed` steps at once: `runsc checkpoint` and the push of
+    /// its image, which reads `files` while runsc appends to them and commits only once
+    /// runsc has succeeded. runsc's error wins over the push's (which then only says the
+    /// image was not finished).
     async fn checkpoint_while_uploading(
         &self,
         run: &Run<'_>,
-        id: SnapshotId,
         files: Vec<String>,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Manifest> {
@@ -409,12 +441,12 @@ impl Engine {
         let (state_tx, state_rx) = tokio::sync::watch::channel(WriterState::Writing);
         let runsc = async {
             let r = self.runsc_checkpoint(job, cp, image_dir).await;
-            let r = r.and_then(|settle| Ok((image_metadata(image_dir)?, settle)));
+            let r = r.and_then(|settle| Ok((self.open_image(image_dir)?, settle)));
             match &r {
-                Ok((meta, _)) => {
+                Ok((image, _)) => {
                     phase_update(job, tx, Phase::Uploading, "uploading the rest of the image");
                     let _ = state_tx.send(WriterState::Done {
-                        runsc_metadata: Some(meta.clone()),
+                        runsc_metadata: Some(image.metadata.clone()),
                     });
                 }
                 Err(e) => {
@@ -427,7 +459,7 @@ impl Engine {
             files,
             state: state_rx,
         };
-        let push = self.push_image(run, id, Some(follow), slot);
+        let push = self.push_image(run, ImageSource::Writing(follow), slot);
         let (runsc, pushed) = tokio::join!(runsc, push);
         let (runsc_done, settle) = runsc?;
         let manifest = pushed?;
@@ -439,7 +471,8 @@ impl Engine {
         Ok(manifest)
     }
 
-    /// Restores a sandbox that runsc stopped under its own id from the local image.
+    /// The `Resumed` step: restores a sandbox that runsc stopped under its own id from the
+    /// local image.
     async fn resume_in_place(&self, job: &JobHandle, sb: &Sandbox, image_dir: &Path) -> Result<()> {
         let runsc_job = job.dir().join("runsc-resume");
         if self.await_earlier_runsc(&runsc_job).await? {
@@ -526,26 +559,27 @@ impl Engine {
         }
     }
 
-    /// Pushes the image in the work dir as snapshot `id`, deduplicating against the named
-    /// parent or the group's newest snapshot; commits the manifest last. With `follow`, the
-    /// push starts while runsc still writes the image (its metadata comes when runsc is done).
+    /// Pushes the image in the work dir as the job's snapshot, deduplicating against the
+    /// named parent or the group's newest snapshot; commits the manifest last and records
+    /// the `Committed` stage. From [`ImageSource::Writing`], the push starts while runsc still
+    /// writes the image.
     async fn push_image(
         &self,
         run: &Run<'_>,
-        id: SnapshotId,
-        follow: Option<Follow>,
+        image: ImageSource,
         _slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Manifest> {
         let Run {
             job,
             cp,
             info,
+            id,
             image_dir,
             tx,
         } = *run;
-        let runsc_metadata = match follow {
-            Some(_) => BTreeMap::new(),
-            None => image_metadata(image_dir)?,
+        let (runsc_metadata, follow) = match image {
+            ImageSource::Written(image) => (image.metadata, None),
+            ImageSource::Writing(follow) => (BTreeMap::new(), Some(follow)),
         };
         let source = self.node_facts(&cp.sandbox, info);
         let parent = match &cp.parent {
@@ -565,7 +599,7 @@ impl Engine {
         let t = Instant::now();
         let progress = JobProgress::new(job, tx.clone(), Phase::Uploading, self.metrics.clone());
         let opts = PushOptions {
-            id: Some(id),
+            id: Some(id.clone()),
             labels: cp.labels.clone(),
             group: Some(cp.group.clone()),
             parent,
@@ -583,6 +617,7 @@ impl Engine {
             }
             None => self.store.push(image_dir, opts, &progress).await?,
         };
+        job.stage_done(CheckpointStage::Committed);
         self.metrics.phase("checkpoint", "upload", t.elapsed());
         self.metrics
             .bytes("deduplicated", report.bytes_deduplicated);
@@ -618,11 +653,17 @@ mod tests {
     #[test]
     fn resume_follows_the_release_policy() {
         use podsnap_runtime::testing::fake_sandbox;
+        use AfterCheckpoint::*;
         let mut info = fake_info();
         let mut sb = fake_sandbox("c");
+        let after =
+            |post, sb: &Sandbox, info: &RuntimeInfo| after_checkpoint(post, sb, info, &target());
         // 20221219: standalone resumes in place, containerd is refused, pods are refused.
-        assert!(!leave_running_for(PostAction::Resume, &sb, &info, &target()).unwrap());
-        assert!(!leave_running_for(PostAction::Stop, &sb, &info, &target()).unwrap());
+        assert_eq!(
+            after(PostAction::Resume, &sb, &info).unwrap(),
+            RestoreInPlace
+        );
+        assert_eq!(after(PostAction::Stop, &sb, &info).unwrap(), Stop);
         sb.kind = SandboxKind::Containerd {
             namespace: "k8s.io".into(),
             container: "c".into(),
@@ -631,17 +672,17 @@ mod tests {
             task_status: None,
             task_pid: None,
         };
-        let err = leave_running_for(PostAction::Resume, &sb, &info, &target()).unwrap_err();
+        let err = after(PostAction::Resume, &sb, &info).unwrap_err();
         assert!(err.to_string().contains("hangs under containerd"), "{err}");
-        assert!(!leave_running_for(PostAction::Stop, &sb, &info, &target()).unwrap());
+        assert_eq!(after(PostAction::Stop, &sb, &info).unwrap(), Stop);
         sb.container_count = 2;
-        let err = leave_running_for(PostAction::Stop, &sb, &info, &target()).unwrap_err();
+        let err = after(PostAction::Stop, &sb, &info).unwrap_err();
         assert!(err.to_string().contains("2 containers"), "{err}");
         // 20240729: --leave-running everywhere, pods allowed.
         info.version =
             podsnap_runtime::RunscVersion::parse("runsc version 0.0~20240729.0").unwrap();
-        assert!(leave_running_for(PostAction::Resume, &sb, &info, &target()).unwrap());
-        assert!(!leave_running_for(PostAction::Stop, &sb, &info, &target()).unwrap());
+        assert_eq!(after(PostAction::Resume, &sb, &info).unwrap(), LeaveRunning);
+        assert_eq!(after(PostAction::Stop, &sb, &info).unwrap(), Stop);
     }
 
     #[test]

@@ -33,10 +33,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use podsnap_cpu::CpuInfo;
-use podsnap_runtime::{RuntimeError, RuntimeInfo, SandboxRuntime, Target};
+use podsnap_runtime::{RuntimeInfo, SandboxRuntime, Target};
 use podsnap_store::{Manifest, SnapshotId, Store};
 use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
@@ -281,17 +281,10 @@ impl Engine {
     /// durable job in `dir` (runsc ran in its own session and outlived that daemon): waits for
     /// it if it still runs. `Ok(false)` when no such operation was started.
     async fn await_earlier_runsc(&self, dir: &Path) -> Result<bool> {
-        let found = podsnap_runtime::runsc::job::DurableJob::find(dir, Duration::from_secs(5))
-            .await
-            .map_err(RuntimeError::from)?;
-        let Some(mut dj) = found else {
-            return Ok(false);
-        };
-        dj.wait(Some(self.cfg.runsc_timeout))
-            .await
-            .and_then(|o| o.into_result())
-            .map_err(RuntimeError::from)?;
-        Ok(true)
+        Ok(self
+            .runtime
+            .await_earlier(dir, Some(self.cfg.runsc_timeout))
+            .await?)
     }
 
     /// One of the `max_transfers` slots for an upload or download; says so when it waits.

@@ -2,8 +2,8 @@
 //! unfinished are adopted (listed, their sandboxes locked); then each is finished or rolled
 //! back from its typed record, and only then its lock released.
 //!
-//! Checkpoints are carried to the end by the same [`Engine::run_checkpoint`] a live call runs
-//! (it skips the stages the record says are done); restores are finished or rolled back by the
+//! Checkpoints are carried to the end by the same [`Engine::run_checkpoint`] a live call runs,
+//! from the stage the record says is done; restores are finished or rolled back by the
 //! outcome of the runsc restore the killed daemon started; prepared restores are failed.
 
 use std::sync::Arc;
@@ -113,9 +113,10 @@ impl Engine {
     /// Finishes or rolls back one adopted job; the caller holds its sandbox's lock.
     async fn recover_one(self: Arc<Self>, job: &JobHandle, rec: &JobRecord) -> Result<()> {
         match &rec.spec {
-            JobSpec::Checkpoint(_) => {
+            JobSpec::Checkpoint(cp) => {
                 let info = self.runtime.info().await?;
-                let m = self.run_checkpoint(job, &info, &None).await?;
+                let snapshot = rec.snapshot_id.as_deref();
+                let m = self.run_checkpoint(job, cp, snapshot, &info, &None).await?;
                 info!(snapshot = %m.id, "checkpoint finished after restart");
                 Ok(())
             }
