@@ -653,3 +653,110 @@ async fn a_stopping_checkpoint_uploads_while_the_sandbox_exits_and_answers_once_
         "the answer came only after runsc's record was settled"
     );
 }
+
+/// Writes a checkpoint record (the earlier release's fixture, edited by `edit`) as a killed
+/// daemon would have left it; returns its job id and job dir.
+fn leave_checkpoint_record(
+    h: &Harness,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (String, std::path::PathBuf) {
+    let mut rec: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/jobs/checkpoint-checkpointing.json")).unwrap();
+    edit(&mut rec);
+    let job_id = rec["id"].as_str().unwrap().to_string();
+    let job_dir = h.state_dir.join("jobs").join(&job_id);
+    std::fs::create_dir_all(&job_dir).unwrap();
+    std::fs::write(job_dir.join("job.json"), serde_json::to_vec(&rec).unwrap()).unwrap();
+    (job_id, job_dir)
+}
+
+/// Recovers every unfinished job and returns the record of `job_id`.
+async fn recover_job(h: &Harness, job_id: &str) -> podsnapd::jobs::JobRecord {
+    let pending = h.engine.adopt_unfinished().await;
+    assert_eq!(pending.len(), 1);
+    h.engine.clone().recover(pending).await;
+    h.engine
+        .jobs()
+        .list()
+        .into_iter()
+        .find(|j| j.id == job_id)
+        .unwrap()
+}
+
+/// A daemon killed while its `runsc checkpoint` ran (stage `resolved`): the runsc it started
+/// finished on its own, so the restarted daemon takes its outcome through the runtime
+/// (`await_earlier`) instead of checkpointing again, resumes in place and commits.
+#[tokio::test]
+async fn a_checkpoint_whose_runsc_outlived_the_daemon_goes_on_from_that_runsc() {
+    let fake = Arc::new(FakeRuntime::new());
+    let sb = fake.add_running("app1");
+    let rt: Arc<dyn SandboxRuntime> = fake.clone();
+    let h = harness(rt, memory_store()).await;
+    let (job_id, job_dir) = leave_checkpoint_record(&h, |_| {});
+    // What that runsc wrote, and its durable job's outcome.
+    let image = h.state_dir.join("work").join(&job_id).join("image");
+    fake.checkpoint(&sb, &image, &CheckpointOpts::default())
+        .await
+        .unwrap();
+    fake.add_earlier(&job_dir.join("runsc-checkpoint"), Ok(()));
+    let calls_before = fake.calls().len();
+
+    let done = recover_job(&h, &job_id).await;
+    assert_eq!(done.error, None, "{done:?}");
+    let calls = &fake.calls()[calls_before..];
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, FakeCall::Checkpoint { .. })),
+        "runsc checkpoint ran again: {calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| matches!(c, FakeCall::Restore { id, .. } if id == "app1")),
+        "the sandbox was not resumed in place: {calls:?}"
+    );
+    let snapshot = podsnap_store::SnapshotId::new(done.snapshot_id.as_deref().unwrap()).unwrap();
+    h.store.manifest(&snapshot).await.unwrap();
+    let disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job_dir.join("job.json")).unwrap()).unwrap();
+    assert_eq!(disk["details"]["stage"], "committed");
+    assert_eq!(disk["phase"], "done");
+}
+
+/// A daemon killed after it recorded the commit: the restarted one neither runs runsc nor
+/// pushes again; the job finishes with the committed snapshot.
+#[tokio::test]
+async fn a_committed_checkpoint_is_only_finished_after_a_restart() {
+    let fake = Arc::new(FakeRuntime::new());
+    fake.add_running("app1");
+    let rt: Arc<dyn SandboxRuntime> = fake.clone();
+    let mut h = harness(rt, memory_store()).await;
+    let (_, committed) = run_checkpoint(
+        &mut h.client,
+        checkpoint_req("app1", &[("app", "web")], &["app"], 0, true),
+    )
+    .await;
+    let committed = committed.expect("checkpoint succeeds").id;
+    let (job_id, _) = leave_checkpoint_record(&h, |rec| {
+        rec["id"] = "01a23b1bc799-00000001".into();
+        rec["snapshot_id"] = committed.clone().into();
+        rec["details"]["checkpointed"] = true.into();
+        rec["details"]["resumed"] = true.into();
+        rec["details"]["stage"] = "committed".into();
+    });
+    let snapshots_before = h.store.list().await.unwrap().len();
+    let calls_before = fake.calls().len();
+
+    let done = recover_job(&h, &job_id).await;
+    assert_eq!(done.error, None, "{done:?}");
+    assert_eq!(done.snapshot_id.as_deref(), Some(committed.as_str()));
+    let calls = &fake.calls()[calls_before..];
+    assert!(
+        calls
+            .iter()
+            .all(|c| matches!(c, FakeCall::Info | FakeCall::State(..))),
+        "the runtime was asked to act: {calls:?}"
+    );
+    assert_eq!(h.store.list().await.unwrap().len(), snapshots_before);
+}
