@@ -171,6 +171,68 @@ impl Sandbox {
     pub fn rootfs_in_memory(&self) -> bool {
         self.rootfs_overlay.writes_travel_with_checkpoint()
     }
+
+    /// What becomes of this sandbox after a checkpoint on the release `policy` describes,
+    /// with a resume asked or not; or why the release cannot do it. The one place a
+    /// checkpoint asks the release policy (the daemon before touching the sandbox,
+    /// [`SandboxRuntime::checkpoint`] before running runsc).
+    pub fn after_checkpoint(
+        &self,
+        policy: &ReleasePolicy,
+        resume: bool,
+    ) -> Result<AfterCheckpoint, CheckpointRefusal> {
+        if self.is_multi_container() {
+            if let Some(reason) = policy.multi_container_checkpoint().reason() {
+                return Err(CheckpointRefusal::MultiContainer(format!(
+                    "sandbox {} holds {} containers and {reason}",
+                    self.sandbox_id, self.container_count
+                )));
+            }
+        }
+        if !resume {
+            return Ok(AfterCheckpoint::Stop);
+        }
+        match policy.resume_method(self.manager()) {
+            ResumeMethod::LeaveRunning => Ok(AfterCheckpoint::LeaveRunning),
+            ResumeMethod::RestoreInPlace if self.is_multi_container() => {
+                Err(CheckpointRefusal::NoRestoreInPlace)
+            }
+            ResumeMethod::RestoreInPlace => Ok(AfterCheckpoint::RestoreInPlace),
+            ResumeMethod::Unsupported(reason) => Err(CheckpointRefusal::NoResume(reason)),
+        }
+    }
+}
+
+/// What becomes of a sandbox once runsc wrote its image: the post-checkpoint action as this
+/// runsc release can honour it ([`Sandbox::after_checkpoint`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterCheckpoint {
+    /// runsc keeps it running (`--leave-running`).
+    LeaveRunning,
+    /// runsc stops it; it is restored in place under the same id, from the local image.
+    RestoreInPlace,
+    /// runsc stops it and it stays down.
+    Stop,
+}
+
+impl AfterCheckpoint {
+    /// Whether runsc stops the sandbox when it checkpoints it.
+    pub fn runsc_stops(self) -> bool {
+        self != AfterCheckpoint::LeaveRunning
+    }
+}
+
+/// Why this release cannot checkpoint a sandbox as asked ([`Sandbox::after_checkpoint`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckpointRefusal {
+    /// The sandbox holds several containers and this release cannot checkpoint that; says
+    /// which sandbox and why.
+    MultiContainer(String),
+    /// The sandbox cannot be resumed after its checkpoint: the release policy's reason.
+    NoResume(String),
+    /// A resume would restore the sandbox in place, which a sandbox of several containers
+    /// cannot be.
+    NoRestoreInPlace,
 }
 
 /// Options of a checkpoint.
@@ -850,17 +912,13 @@ impl SandboxRuntime for RunscRuntime {
     ) -> Result<(), RuntimeError> {
         let target = describe_target(sb);
         let policy = self.policy().await?;
-        if sb.is_multi_container() {
-            if let Some(reason) = policy.multi_container_checkpoint().reason() {
-                return Err(RuntimeError::Unsupported {
-                    op: "checkpoint",
-                    target,
-                    reason: format!(
-                        "sandbox {} holds {} containers and {reason}",
-                        sb.sandbox_id, sb.container_count
-                    ),
-                });
-            }
+        let after = sb.after_checkpoint(&policy, opts.leave_running);
+        if let Err(CheckpointRefusal::MultiContainer(reason)) = after {
+            return Err(RuntimeError::Unsupported {
+                op: "checkpoint",
+                target,
+                reason,
+            });
         }
         if !matches!(sb.status, Status::Running | Status::Paused) {
             return Err(RuntimeError::InvalidState {
@@ -869,27 +927,23 @@ impl SandboxRuntime for RunscRuntime {
                 status: sb.status.clone(),
             });
         }
-        if opts.leave_running {
-            match policy.resume_method(sb.manager()) {
-                ResumeMethod::LeaveRunning => {}
-                ResumeMethod::Unsupported(reason) => {
-                    return Err(RuntimeError::Unsupported {
-                        op: "checkpoint",
-                        target,
-                        reason,
-                    })
-                }
-                ResumeMethod::RestoreInPlace => {
-                    return Err(RuntimeError::Unsupported {
-                        op: "checkpoint",
-                        target,
-                        reason: format!(
-                        "--leave-running of runsc {} is unreliable; resume by restoring in place",
-                        policy.version()
-                    ),
-                    })
-                }
+        // `leave_running` asks for a resume; refused unless runsc itself can keep it running.
+        let refused = match after {
+            Err(CheckpointRefusal::NoResume(reason)) => Some(reason),
+            Ok(AfterCheckpoint::RestoreInPlace) | Err(CheckpointRefusal::NoRestoreInPlace) => {
+                Some(format!(
+                    "--leave-running of runsc {} is unreliable; resume by restoring in place",
+                    policy.version()
+                ))
             }
+            Ok(_) | Err(CheckpointRefusal::MultiContainer(_)) => None,
+        };
+        if let Some(reason) = refused {
+            return Err(RuntimeError::Unsupported {
+                op: "checkpoint",
+                target,
+                reason,
+            });
         }
         let id = sb.checkpoint_id();
         tracing::info!(sandbox = %sb.sandbox_id, container = %id, root = %sb.root.display(), image = %image_dir.display(), "checkpointing");

@@ -98,25 +98,7 @@ pub struct CheckpointJob {
     pub stage: CheckpointStage,
 }
 
-/// What becomes of a sandbox once runsc wrote its image (the post-checkpoint action as this
-/// runsc release can honour it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AfterCheckpoint {
-    /// runsc keeps it running (`--leave-running`).
-    LeaveRunning,
-    /// runsc stops it; it is restored in place under the same id, from the local image,
-    /// before the upload.
-    RestoreInPlace,
-    /// runsc stops it and it stays down.
-    Stop,
-}
-
-impl AfterCheckpoint {
-    /// Whether runsc stops the sandbox when it checkpoints it.
-    pub fn runsc_stops(self) -> bool {
-        self != AfterCheckpoint::LeaveRunning
-    }
-}
+pub use podsnap_runtime::runtime::AfterCheckpoint;
 
 /// The stages of a checkpoint, in order. Each is recorded once done; a re-run after a
 /// restart goes on from the next. `Resumed` is a stage only of [`AfterCheckpoint::RestoreInPlace`].

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use podsnap_cpu::CpuInfo;
-use podsnap_runtime::runtime::CheckpointImage;
+use podsnap_runtime::runtime::{CheckpointImage, CheckpointRefusal};
 use podsnap_runtime::{
-    CheckpointOpts, ContainerRole, RestoreRequest, ResumeMethod, RootfsOverlay, RuntimeError,
-    RuntimeInfo, Sandbox, SandboxKind, Target,
+    CheckpointOpts, ContainerRole, RestoreRequest, RootfsOverlay, RuntimeError, RuntimeInfo,
+    Sandbox, SandboxKind, Target,
 };
 use podsnap_store::{
     ContainerRecord, Follow, Manifest, NodeFacts, OverlayMedium, PodRef, PushOptions,
@@ -48,8 +48,8 @@ pub struct CheckpointSpec {
     pub parent: Option<String>,
 }
 
-/// How `post` is honoured for `sb` on this runsc, asked of the release policy
-/// (`podsnap_runtime::policy`) once, before the sandbox is touched; or why it cannot be.
+/// How `post` is honoured for `sb` on this runsc ([`Sandbox::after_checkpoint`] asks the
+/// release policy), decided before the sandbox is touched; or why it cannot be.
 pub(super) fn after_checkpoint(
     post: PostAction,
     sb: &Sandbox,
@@ -57,30 +57,21 @@ pub(super) fn after_checkpoint(
     target: &Target,
 ) -> Result<AfterCheckpoint> {
     let policy = info.policy();
-    if sb.is_multi_container() {
-        if let Some(reason) = policy.multi_container_checkpoint().reason() {
-            return Err(DaemonError::Unsupported(format!(
-                "cannot checkpoint {target}: sandbox {} holds {} containers and {reason}",
-                sb.sandbox_id, sb.container_count
-            )));
-        }
-    }
-    if post == PostAction::Stop {
-        return Ok(AfterCheckpoint::Stop);
-    }
-    match policy.resume_method(sb.manager()) {
-        ResumeMethod::LeaveRunning => Ok(AfterCheckpoint::LeaveRunning),
-        ResumeMethod::RestoreInPlace if !sb.is_multi_container() => {
-            Ok(AfterCheckpoint::RestoreInPlace)
-        }
-        ResumeMethod::RestoreInPlace => Err(DaemonError::Unsupported(format!(
-            "post-checkpoint resume of {target} is not available with runsc {}: a sandbox of several containers cannot be restored in place; use --stop",
-            policy.version()
-        ))),
-        ResumeMethod::Unsupported(reason) => Err(DaemonError::Unsupported(format!(
-            "post-checkpoint resume is not available for {target}: {reason}; use --stop"
-        ))),
-    }
+    sb.after_checkpoint(&policy, post == PostAction::Resume)
+        .map_err(|refusal| {
+            DaemonError::Unsupported(match refusal {
+                CheckpointRefusal::MultiContainer(why) => {
+                    format!("cannot checkpoint {target}: {why}")
+                }
+                CheckpointRefusal::NoRestoreInPlace => format!(
+                    "post-checkpoint resume of {target} is not available with runsc {}: a sandbox of several containers cannot be restored in place; use --stop",
+                    policy.version()
+                ),
+                CheckpointRefusal::NoResume(reason) => format!(
+                    "post-checkpoint resume is not available for {target}: {reason}; use --stop"
+                ),
+            })
+        })
 }
 
 /// The manifest's record of the sandbox: its containers in restore order and its pod.
