@@ -68,43 +68,43 @@ pub enum GvisorShimError {
     Spec(#[from] spec::SpecError),
     #[error("{0}")]
     Runsc(String),
-    #[error("restore of {id} from snapshot {snapshot}: {source}")]
+    #[error("cannot restore container {id} from snapshot {snapshot}: {source}")]
     Prepare {
         id: String,
         snapshot: String,
         source: PrepareError,
     },
-    #[error("restore of pod sandbox {id} from snapshot {snapshot}: not a snapshot of a pod")]
+    #[error("cannot restore pod sandbox {id} from snapshot {snapshot}: not a snapshot of a pod")]
     NotAPodSnapshot { id: String, snapshot: String },
-    #[error("restore of {id} from snapshot {snapshot}: {source}")]
+    #[error("cannot restore container {id} from snapshot {snapshot}: {source}")]
     Pod {
         id: String,
         snapshot: String,
         source: Box<PodRestoreError>,
     },
-    #[error("restore of {id}: image dir {dir} is missing")]
+    #[error("cannot restore container {id}: image dir {dir} is missing")]
     ImageDirMissing { id: String, dir: PathBuf },
     #[error(
-        "restore of {id}: app container without {} annotation",
+        "cannot restore container {id}: app container without {} annotation",
         spec::SANDBOX_ID
     )]
     NoSandboxId { id: String },
     #[error(
-        "restore of {id} from snapshot {snapshot}: its pod sandbox {sandbox} was not restored"
+        "cannot restore container {id} from snapshot {snapshot}: its pod sandbox {sandbox} was not restored"
     )]
     SandboxNotRestored {
         id: String,
         snapshot: String,
         sandbox: String,
     },
-    #[error("restore of {id} from snapshot {snapshot}: its pod sandbox {sandbox} was restored from {restored}")]
+    #[error("cannot restore container {id} from snapshot {snapshot}: its pod sandbox {sandbox} was restored from {restored}")]
     SandboxOfOtherSnapshot {
         id: String,
         snapshot: String,
         sandbox: String,
         restored: String,
     },
-    #[error("restore of {id} from snapshot {snapshot}: the snapshot has no container {name:?} (its containers: {})", .containers.join(", "))]
+    #[error("cannot restore container {id} from snapshot {snapshot}: the snapshot has no container {name:?} (its containers: {})", .containers.join(", "))]
     NoSuchContainer {
         id: String,
         snapshot: String,
