@@ -79,9 +79,10 @@ pub struct Engine {
     lazy: podsnap_lazy::Registry,
 }
 
-/// Below the work dir: the local files of lazy images (removed at start like every work dir
-/// no unfinished job owns).
-const LAZY_DIR: &str = ".lazy";
+/// Below the state dir, beside the work dir: the local files and mounts of lazy images. Not
+/// in the work dir, which holds one directory per job and is empty when no job runs. Emptied
+/// at start: the mounts a stopped daemon left are dead (their server was that process).
+const LAZY_DIR: &str = "lazy";
 
 /// The node's page cache, or `None` when it is off (`cache_max_bytes` 0) or cannot be
 /// opened: the cache is best effort, a daemon without one still restores (downloading all).
@@ -176,7 +177,14 @@ impl Engine {
         // those of unfinished jobs stay for recovery. This runs before anything is served.
         // Lazy image mounts an earlier run left are dead (their server was that process):
         // unmount them first, or their directories cannot be removed.
-        let stale = podsnap_lazy::unmount_stale(&cfg.work_dir);
+        let lazy_dir = cfg.state_dir.join(LAZY_DIR);
+        let stale =
+            podsnap_lazy::unmount_stale(&cfg.work_dir) + podsnap_lazy::unmount_stale(&lazy_dir);
+        if let Ok(rd) = std::fs::read_dir(&lazy_dir) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         if stale > 0 {
             warn!(
                 mounts = stale,
@@ -198,7 +206,7 @@ impl Engine {
             }
         }
         let store = store.with_cache(open_cache(&cfg, &metrics));
-        let lazy = podsnap_lazy::Registry::new(store.clone(), cfg.work_dir.join(LAZY_DIR));
+        let lazy = podsnap_lazy::Registry::new(store.clone(), lazy_dir);
         let host_cpu = podsnap_cpu::host().map_err(|e| e.to_string());
         if let Err(e) = &host_cpu {
             warn!(error = %e, "cannot read this host's CPU feature set; compatibility checks will refuse");

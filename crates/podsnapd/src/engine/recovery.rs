@@ -153,7 +153,7 @@ impl Engine {
             }
             return Err(DaemonError::Unavailable(format!(
                 "podsnapd restarted while {container_id} was restored lazily (phase {:?}): its \
-                 pages were served by that daemon, so the sandbox was stopped; restore it again",
+                 pages were served by that daemon, so the sandbox was stopped; retry the restore",
                 rec.phase
             )));
         }
