@@ -19,6 +19,10 @@
 #   BENCH_DOWN_MIB   memory of the suspend-downtime sandbox (default 256; 0 skips
 #                    benches/downtime.sh, which also reads BENCH_DOWN_ROUNDS, BENCH_DOWN_REPS,
 #                    BENCH_DOWN_S3, BENCH_DOWN_RESULTS)
+#   BENCH_LAZY_MIB   memory of the lazy-restore sandbox (default 256; 0 skips benches/lazy.py:
+#                    restore to first answer on a cold node, lazy vs eager vs raw runsc 2026,
+#                    BENCH_LAZY_ROUNDS rounds, default 5; needs runsc 2026 at PODSNAP_RUNSC_2026
+#                    or /opt/podsnap/gvisor/runsc)
 #   CARGO_TARGET_DIR respected for the release build.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -259,5 +263,17 @@ if [ "${BENCH_DOWN_MIB:-256}" != 0 ]; then
     BENCH_DIR=$D BENCH_KEEP=1 BENCH_DOWN_S3=${BENCH_DOWN_S3:-$S3} bash "$here/downtime.sh"
   else
     echo "bench: downtime case skipped (needs root, runsc and gcc)" >&2
+  fi
+fi
+
+# ---- restore to first answer on a cold node: lazy vs eager vs raw runsc 2026 (own report) ----
+if [ "${BENCH_LAZY_MIB:-256}" != 0 ]; then
+  runsc26=${PODSNAP_RUNSC_2026:-/opt/podsnap/gvisor/runsc}
+  if [ "$(id -u)" = 0 ] && [ -x "$runsc26" ] && command -v gcc >/dev/null; then
+    mkdir -p "$D/lazy"
+    python3 "$here/lazy.py" --bin "$tdir/release" --dir "$D/lazy" --runsc "$runsc26" \
+      --mib "${BENCH_LAZY_MIB:-256}" --rounds "${BENCH_LAZY_ROUNDS:-5}"
+  else
+    echo "bench: lazy-restore case skipped (needs root, gcc and runsc 2026 at $runsc26)" >&2
   fi
 fi
