@@ -120,7 +120,7 @@ fi
 
 need_gvisor=0
 if [ "$profile" = test ]; then
-  [ -x "$GVISOR_DIR/containerd-shim-runsc-v1" ] \
+  [ -x "$GVISOR_DIR/containerd-shim-runsc-v1" ] && [ -x "$GVISOR_DIR/containerd-shim-runsc-v1-testmachine" ] \
     && [ "$("$GVISOR_DIR/runsc" --version 2>/dev/null | sed -n 1p)" = "runsc version $GVISOR_RELEASE" ] \
     || need_gvisor=1
 fi
