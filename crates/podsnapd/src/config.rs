@@ -1,11 +1,17 @@
 //! podsnapd's configuration: command-line flags, environment (`PODSNAPD_*`) and an optional
 //! TOML file (`--config`), in that order of precedence, over built-in defaults.
+//!
+//! Each option is defined once, as a field of [`Args`]: its flag and environment variable
+//! (clap) and its config-file key (serde, the same struct read from TOML). [`Args::over`]
+//! merges the flags over the file generically, and [`Config::merge`] resolves the result
+//! against the defaults (the `DEFAULT_*` constants) into a checked [`Config`].
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Node-level checkpoint/restore daemon for gVisor (runsc) sandboxes.
 ///
@@ -15,11 +21,13 @@ use serde::Deserialize;
 ///
 /// Example: podsnapd --listen unix:///run/podsnap/podsnapd.sock --store s3://bucket/snaps
 /// --runsc-root /run/runsc --runsc-flag=--network=none
-#[derive(Parser, Debug, Default)]
+#[derive(Parser, Debug, Default, Serialize, Deserialize)]
 #[command(name = "podsnapd", version, about, long_about)]
+#[serde(default, deny_unknown_fields)]
 pub struct Args {
     /// TOML config file; its keys are the long flag names with `_` for `-`.
     #[arg(long, env = "PODSNAPD_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// gRPC listen address: unix:///PATH, or HOST:PORT for TCP (TLS with client certs required).
     #[arg(long, env = "PODSNAPD_LISTEN")]
@@ -44,7 +52,8 @@ pub struct Args {
     #[arg(long, env = "PODSNAPD_RUNSC")]
     pub runsc: Option<PathBuf>,
     /// Extra global runsc flag, as the node's sandboxes use them (repeatable),
-    /// e.g. --runsc-flag=--network=none.
+    /// e.g. --runsc-flag=--network=none. In the config file, `runsc_flags` (a list, to which
+    /// the flags add).
     #[arg(long = "runsc-flag", allow_hyphen_values = true)]
     pub runsc_flags: Vec<String>,
     /// containerd's gRPC socket (connected on first use, with retries).
@@ -128,50 +137,71 @@ pub struct Args {
     pub otlp_endpoint: Option<String>,
     /// OTEL_EXPORTER_OTLP_ENDPOINT, the lowest-precedence source of `otlp_endpoint`.
     #[arg(skip = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())]
+    #[serde(skip)]
     pub otel_exporter_otlp_endpoint: Option<String>,
     /// The node-local page cache: verified pages kept by digest so that a restore downloads
     /// only what this node has not seen (see docs/cache.md). Default: <state-dir>/cache.
     #[arg(long, env = "PODSNAPD_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// The page cache's size bound, in bytes or with a unit (512MiB, 10GiB, 1T); least
-    /// recently used pages go beyond it. 0 turns the cache off. Default 10GiB.
+    /// recently used pages go beyond it. 0 turns the cache off. Default 10GiB. In the config
+    /// file, a number of bytes or a string with a unit ("10GiB").
     #[arg(long, env = "PODSNAPD_CACHE_MAX_BYTES", value_name = "SIZE")]
+    #[serde(deserialize_with = "size_text")]
     pub cache_max_bytes: Option<String>,
 }
 
-/// The config file: the same keys as the flags.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    pub listen_tls: Option<String>,
-    pub store: Option<String>,
-    pub runsc_root: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub runsc: Option<PathBuf>,
-    #[serde(default)]
-    pub runsc_flags: Vec<String>,
-    pub containerd_socket: Option<PathBuf>,
-    pub work_dir: Option<PathBuf>,
-    pub metrics_listen: Option<String>,
-    pub health_listen: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_client_ca: Option<PathBuf>,
-    pub socket_mode: Option<String>,
-    pub socket_group: Option<String>,
-    pub node_name: Option<String>,
-    pub log_format: Option<String>,
-    pub concurrency: Option<usize>,
-    pub upload_while_checkpointing: Option<UploadWhileCheckpointing>,
-    pub lazy_restore: Option<LazyRestore>,
-    pub runsc_timeout: Option<String>,
-    pub key_dir: Option<PathBuf>,
-    pub max_transfers: Option<usize>,
-    pub otlp_endpoint: Option<String>,
-    pub cache_dir: Option<PathBuf>,
-    /// A number of bytes, or a string with a unit ("10GiB").
-    pub cache_max_bytes: Option<toml::Value>,
+/// The config file: the same struct as the flags, read from TOML (its keys are the fields'
+/// names; `config` itself and the OpenTelemetry environment are not keys).
+pub type FileConfig = Args;
+
+/// A config file's size: a number of bytes, or a string with a unit.
+fn size_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(i64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Bytes(n)) if n >= 0 => Ok(Some(n.to_string())),
+        Some(Size::Bytes(n)) => Err(serde::de::Error::custom(format!(
+            "cache_max_bytes {n}: expected a size such as 10GiB"
+        ))),
+        Some(Size::Text(s)) => Ok(Some(s)),
+    }
+}
+
+impl Args {
+    /// These options over `file`'s: each one set here wins, the others come from the file;
+    /// `runsc_flags` add to the file's. Generic over the fields: both sides as maps of their
+    /// serde names, the unset (null) ones of this side left out.
+    pub fn over(self, file: FileConfig) -> anyhow::Result<Args> {
+        let mut runsc_flags = file.runsc_flags.clone();
+        runsc_flags.extend(self.runsc_flags.iter().cloned());
+        let (config, otel) = (
+            self.config.clone(),
+            self.otel_exporter_otlp_endpoint.clone(),
+        );
+        let as_map = |a: &Args| match serde_json::to_value(a) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(other) => bail!("options as {other}: expected a map"),
+            Err(e) => Err(e).context("merging the options"),
+        };
+        let mut merged = as_map(&file)?;
+        for (key, value) in as_map(&self)? {
+            if !value.is_null() {
+                merged.insert(key, value);
+            }
+        }
+        let mut out: Args = serde_json::from_value(serde_json::Value::Object(merged))
+            .context("merging the options")?;
+        out.runsc_flags = runsc_flags;
+        out.config = config;
+        out.otel_exporter_otlp_endpoint = otel;
+        Ok(out)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,7 +260,7 @@ pub struct Config {
 }
 
 /// When a checkpoint's upload runs while runsc writes the image (`--upload-while-checkpointing`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum UploadWhileCheckpointing {
     /// When the sandbox stops after its checkpoint; after runsc when it keeps running.
@@ -255,7 +285,7 @@ impl UploadWhileCheckpointing {
 }
 
 /// Whether a standalone restore serves its image lazily (`--lazy-restore`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LazyRestore {
     /// Where the runsc release and the node allow it; a full pull first elsewhere.
@@ -272,6 +302,13 @@ pub const DEFAULT_CACHE_MAX_BYTES: u64 = 10 << 30;
 
 pub const DEFAULT_SOCKET: &str = "/run/podsnap/podsnapd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/podsnap";
+pub const DEFAULT_RUNSC_ROOT: &str = "/var/run/runsc";
+pub const DEFAULT_RUNSC: &str = "runsc";
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+pub const DEFAULT_SOCKET_MODE: &str = "0660";
+pub const DEFAULT_LOG_FORMAT: &str = "text";
+pub const DEFAULT_RUNSC_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_MAX_TRANSFERS: usize = 2;
 
 impl Config {
     pub fn load(args: Args) -> anyhow::Result<Config> {
@@ -287,26 +324,109 @@ impl Config {
         Self::merge(args, file)
     }
 
+    /// The flags (`args`) over the config file's options, resolved against the defaults.
     pub fn merge(args: Args, file: FileConfig) -> anyhow::Result<Config> {
-        let state_dir = args
+        let o = args.over(file)?;
+        let state_dir = o
             .state_dir
-            .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let listen = parse_listen(
-            &args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}")),
+        let listeners = Listeners::resolve(
+            o.listen,
+            o.listen_tls,
+            o.tls_cert,
+            o.tls_key,
+            o.tls_client_ca,
         )?;
-        let store = match args.store.or(file.store) {
-            Some(s) => s,
-            None => format!("file://{}", state_dir.join("store").display()),
-        };
-        let tls = match (
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
-            args.tls_client_ca.or(file.tls_client_ca),
-        ) {
+        for f in &o.runsc_flags {
+            if !f.starts_with("--") && !f.starts_with('-') {
+                bail!("--runsc-flag {f:?}: expected a flag such as --network=none");
+            }
+        }
+        Ok(Config {
+            listen: listeners.listen,
+            listen_tls: listeners.listen_tls,
+            tls: listeners.tls,
+            store: o
+                .store
+                .unwrap_or_else(|| format!("file://{}", state_dir.join("store").display())),
+            work_dir: o.work_dir.unwrap_or_else(|| state_dir.join("work")),
+            runsc_root: o
+                .runsc_root
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNSC_ROOT)),
+            runsc: o.runsc.unwrap_or_else(|| PathBuf::from(DEFAULT_RUNSC)),
+            runsc_flags: o.runsc_flags,
+            containerd_socket: o
+                .containerd_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_SOCKET)),
+            metrics_listen: o.metrics_listen,
+            health_listen: o.health_listen,
+            socket_mode: socket_mode(o.socket_mode.as_deref().unwrap_or(DEFAULT_SOCKET_MODE))?,
+            socket_group: o.socket_group,
+            node_name: o.node_name.unwrap_or_else(hostname),
+            log_format: match o.log_format.as_deref().unwrap_or(DEFAULT_LOG_FORMAT) {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => bail!("--log-format {other:?}: expected text or json"),
+            },
+            concurrency: o.concurrency.unwrap_or(0),
+            upload_while_checkpointing: o.upload_while_checkpointing.unwrap_or_default(),
+            lazy_restore: o.lazy_restore.unwrap_or_default(),
+            runsc_timeout: match o.runsc_timeout {
+                Some(t) => parse_duration(&t).with_context(|| format!("--runsc-timeout {t:?}"))?,
+                None => DEFAULT_RUNSC_TIMEOUT,
+            },
+            key_dir: o.key_dir,
+            max_transfers: match o.max_transfers.unwrap_or(DEFAULT_MAX_TRANSFERS) {
+                0 => anyhow::bail!("max_transfers must be at least 1"),
+                n => n,
+            },
+            otlp_endpoint: match o
+                .otlp_endpoint
+                .or(o.otel_exporter_otlp_endpoint)
+                .filter(|e| !e.trim().is_empty())
+            {
+                Some(e) => Some(parse_otlp_endpoint(&e)?),
+                None => None,
+            },
+            cache_dir: o.cache_dir.unwrap_or_else(|| state_dir.join("cache")),
+            cache_max_bytes: match o.cache_max_bytes {
+                Some(s) => parse_size(&s).with_context(|| format!("--cache-max-bytes {s:?}"))?,
+                None => DEFAULT_CACHE_MAX_BYTES,
+            },
+            state_dir,
+        })
+    }
+
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.state_dir.join("jobs")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    pub fn prepared_dir(&self) -> PathBuf {
+        self.state_dir.join("prepared")
+    }
+}
+
+/// The gRPC listeners and their TLS files, checked together.
+struct Listeners {
+    listen: Listen,
+    listen_tls: Option<std::net::SocketAddr>,
+    tls: Option<TlsFiles>,
+}
+
+impl Listeners {
+    fn resolve(
+        listen: Option<String>,
+        listen_tls: Option<String>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+    ) -> anyhow::Result<Listeners> {
+        let listen = parse_listen(&listen.unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}")))?;
+        let tls = match (cert, key, client_ca) {
             (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
                 cert,
                 key,
@@ -315,7 +435,7 @@ impl Config {
             (None, None, None) => None,
             _ => bail!("--tls-cert, --tls-key and --tls-client-ca go together"),
         };
-        let listen_tls = match args.listen_tls.or(file.listen_tls) {
+        let listen_tls = match listen_tls {
             Some(addr) => {
                 let parsed: std::net::SocketAddr = addr
                     .parse()
@@ -335,124 +455,28 @@ impl Config {
         if matches!(listen, Listen::Tcp(_)) && tls.is_none() {
             bail!("a TCP --listen requires --tls-cert, --tls-key and --tls-client-ca (client certificates are mandatory)");
         }
-        let mode_text = args
-            .socket_mode
-            .or(file.socket_mode)
-            .unwrap_or_else(|| "0660".into());
-        let socket_mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .with_context(|| format!("--socket-mode {mode_text:?} is not an octal mode"))?;
-        let log_format = match args
-            .log_format
-            .or(file.log_format)
-            .as_deref()
-            .unwrap_or("text")
-        {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => bail!("--log-format {other:?}: expected text or json"),
-        };
-        let runsc_timeout = match args.runsc_timeout.or(file.runsc_timeout) {
-            Some(t) => parse_duration(&t).with_context(|| format!("--runsc-timeout {t:?}"))?,
-            None => std::time::Duration::from_secs(600),
-        };
-        let otlp_endpoint = match args
-            .otlp_endpoint
-            .or(file.otlp_endpoint)
-            .or(args.otel_exporter_otlp_endpoint)
-            .filter(|e| !e.trim().is_empty())
-        {
-            Some(e) => Some(parse_otlp_endpoint(&e)?),
-            None => None,
-        };
-        let mut runsc_flags = file.runsc_flags;
-        runsc_flags.extend(args.runsc_flags);
-        for f in &runsc_flags {
-            if !f.starts_with("--") && !f.starts_with('-') {
-                bail!("--runsc-flag {f:?}: expected a flag such as --network=none");
-            }
-        }
-        let node_name = args
-            .node_name
-            .or(file.node_name)
-            .or_else(|| {
-                nix::unistd::gethostname()
-                    .ok()
-                    .and_then(|h| h.into_string().ok())
-            })
-            .unwrap_or_else(|| "localhost".into());
-        Ok(Config {
-            work_dir: args
-                .work_dir
-                .or(file.work_dir)
-                .unwrap_or_else(|| state_dir.join("work")),
+        Ok(Listeners {
             listen,
             listen_tls,
-            store,
-            runsc_root: args
-                .runsc_root
-                .or(file.runsc_root)
-                .unwrap_or_else(|| PathBuf::from("/var/run/runsc")),
-            runsc: args
-                .runsc
-                .or(file.runsc)
-                .unwrap_or_else(|| PathBuf::from("runsc")),
-            runsc_flags,
-            containerd_socket: args
-                .containerd_socket
-                .or(file.containerd_socket)
-                .unwrap_or_else(|| PathBuf::from("/run/containerd/containerd.sock")),
-            metrics_listen: args.metrics_listen.or(file.metrics_listen),
-            health_listen: args.health_listen.or(file.health_listen),
             tls,
-            socket_mode,
-            socket_group: args.socket_group.or(file.socket_group),
-            node_name,
-            log_format,
-            concurrency: args.concurrency.or(file.concurrency).unwrap_or(0),
-            upload_while_checkpointing: args
-                .upload_while_checkpointing
-                .or(file.upload_while_checkpointing)
-                .unwrap_or_default(),
-            lazy_restore: args.lazy_restore.or(file.lazy_restore).unwrap_or_default(),
-            runsc_timeout,
-            key_dir: args.key_dir.or(file.key_dir),
-            max_transfers: match args.max_transfers.or(file.max_transfers).unwrap_or(2) {
-                0 => anyhow::bail!("max_transfers must be at least 1"),
-                n => n,
-            },
-            otlp_endpoint,
-            cache_dir: args
-                .cache_dir
-                .or(file.cache_dir)
-                .unwrap_or_else(|| state_dir.join("cache")),
-            cache_max_bytes: match (args.cache_max_bytes, file.cache_max_bytes) {
-                (Some(s), _) => {
-                    parse_size(&s).with_context(|| format!("--cache-max-bytes {s:?}"))?
-                }
-                (None, Some(toml::Value::Integer(n))) if n >= 0 => n as u64,
-                (None, Some(toml::Value::String(s))) => {
-                    parse_size(&s).with_context(|| format!("cache_max_bytes {s:?}"))?
-                }
-                (None, Some(v)) => bail!("cache_max_bytes {v}: expected a size such as 10GiB"),
-                (None, None) => DEFAULT_CACHE_MAX_BYTES,
-            },
-            state_dir,
         })
     }
+}
 
-    pub fn jobs_dir(&self) -> PathBuf {
-        self.state_dir.join("jobs")
-    }
+/// `--socket-mode`: octal, at most 0777.
+fn socket_mode(text: &str) -> anyhow::Result<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .with_context(|| format!("--socket-mode {text:?} is not an octal mode"))
+}
 
-    pub fn logs_dir(&self) -> PathBuf {
-        self.state_dir.join("logs")
-    }
-
-    pub fn prepared_dir(&self) -> PathBuf {
-        self.state_dir.join("prepared")
-    }
+/// This host's name (the default node name), or `localhost`.
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 pub fn parse_listen(s: &str) -> anyhow::Result<Listen> {
@@ -727,5 +751,112 @@ mod tests {
     #[test]
     fn unknown_config_keys_are_refused() {
         assert!(toml::from_str::<FileConfig>("stroe = \"x\"").is_err());
+        // Not options of the file: the file itself, and OpenTelemetry's own variable.
+        assert!(toml::from_str::<FileConfig>("config = \"/x.toml\"").is_err());
+        assert!(
+            toml::from_str::<FileConfig>("otel_exporter_otlp_endpoint = \"http://c:1\"").is_err()
+        );
+    }
+
+    #[test]
+    fn every_flag_is_a_config_key_and_the_file_fills_what_flags_leave() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            listen = "unix:///run/p.sock"
+            store = "memory://"
+            runsc_root = "/r"
+            state_dir = "/s"
+            runsc = "/bin/runsc"
+            runsc_flags = ["--network=none"]
+            containerd_socket = "/c.sock"
+            work_dir = "/w"
+            metrics_listen = "127.0.0.1:9090"
+            health_listen = "127.0.0.1:9091"
+            socket_mode = "0600"
+            socket_group = "podsnap"
+            node_name = "n1"
+            log_format = "json"
+            concurrency = 8
+            upload_while_checkpointing = "always"
+            lazy_restore = "never"
+            runsc_timeout = "5m"
+            key_dir = "/k"
+            max_transfers = 3
+            otlp_endpoint = "http://c:4317"
+            cache_dir = "/cache"
+            cache_max_bytes = "1GiB"
+            "#,
+        )
+        .unwrap();
+        let args = Args {
+            runsc_flags: vec!["--debug".into()],
+            node_name: Some("flag".into()),
+            ..Default::default()
+        };
+        let c = Config::merge(args, file).unwrap();
+        assert_eq!(c.listen, Listen::Unix("/run/p.sock".into()));
+        assert_eq!(c.runsc_root, PathBuf::from("/r"));
+        assert_eq!(c.runsc, PathBuf::from("/bin/runsc"));
+        assert_eq!(c.runsc_flags, ["--network=none", "--debug"]);
+        assert_eq!(c.work_dir, PathBuf::from("/w"));
+        assert_eq!(c.socket_mode, 0o600);
+        assert_eq!(c.node_name, "flag");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.concurrency, 8);
+        assert_eq!(c.lazy_restore, LazyRestore::Never);
+        assert_eq!(c.runsc_timeout, Duration::from_secs(300));
+        assert_eq!(c.max_transfers, 3);
+        assert_eq!(c.cache_dir, PathBuf::from("/cache"));
+        assert_eq!(c.cache_max_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn defaults_hold_when_nothing_is_set() {
+        let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.store, "file:///var/lib/podsnap/store");
+        assert_eq!(c.runsc_root, PathBuf::from("/var/run/runsc"));
+        assert_eq!(c.runsc, PathBuf::from("runsc"));
+        assert_eq!(
+            c.containerd_socket,
+            PathBuf::from("/run/containerd/containerd.sock")
+        );
+        assert_eq!(c.cache_dir, PathBuf::from("/var/lib/podsnap/cache"));
+        assert_eq!(c.cache_max_bytes, 10 << 30);
+        assert_eq!(c.runsc_timeout, Duration::from_secs(600));
+        assert_eq!((c.max_transfers, c.concurrency), (2, 0));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.lazy_restore, LazyRestore::Auto);
+    }
+
+    #[test]
+    fn a_config_file_size_is_bytes_or_text_and_never_negative() {
+        let size = |text: &str| {
+            let file: FileConfig = toml::from_str(text)?;
+            Config::merge(Args::default(), file).map(|c| c.cache_max_bytes)
+        };
+        assert_eq!(size("cache_max_bytes = 4096").unwrap(), 4096);
+        assert_eq!(size("cache_max_bytes = \"2MiB\"").unwrap(), 2 << 20);
+        assert_eq!(size("cache_max_bytes = 0").unwrap(), 0);
+        assert!(size("cache_max_bytes = -1").is_err());
+        assert!(size("cache_max_bytes = \"lots\"").is_err());
+        assert!(size("cache_max_bytes = true").is_err());
+    }
+
+    #[test]
+    fn the_shipped_config_files_parse() {
+        let configmap = include_str!("../../../daemonset/configmap.yaml");
+        let start = configmap.find("podsnapd.toml: |").unwrap();
+        let end = configmap.find("podsnap.toml: |").unwrap();
+        let embedded: String = configmap[start..end]
+            .lines()
+            .skip(1)
+            .map(|l| l.trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for text in [include_str!("../../../systemd/podsnapd.toml"), &embedded] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            Config::merge(Args::default(), file).unwrap();
+        }
     }
 }
