@@ -276,7 +276,31 @@ async fn take(trigger: &PodSnapshotManualTrigger, ctx: &Ctx, tp: &str) -> Result
     })?;
     let name = record(trigger, ctx, &plan, &nc, &snapshot).await?;
     retention(ctx, &ns, &plan).await;
+    if post == pb::PostCheckpoint::Stop {
+        delete_stopped_pod(ctx, &ns, &pod_name).await;
+    }
     Ok(Taken { name })
+}
+
+/// `postCheckpoint: stop`: the checkpoint stopped the pod's sandbox, but the pod object stays,
+/// and the kubelet restarts its containers fresh in a new sandbox (`restartPolicy`), seen
+/// under both gVisor's shim and the runc shim: a pod that silently lost its state. Stop
+/// means the pod goes, so it is deleted (an owner such as a Sandbox may make a new one, which
+/// restores from this snapshot through the webhook). A failure is logged: the snapshot
+/// stands either way.
+async fn delete_stopped_pod(ctx: &Ctx, ns: &str, pod: &str) {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let params = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    match pods.delete(pod, &params).await {
+        Ok(_) => info!(namespace = %ns, %pod, "postCheckpoint stop: pod deleted"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => {
+            warn!(namespace = %ns, %pod, error = %e, "postCheckpoint stop: cannot delete the pod")
+        }
+    }
 }
 
 /// Creates the Ready PodSnapshot of a stored snapshot (idempotent).
