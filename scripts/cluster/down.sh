@@ -56,7 +56,8 @@ stop etcd
 
 # Mounts under the cluster's directories (pod volumes, overlay rootfs, netns, shm), deepest
 # first.
-for dir in "$CLUSTER_VAR" "$CLUSTER_RUN"; do
+# The kubelet's root is /var/lib/kubelet (up.sh, KUBELET_ROOT).
+for dir in "$CLUSTER_VAR" "$CLUSTER_RUN" /var/lib/kubelet; do
     awk -v d="$dir" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo |
         sort -r | while read -r m; do
             umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
@@ -78,7 +79,7 @@ done
 rm -f /var/lib/kubelet/device-plugins/kubelet.sock
 rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null
 
-rm -rf "$CLUSTER_RUN" "$CLUSTER_VAR"
+rm -rf "$CLUSTER_RUN" "$CLUSTER_VAR" /var/lib/kubelet
 # Logs and certificates stay for a look afterwards; the kubeconfig and socket say "up".
 rm -f "$CLUSTER_DIR/containerd.sock" "$CLUSTER_DIR/kubeconfig"
 log "down"

@@ -105,6 +105,10 @@ settings() {
     # system runsc, Debian's 20240729).
     CLUSTER_SHIM="${PODSNAP_CLUSTER_SHIM:-gvisor}"
     CONTAINERD_ENV=()
+    # The kubelet's root: /var/lib/kubelet, as on real nodes. gVisor's shim finds emptyDir
+    # volumes only under that fixed path (/var/lib/kubelet/pods/<uid>/volumes/...) when it
+    # turns them into sandbox-internal tmpfs mounts (docs/gvisor-shim.md, "emptyDir").
+    KUBELET_ROOT=/var/lib/kubelet
     PODSNAPD_RUNSC=/usr/bin/runsc
     SNAPSHOTS="$CLUSTER_VAR/snapshots"
     PODSNAPD_PORT=9443
@@ -341,7 +345,7 @@ start_kubelet() {
     log "kubelet"
     start kubelet "$CLUSTER_BIN/kubelet" \
         --config "$CLUSTER_DIR/kubelet.yaml" --kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" \
-        --root-dir "$CLUSTER_VAR/kubelet" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
+        --root-dir "$KUBELET_ROOT" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
         --v=1
     wait_for "node $NODE_NAME" 120 "$KUBECTL" get node "$NODE_NAME"
     "$KUBECTL" wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s >&2 ||

@@ -4,11 +4,13 @@ filesystem, on a disk emptyDir, on a memory emptyDir and on a tmpfs (/dev/shm); 
 resume every file is complete (0, 1, ... up to where the restored counter goes on), not
 empty and not restarted.
 
-The rootfs file must be complete on either shim, the tmpfs file on gVisor's shim (behind the
-runc shim /dev/shm is the CRI's host tmpfs of the old pod). The emptyDir files are not yet
-(xfail, with what came back): an emptyDir is a host directory of the old pod, bind-mounted
-through the gofer, outside the checkpoint; the new pod gets a fresh one. What was tried and
-what is left: docs/gvisor-shim.md, "emptyDir".
+On gVisor's shim (the default) all four must be complete: podsnap-controller's webhook gives
+the pod gVisor's mount hints for its emptyDirs (`dev.gvisor.spec.mount.<volume>.*`, passed on
+by containerd's `pod_annotations = [..., "dev.gvisor.*"]`), so the shim makes them
+sandbox-internal tmpfs mounts whose contents travel in the checkpoint. Behind the runc shim
+(PODSNAP_CLUSTER_SHIM=runc) only the rootfs file is: emptyDirs and /dev/shm are host
+directories of the old pod, outside the checkpoint (xfail, with what came back; what podsnap
+would have to add: docs/gvisor-shim.md, "emptyDir").
 
 Run: make cluster-up && python3 -m pytest -q tests/cluster/test_filesystem.py
 """
@@ -93,9 +95,7 @@ def test_rootfs_emptydirs_and_tmpfs_come_back_complete(tutorial, custom, core):
             # Complete from 0, one line per tick, through the restore, no restart.
             if not got or got != list(range(len(got))) or got[-1] < after:
                 missing[what] = f"{path}: {len(got)} lines, first {got[:3]}, last {got[-3:]}"
-        # Behind the runc shim /dev/shm is the CRI's host tmpfs of the old pod, outside the
-        # checkpoint, like the emptyDirs.
-        not_yet = ("emptyDir", "tmpfs") if shim() == "runc" else ("emptyDir",)
+        not_yet = ("emptyDir", "tmpfs") if shim() == "runc" else ()
         kept = {k: v for k, v in missing.items() if not any(n in k for n in not_yet)}
         assert not kept, f"after resume (counter {before} -> {after}) on the {shim()} shim: {missing}"
         if missing:

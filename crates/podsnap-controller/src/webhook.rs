@@ -136,26 +136,93 @@ async fn mutate(
         .clone()
         .or_else(|| pod.metadata.namespace.clone())
         .unwrap_or_else(|| "default".into());
-    let resp = match decide(&ctx, pod, &ns).await {
-        Ok(Decision::Fresh) => resp,
+    // gVisor's volume hints first: the restore decision sees the pod as patched.
+    let (pod, mut ops) = with_volume_hints(pod);
+    let with_ops = |resp: AdmissionResponse, ops: Vec<serde_json::Value>| {
+        if ops.is_empty() {
+            return resp;
+        }
+        match serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
+            .map_err(|e| e.to_string())
+            .and_then(|p| resp.clone().with_patch(p).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => resp.deny(format!("podsnap-controller: building the patch: {e}")),
+        }
+    };
+    let resp = match decide(&ctx, &pod, &ns).await {
+        Ok(Decision::Fresh) => with_ops(resp, ops),
         Ok(Decision::Restore { snapshot, patch }) => {
             info!(namespace = %ns, pod = ?pod.metadata.name.as_ref().or(pod.metadata.generate_name.as_ref()), %snapshot, "pod will restore");
-            match serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(patch))
-                .map_err(|e| e.to_string())
-                .and_then(|p| resp.clone().with_patch(p).map_err(|e| e.to_string()))
-            {
-                Ok(r) => r,
-                Err(e) => resp.deny(format!("podsnap-controller: building the patch: {e}")),
-            }
+            ops.extend(patch);
+            with_ops(resp, ops)
         }
         Ok(Decision::Deny(why)) => resp.deny(why),
         Err(e) => {
             // The pod starts fresh; its snapshots stay in the store.
             warn!(namespace = %ns, error = %e, "cannot decide on a restore; admitting unchanged");
-            resp
+            with_ops(resp, ops)
         }
     };
     Json(resp.into_review())
+}
+
+/// gVisor's mount-hint annotations prefix (`dev.gvisor.spec.mount.<volume>.<field>`).
+const MOUNT_HINT: &str = "dev.gvisor.spec.mount.";
+
+/// The pod with gVisor's mount hints for its emptyDir volumes, and the JSON patch that adds
+/// them. A pod with a `runtimeClassName` gets, for each emptyDir volume without hints,
+/// `share=pod`, `options=rw` and `type=tmpfs` (medium `Memory`) or `type=bind` (disk):
+/// what GKE's admission controller sets for gVisor pods. gVisor's shim then makes the volume
+/// a sandbox-internal tmpfs (a disk emptyDir backed by a file in its host directory), so its
+/// contents live in the sandbox and travel with a checkpoint; without hints an emptyDir is a
+/// host directory the next pod does not have. Only runtimes whose containerd config lists
+/// `dev.gvisor.*` in `pod_annotations` see them.
+fn with_volume_hints(pod: &Pod) -> (Pod, Vec<serde_json::Value>) {
+    let mut pod = pod.clone();
+    let Some(spec) = pod.spec.as_ref() else {
+        return (pod, vec![]);
+    };
+    if spec.runtime_class_name.as_deref().unwrap_or("").is_empty() {
+        return (pod, vec![]);
+    }
+    let existing = pod.metadata.annotations.clone().unwrap_or_default();
+    let mut hints = std::collections::BTreeMap::new();
+    for v in spec.volumes.iter().flatten() {
+        let Some(dir) = v.empty_dir.as_ref() else {
+            continue;
+        };
+        let prefix = format!("{MOUNT_HINT}{}.", v.name);
+        if existing.keys().any(|k| k.starts_with(&prefix)) {
+            continue;
+        }
+        let kind = if dir.medium.as_deref() == Some("Memory") {
+            "tmpfs"
+        } else {
+            "bind"
+        };
+        hints.insert(format!("{prefix}share"), "pod".to_string());
+        hints.insert(format!("{prefix}type"), kind.to_string());
+        hints.insert(format!("{prefix}options"), "rw".to_string());
+    }
+    if hints.is_empty() {
+        return (pod, vec![]);
+    }
+    let ops = if pod.metadata.annotations.is_some() {
+        hints
+            .iter()
+            .map(|(k, v)| {
+                json!({"op": "add", "path": format!("/metadata/annotations/{}", crate::model::pointer_segment(k)), "value": v})
+            })
+            .collect()
+    } else {
+        vec![json!({"op": "add", "path": "/metadata/annotations", "value": hints})]
+    };
+    pod.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .extend(hints);
+    (pod, ops)
 }
 
 pub fn router(ctx: Ctx) -> Router {
@@ -228,6 +295,45 @@ fn tls_config(cert: &ServingCert) -> Result<rustls::ServerConfig, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emptydir_volumes_of_runtime_class_pods_get_gvisor_mount_hints() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "annotations": {"dev.gvisor.spec.mount.preset.type": "bind"}},
+            "spec": {
+                "runtimeClassName": "gvisor",
+                "containers": [{"name": "app", "image": "busybox"}],
+                "volumes": [
+                    {"name": "disk", "emptyDir": {}},
+                    {"name": "mem", "emptyDir": {"medium": "Memory"}},
+                    {"name": "preset", "emptyDir": {}},
+                    {"name": "cfg", "configMap": {"name": "c"}}
+                ]
+            }
+        }))
+        .unwrap();
+        let (patched, ops) = with_volume_hints(&pod);
+        let a = patched.metadata.annotations.unwrap();
+        assert_eq!(a["dev.gvisor.spec.mount.disk.type"], "bind");
+        assert_eq!(a["dev.gvisor.spec.mount.mem.type"], "tmpfs");
+        assert_eq!(a["dev.gvisor.spec.mount.mem.share"], "pod");
+        assert!(!a.contains_key("dev.gvisor.spec.mount.preset.share"));
+        assert!(!a.keys().any(|k| k.contains(".cfg.")));
+        assert_eq!(ops.len(), 6);
+        assert_eq!(
+            ops[0]["path"],
+            "/metadata/annotations/dev.gvisor.spec.mount.disk.options"
+        );
+        // Without annotations: one op adds the map.
+        let mut bare = pod.clone();
+        bare.metadata.annotations = None;
+        let (_, ops) = with_volume_hints(&bare);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0]["value"]["dev.gvisor.spec.mount.preset.type"], "bind");
+        // No runtime class: unchanged.
+        bare.spec.as_mut().unwrap().runtime_class_name = None;
+        assert!(with_volume_hints(&bare).1.is_empty());
+    }
 
     #[test]
     fn a_self_signed_certificate_loads_into_the_server_config() {
