@@ -187,7 +187,7 @@ pub struct RestoreJob {
     pub container_id: String,
     /// runsc reads the image through this daemon's lazy FUSE mount: a restart loses the
     /// mount, so recovery stops such a sandbox unless its job finished.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub lazy: bool,
 }
 
