@@ -728,17 +728,20 @@ async fn runsc_20240729_and_2026_refuse_each_others_images() {
         system.is_some_and(|d| d != Release::R2026.release_date().unwrap()),
         "the system runsc ({system:?}) must be another release than the 2026 build"
     );
-    for (from, to, says) in [
-        (
-            Release::System,
-            Release::R2026,
-            "container specs not found in metadata",
-        ),
-        (Release::R2026, Release::System, "hash mismatch"),
+    // How each refuses varies from run to run (2026 on a 20240729 image: "container specs not
+    // found in metadata during restore", or the sandbox dies loading it: "urpc method
+    // containerManager.Restore failed: EOF"; 20240729 on a 2026 image: "statefile error: hash
+    // mismatch"); that it refuses does not.
+    for (from, to) in [
+        (Release::System, Release::R2026),
+        (Release::R2026, Release::System),
     ] {
         let err = restore_across(from, to).await;
         eprintln!("{from:?} -> {to:?}: {err:?}");
         let err = err.unwrap_or_else(|| panic!("{to:?} restored an image of {from:?}"));
-        assert!(err.contains(says), "{from:?} -> {to:?}: {err}");
+        assert!(
+            err.contains("runsc restore failed") && err.contains("restoring container"),
+            "{from:?} -> {to:?}: {err}"
+        );
     }
 }
