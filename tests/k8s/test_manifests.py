@@ -311,10 +311,14 @@ def test_controller_rbac_covers_what_it_calls_and_no_more():
                  ("podsnapshot.gke.io", "podsnapshots", "create"),
                  ("podsnapshot.gke.io", "podsnapshots", "delete"),
                  ("", "pods/status", "patch"), ("", "nodes", "get"), ("", "events", "list"),
-                 ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch")]:
+                 ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
+                 # postCheckpoint: stop deletes the checkpointed pod (the kubelet would restart
+                 # it fresh otherwise).
+                 ("", "pods", "delete")]:
         assert need in allowed, need
-    # It never writes pods themselves, secrets or policies.
-    assert not any(r in ("pods", "secrets") and v in ("create", "update", "patch", "delete")
+    # Beyond that delete it never writes pods, nor secrets or policies.
+    assert not any(r == "pods" and v in ("create", "update", "patch") for _, r, v in allowed)
+    assert not any(r == "secrets" and v in ("create", "update", "patch", "delete")
                    for _, r, v in allowed)
     assert ("podsnapshot.gke.io", "podsnapshotpolicies", "patch") not in allowed
     binding = one("ClusterRoleBinding", "podsnap-controller")

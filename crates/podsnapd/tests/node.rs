@@ -119,7 +119,16 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = "s3://podsnap-e2e/snapshots";
     let a = Daemon::start(dir.path(), "node-a", store, &moto.env());
-    let b = Daemon::start(dir.path(), "node-b", store, &moto.env());
+    // Node B pulls the whole image before runsc restores (the metrics below count that
+    // path's phases); where runsc has --background the default is a lazy restore, which
+    // crates/podsnapd/tests/lazy.rs covers.
+    let b = Daemon::start_with(
+        dir.path(),
+        "node-b",
+        store,
+        &moto.env(),
+        &["--lazy-restore=never".to_string()],
+    );
 
     let id = unique_id("e2e-counter");
     let log = dir.path().join("counter.log");
