@@ -29,7 +29,6 @@
 //! group to fetch first.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +42,9 @@ use crate::cache::PageCache;
 use crate::crypto::Key;
 use crate::index::page_count;
 use crate::limits::PAGE_SIZE;
-use crate::pull::{blob_targets, fill_batch_from_cache, BlobKey, PullFile, Request, Target};
+use crate::pull::{
+    blob_targets, fill_batch_from_cache, lay_out, BlobKey, PullFile, Request, Target,
+};
 use crate::{Inner, Manifest, SnapshotId, Store, StoreError};
 
 /// No blob: a zero page.
@@ -169,30 +170,8 @@ impl Store {
             .map_err(|e| StoreError::io("create", dir, e))?;
         std::fs::create_dir(dir).map_err(|e| StoreError::io("create", dir, e))?;
         let guard = RemoveDir(Some(dir.to_path_buf()));
-        let mut files = Vec::with_capacity(indexes.len());
-        for (f, index) in manifest.files.iter().zip(indexes) {
-            let path = dir.join(&f.path);
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d).map_err(|e| StoreError::io("create", d, e))?;
-            }
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| StoreError::io("create", &path, e))?;
-            file.set_len(f.size)
-                .map_err(|e| StoreError::io("resize", &path, e))?;
-            files.push(PullFile {
-                rel: f.path.clone(),
-                dest: path,
-                file: Some(file),
-                index,
-                dirty: AtomicU64::new(0),
-                linked: false,
-                key: crate::cache::file_key(&f.index.digest),
-            });
-        }
+        // Laid out as a pull lays out its temp dir: each file at its final size, holes for now.
+        let files = lay_out(&manifest, indexes, dir, dir, &crate::progress::NoProgress)?;
         let by_blob = blob_targets(&files);
         let mut page_blob: Vec<Vec<u32>> = files
             .iter()

@@ -747,7 +747,7 @@ impl Inner {
 }
 
 /// Creates every file in `tmp` at its final size (zero pages stay holes).
-fn lay_out(
+pub(crate) fn lay_out(
     manifest: &crate::Manifest,
     indexes: Vec<FileIndex>,
     tmp: &Path,
