@@ -29,7 +29,7 @@ use std::process::Command;
 use podsnap_runsc::args::Invocation;
 use podsnap_runsc::config::{Config, Env, RestoreMode, Shim};
 use podsnap_runsc::daemon::{self, PrepareError, Prepared};
-use podsnap_runsc::marker::{self, Marker, MarkerMode};
+use podsnap_runsc::marker::{self, Marker};
 use podsnap_runsc::pod::{self, PodRestoreError};
 use podsnap_runsc::{resolve_runsc, restore_mode_for, runsc_log, spec};
 
@@ -318,12 +318,8 @@ impl Planner<'_> {
             });
         }
         Ok(Marker {
-            mode: MarkerMode::RestoreOnStart,
-            snapshot_id: snapshot.to_string(),
-            image_dir: prepared.image_dir,
-            bundle: bundle.to_path_buf(),
             pod_containers,
-            restored: vec![],
+            ..Marker::restore_on_start(snapshot, prepared.image_dir, bundle)
         })
     }
 
@@ -371,14 +367,11 @@ impl Planner<'_> {
         }
         sandbox_marker.restored.push(name);
         write_marker(&sandbox_path, &sandbox_marker)?;
-        Ok(Some(Marker {
-            mode: MarkerMode::RestoreOnStart,
-            snapshot_id: snapshot.to_string(),
-            image_dir: sandbox_marker.image_dir,
-            bundle: bundle.to_path_buf(),
-            pod_containers: vec![],
-            restored: vec![],
-        }))
+        Ok(Some(Marker::restore_on_start(
+            snapshot,
+            sandbox_marker.image_dir,
+            bundle,
+        )))
     }
 
     /// `start` of a marked container: `restore` into the created container, same stdio.

@@ -28,6 +28,25 @@ pub struct Marker {
     pub restored: Vec<String>,
 }
 
+impl Marker {
+    /// A container whose `create` ran as given and whose `start` becomes `restore` from
+    /// `image_dir` (no pod containers listed, none restored yet).
+    pub fn restore_on_start(
+        snapshot_id: &str,
+        image_dir: PathBuf,
+        bundle: &std::path::Path,
+    ) -> Marker {
+        Marker {
+            mode: MarkerMode::RestoreOnStart,
+            snapshot_id: snapshot_id.to_string(),
+            image_dir,
+            bundle: bundle.to_path_buf(),
+            pod_containers: vec![],
+            restored: vec![],
+        }
+    }
+}
+
 /// How a marked container is restored: the [`RestoreMode`] the wrapper settled on at `create`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

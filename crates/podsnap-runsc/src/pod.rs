@@ -48,7 +48,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::args::Invocation;
-use crate::marker::{self, Marker, MarkerMode};
+use crate::marker::{self, Marker};
 use crate::spec;
 
 /// argv[1] of a waiter process.
@@ -218,14 +218,11 @@ pub fn container_restore_marker(
         .restored
         .push(name.unwrap_or_default().to_string());
     marker::write(&sandbox_path, &sandbox_marker).map_err(PodRestoreError::UpdateSandboxMarker)?;
-    Ok(Some(Marker {
-        mode: MarkerMode::RestoreOnStart,
-        snapshot_id: snapshot.to_string(),
-        image_dir: sandbox_marker.image_dir,
-        bundle: bundle.to_path_buf(),
-        pod_containers: vec![],
-        restored: vec![],
-    }))
+    Ok(Some(Marker::restore_on_start(
+        snapshot,
+        sandbox_marker.image_dir,
+        bundle,
+    )))
 }
 
 /// `create` of an app container: `runsc create` as a child, then the waiter. Returns the
