@@ -99,8 +99,10 @@ clean:
 	$(CARGO) clean
 
 # A one-node Kubernetes cluster of real parts built from Go modules (docs/cluster.md).
-# podsnapd, podsnap-runsc and podsnap-controller run from this clone's build.
-cluster-up: build
+# podsnap is installed from `make image` as users install it (the DaemonSet and the
+# controller's Deployment, scripts/cluster/install); PODSNAP_CLUSTER_HOST_PROCESSES=1 runs
+# podsnapd and podsnap-controller as host processes from this clone's build instead.
+cluster-up: image
 	bash scripts/cluster/up.sh
 
 cluster-down:

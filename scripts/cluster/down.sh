@@ -14,6 +14,50 @@ stop kube-scheduler
 stop kube-controller-manager
 stop kubelet
 
+# The second node (PODSNAP_CLUSTER_NODES=2, up.sh's second_node): its kubelet, its pods
+# through its containerd, its containerd, then whatever still runs in its network namespace,
+# its mount namespace, network and cgroups.
+NODE2_NAME=podsnap-node-2
+NODE2_NETNS=podsnap-node-2
+NS_DIR=/run/podsnap-cluster-ns
+stop "kubelet-$NODE2_NAME"
+SOCK2="$CLUSTER_RUN/nodes/$NODE2_NAME/containerd.sock"
+if [ -S "$SOCK2" ] && [ -f "$PIDS/containerd-$NODE2_NAME.pid" ]; then
+    CTR2=("$CLUSTER_BIN/ctr" --address "$SOCK2" -n k8s.io)
+    for id in $(timeout 20 "${CTR2[@]}" tasks ls -q 2>/dev/null); do
+        timeout 10 "${CTR2[@]}" tasks kill -s SIGKILL "$id" >/dev/null 2>&1
+    done
+    sleep 1
+    for id in $(timeout 20 "${CTR2[@]}" tasks ls -q 2>/dev/null); do
+        timeout 10 "${CTR2[@]}" tasks delete -f "$id" >/dev/null 2>&1
+    done
+fi
+stop "containerd-$NODE2_NAME"
+if [ -e "$NS_DIR/$NODE2_NAME" ] && [ -d "$CLUSTER_RUN/nodes/$NODE2_NAME/runsc/k8s.io" ] && command -v runsc >/dev/null; then
+    for id in $(nsenter --mount="$NS_DIR/$NODE2_NAME" -- runsc --root "$CLUSTER_RUN/runsc/k8s.io" list -quiet 2>/dev/null); do
+        nsenter --mount="$NS_DIR/$NODE2_NAME" -- runsc --root "$CLUSTER_RUN/runsc/k8s.io" delete -force "$id" >/dev/null 2>&1
+    done
+fi
+if ip netns list 2>/dev/null | grep -qw "$NODE2_NETNS"; then
+    for pid in $(ip netns pids "$NODE2_NETNS" 2>/dev/null); do
+        log "stopping pid $pid left in $NODE2_NAME's network namespace"
+        kill -KILL "$pid" 2>/dev/null
+    done
+    ip netns delete "$NODE2_NETNS" || log "could not delete netns $NODE2_NETNS"
+fi
+ip link delete psn-node2 2>/dev/null
+ip route delete 10.244.1.0/24 2>/dev/null
+if [ -e "$NS_DIR/$NODE2_NAME" ]; then
+    umount "$NS_DIR/$NODE2_NAME" 2>/dev/null || umount -l "$NS_DIR/$NODE2_NAME" 2>/dev/null
+    rm -f "$NS_DIR/$NODE2_NAME"
+fi
+if mountpoint -q "$NS_DIR"; then umount "$NS_DIR" 2>/dev/null || umount -l "$NS_DIR"; fi
+rmdir "$NS_DIR" 2>/dev/null
+for ctl in /sys/fs/cgroup/*/; do
+    [ -d "$ctl$NODE2_NAME" ] || continue
+    find "$ctl$NODE2_NAME" -depth -type d -exec rmdir {} \; 2>/dev/null
+done
+
 # Pods: kill every task containerd knows in the CRI namespace while containerd still runs,
 # so the shims exit and runsc tears its sandboxes down.
 CONTAINERS=()
@@ -53,6 +97,15 @@ fi
 
 stop kube-apiserver
 stop etcd
+
+# up.sh's DNAT of the `kubernetes` Service to the API server (tagged podsnap-cluster).
+for chain in PREROUTING OUTPUT; do
+    iptables -t nat -S "$chain" 2>/dev/null | grep -- '--comment podsnap-cluster' | sed 's/^-A/-D/' |
+        while read -r rule; do
+            # shellcheck disable=SC2086 # the rule's words, as iptables -S printed them
+            iptables -t nat $rule || log "could not delete iptables rule: $rule"
+        done
+done
 
 # Mounts under the cluster's directories (pod volumes, overlay rootfs, netns, shm), deepest
 # first.

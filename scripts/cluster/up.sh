@@ -5,10 +5,15 @@
 #   kube-scheduler; containerd 2.x (CRI, CNI bridge) -> kubelet; agent-sandbox-controller
 #   (with --extensions) and its CRDs, release v0 or v1 (PODSNAP_CLUSTER_AGENT_SANDBOX, default
 #   v0; scripts/cluster/agent-sandbox.sh switches a running cluster); RuntimeClass `gvisor`
-#   (handler `runsc`, podsnap-runsc); podsnapd on the node (Unix socket for podsnap-runsc,
-#   mutual TLS on NODE_IP:9443 for the controller); podsnap-controller (podsnapshot.gke.io/v1,
-#   restore webhook on 127.0.0.1:9444) and the PodSnapshotStorageConfig `local` (a file store
-#   under /var/lib/podsnap-cluster).
+#   (handler `runsc`, podsnap-runsc); podsnap installed as users install it: `make image`
+#   (target/oci/podsnap.tar) imported into the node's containerd, then `kubectl apply -k
+#   scripts/cluster/install/<shim>` (daemonset/ with the local cluster's paths, store and
+#   certificates patched in): podsnapd as the DaemonSet podsnap-system/podsnapd (Unix socket
+#   for podsnap-runsc, mutual TLS on NODE_IP:9443 for the controller), podsnap-controller as
+#   the Deployment podsnap-system/podsnap-controller (podsnapshot.gke.io/v1, restore
+#   webhook), and the PodSnapshotStorageConfig `local` (a file store under
+#   /var/lib/podsnap-cluster). PODSNAP_CLUSTER_HOST_PROCESSES=1 runs podsnapd and
+#   podsnap-controller as host processes instead (debugging: this clone's newer build).
 #
 # Leaves target/cluster/kubeconfig (cluster admin) and target/cluster/containerd.sock. Every
 # process runs in its own session, logs to target/cluster/logs/ and is stopped by
@@ -86,6 +91,8 @@ settings() {
     SERVICE_RANGE=10.96.0.0/16
     PKI="$CLUSTER_DIR/pki"
     API="https://127.0.0.1:$API_PORT"
+    NODE2_IP=
+    [ "${PODSNAP_CLUSTER_NODES:-1}" = 2 ] && NODE2_IP=10.245.2.2
     KUBECTL="$CLUSTER_BIN/kubectl"
     IMAGES="$CLUSTER_DIR/images"
     PAUSE_IMAGE=localhost/podsnap/pause:3.10
@@ -113,11 +120,38 @@ settings() {
     SNAPSHOTS="$CLUSTER_VAR/snapshots"
     PODSNAPD_PORT=9443
     WEBHOOK_PORT=9444
+    PODSNAPD_SOCK="$CLUSTER_RUN/podsnap/podsnapd.sock"
+    # PODSNAP_CLUSTER_NODES=2: a second node (second_node) on this machine.
+    NODES="${PODSNAP_CLUSTER_NODES:-1}"
+    case "$NODES" in 1 | 2) ;; *) die "PODSNAP_CLUSTER_NODES=$NODES: 1 (default) or 2" ;; esac
+    NODE2_NAME=podsnap-node-2
+    # podsnap installed from the image (the default) or as host processes (debugging).
+    HOST_PROCESSES="${PODSNAP_CLUSTER_HOST_PROCESSES:-0}"
+    # Where the DaemonSet installs podsnap-runsc and its config on the node, and the node's
+    # runsc that both the shim's wrapper and podsnapd run (scripts/cluster/install/base).
+    NODE_BIN="$CLUSTER_VAR/bin"
+    NODE_ETC="$CLUSTER_VAR/etc"
+    RUNSC_BINARY="$CLUSTER_DIR/bin/runsc-handler"
+    VERSION="$(awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/ { print $2; exit }' "$REPO_ROOT/Cargo.toml")"
+    if [ "$HOST_PROCESSES" != 1 ]; then
+        # The install's manifests name these paths (scripts/cluster/install/base).
+        [ "$CLUSTER_RUN" = /run/podsnap-cluster ] && [ "$CLUSTER_VAR" = /var/lib/podsnap-cluster ] ||
+            die "PODSNAP_CLUSTER_RUN/PODSNAP_CLUSTER_VAR other than the defaults need PODSNAP_CLUSTER_HOST_PROCESSES=1 (scripts/cluster/install names the default paths)"
+        [ -f "$REPO_ROOT/target/oci/podsnap.tar" ] || die "target/oci/podsnap.tar missing: make image (make cluster-up runs it)"
+        RUNSC_BINARY="$NODE_BIN/podsnap-runsc"
+    elif [ "$NODES" = 2 ]; then
+        die "PODSNAP_CLUSTER_NODES=2 needs podsnap installed from the image (the DaemonSet puts a podsnapd on each node), not PODSNAP_CLUSTER_HOST_PROCESSES=1"
+    fi
 }
 
 fresh_dirs() {
     rm -rf "$CLUSTER_DIR"
-    mkdir -p "$CLUSTER_DIR" "$PKI" "$LOGS" "$PIDS" "$CLUSTER_VAR" "$CLUSTER_RUN" "$CLUSTER_DIR/bin"
+    mkdir -p "$CLUSTER_DIR" "$PKI" "$LOGS" "$CLUSTER_VAR" "$CLUSTER_RUN" "$CLUSTER_DIR/bin"
+    # A shared mount of its own: the DaemonSet mounts it with HostToContainer propagation,
+    # which containerd allows only from a shared or slave mount (/ is private here).
+    mount --bind "$CLUSTER_RUN" "$CLUSTER_RUN"
+    mount --make-rshared "$CLUSTER_RUN"
+    mkdir -p "$PIDS"
     # Where things are, for down.sh and for anyone debugging.
     write_env
 }
@@ -169,11 +203,18 @@ certificates() {
     cert controller-manager system:kube-controller-manager ""
     cert scheduler system:kube-scheduler ""
     cert kubelet "system:node:$NODE_NAME" system:nodes
+    if [ "$NODES" = 2 ]; then
+        cert "kubelet-serving-$NODE2_NAME" "system:node:$NODE2_NAME" system:nodes "DNS:$NODE2_NAME,IP:$NODE2_IP"
+        cert "kubelet-$NODE2_NAME" "system:node:$NODE2_NAME" system:nodes
+    fi
     cert agent-sandbox-controller agent-sandbox-controller ""
     # podsnapd's --listen-tls serving certificate (the name podsnap-controller checks:
     # podsnapd) and podsnap-controller's client certificate for it; the same CA on both sides.
-    cert podsnapd podsnapd "" "DNS:podsnapd,IP:$NODE_IP,IP:127.0.0.1"
+    cert podsnapd podsnapd "" "DNS:podsnapd,IP:$NODE_IP,IP:127.0.0.1${NODE2_IP:+,IP:$NODE2_IP}"
     cert podsnap-controller podsnap-controller ""
+    # podsnap-controller's webhook (both replicas serve this one; the Service's DNS name).
+    cert webhook podsnap-controller.podsnap-system.svc "" \
+        "DNS:podsnap-controller.podsnap-system.svc,DNS:podsnap-controller.podsnap-system.svc.cluster.local"
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
 }
@@ -218,6 +259,7 @@ start_control_plane() {
         --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
         --kubelet-certificate-authority "$PKI/ca.crt" \
         --kubelet-preferred-address-types InternalIP \
+        --enable-aggregator-routing=true \
         --allow-privileged=true --profiling=false --v=1
     wait_for kube-apiserver 120 curl_api /readyz
 
@@ -282,17 +324,26 @@ node_configs() {
     # The gvisor handler's binary: podsnap-runsc from this clone's build (the newer of release
     # and debug) in front of the system runsc; the system runsc itself when podsnap is not
     # built (RUNSC_NETWORK: see settings).
-    render podsnap-runsc.toml.tmpl "$CLUSTER_DIR/podsnap-runsc.toml" RUNSC_NETWORK CLUSTER_RUN
+    render podsnap-runsc.toml.tmpl "$CLUSTER_DIR/podsnap-runsc.toml" RUNSC_NETWORK PODSNAPD_SOCK CLUSTER_RUN
     render runsc-handler.tmpl "$CLUSTER_DIR/bin/runsc-handler" REPO_ROOT CLUSTER_DIR RUNSC_NETWORK
     chmod +x "$CLUSTER_DIR/bin/runsc-handler"
     render containerd.toml.tmpl "$CLUSTER_DIR/containerd.toml" \
-        CLUSTER_VAR CLUSTER_RUN PAUSE_IMAGE CNI_CONF CLUSTER_DIR
+        CLUSTER_VAR CLUSTER_RUN PAUSE_IMAGE CNI_CONF RUNSC_BINARY
     render kubelet.yaml.tmpl "$CLUSTER_DIR/kubelet.yaml" CLUSTER_RUN PKI CLUSTER_VAR
     case "$CLUSTER_SHIM" in
         runc) ;;
         gvisor) gvisor_shim_configs ;;
         *) die "PODSNAP_CLUSTER_SHIM=$CLUSTER_SHIM: gvisor (default) or runc" ;;
     esac
+    if [ "$HOST_PROCESSES" != 1 ]; then
+        # The node's runsc (the one the shim runs behind podsnap-runsc, and podsnapd's), at
+        # the path the install's manifests mount; podsnap-runsc and its config come from the
+        # DaemonSet's init container. containerd passes PODSNAP_CONFIG to the shim, and the
+        # shim to podsnap-runsc (a real node would use /etc/podsnap/podsnap.toml).
+        mkdir -p "$NODE_BIN" "$NODE_ETC"
+        cp "$PODSNAPD_RUNSC" "$NODE_BIN/runsc"
+        CONTAINERD_ENV=(PODSNAP_CONFIG="$NODE_ETC/podsnap.toml")
+    fi
 }
 
 # PODSNAP_CLUSTER_SHIM=gvisor (the default): the `runsc` handler is gVisor's shim
@@ -317,12 +368,17 @@ gvisor_shim_configs() {
     fi
     # podsnap-runsc's config, found through containerd's environment (PODSNAP_CONFIG; a node
     # uses /etc/podsnap/podsnap.toml). No runsc_flags: the shim's runsc_config gives them.
-    render podsnap-runsc-gvisor.toml.tmpl "$CLUSTER_DIR/podsnap-runsc-gvisor.toml" PODSNAPD_RUNSC CLUSTER_RUN
+    render podsnap-runsc-gvisor.toml.tmpl "$CLUSTER_DIR/podsnap-runsc-gvisor.toml" PODSNAPD_RUNSC PODSNAPD_SOCK CLUSTER_RUN
     CONTAINERD_ENV=(PODSNAP_CONFIG="$CLUSTER_DIR/podsnap-runsc-gvisor.toml")
-    render gvisor-runsc.toml.tmpl "$CLUSTER_DIR/gvisor-runsc.toml" SHIM_BINARY CLUSTER_RUN RUNSC_NETWORK LOGS
+    # Installed from the image: binary_name is the podsnap-runsc the DaemonSet installs.
+    [ "$HOST_PROCESSES" = 1 ] || SHIM_BINARY="$NODE_BIN/podsnap-runsc"
+    # Under the node's /run/podsnap-cluster: podsnapd reads it (the runsc root) at the path the
+    # container's runtime options name, so the DaemonSet pod must see it there.
+    render gvisor-runsc.toml.tmpl "$CLUSTER_RUN/gvisor-runsc.toml" SHIM_BINARY CLUSTER_RUN RUNSC_NETWORK LOGS
+    ln -sf "$CLUSTER_RUN/gvisor-runsc.toml" "$CLUSTER_DIR/gvisor-runsc.toml"
     # The `runsc` runtime is containerd.toml's last section: replace it.
     sed -i '/containerd\.runtimes\.runsc\]$/,$d' "$CLUSTER_DIR/containerd.toml"
-    render containerd-runsc-gvisor.toml.tmpl - GVISOR_SHIM CLUSTER_DIR >>"$CLUSTER_DIR/containerd.toml"
+    render containerd-runsc-gvisor.toml.tmpl - GVISOR_SHIM CLUSTER_RUN >>"$CLUSTER_DIR/containerd.toml"
     log "runsc handler: gVisor's shim $GVISOR_SHIM, binary_name $SHIM_BINARY, $("$PODSNAPD_RUNSC" --version | sed -n 1p)"
 }
 
@@ -338,6 +394,11 @@ start_containerd() {
     for image in pause busybox python; do
         "${ctr[@]}" images import "$IMAGES/$image.tar" >/dev/null
     done
+    if [ "$HOST_PROCESSES" != 1 ]; then
+        # podsnap's image, as docs/kubernetes.md tells users to import it on every node.
+        "${ctr[@]}" images import "$REPO_ROOT/target/oci/podsnap.tar" >/dev/null
+        "${ctr[@]}" images tag --force "podsnap:$VERSION" "docker.io/library/podsnap:$VERSION" >/dev/null
+    fi
     "${ctr[@]}" images ls -q | sed 's/^/[cluster] image /' >&2
 }
 
@@ -346,6 +407,7 @@ start_kubelet() {
     start kubelet "$CLUSTER_BIN/kubelet" \
         --config "$CLUSTER_DIR/kubelet.yaml" --kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" \
         --root-dir "$KUBELET_ROOT" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
+        --node-labels sandbox.gke.io/runtime=gvisor \
         --v=1
     wait_for "node $NODE_NAME" 120 "$KUBECTL" get node "$NODE_NAME"
     "$KUBECTL" wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s >&2 ||
@@ -371,15 +433,13 @@ podsnap_bin() {
 start_podsnapd() {
     mkdir -p "$SNAPSHOTS" "$CLUSTER_VAR/podsnapd"
     log "podsnapd ($PODSNAPD) and podsnap-controller ($CONTROLLER)"
-    start podsnapd "$PODSNAPD" --listen "unix://$CLUSTER_RUN/podsnapd.sock" \
+    start podsnapd "$PODSNAPD" --listen "unix://$PODSNAPD_SOCK" \
         --listen-tls "$NODE_IP:$PODSNAPD_PORT" --tls-cert "$PKI/podsnapd.crt" --tls-key "$PKI/podsnapd.key" \
         --tls-client-ca "$PKI/ca.crt" --store "file://$SNAPSHOTS" \
         --runsc "$PODSNAPD_RUNSC" --runsc-root "$CLUSTER_RUN/runsc/k8s.io" --runsc-flag="--network=$RUNSC_NETWORK" \
         --containerd-socket "$CLUSTER_RUN/containerd.sock" --state-dir "$CLUSTER_VAR/podsnapd" \
         --node-name "$NODE_NAME"
-    wait_for podsnapd 30 test -S "$CLUSTER_RUN/podsnapd.sock"
-    echo "PODSNAPD_SOCK=$CLUSTER_RUN/podsnapd.sock" >>"$CLUSTER_DIR/env"
-    echo "SNAPSHOTS=$SNAPSHOTS" >>"$CLUSTER_DIR/env"
+    wait_for podsnapd 30 test -S "$PODSNAPD_SOCK"
 }
 
 podsnap_objects() {
@@ -403,7 +463,53 @@ start_podsnap_controller() {
     wait_for "podsnap-controller lease" 60 "$KUBECTL" -n podsnap-system get lease podsnap-controller
 }
 
+# The API server for pods: no kube-proxy here, so the `kubernetes` Service's ClusterIP
+# (10.96.0.1:443, what in-cluster clients such as podsnap-controller dial) is DNATed to the
+# API server by one rule of our own (tagged, removed by down.sh).
+kubernetes_service() {
+    local rule=(-d 10.96.0.1/32 -p tcp --dport 443 -m comment --comment podsnap-cluster
+        -j DNAT --to-destination "$NODE_IP:$API_PORT")
+    iptables -t nat -I PREROUTING "${rule[@]}"
+    iptables -t nat -I OUTPUT "${rule[@]}"
+}
+
+# podsnap as users install it (docs/kubernetes.md): the image imported (start_containerd),
+# the Secrets an operator makes, `kubectl apply -k` of the install overlay, and the rollouts.
+install_podsnap() {
+    local k=("$KUBECTL" -n podsnap-system) overlay="$CLUSTER_SCRIPTS/install/$CLUSTER_SHIM-shim"
+    log "podsnap $VERSION from target/oci/podsnap.tar: kubectl apply -k ${overlay#"$REPO_ROOT/"}"
+    mkdir -p "$SNAPSHOTS" "$CLUSTER_VAR/podsnapd"
+    "$KUBECTL" apply -f "$REPO_ROOT/daemonset/namespace.yaml" >&2
+    "${k[@]}" create secret generic podsnapd-tls --from-file=tls.crt="$PKI/podsnapd.crt" \
+        --from-file=tls.key="$PKI/podsnapd.key" --from-file=ca.crt="$PKI/ca.crt" >&2
+    "${k[@]}" create secret generic podsnap-controller-tls --from-file=ca.crt="$PKI/ca.crt" \
+        --from-file=tls.crt="$PKI/podsnap-controller.crt" --from-file=tls.key="$PKI/podsnap-controller.key" \
+        --from-file=webhook.crt="$PKI/webhook.crt" --from-file=webhook.key="$PKI/webhook.key" >&2
+    # Server-side: the CRDs are too large for client-side apply's annotation.
+    "$KUBECTL" apply --server-side --force-conflicts -k "$overlay" >&2
+    "$KUBECTL" wait --for condition=Established --timeout=60s \
+        crd/podsnapshots.podsnapshot.gke.io crd/podsnapshotpolicies.podsnapshot.gke.io \
+        crd/podsnapshotmanualtriggers.podsnapshot.gke.io crd/podsnapshotstorageconfigs.podsnapshot.gke.io >&2
+    render storageconfig-local.yaml.tmpl - SNAPSHOTS | "$KUBECTL" apply -f - >&2
+    "${k[@]}" rollout status ds/podsnapd --timeout=180s >&2 ||
+        die "DaemonSet podsnapd not ready (kubectl -n podsnap-system describe pods; scripts/cluster/diagnose.sh)"
+    "${k[@]}" rollout status deployment/podsnap-controller --timeout=180s >&2 ||
+        die "Deployment podsnap-controller not ready (kubectl -n podsnap-system logs deploy/podsnap-controller)"
+    wait_for "podsnap-controller webhook" 60 "$KUBECTL" get mutatingwebhookconfiguration podsnap-controller
+    wait_for "podsnap-controller lease" 60 "${k[@]}" get lease podsnap-controller
+    wait_for "podsnapd socket" 30 test -S "$PODSNAPD_SOCK"
+    "${k[@]}" get ds,deploy,pods -o wide >&2
+}
+
 podsnap() {
+    echo "PODSNAPD_SOCK=$PODSNAPD_SOCK" >>"$CLUSTER_DIR/env"
+    echo "SNAPSHOTS=$SNAPSHOTS" >>"$CLUSTER_DIR/env"
+    echo "HOST_PROCESSES=$HOST_PROCESSES" >>"$CLUSTER_DIR/env"
+    kubernetes_service
+    if [ "$HOST_PROCESSES" != 1 ]; then
+        install_podsnap
+        return
+    fi
     PODSNAPD="$(podsnap_bin podsnapd)"
     CONTROLLER="$(podsnap_bin podsnap-controller)"
     start_podsnapd
@@ -413,11 +519,127 @@ podsnap() {
 
 all_alive() {
     local p
-    for p in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet agent-sandbox-controller podsnapd podsnap-controller; do
+    local p parts=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet agent-sandbox-controller)
+    [ "$HOST_PROCESSES" = 1 ] && parts+=(podsnapd podsnap-controller)
+    [ "$NODES" = 2 ] && parts+=("containerd-$NODE2_NAME" "kubelet-$NODE2_NAME")
+    for p in "${parts[@]}"; do
         alive "$p" || die "$p exited (log: $LOGS/$p.log)"
     done
     "$KUBECTL" get nodes -o wide >&2
     log "up: KUBECONFIG=$CLUSTER_DIR/kubeconfig; containerd at $CLUSTER_DIR/containerd.sock"
+}
+
+# --- the second node (PODSNAP_CLUSTER_NODES=2) --------------------------------------------------
+# Isolated the way kind isolates its nodes, without a node container: its own network
+# namespace (ip netns podsnap-node-2, a veth to the host, NODE2_IP, pod range 10.244.1.0/24
+# routed through it) and its own mount namespace (held by a bind mount under
+# /run/podsnap-cluster-ns), in which the node's own directories are mounted over the paths
+# every node uses: /run/podsnap-cluster (containerd's socket and state, the runsc root,
+# podsnapd's socket), /var/lib/podsnap-cluster (containerd's root, CNI, podsnapd's state and
+# page cache, the installed podsnap-runsc and runsc; the shared store snapshots/ mounted back
+# in) and /var/lib/kubelet. Its containerd and kubelet run in both namespaces; its kubelet's
+# cgroups live under /<node name> (cgroupRoot), apart from the first node's. The DaemonSet's
+# host paths are thus the same on both nodes and name each node's own things.
+NODE2_NETNS=podsnap-node-2
+NODE2_VETH=psn-node2
+NODE2_GW=10.245.2.1
+NODE2_POD_SUBNET=10.244.1.0/24
+NS_DIR=/run/podsnap-cluster-ns
+
+node2_in() { nsenter --mount="$NS_DIR/$NODE2_NAME" --net="/run/netns/$NODE2_NETNS" -- "$@"; }
+
+node2_network() {
+    ip netns add "$NODE2_NETNS"
+    ip link add "$NODE2_VETH" type veth peer name eth0 netns "$NODE2_NETNS"
+    ip addr add "$NODE2_GW/24" dev "$NODE2_VETH"
+    ip link set "$NODE2_VETH" up
+    ip -n "$NODE2_NETNS" link set lo up
+    ip -n "$NODE2_NETNS" addr add "$NODE2_IP/24" dev eth0
+    ip -n "$NODE2_NETNS" link set eth0 up
+    ip -n "$NODE2_NETNS" route add default via "$NODE2_GW"
+    ip netns exec "$NODE2_NETNS" sysctl -qw net.ipv4.ip_forward=1
+    # The second node's pods, from the host and the first node's pods.
+    ip route add "$NODE2_POD_SUBNET" via "$NODE2_IP"
+    # The `kubernetes` Service (kubernetes_service) for its pods and host-network pods.
+    local rule=(-d 10.96.0.1/32 -p tcp --dport 443 -j DNAT --to-destination "$NODE_IP:$API_PORT")
+    ip netns exec "$NODE2_NETNS" iptables -t nat -I PREROUTING "${rule[@]}"
+    ip netns exec "$NODE2_NETNS" iptables -t nat -I OUTPUT "${rule[@]}"
+}
+
+node2_mounts() {
+    local nrun="$CLUSTER_RUN/nodes/$NODE2_NAME" nvar="$CLUSTER_VAR/nodes/$NODE2_NAME"
+    mkdir -p "$nrun" "$nvar/snapshots" "$nvar/kubelet" "$nvar/bin" "$nvar/etc" "$nvar/podsnapd" \
+        "$SNAPSHOTS" "$KUBELET_ROOT" "$NS_DIR"
+    # The file holding the mount namespace must sit on a private mount.
+    if ! mountpoint -q "$NS_DIR"; then
+        mount --bind "$NS_DIR" "$NS_DIR"
+        mount --make-private "$NS_DIR"
+    fi
+    touch "$NS_DIR/$NODE2_NAME"
+    unshare --mount="$NS_DIR/$NODE2_NAME" --propagation private true
+    nsenter --mount="$NS_DIR/$NODE2_NAME" -- sh -ec "
+        mount --bind '$SNAPSHOTS' '$nvar/snapshots'
+        mount --bind '$nvar/kubelet' '$KUBELET_ROOT'
+        mount --rbind '$nvar' '$CLUSTER_VAR'
+        mount --bind '$nrun' '$CLUSTER_RUN'
+        mount --make-rshared '$CLUSTER_RUN'
+        mkdir -p '$CLUSTER_RUN/containerd' '$CLUSTER_RUN/runsc' '$CLUSTER_RUN/runc' '$CLUSTER_RUN/podsnap/restored' \
+            '$CNI_CONF' '$CLUSTER_VAR/cni/ipam'
+    "
+    # gVisor's shim's options (the same file as the first node's).
+    [ -f "$CLUSTER_RUN/gvisor-runsc.toml" ] && cp "$CLUSTER_RUN/gvisor-runsc.toml" "$nrun/gvisor-runsc.toml"
+    # The node's runsc where the install's manifests mount it.
+    [ "$HOST_PROCESSES" = 1 ] || cp "$PODSNAPD_RUNSC" "$nvar/bin/runsc"
+    # Its pod range (inside, the conflist sits where the first node's does).
+    POD_SUBNET="$NODE2_POD_SUBNET" render cni-podsnap.conflist.tmpl "$nvar/cni/net.d/10-podsnap.conflist" POD_SUBNET CLUSTER_VAR
+    # Its kubelet's cgroups: /<node name> in every hierarchy (cgroup v1, cgroupfs driver).
+    local ctl
+    for ctl in /sys/fs/cgroup/*/; do
+        [ -f "${ctl}cgroup.procs" ] || continue
+        mkdir -p "$ctl$NODE2_NAME"
+        if [ -f "${ctl}cpuset.cpus" ]; then
+            cat "${ctl}cpuset.cpus" >"$ctl$NODE2_NAME/cpuset.cpus"
+            cat "${ctl}cpuset.mems" >"$ctl$NODE2_NAME/cpuset.mems"
+        fi
+    done
+}
+
+second_node() {
+    log "second node $NODE2_NAME ($NODE2_IP, pods $NODE2_POD_SUBNET)"
+    local dir="$CLUSTER_DIR/$NODE2_NAME"
+    mkdir -p "$dir"
+    node2_network
+    node2_mounts
+    # Its kubelet: the first node's config with its own certificate and cgroup root; the API
+    # server at the first node's address (127.0.0.1 is its own loopback).
+    sed "s#$PKI/kubelet-serving\.#$PKI/kubelet-serving-$NODE2_NAME.#" "$CLUSTER_DIR/kubelet.yaml" >"$dir/kubelet.yaml"
+    echo "cgroupRoot: /$NODE2_NAME" >>"$dir/kubelet.yaml"
+    kubeconfig "$dir/kubelet.kubeconfig" "kubelet-$NODE2_NAME" "https://$NODE_IP:$API_PORT"
+    # containerd: the first node's config names the same paths, which are this node's inside.
+    start "containerd-$NODE2_NAME" env PATH="$CLUSTER_BIN:$PATH" "${CONTAINERD_ENV[@]}" \
+        nsenter --mount="$NS_DIR/$NODE2_NAME" --net="/run/netns/$NODE2_NETNS" -- \
+        "$CLUSTER_BIN/containerd" --config "$CLUSTER_DIR/containerd.toml"
+    local sock="$CLUSTER_RUN/nodes/$NODE2_NAME/containerd.sock"
+    ln -sf "$sock" "$dir/containerd.sock"
+    local ctr=("$CLUSTER_BIN/ctr" --address "$sock" -n k8s.io) image
+    wait_for "containerd on $NODE2_NAME" 30 "${ctr[@]}" version
+    for image in pause busybox python; do
+        "${ctr[@]}" images import "$IMAGES/$image.tar" >/dev/null
+    done
+    if [ "$HOST_PROCESSES" != 1 ]; then
+        "${ctr[@]}" images import "$REPO_ROOT/target/oci/podsnap.tar" >/dev/null
+        "${ctr[@]}" images tag --force "podsnap:$VERSION" "docker.io/library/podsnap:$VERSION" >/dev/null
+    fi
+    start "kubelet-$NODE2_NAME" nsenter --mount="$NS_DIR/$NODE2_NAME" --net="/run/netns/$NODE2_NETNS" -- \
+        "$CLUSTER_BIN/kubelet" \
+        --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" \
+        --root-dir "$KUBELET_ROOT" --hostname-override "$NODE2_NAME" --node-ip "$NODE2_IP" \
+        --node-labels sandbox.gke.io/runtime=gvisor --v=1
+    wait_for "node $NODE2_NAME" 120 "$KUBECTL" get node "$NODE2_NAME"
+    "$KUBECTL" wait --for=condition=Ready "node/$NODE2_NAME" --timeout=120s >&2 ||
+        die "node $NODE2_NAME not Ready (logs: $LOGS/kubelet-$NODE2_NAME.log)"
+    echo "NODE2_NAME=$NODE2_NAME" >>"$CLUSTER_DIR/env"
+    echo "NODE2_IP=$NODE2_IP" >>"$CLUSTER_DIR/env"
 }
 
 main() {
@@ -435,6 +657,7 @@ main() {
     images
     start_containerd
     start_kubelet
+    [ "$NODES" = 2 ] && second_node
     cluster_objects
     podsnap
     all_alive
