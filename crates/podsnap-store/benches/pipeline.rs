@@ -34,37 +34,44 @@ fn mixed_block(pages: usize) -> Vec<u8> {
     out
 }
 
-fn bench(c: &mut Criterion) {
-    let block = mixed_block(1024);
-    let mut g = c.benchmark_group("pipeline");
-    g.throughput(Throughput::Bytes(block.len() as u64));
-    g.bench_function("split_hash_4MiB", |b| b.iter(|| chunk::hash_pages(&block)));
+/// Hashing and compression of `data` and their baselines, in group `g`.
+fn hash_and_compress(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    data: &[u8],
+    zc: &mut zstd::bulk::Compressor<'_>,
+) {
+    g.bench_function("split_hash_4MiB", |b| b.iter(|| chunk::hash_pages(data)));
     g.bench_function("baseline_sha256_every_page_4MiB", |b| {
         b.iter(|| {
-            block
-                .chunks(PAGE)
+            data.chunks(PAGE)
                 .map(|p| Sha256::digest(p)[0])
                 .fold(0u8, |a, x| a ^ x)
         })
     });
     g.bench_function("compress_4x1MiB", |b| {
         b.iter(|| {
-            block
-                .chunks(1 << 20)
+            data.chunks(1 << 20)
                 // What the push runs: a raw result stays a slice of the block (no copy).
                 .map(|blob| chunk::try_compress(blob).map_or(0, |z| z.len()))
                 .sum::<usize>()
         })
     });
-    let mut zc = zstd::bulk::Compressor::new(1).unwrap();
     g.bench_function("baseline_zstd1_4x1MiB", |b| {
         b.iter(|| {
-            block
-                .chunks(1 << 20)
+            data.chunks(1 << 20)
                 .map(|blob| zc.compress(blob).unwrap().len())
                 .sum::<usize>()
         })
     });
+}
+
+/// The mixed block: hashing, compression, and decompression against plain zstd's.
+fn bench_pipeline(c: &mut Criterion) {
+    let block = mixed_block(1024);
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Bytes(block.len() as u64));
+    let mut zc = zstd::bulk::Compressor::new(1).unwrap();
+    hash_and_compress(&mut g, &block, &mut zc);
     let compressed: Vec<(Codec, Vec<u8>)> =
         block.chunks(1 << 20).map(chunk::compress_blob).collect();
     let plain: Vec<Vec<u8>> = block
@@ -89,41 +96,21 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+}
 
-    // A runsc checkpoint.img is already flate-compressed: what the pipeline pays on it.
-    let mut random = vec![0u8; block.len()];
+/// A runsc checkpoint.img is already flate-compressed: what the pipeline pays on it.
+fn bench_incompressible(c: &mut Criterion) {
+    let mut random = vec![0u8; 1024 * PAGE];
     rand::rngs::StdRng::seed_from_u64(9).fill_bytes(&mut random);
     let mut g = c.benchmark_group("incompressible");
     g.throughput(Throughput::Bytes(random.len() as u64));
-    g.bench_function("split_hash_4MiB", |b| b.iter(|| chunk::hash_pages(&random)));
-    g.bench_function("baseline_sha256_every_page_4MiB", |b| {
-        b.iter(|| {
-            random
-                .chunks(PAGE)
-                .map(|p| Sha256::digest(p)[0])
-                .fold(0u8, |a, x| a ^ x)
-        })
-    });
-    g.bench_function("compress_4x1MiB", |b| {
-        b.iter(|| {
-            random
-                .chunks(1 << 20)
-                // What the push runs: a raw result stays a slice of the block (no copy).
-                .map(|blob| chunk::try_compress(blob).map_or(0, |z| z.len()))
-                .sum::<usize>()
-        })
-    });
-    g.bench_function("baseline_zstd1_4x1MiB", |b| {
-        b.iter(|| {
-            random
-                .chunks(1 << 20)
-                .map(|blob| zc.compress(blob).unwrap().len())
-                .sum::<usize>()
-        })
-    });
+    let mut zc = zstd::bulk::Compressor::new(1).unwrap();
+    hash_and_compress(&mut g, &random, &mut zc);
     g.finish();
+}
 
-    // An index for 1 GiB with 5% scattered pages from another blob: the worst realistic case.
+/// An index for 1 GiB with 5% scattered pages from another blob: the worst realistic case.
+fn large_index() -> FileIndex {
     let mut idx = FileIndex {
         packs: vec![[1; 32], [2; 32]],
         ..Default::default()
@@ -149,6 +136,11 @@ fn bench(c: &mut Criterion) {
         }
     }
     idx.file_size = 1 << 30;
+    idx
+}
+
+fn bench_index(c: &mut Criterion) {
+    let idx = large_index();
     let encoded = idx.encode();
     let mut g = c.benchmark_group("index");
     g.throughput(Throughput::Bytes(encoded.len() as u64));
@@ -159,5 +151,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench_pipeline, bench_incompressible, bench_index);
 criterion_main!(benches);

@@ -90,6 +90,29 @@ fn clean_prefix(p: &str) -> String {
         .join("/")
 }
 
+impl Opened {
+    fn memory(prefix: String, display: String) -> Opened {
+        Opened {
+            store: Arc::new(InMemory::new()),
+            prefix,
+            display,
+            client_retries: false,
+            local_root: None,
+        }
+    }
+
+    /// An HTTP backend's client (it retries itself), rooted at `url`'s path.
+    fn cloud(store: impl ObjectStore, url: &url::Url, display: String) -> Opened {
+        Opened {
+            store: Arc::new(store),
+            prefix: clean_prefix(url.path()),
+            display,
+            client_retries: true,
+            local_root: None,
+        }
+    }
+}
+
 pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
     let display = redact_url(raw);
     let invalid = |reason: &str| StoreError::InvalidUrl {
@@ -97,109 +120,82 @@ pub(crate) fn open_url(raw: &str) -> Result<Opened, StoreError> {
         reason: reason.to_string(),
     };
     if raw == "memory://" || raw == "memory:" || raw == "memory:///" {
-        return Ok(Opened {
-            store: Arc::new(InMemory::new()),
-            prefix: String::new(),
-            display: "memory://".into(),
-            client_retries: false,
-            local_root: None,
-        });
+        return Ok(Opened::memory(String::new(), "memory://".into()));
     }
     let url = url::Url::parse(raw).map_err(|e| invalid(&e.to_string()))?;
     let configure = |source| StoreError::Configure {
         url: display.clone(),
         source: Box::new(source),
     };
+    // The bucket (or container) a cloud URL names as its host.
+    let bucket = |what: &str| {
+        url.host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| invalid(&format!("missing {what}")))
+    };
     match url.scheme() {
-        "memory" => Ok(Opened {
-            store: Arc::new(InMemory::new()),
-            prefix: clean_prefix(url.path()),
-            display,
-            client_retries: false,
-            local_root: None,
-        }),
-        "file" => {
-            if url
-                .host_str()
-                .is_some_and(|h| !h.is_empty() && h != "localhost")
-            {
-                return Err(invalid("file urls take no host: use file:///absolute/dir"));
-            }
-            let dir = url
-                .to_file_path()
-                .map_err(|_| invalid("not an absolute local path"))?;
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| StoreError::io("create store directory", &dir, e))?;
-            let fs = LocalFileSystem::new_with_prefix(&dir).map_err(configure)?;
-            Ok(Opened {
-                store: Arc::new(fs),
-                prefix: String::new(),
-                display,
-                client_retries: false,
-                local_root: Some(dir),
-            })
-        }
+        "memory" => Ok(Opened::memory(clean_prefix(url.path()), display)),
+        "file" => open_file(&url, display),
         "s3" | "s3a" => {
-            let bucket = url
-                .host_str()
-                .filter(|b| !b.is_empty())
-                .ok_or_else(|| invalid("missing bucket"))?;
             let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
+                .with_bucket_name(bucket("bucket")?)
                 .with_retry(retry_config())
                 .with_client_options(client_options_with_env("AWS_ALLOW_HTTP"))
                 .build()
                 .map_err(configure)?;
-            Ok(Opened {
-                store: Arc::new(s3),
-                prefix: clean_prefix(url.path()),
-                display,
-                client_retries: true,
-                local_root: None,
-            })
+            Ok(Opened::cloud(s3, &url, display))
         }
         "gs" => {
-            let bucket = url
-                .host_str()
-                .filter(|b| !b.is_empty())
-                .ok_or_else(|| invalid("missing bucket"))?;
             let gcs = GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
+                .with_bucket_name(bucket("bucket")?)
                 .with_retry(retry_config())
                 .with_client_options(client_options_with_env("GOOGLE_ALLOW_HTTP"))
                 .build()
                 .map_err(configure)?;
-            Ok(Opened {
-                store: Arc::new(gcs),
-                prefix: clean_prefix(url.path()),
-                display,
-                client_retries: true,
-                local_root: None,
-            })
+            Ok(Opened::cloud(gcs, &url, display))
         }
         "az" | "azure" => {
-            let container = url
-                .host_str()
-                .filter(|b| !b.is_empty())
-                .ok_or_else(|| invalid("missing container"))?;
             let az = MicrosoftAzureBuilder::from_env()
-                .with_container_name(container)
+                .with_container_name(bucket("container")?)
                 .with_retry(retry_config())
                 .with_client_options(client_options_with_env("AZURE_ALLOW_HTTP"))
                 .build()
                 .map_err(configure)?;
-            Ok(Opened {
-                store: Arc::new(az),
-                prefix: clean_prefix(url.path()),
-                display,
-                client_retries: true,
-                local_root: None,
-            })
+            Ok(Opened::cloud(az, &url, display))
         }
         other => Err(invalid(&format!(
             "unsupported scheme {other:?} (use file, s3, gs, az or memory)"
         ))),
     }
+}
+
+/// A `file:///dir` store: the directory, created if missing.
+fn open_file(url: &url::Url, display: String) -> Result<Opened, StoreError> {
+    let invalid = |reason: &str| StoreError::InvalidUrl {
+        url: display.clone(),
+        reason: reason.to_string(),
+    };
+    if url
+        .host_str()
+        .is_some_and(|h| !h.is_empty() && h != "localhost")
+    {
+        return Err(invalid("file urls take no host: use file:///absolute/dir"));
+    }
+    let dir = url
+        .to_file_path()
+        .map_err(|_| invalid("not an absolute local path"))?;
+    std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create store directory", &dir, e))?;
+    let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|source| StoreError::Configure {
+        url: display.clone(),
+        source: Box::new(source),
+    })?;
+    Ok(Opened {
+        store: Arc::new(fs),
+        prefix: String::new(),
+        display,
+        client_retries: false,
+        local_root: Some(dir),
+    })
 }
 
 /// Our client options, with plain HTTP allowed when `var` says so. (`with_client_options`

@@ -398,6 +398,125 @@ fn parse_header(file: &File, size: u64) -> Result<Vec<([u8; 32], u16)>, String> 
     Ok(out)
 }
 
+/// A segment found at open whose table parses.
+struct FoundSegment {
+    mtime: SystemTime,
+    id: u64,
+    /// Bytes on disk (a linked segment: its table and its data file's allocated blocks).
+    bytes: u64,
+    /// (digest, len, offset in the data) of every page.
+    pages: Vec<([u8; 32], u16, u64)>,
+    linked: bool,
+    file_key: Option<[u8; 32]>,
+}
+
+/// Takes the cache directory's exclusive lock, held as long as the returned file is open.
+fn lock_cache_dir(dir: &Path) -> Result<File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let lock_path = dir.join("lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::io("open", &lock_path, e))?;
+    // SAFETY: flock only takes the descriptor, which `lock` keeps open.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(StoreError::io(
+            "lock",
+            &lock_path,
+            std::io::Error::other("the page cache is in use by another process"),
+        ));
+    }
+    Ok(lock)
+}
+
+/// Lists what an earlier run left in `segdir`, removing what is not a usable segment: names
+/// that are not ours, segments that do not parse, data files without their table. Also
+/// returns the highest segment id seen.
+fn scan_segments(segdir: &Path) -> Result<(Vec<FoundSegment>, u64), StoreError> {
+    let mut found: Vec<FoundSegment> = Vec::new();
+    let mut data_files: Vec<(u64, PathBuf)> = Vec::new();
+    let mut max_id = 0u64;
+    let rd = std::fs::read_dir(segdir).map_err(|e| StoreError::io("read", segdir, e))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let parsed_name = name.split_once('.').and_then(|(h, ext)| {
+            let id = u64::from_str_radix(h, 16).ok().filter(|_| h.len() == 16)?;
+            matches!(ext, "seg" | "ext" | "dat").then_some((id, ext))
+        });
+        let Some((id, ext)) = parsed_name else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        max_id = max_id.max(id);
+        if ext == "dat" {
+            data_files.push((id, path));
+            continue;
+        }
+        match read_segment(segdir, &path, id, ext == "ext") {
+            Ok(Ok(seg)) => found.push(seg),
+            Ok(Err(reason)) => {
+                tracing::warn!(segment = %path.display(), %reason, "removing a damaged page cache segment");
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot read a page cache segment; removing it");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    // Data files whose table is gone or damaged (a crash between link and rename).
+    for (id, path) in data_files {
+        if !found.iter().any(|f| f.id == id && f.linked) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok((found, max_id))
+}
+
+/// Reads segment `id`'s table at `path`: an I/O error, or the segment, or why it is damaged.
+fn read_segment(
+    segdir: &Path,
+    path: &Path,
+    id: u64,
+    linked: bool,
+) -> std::io::Result<Result<FoundSegment, String>> {
+    let f = File::open(path)?;
+    let md = f.metadata()?;
+    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let parsed = if linked {
+        let data = std::fs::metadata(segdir.join(format!("{id:016x}.dat")))?;
+        parse_linked(&f, md.len(), data.len()).map(|(pages, key)| {
+            let served = pages.iter().map(|p| p.1 as u64).sum();
+            (md.len() + allocated(&data, served), pages, key)
+        })
+    } else {
+        parse_header(&f, md.len()).map(|pages| {
+            let mut offset = (HEADER_LEN + pages.len() * ENTRY_LEN) as u64;
+            let pages = pages
+                .into_iter()
+                .map(|(d, len)| {
+                    offset += len as u64;
+                    (d, len, offset - len as u64)
+                })
+                .collect();
+            (md.len(), pages, None)
+        })
+    };
+    Ok(parsed.map(|(bytes, pages, file_key)| FoundSegment {
+        mtime,
+        id,
+        bytes,
+        pages,
+        linked,
+        file_key,
+    }))
+}
+
 impl PageCache {
     /// Opens (creating) the cache in `dir`, bounded to `max_bytes`, loading what an earlier
     /// run left: segments whose header does not parse and temp files are removed, use order
@@ -409,109 +528,16 @@ impl PageCache {
     ) -> Result<PageCache, StoreError> {
         let segdir = dir.join("segments");
         std::fs::create_dir_all(&segdir).map_err(|e| StoreError::io("create", &segdir, e))?;
-        let lock_path = dir.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io("open", &lock_path, e))?;
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock only takes the descriptor, which `lock` keeps open.
-            #[allow(unsafe_code)]
-            let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r != 0 {
-                return Err(StoreError::io(
-                    "lock",
-                    &lock_path,
-                    std::io::Error::other("the page cache is in use by another process"),
-                ));
-            }
-        }
-        // (mtime, id, bytes on disk, pages as (digest, len, offset), linked, file key) of
-        // every segment that parses.
-        type Found = (
-            SystemTime,
-            u64,
-            u64,
-            Vec<([u8; 32], u16, u64)>,
-            bool,
-            Option<[u8; 32]>,
-        );
-        let mut found: Vec<Found> = Vec::new();
-        let mut data_files: Vec<(u64, PathBuf)> = Vec::new();
-        let mut max_id = 0u64;
-        let rd = std::fs::read_dir(&segdir).map_err(|e| StoreError::io("read", &segdir, e))?;
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let path = e.path();
-            let parsed_name = name.split_once('.').and_then(|(h, ext)| {
-                let id = u64::from_str_radix(h, 16).ok().filter(|_| h.len() == 16)?;
-                matches!(ext, "seg" | "ext" | "dat").then_some((id, ext))
-            });
-            let Some((id, ext)) = parsed_name else {
-                let _ = std::fs::remove_file(&path);
-                continue;
-            };
-            max_id = max_id.max(id);
-            if ext == "dat" {
-                data_files.push((id, path));
-                continue;
-            }
-            let linked = ext == "ext";
-            let parsed = File::open(&path)
-                .and_then(|f| Ok((f.metadata()?, f)))
-                .and_then(|(md, f)| {
-                    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    if !linked {
-                        let pages = parse_header(&f, md.len()).map(|pages| {
-                            let mut offset = (HEADER_LEN + pages.len() * ENTRY_LEN) as u64;
-                            pages
-                                .into_iter()
-                                .map(|(d, len)| {
-                                    offset += len as u64;
-                                    (d, len, offset - len as u64)
-                                })
-                                .collect::<Vec<_>>()
-                        });
-                        return Ok((mtime, pages.map(|p| (md.len(), p, None))));
-                    }
-                    let data = std::fs::metadata(segdir.join(format!("{id:016x}.dat")))?;
-                    let pages = parse_linked(&f, md.len(), data.len()).map(|(pages, key)| {
-                        let served = pages.iter().map(|p| p.1 as u64).sum();
-                        (md.len() + allocated(&data, served), pages, key)
-                    });
-                    Ok((mtime, pages))
-                });
-            match parsed {
-                Ok((mtime, Ok((bytes, pages, key)))) => {
-                    found.push((mtime, id, bytes, pages, linked, key))
-                }
-                Ok((_, Err(reason))) => {
-                    tracing::warn!(segment = %path.display(), %reason, "removing a damaged page cache segment");
-                    let _ = std::fs::remove_file(&path);
-                }
-                Err(e) => {
-                    tracing::warn!(segment = %path.display(), error = %e, "cannot read a page cache segment; removing it");
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-        }
-        // Data files whose table is gone or damaged (a crash between link and rename).
-        for (id, path) in data_files {
-            if !found.iter().any(|f| f.1 == id && f.4) {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        found.sort_by_key(|(mtime, id, ..)| (*mtime, *id));
+        let lock = lock_cache_dir(dir)?;
+        let (mut found, max_id) = scan_segments(&segdir)?;
+        found.sort_by_key(|f| (f.mtime, f.id));
         let mut st = State {
             next_seg: max_id + 1,
             ..Default::default()
         };
-        for (_, id, bytes, pages, linked, file_key) in found {
-            let pages = pages.into_iter().map(|(d, len, offset)| (d, offset, len));
-            st.add_segment(id, bytes, pages, linked, file_key);
+        for f in found {
+            let pages = f.pages.into_iter().map(|(d, len, offset)| (d, offset, len));
+            st.add_segment(f.id, f.bytes, pages, f.linked, f.file_key);
         }
         let cache = PageCache {
             inner: Arc::new(CacheInner {

@@ -193,6 +193,47 @@ impl FileIndex {
     /// Decodes and fully validates an index. Errors are plain reasons; the caller names the file.
     pub fn decode(buf: &[u8]) -> Result<FileIndex, String> {
         let mut r = Reader { buf, pos: 0 };
+        let h = Header::read(&mut r)?;
+        if h.encoded_len() != buf.len() as u128 {
+            return Err(format!(
+                "length {} does not match the header's counts (expected {})",
+                buf.len(),
+                h.encoded_len()
+            ));
+        }
+        let packs = r.digests(h.n_packs)?;
+        let blobs = (0..h.n_blobs)
+            .map(|i| r.blob(i, h.n_packs))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (extents, data_pages) = r.extents(h.n_extents, &blobs, page_count(h.file_size))?;
+        if data_pages != h.n_digests as u64 {
+            return Err(format!(
+                "{} digests for {data_pages} data pages",
+                h.n_digests
+            ));
+        }
+        let digests = r.digests(h.n_digests)?;
+        Ok(FileIndex {
+            file_size: h.file_size,
+            packs,
+            blobs,
+            extents,
+            digests,
+        })
+    }
+}
+
+/// An index's fixed header, its limits checked.
+struct Header {
+    file_size: u64,
+    n_packs: usize,
+    n_blobs: usize,
+    n_extents: usize,
+    n_digests: usize,
+}
+
+impl Header {
+    fn read(r: &mut Reader<'_>) -> Result<Header, String> {
         if r.take(8)? != MAGIC {
             return Err("bad magic (not a podsnap index)".into());
         }
@@ -204,73 +245,112 @@ impl FileIndex {
         if page_size != PAGE_SIZE as u32 {
             return Err(format!("unsupported page size {page_size}"));
         }
-        let n_packs = r.u32()? as usize;
-        let n_blobs = r.u32()? as usize;
-        let n_extents = r.u32()? as usize;
-        let n_digests = r.u32()? as usize;
+        let h = Header {
+            file_size,
+            n_packs: r.u32()? as usize,
+            n_blobs: r.u32()? as usize,
+            n_extents: r.u32()? as usize,
+            n_digests: r.u32()? as usize,
+        };
         if r.u32()? != 0 {
             return Err("reserved header field is not zero".into());
         }
-        let expect = (HEADER_LEN as u128)
-            + n_packs as u128 * 32
-            + n_blobs as u128 * BLOB_LEN as u128
-            + n_extents as u128 * EXTENT_LEN as u128
-            + n_digests as u128 * 32;
-        if expect != buf.len() as u128 {
-            return Err(format!(
-                "length {} does not match the header's counts (expected {expect})",
-                buf.len()
-            ));
+        Ok(h)
+    }
+
+    /// The length of the whole index these counts describe (u128: counts are hostile).
+    fn encoded_len(&self) -> u128 {
+        (HEADER_LEN as u128)
+            + self.n_packs as u128 * 32
+            + self.n_blobs as u128 * BLOB_LEN as u128
+            + self.n_extents as u128 * EXTENT_LEN as u128
+            + self.n_digests as u128 * 32
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| "truncated".to_string())?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+
+    /// `n` sha256 digests (pack names or page digests).
+    fn digests(&mut self, n: usize) -> Result<Vec<[u8; 32]>, String> {
+        (0..n)
+            .map(|_| Ok(self.take(32)?.try_into().expect("32 bytes")))
+            .collect()
+    }
+
+    /// Blob `i`, checked against the pack table and the format's limits.
+    fn blob(&mut self, i: usize, n_packs: usize) -> Result<BlobRef, String> {
+        let pack = self.u32()?;
+        let offset = self.u64()?;
+        let stored_len = self.u32()?;
+        let raw_len = self.u32()?;
+        let c = self.u32()?;
+        let codec = Codec::from_u32(c).ok_or_else(|| format!("blob {i}: unknown codec {c}"))?;
+        if pack as usize >= n_packs {
+            return Err(format!("blob {i}: pack {pack} out of range"));
         }
-        let total_pages = page_count(file_size);
-        let mut packs = Vec::with_capacity(n_packs);
-        for _ in 0..n_packs {
-            packs.push(r.take(32)?.try_into().expect("32 bytes"));
+        if raw_len == 0 || raw_len as usize > MAX_BLOB_RAW {
+            return Err(format!("blob {i}: raw length {raw_len} out of range"));
         }
-        let mut blobs = Vec::with_capacity(n_blobs);
-        for i in 0..n_blobs {
-            let pack = r.u32()?;
-            let offset = r.u64()?;
-            let stored_len = r.u32()?;
-            let raw_len = r.u32()?;
-            let c = r.u32()?;
-            let codec = Codec::from_u32(c).ok_or_else(|| format!("blob {i}: unknown codec {c}"))?;
-            if pack as usize >= n_packs {
-                return Err(format!("blob {i}: pack {pack} out of range"));
-            }
-            if raw_len == 0 || raw_len as usize > MAX_BLOB_RAW {
-                return Err(format!("blob {i}: raw length {raw_len} out of range"));
-            }
-            let seal = if codec.is_sealed() {
-                crate::crypto::SEAL_OVERHEAD as u64
-            } else {
-                0
-            };
-            let max_stored = zstd::zstd_safe::compress_bound(raw_len as usize) as u64 + seal;
-            if stored_len as u64 <= seal
-                || (codec.unsealed() == Codec::Raw && stored_len as u64 != raw_len as u64 + seal)
-                || stored_len as u64 > max_stored
-            {
-                return Err(format!("blob {i}: stored length {stored_len} out of range"));
-            }
-            if offset.checked_add(stored_len as u64).is_none() {
-                return Err(format!("blob {i}: offset overflows"));
-            }
-            blobs.push(BlobRef {
-                pack,
-                offset,
-                stored_len,
-                raw_len,
-                codec,
-            });
+        let seal = if codec.is_sealed() {
+            crate::crypto::SEAL_OVERHEAD as u64
+        } else {
+            0
+        };
+        let max_stored = zstd::zstd_safe::compress_bound(raw_len as usize) as u64 + seal;
+        if stored_len as u64 <= seal
+            || (codec.unsealed() == Codec::Raw && stored_len as u64 != raw_len as u64 + seal)
+            || stored_len as u64 > max_stored
+        {
+            return Err(format!("blob {i}: stored length {stored_len} out of range"));
         }
-        let mut extents = Vec::with_capacity(n_extents);
+        if offset.checked_add(stored_len as u64).is_none() {
+            return Err(format!("blob {i}: offset overflows"));
+        }
+        Ok(BlobRef {
+            pack,
+            offset,
+            stored_len,
+            raw_len,
+            codec,
+        })
+    }
+
+    /// `n` extents that must cover exactly `total_pages`, each inside its blob; also returns
+    /// how many of those pages are data (each has a digest).
+    fn extents(
+        &mut self,
+        n: usize,
+        blobs: &[BlobRef],
+        total_pages: u64,
+    ) -> Result<(Vec<Extent>, u64), String> {
+        let mut extents = Vec::with_capacity(n);
         let mut covered: u64 = 0;
         let mut data_pages: u64 = 0;
-        for i in 0..n_extents {
-            let pages = r.u32()?;
-            let blob = r.u32()?;
-            let first_page = r.u32()?;
+        for i in 0..n {
+            let pages = self.u32()?;
+            let blob = self.u32()?;
+            let first_page = self.u32()?;
             if pages == 0 {
                 return Err(format!("extent {i}: empty"));
             }
@@ -302,44 +382,7 @@ impl FileIndex {
                 "extents cover {covered} of the file's {total_pages} pages"
             ));
         }
-        if data_pages != n_digests as u64 {
-            return Err(format!("{n_digests} digests for {data_pages} data pages"));
-        }
-        let mut digests = Vec::with_capacity(n_digests);
-        for _ in 0..n_digests {
-            digests.push(r.take(32)?.try_into().expect("32 bytes"));
-        }
-        Ok(FileIndex {
-            file_size,
-            packs,
-            blobs,
-            extents,
-            digests,
-        })
-    }
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| "truncated".to_string())?;
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+        Ok((extents, data_pages))
     }
 }
 

@@ -373,6 +373,135 @@ struct Compressed {
     digests: Vec<[u8; 32]>,
 }
 
+/// A block read and its pages hashed (`None`: a zero page).
+type HashedBlock = (Bytes, Vec<Option<[u8; 32]>>);
+
+/// Reads one file's blocks and hashes their pages on the worker pool; cloned per block.
+#[derive(Clone)]
+struct BlockReader {
+    file: Arc<File>,
+    path: PathBuf,
+    /// The file's size (unused when followed).
+    size: u64,
+    pool: Arc<BlockPool>,
+    /// While the writer still writes (runsc, with its sandbox paused), blocks are hashed
+    /// one at a time on the idle-priority thread: the writer keeps the CPUs it wants, and
+    /// at most one block waits there when the host is busy.
+    gate: Arc<Semaphore>,
+    follow: Option<Follow>,
+}
+
+impl BlockReader {
+    async fn open(
+        src: &Source,
+        workers: usize,
+        follow: Option<&Follow>,
+    ) -> Result<BlockReader, StoreError> {
+        let file = match follow {
+            Some(f) => f.clone().open(&src.abs).await?,
+            None => File::open(&src.abs).map_err(|e| StoreError::io("open", &src.abs, e))?,
+        };
+        Ok(BlockReader {
+            file: Arc::new(file),
+            path: src.abs.clone(),
+            size: src.size,
+            // Blocks alive at once: those being hashed, and those that blobs being
+            // compressed or waiting to be packed still slice.
+            pool: BlockPool::new(2 * workers + MAX_COMPRESSING_BLOBS_PER_WORKER * workers),
+            gate: Arc::new(Semaphore::new(1)),
+            follow: follow.cloned(),
+        })
+    }
+
+    /// Block `b`, read and hashed; `None` past the end of a followed file.
+    async fn read(mut self, b: u64) -> Result<Option<HashedBlock>, StoreError> {
+        let start = b * READ_BLOCK as u64;
+        let mut permit = None;
+        let len = match &mut self.follow {
+            Some(f) => match f.block_len(&self.file, &self.path, b).await? {
+                Some(len) => {
+                    if f.now() == WriterState::Writing {
+                        let gate = self.gate.clone();
+                        permit = Some(gate.acquire_owned().await.expect("never closed"));
+                    }
+                    len
+                }
+                None => return Ok(None),
+            },
+            None => (self.size - start).min(READ_BLOCK as u64) as usize,
+        };
+        let low = permit.is_some();
+        let BlockReader {
+            file, path, pool, ..
+        } = self;
+        let job = move || {
+            let _permit = permit;
+            let mut buf = pool.take();
+            file.read_exact_at(&mut buf[..len], start)
+                .map_err(|e| StoreError::io("read", &path, e))?;
+            let hashes = chunk::hash_pages(&buf[..len]);
+            let block = PooledBlock { buf, len, pool };
+            Ok::<_, StoreError>((Bytes::from_owner(block), hashes))
+        };
+        let r = if low {
+            crate::pool::run_idle(job).await
+        } else {
+            crate::pool::run(job).await
+        };
+        Ok(Some(r??))
+    }
+}
+
+/// Compresses (and, with a key, seals) one new blob: zstd where that is smaller, else the
+/// raw bytes, which are a slice of the block (no copy).
+fn compress_blob(j: BlobJob, key: Option<&Key>) -> Compressed {
+    let (mut codec, mut bytes) = match chunk::try_compress(&j.data) {
+        Some(z) => (Codec::Zstd, Bytes::from(z)),
+        None => (Codec::Raw, j.data.clone()),
+    };
+    if let Some(k) = key {
+        let aad = blob_aad(codec as u8, j.data.len() as u32);
+        bytes = Bytes::from(k.seal(&aad, &bytes));
+        codec = codec.sealed();
+    }
+    Compressed {
+        id: j.id,
+        raw_len: j.data.len() as u32,
+        codec,
+        bytes,
+        digests: j.digests,
+    }
+}
+
+/// [`compress_blob`] as one pool job (a blob is up to 1 MiB, so every worker has work even
+/// when a block holds few blobs); with `low`, on the idle-priority thread.
+fn compress_on_pool(
+    j: BlobJob,
+    key: Option<Key>,
+    low: bool,
+) -> futures::future::BoxFuture<'static, Result<Compressed, StoreError>> {
+    let job = move || compress_blob(j, key.as_ref());
+    if low {
+        crate::pool::run_idle(job).boxed()
+    } else {
+        crate::pool::run(job).boxed()
+    }
+}
+
+/// Fails when the file's size now is not the `size` pushed, or `read` fell short of it: it
+/// changed while we read it (or, followed, after its writer said it was done).
+fn check_size_unchanged(src: &Source, size: u64, read: u64) -> Result<(), StoreError> {
+    let now = std::fs::metadata(&src.abs).map_err(|e| StoreError::io("stat", &src.abs, e))?;
+    if now.len() != size || read != size {
+        return Err(StoreError::Io {
+            op: "read (file changed size during push)",
+            path: src.abs.clone(),
+            source: std::io::Error::other("size changed"),
+        });
+    }
+    Ok(())
+}
+
 struct Pipeline<'a> {
     inner: &'a Arc<Inner>,
     progress: &'a dyn Progress,
@@ -650,70 +779,22 @@ impl<'a> Pipeline<'a> {
 
     /// Pushes one file; with `follow`, while its writer still appends to it (`src.size` is
     /// then ignored, and the returned build's `file_size` is the finished file's).
+    ///
+    /// Blocks are read and hashed ahead on the worker pool, deduplicated here in file order,
+    /// their new blobs compressed on the pool and packed in order.
     async fn push_file(
         &mut self,
         src: &Source,
         workers: usize,
         follow: Option<&Follow>,
     ) -> Result<FileBuild, StoreError> {
-        let file = Arc::new(match follow {
-            Some(f) => f.clone().open(&src.abs).await?,
-            None => File::open(&src.abs).map_err(|e| StoreError::io("open", &src.abs, e))?,
-        });
-        let size = src.size;
+        let reader = BlockReader::open(src, workers, follow).await?;
         let blocks = match follow {
             Some(_) => u64::MAX / READ_BLOCK as u64,
-            None => size.div_ceil(READ_BLOCK as u64),
+            None => src.size.div_ceil(READ_BLOCK as u64),
         };
-        let path = src.abs.clone();
-        // Blocks alive at once: those being hashed, and those that blobs being compressed
-        // or waiting to be packed still slice.
-        let pool = BlockPool::new(2 * workers + MAX_COMPRESSING_BLOBS_PER_WORKER * workers);
-        // While the writer still writes (runsc, with its sandbox paused), blocks are hashed
-        // one at a time on the idle-priority thread: the writer keeps the CPUs it wants, and
-        // at most one block waits there when the host is busy.
-        let gate = Arc::new(Semaphore::new(1));
         let mut hashed = futures::stream::iter(0..blocks)
-            .map(|b| {
-                let file = file.clone();
-                let path = path.clone();
-                let pool = pool.clone();
-                let gate = gate.clone();
-                let mut follow = follow.cloned();
-                async move {
-                    let start = b * READ_BLOCK as u64;
-                    let mut permit = None;
-                    let len = match &mut follow {
-                        Some(f) => match f.block_len(&file, &path, b).await? {
-                            Some(len) => {
-                                if f.now() == WriterState::Writing {
-                                    permit =
-                                        Some(gate.acquire_owned().await.expect("never closed"));
-                                }
-                                len
-                            }
-                            None => return Ok(None),
-                        },
-                        None => (size - start).min(READ_BLOCK as u64) as usize,
-                    };
-                    let low = permit.is_some();
-                    let job = move || {
-                        let _permit = permit;
-                        let mut buf = pool.take();
-                        file.read_exact_at(&mut buf[..len], start)
-                            .map_err(|e| StoreError::io("read", &path, e))?;
-                        let hashes = chunk::hash_pages(&buf[..len]);
-                        let block = PooledBlock { buf, len, pool };
-                        Ok::<_, StoreError>((Bytes::from_owner(block), hashes))
-                    };
-                    let r = if low {
-                        crate::pool::run_idle(job).await
-                    } else {
-                        crate::pool::run(job).await
-                    };
-                    Ok::<_, StoreError>(Some(r??))
-                }
-            })
+            .map(|b| reader.clone().read(b))
             .buffered(2 * workers);
         let mut build = FileBuild::default();
         let mut compressing = FuturesOrdered::new();
@@ -728,36 +809,10 @@ impl<'a> Pipeline<'a> {
             self.bytes_read += block.len() as u64;
             self.progress
                 .event(ProgressEvent::BytesRead(block.len() as u64));
-            // One pool job per blob (up to 1 MiB), so that every worker has work even when
-            // a block holds few blobs; packed in order.
             // Blobs found while the writer still writes are compressed at idle priority too.
             let low = self.writer_writing();
             for j in self.dedup(&mut build, &block, &hashes) {
-                let key = self.key.clone();
-                let job = move || {
-                    // A raw blob is a slice of the block: no copy.
-                    let (mut codec, mut bytes) = match chunk::try_compress(&j.data) {
-                        Some(z) => (Codec::Zstd, Bytes::from(z)),
-                        None => (Codec::Raw, j.data.clone()),
-                    };
-                    if let Some(k) = &key {
-                        let aad = blob_aad(codec as u8, j.data.len() as u32);
-                        bytes = Bytes::from(k.seal(&aad, &bytes));
-                        codec = codec.sealed();
-                    }
-                    Compressed {
-                        id: j.id,
-                        raw_len: j.data.len() as u32,
-                        codec,
-                        bytes,
-                        digests: j.digests,
-                    }
-                };
-                compressing.push_back(if low {
-                    crate::pool::run_idle(job).boxed()
-                } else {
-                    crate::pool::run(job).boxed()
-                });
+                compressing.push_back(compress_on_pool(j, self.key.clone(), low));
             }
             while compressing.len() > MAX_COMPRESSING_BLOBS_PER_WORKER * workers {
                 let c = compressing.next().await.expect("non-empty")?;
@@ -774,18 +829,9 @@ impl<'a> Pipeline<'a> {
         }
         self.writer = None;
         self.release_held().await?;
-        let size = if follow.is_some() { read } else { size };
+        let size = if follow.is_some() { read } else { src.size };
         build.index.file_size = size;
-        // The file may have changed size while we read it (or, followed, after its writer
-        // said it was done).
-        let now = std::fs::metadata(&src.abs).map_err(|e| StoreError::io("stat", &src.abs, e))?;
-        if now.len() != size || read != size {
-            return Err(StoreError::Io {
-                op: "read (file changed size during push)",
-                path: src.abs.clone(),
-                source: std::io::Error::other("size changed"),
-            });
-        }
+        check_size_unchanged(src, size, read)?;
         debug_assert_eq!(
             build
                 .index
@@ -889,16 +935,10 @@ impl Store {
         if inner.exists(&manifest_key(&id)).await? {
             return Err(StoreError::SnapshotExists(id.to_string()));
         }
-        let list = || async {
-            let dir = dir.to_path_buf();
-            tokio::task::spawn_blocking(move || walk(&dir))
-                .await
-                .map_err(StoreError::Task)?
-        };
         // A followed source is listed once it is finished.
         let early = match follow {
             Some(_) => None,
-            None => Some(list().await?),
+            None => Some(list_files(dir).await?),
         };
         let seal = inner.keys.for_group(opts.group.as_deref()).cloned();
         let mut p = Pipeline::new(inner, progress, &id, seal.clone(), opts.concurrency);
@@ -920,7 +960,7 @@ impl Store {
         }
         let files = match early {
             Some(files) => files,
-            None => list().await?,
+            None => list_files(dir).await?,
         };
         let total: u64 = files.iter().map(|f| f.size).sum();
         progress.event(ProgressEvent::Started { total_bytes: total });
@@ -939,44 +979,10 @@ impl Store {
             .write_indexes(&files, &mut builds, cache.is_some())
             .await?;
         p.finish_pack_checks().await?;
-        // Everything the manifest will name is durable before it is committed (the packs
-        // were fsynced as their uploads finished; their directory is synced here).
-        let packs: Vec<String> = p.packs[p.reused_packs..].iter().map(pack_key).collect();
-        let indexes: Vec<String> = entries.iter().map(|e| index_key(&e.index.digest)).collect();
-        inner.make_durable(&indexes, &packs).await?;
+        p.make_durable(&entries).await?;
 
         progress.event(ProgressEvent::Committing);
-        let manifest = Manifest {
-            format_version: if seal.is_some() {
-                crate::FORMAT_VERSION_ENCRYPTED
-            } else {
-                crate::FORMAT_VERSION
-            }
-            .to_string(),
-            id: id.clone(),
-            created: crate::now_rfc3339(),
-            labels: opts.labels,
-            group: opts.group,
-            parent: opts.parent,
-            source: opts.source,
-            runsc_metadata: opts.runsc_metadata,
-            sandbox: opts.sandbox,
-            totals: Totals {
-                files: entries.len() as u64,
-                bytes: total,
-                zero_bytes: p.bytes_zero,
-                bytes_uploaded: p.bytes_uploaded,
-                objects_written: p.objects_written,
-            },
-            files: entries,
-            encryption: seal.as_ref().map(|k| Encryption {
-                algorithm: crate::crypto::ALGORITHM.to_string(),
-                key_id: k.id().to_string(),
-                packs: all_packs.into_iter().collect(),
-            }),
-            digest: String::new(),
-            mac: None,
-        };
+        let manifest = p.manifest(id.clone(), opts, seal.as_ref(), entries, all_packs, total);
         let (manifest, body_len) = commit_manifest(inner, manifest, seal.as_ref()).await?;
         tracing::info!(
             snapshot = %id,
@@ -985,19 +991,7 @@ impl Store {
             "push committed"
         );
         if let Some(c) = cache {
-            let linked: Vec<crate::cache::Adoption> = files
-                .iter()
-                .zip(cache_pages)
-                .map(|(f, pages)| {
-                    let key = manifest
-                        .files
-                        .iter()
-                        .find(|e| e.path == f.rel)
-                        .and_then(|e| crate::cache::file_key(&e.index.digest));
-                    (f.abs.clone(), pages, key)
-                })
-                .collect();
-            c.adopt_all(linked).await?;
+            adopt_pushed(&c, &files, cache_pages, &manifest).await?;
         }
         Ok(PushReport {
             id,
@@ -1008,6 +1002,93 @@ impl Store {
             objects_written: p.objects_written + 1,
             manifest,
         })
+    }
+}
+
+/// The regular files under `dir` (listed on a blocking thread).
+async fn list_files(dir: &Path) -> Result<Vec<Source>, StoreError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || walk(&dir))
+        .await
+        .map_err(StoreError::Task)?
+}
+
+/// Links the pushed files into the node's page cache, each under its index's file key.
+async fn adopt_pushed(
+    cache: &crate::cache::PageCache,
+    files: &[Source],
+    cache_pages: Vec<Vec<CachePage>>,
+    manifest: &Manifest,
+) -> Result<(), StoreError> {
+    let linked: Vec<crate::cache::Adoption> = files
+        .iter()
+        .zip(cache_pages)
+        .map(|(f, pages)| {
+            let key = manifest
+                .files
+                .iter()
+                .find(|e| e.path == f.rel)
+                .and_then(|e| crate::cache::file_key(&e.index.digest));
+            (f.abs.clone(), pages, key)
+        })
+        .collect();
+    cache.adopt_all(linked).await?;
+    Ok(())
+}
+
+impl Pipeline<'_> {
+    /// Makes everything the manifest will name durable before it is committed (the packs
+    /// were fsynced as their uploads finished; their directory is synced here).
+    async fn make_durable(&self, entries: &[FileEntry]) -> Result<(), StoreError> {
+        let packs: Vec<String> = self.packs[self.reused_packs..]
+            .iter()
+            .map(pack_key)
+            .collect();
+        let indexes: Vec<String> = entries.iter().map(|e| index_key(&e.index.digest)).collect();
+        self.inner.make_durable(&indexes, &packs).await
+    }
+
+    /// The manifest of this push (digest and MAC still empty: `commit_manifest` fills them).
+    fn manifest(
+        &self,
+        id: SnapshotId,
+        opts: PushOptions,
+        seal: Option<&Key>,
+        entries: Vec<FileEntry>,
+        all_packs: std::collections::BTreeSet<String>,
+        total: u64,
+    ) -> Manifest {
+        Manifest {
+            format_version: if seal.is_some() {
+                crate::FORMAT_VERSION_ENCRYPTED
+            } else {
+                crate::FORMAT_VERSION
+            }
+            .to_string(),
+            id,
+            created: crate::now_rfc3339(),
+            labels: opts.labels,
+            group: opts.group,
+            parent: opts.parent,
+            source: opts.source,
+            runsc_metadata: opts.runsc_metadata,
+            sandbox: opts.sandbox,
+            totals: Totals {
+                files: entries.len() as u64,
+                bytes: total,
+                zero_bytes: self.bytes_zero,
+                bytes_uploaded: self.bytes_uploaded,
+                objects_written: self.objects_written,
+            },
+            files: entries,
+            encryption: seal.map(|k| Encryption {
+                algorithm: crate::crypto::ALGORITHM.to_string(),
+                key_id: k.id().to_string(),
+                packs: all_packs.into_iter().collect(),
+            }),
+            digest: String::new(),
+            mac: None,
+        }
     }
 }
 

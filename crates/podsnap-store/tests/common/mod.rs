@@ -174,58 +174,72 @@ fn p(s: &str) -> ObjPath {
 
 /// The object store conformance suite: what podsnap relies on from every backend.
 pub async fn object_store_conformance(os: Arc<dyn ObjectStore>, prefix: &str) {
-    let k = |s: &str| p(&format!("{prefix}/{s}"));
+    let os = &*os;
+    let data = put_get_and_head(os, prefix).await;
+    ranged_gets(os, prefix, &data).await;
+    missing_objects_are_not_found(os, prefix).await;
+    listing(os, prefix).await;
+    create_only_put(os, prefix).await;
+    multipart_put(os, prefix).await;
+    deletes(os, prefix).await;
+}
 
-    // put / get / head
+/// `s` under the conformance suite's `prefix`.
+fn key(prefix: &str, s: &str) -> ObjPath {
+    p(&format!("{prefix}/{s}"))
+}
+
+/// put / get / head of `a/one` (100 000 bytes, which it returns).
+async fn put_get_and_head(os: &dyn ObjectStore, prefix: &str) -> Bytes {
+    let one = key(prefix, "a/one");
     let data = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-    os.put(&k("a/one"), PutPayload::from(data.clone()))
+    os.put(&one, PutPayload::from(data.clone()))
         .await
         .expect("put");
-    let got = os
-        .get(&k("a/one"))
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .unwrap();
+    let got = os.get(&one).await.expect("get").bytes().await.unwrap();
     assert_eq!(got, data, "get returns what put stored");
-    assert_eq!(os.head(&k("a/one")).await.unwrap().size, data.len() as u64);
+    assert_eq!(os.head(&one).await.unwrap().size, data.len() as u64);
+    data
+}
 
-    // ranged get, including one reaching the end
-    let r = os.get_range(&k("a/one"), 1000..5000).await.expect("range");
+/// Ranged gets of `a/one` (holding `data`), including one reaching the end.
+async fn ranged_gets(os: &dyn ObjectStore, prefix: &str, data: &Bytes) {
+    let one = key(prefix, "a/one");
+    let r = os.get_range(&one, 1000..5000).await.expect("range");
     assert_eq!(&r[..], &data[1000..5000]);
     let r = os
-        .get_range(&k("a/one"), 99_990..100_000)
+        .get_range(&one, 99_990..100_000)
         .await
         .expect("tail range");
     assert_eq!(&r[..], &data[99_990..]);
     let rs = os
-        .get_ranges(&k("a/one"), &[0..10, 50_000..50_010])
+        .get_ranges(&one, &[0..10, 50_000..50_010])
         .await
         .expect("ranges");
     assert_eq!(&rs[1][..], &data[50_000..50_010]);
+}
 
-    // missing objects are NotFound
-    let e = os
-        .get(&k("a/missing"))
-        .await
-        .expect_err("missing get fails");
+async fn missing_objects_are_not_found(os: &dyn ObjectStore, prefix: &str) {
+    let missing = key(prefix, "a/missing");
+    let e = os.get(&missing).await.expect_err("missing get fails");
     assert!(matches!(e, object_store::Error::NotFound { .. }), "{e:?}");
     let e = os
-        .get_range(&k("a/missing"), 0..10)
+        .get_range(&missing, 0..10)
         .await
         .expect_err("missing range fails");
     assert!(matches!(e, object_store::Error::NotFound { .. }), "{e:?}");
+}
 
-    // list (recursive, prefix-limited)
-    os.put(&k("a/two"), PutPayload::from_static(b"2"))
+/// Listing is recursive and prefix-limited, with modification times.
+async fn listing(os: &dyn ObjectStore, prefix: &str) {
+    os.put(&key(prefix, "a/two"), PutPayload::from_static(b"2"))
         .await
         .unwrap();
-    os.put(&k("b/three"), PutPayload::from_static(b"3"))
+    os.put(&key(prefix, "b/three"), PutPayload::from_static(b"3"))
         .await
         .unwrap();
     let mut listed: Vec<String> = os
-        .list(Some(&k("a")))
+        .list(Some(&key(prefix, "a")))
         .map_ok(|m| m.location.to_string())
         .try_collect()
         .await
@@ -240,55 +254,55 @@ pub async fn object_store_conformance(os: Arc<dyn ObjectStore>, prefix: &str) {
     assert!(all
         .iter()
         .all(|m| m.last_modified.timestamp() > 1_600_000_000));
+}
 
-    // create-only put
+/// A second create-only put of a key fails with AlreadyExists and leaves the first object.
+async fn create_only_put(os: &dyn ObjectStore, prefix: &str) {
+    let x = key(prefix, "m/x.json");
     let create = PutOptions {
         mode: PutMode::Create,
         ..Default::default()
     };
-    os.put_opts(
-        &k("m/x.json"),
-        PutPayload::from_static(b"first"),
-        create.clone(),
-    )
-    .await
-    .expect("first create");
+    os.put_opts(&x, PutPayload::from_static(b"first"), create.clone())
+        .await
+        .expect("first create");
     let e = os
-        .put_opts(
-            &k("m/x.json"),
-            PutPayload::from_static(b"second"),
-            create.clone(),
-        )
+        .put_opts(&x, PutPayload::from_static(b"second"), create.clone())
         .await
         .expect_err("second create must fail");
     assert!(
         matches!(e, object_store::Error::AlreadyExists { .. }),
         "{e:?}"
     );
-    let kept = os.get(&k("m/x.json")).await.unwrap().bytes().await.unwrap();
+    let kept = os.get(&x).await.unwrap().bytes().await.unwrap();
     assert_eq!(
         &kept[..],
         b"first",
         "a failed create leaves the first object"
     );
+}
 
-    // multipart (two 5 MiB parts and a tail, S3's minimum part size)
+/// Multipart: two 5 MiB parts and a tail (S3's minimum part size).
+async fn multipart_put(os: &dyn ObjectStore, prefix: &str) {
+    let big_key = key(prefix, "big");
     let big: Vec<u8> = (0..(10 * 1024 * 1024 + 123))
         .map(|i: u32| (i % 239) as u8)
         .collect();
-    let upload = os.put_multipart(&k("big")).await.expect("multipart start");
+    let upload = os.put_multipart(&big_key).await.expect("multipart start");
     let mut w = WriteMultipart::new_with_chunk_size(upload, 5 * 1024 * 1024);
     w.write(&big);
     w.finish().await.expect("multipart finish");
-    let got = os.get(&k("big")).await.unwrap().bytes().await.unwrap();
+    let got = os.get(&big_key).await.unwrap().bytes().await.unwrap();
     assert_eq!(got.len(), big.len());
     assert!(got[..] == big[..], "multipart content");
+}
 
-    // delete
-    for key in ["a/one", "a/two", "b/three", "m/x.json", "big"] {
-        os.delete(&k(key)).await.expect("delete");
+/// Deleting every object the suite wrote leaves nothing under its prefix.
+async fn deletes(os: &dyn ObjectStore, prefix: &str) {
+    for k in ["a/one", "a/two", "b/three", "m/x.json", "big"] {
+        os.delete(&key(prefix, k)).await.expect("delete");
     }
-    let e = os.head(&k("a/one")).await.expect_err("deleted");
+    let e = os.head(&key(prefix, "a/one")).await.expect_err("deleted");
     assert!(matches!(e, object_store::Error::NotFound { .. }), "{e:?}");
     let left: Vec<_> = os.list(Some(&p(prefix))).try_collect().await.unwrap();
     assert!(left.is_empty(), "{left:?}");
@@ -391,196 +405,255 @@ pub async fn all_objects(store: &Store) -> Vec<(ObjPath, Bytes)> {
     out
 }
 
+/// A page of incompressible bytes around a marker: stored raw, so the marker is visible in
+/// a plain snapshot (the check can fail) and must not be in a sealed one.
+const MARKER: &[u8] = b"podsnap-confidential-marker-3f9c";
+
+/// Whether any of `objs` holds [`MARKER`].
+fn contains_marker(objs: &[(ObjPath, Bytes)]) -> bool {
+    objs.iter()
+        .any(|(_, b)| b.windows(MARKER.len()).any(|w| w == MARKER))
+}
+
+/// The encrypted suite's world: `store` without keys, `keyed` with `key_a` for group `g`, and
+/// a source image in `src` of 32 marked random pages and 32 zero pages.
+struct Sealing {
+    store: Store,
+    keyed: Store,
+    key_a: podsnap_store::Key,
+    work: tempfile::TempDir,
+    src: std::path::PathBuf,
+}
+
+impl Sealing {
+    fn new(store: Store) -> Sealing {
+        let key_a = podsnap_store::Key::from_bytes(&[0xa1; 32]);
+        let mut ring = podsnap_store::Keyring::new();
+        ring.set_group("g", key_a.clone());
+        let keyed = store.with_keyring(ring);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+        let mut img = vec![0u8; 64 * PAGE];
+        rng.fill_bytes(&mut img[..32 * PAGE]);
+        for p in 0..32 {
+            img[p * PAGE + 100..p * PAGE + 100 + MARKER.len()].copy_from_slice(MARKER);
+        }
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        write_file(&src, "pages.img", &img);
+        Sealing {
+            store,
+            keyed,
+            key_a,
+            work,
+            src,
+        }
+    }
+
+    fn dest(&self, name: &str) -> std::path::PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// The check can fail: a plain push stores the marker as it is (and gc removes it).
+    async fn plain_push_shows_the_marker(&self) {
+        let store = &self.store;
+        let before = all_objects(store).await;
+        assert!(!contains_marker(&before), "marker already in the store");
+        let plain = store
+            .push(&self.src, opts_in_group("plain"), &NoProgress)
+            .await
+            .expect("plain push");
+        assert!(
+            contains_marker(&all_objects(store).await),
+            "a plain push stores the raw page as it is"
+        );
+        store.delete(&plain.id).await.unwrap();
+        store.gc(std::time::Duration::ZERO).await.unwrap();
+        assert!(
+            !contains_marker(&all_objects(store).await),
+            "gc removed the plain copy"
+        );
+    }
+
+    /// An encrypted push: no plaintext in any object, its manifest (readable without a key)
+    /// records the key and its packs, and it pulls with the key. Returns the snapshot, its
+    /// packs, and every object of the store.
+    async fn sealed_push(&self) -> (SnapshotId, Vec<String>, Vec<(ObjPath, Bytes)>) {
+        let sealed = self
+            .keyed
+            .push(&self.src, opts_in_group("g"), &NoProgress)
+            .await
+            .expect("encrypted push");
+        let objs = all_objects(&self.store).await;
+        assert!(
+            !contains_marker(&objs),
+            "plaintext found in an encrypted snapshot's objects"
+        );
+        let m = self
+            .store
+            .manifest(&sealed.id)
+            .await
+            .expect("manifest readable without a key");
+        assert_eq!(m.format_version, podsnap_store::FORMAT_VERSION_ENCRYPTED);
+        let e = m.encryption.clone().expect("encryption recorded");
+        assert_eq!(e.key_id, self.key_a.id());
+        assert!(!e.packs.is_empty());
+        for p in &e.packs {
+            assert!(
+                objs.iter()
+                    .any(|(loc, _)| loc.as_ref().ends_with(&format!("packs/{p}"))),
+                "listed pack {p} exists"
+            );
+        }
+        let out = self.dest("out");
+        self.keyed
+            .pull(&sealed.id, &out, &NoProgress)
+            .await
+            .expect("pull with the key");
+        assert_eq!(dir_digest(&out), dir_digest(&self.src));
+        (sealed.id, e.packs, objs)
+    }
+
+    /// Without the key, with the wrong key: refused before anything is written; and a plain
+    /// snapshot in a group that has a key is not accepted. Returns that plain snapshot.
+    async fn refusals(&self, sealed: &SnapshotId) -> SnapshotId {
+        use podsnap_store::StoreError;
+        let dest = self.dest("refused");
+        let err = self
+            .store
+            .pull(sealed, &dest, &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Encryption { .. }), "{err}");
+        assert!(err.to_string().contains("no key for group g"), "{err}");
+        let mut wrong = podsnap_store::Keyring::new();
+        wrong.set_group("g", podsnap_store::Key::from_bytes(&[0xb2; 32]));
+        let err = self
+            .store
+            .with_keyring(wrong)
+            .pull(sealed, &dest, &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("but the key configured for group g"),
+            "{err}"
+        );
+        assert!(!dest.exists());
+
+        let planted = self
+            .store
+            .push(&self.src, opts_in_group("g"), &NoProgress)
+            .await
+            .unwrap();
+        let err = self
+            .keyed
+            .pull(&planted.id, &dest, &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not encrypted"), "{err}");
+        assert!(!dest.exists());
+        planted.id
+    }
+
+    /// An altered manifest with a recomputed digest fails authentication; so does one flipped
+    /// byte in a pack, leaving nothing behind. Both objects are put back afterwards.
+    async fn tampering_is_detected(
+        &self,
+        sealed: &SnapshotId,
+        packs: &[String],
+        objs: &[(ObjPath, Bytes)],
+    ) {
+        let dest = self.dest("refused");
+        let prefix = prefix_of(objs, sealed);
+        let mkey = ObjPath::from(format!("{prefix}manifests/{sealed}.json"));
+        let os = self.store.object_store();
+        let original = os.get(&mkey).await.unwrap().bytes().await.unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        v["labels"]["app"] = "altered".into();
+        os.put(&mkey, PutPayload::from(reseal(v))).await.unwrap();
+        let err = self
+            .keyed
+            .pull(sealed, &dest, &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("authentication failed"), "{err}");
+        os.put(&mkey, PutPayload::from(original)).await.unwrap();
+
+        let pack = ObjPath::from(format!("{prefix}packs/{}", packs[0]));
+        let good = os.get(&pack).await.unwrap().bytes().await.unwrap();
+        let mut bad = good.to_vec();
+        bad[40] ^= 0x01;
+        os.put(&pack, PutPayload::from(bad)).await.unwrap();
+        let err = self
+            .keyed
+            .pull(sealed, &dest, &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, podsnap_store::StoreError::Corrupt { .. })
+                && err.to_string().contains("authentication"),
+            "{err}"
+        );
+        assert!(!dest.exists());
+        os.put(&pack, PutPayload::from(good)).await.unwrap();
+    }
+
+    /// Dedup stays within a key: the same pages under another group key are stored again.
+    /// Returns the store holding both keys, the same-key child and the other-key snapshot.
+    async fn dedup_within_a_key(&self, sealed: &SnapshotId) -> (Store, SnapshotId, SnapshotId) {
+        let mut two = podsnap_store::Keyring::new();
+        two.set_group("g", self.key_a.clone());
+        two.set_group("h", podsnap_store::Key::from_bytes(&[0xc3; 32]));
+        let two = self.store.with_keyring(two);
+        let child_of = |group: &str| PushOptions {
+            parent: Some(sealed.clone()),
+            ..opts_in_group(group)
+        };
+        let child = two
+            .push(&self.src, child_of("g"), &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(
+            child.bytes_deduplicated,
+            32 * PAGE as u64,
+            "same key: pages reused"
+        );
+        let other = two
+            .push(&self.src, child_of("h"), &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(other.bytes_deduplicated, 0, "another key: nothing reused");
+        let out2 = self.dest("out2");
+        two.pull(&other.id, &out2, &NoProgress).await.unwrap();
+        assert_eq!(dir_digest(&out2), dir_digest(&self.src));
+        (two, child.id, other.id)
+    }
+}
+
 /// Encryption at rest, over `store` (which must have no keys and may hold other snapshots):
 /// the Store suite under a group key, confidentiality of every stored byte, refusals without
 /// or with the wrong key, tamper detection, dedup only within a key, and gc without keys.
 pub async fn encrypted_suite(store: Store) {
-    use podsnap_store::{Key, Keyring, StoreError};
-    let key_a = Key::from_bytes(&[0xa1; 32]);
-    let mut ring = Keyring::new();
-    ring.set_group("g", key_a.clone());
-    let keyed = store.with_keyring(ring);
-    store_suite(keyed.clone()).await;
-
-    // A page of incompressible bytes around a marker: stored raw, so the marker is visible in
-    // a plain snapshot (the check below can fail) and must not be in a sealed one.
-    const MARKER: &[u8] = b"podsnap-confidential-marker-3f9c";
-    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
-    let mut img = vec![0u8; 64 * PAGE];
-    rng.fill_bytes(&mut img[..32 * PAGE]);
-    for p in 0..32 {
-        img[p * PAGE + 100..p * PAGE + 100 + MARKER.len()].copy_from_slice(MARKER);
-    }
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    write_file(&src, "pages.img", &img);
-    let contains_marker = |objs: &[(ObjPath, Bytes)]| {
-        objs.iter()
-            .any(|(_, b)| b.windows(MARKER.len()).any(|w| w == MARKER))
-    };
-    let before = all_objects(&store).await;
-    assert!(!contains_marker(&before), "marker already in the store");
-    let plain = store
-        .push(&src, opts_in_group("plain"), &NoProgress)
-        .await
-        .expect("plain push");
-    assert!(
-        contains_marker(&all_objects(&store).await),
-        "a plain push stores the raw page as it is"
-    );
-    store.delete(&plain.id).await.unwrap();
-    store.gc(std::time::Duration::ZERO).await.unwrap();
-    assert!(
-        !contains_marker(&all_objects(&store).await),
-        "gc removed the plain copy"
-    );
-
-    let sealed = keyed
-        .push(&src, opts_in_group("g"), &NoProgress)
-        .await
-        .expect("encrypted push");
-    let objs = all_objects(&store).await;
-    assert!(
-        !contains_marker(&objs),
-        "plaintext found in an encrypted snapshot's objects"
-    );
-    let m = store
-        .manifest(&sealed.id)
-        .await
-        .expect("manifest readable without a key");
-    assert_eq!(m.format_version, podsnap_store::FORMAT_VERSION_ENCRYPTED);
-    let e = m.encryption.clone().expect("encryption recorded");
-    assert_eq!(e.key_id, key_a.id());
-    assert!(!e.packs.is_empty());
-    for p in &e.packs {
-        assert!(
-            objs.iter()
-                .any(|(loc, _)| loc.as_ref().ends_with(&format!("packs/{p}"))),
-            "listed pack {p} exists"
-        );
-    }
-    let out = work.path().join("out");
-    keyed
-        .pull(&sealed.id, &out, &NoProgress)
-        .await
-        .expect("pull with the key");
-    assert_eq!(dir_digest(&out), dir_digest(&src));
-
-    // Without the key, with the wrong key: refused before anything is written.
-    let dest = work.path().join("refused");
-    let err = store
-        .pull(&sealed.id, &dest, &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Encryption { .. }), "{err}");
-    assert!(err.to_string().contains("no key for group g"), "{err}");
-    let mut wrong = Keyring::new();
-    wrong.set_group("g", Key::from_bytes(&[0xb2; 32]));
-    let err = store
-        .with_keyring(wrong)
-        .pull(&sealed.id, &dest, &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("but the key configured for group g"),
-        "{err}"
-    );
-    assert!(!dest.exists());
-
-    // A plain snapshot in a group that has a key is not accepted.
-    let planted = store
-        .push(&src, opts_in_group("g"), &NoProgress)
-        .await
-        .unwrap();
-    let err = keyed
-        .pull(&planted.id, &dest, &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("not encrypted"), "{err}");
-    assert!(!dest.exists());
-
-    // An altered manifest with a recomputed digest fails authentication.
-    let prefix = prefix_of(&objs, &sealed.id);
-    let mkey = ObjPath::from(format!("{prefix}manifests/{}.json", sealed.id));
-    let os = store.object_store();
-    let original = os.get(&mkey).await.unwrap().bytes().await.unwrap();
-    let mut v: serde_json::Value = serde_json::from_slice(&original).unwrap();
-    v["labels"]["app"] = "altered".into();
-    os.put(&mkey, PutPayload::from(reseal(v))).await.unwrap();
-    let err = keyed
-        .pull(&sealed.id, &dest, &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("authentication failed"), "{err}");
-    os.put(&mkey, PutPayload::from(original)).await.unwrap();
-
-    // One flipped byte in a pack: the blob fails authentication, nothing is left behind.
-    let pack = ObjPath::from(format!("{prefix}packs/{}", e.packs[0]));
-    let good = os.get(&pack).await.unwrap().bytes().await.unwrap();
-    let mut bad = good.to_vec();
-    bad[40] ^= 0x01;
-    os.put(&pack, PutPayload::from(bad)).await.unwrap();
-    let err = keyed
-        .pull(&sealed.id, &dest, &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Corrupt { .. }) && err.to_string().contains("authentication"),
-        "{err}"
-    );
-    assert!(!dest.exists());
-    os.put(&pack, PutPayload::from(good)).await.unwrap();
-
-    // Dedup stays within a key: the same pages under another group key are stored again.
-    let mut two = Keyring::new();
-    two.set_group("g", key_a.clone());
-    two.set_group("h", Key::from_bytes(&[0xc3; 32]));
-    let two = store.with_keyring(two);
-    let child = two
-        .push(
-            &src,
-            PushOptions {
-                parent: Some(sealed.id.clone()),
-                ..opts_in_group("g")
-            },
-            &NoProgress,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        child.bytes_deduplicated,
-        32 * PAGE as u64,
-        "same key: pages reused"
-    );
-    let other = two
-        .push(
-            &src,
-            PushOptions {
-                parent: Some(sealed.id.clone()),
-                ..opts_in_group("h")
-            },
-            &NoProgress,
-        )
-        .await
-        .unwrap();
-    assert_eq!(other.bytes_deduplicated, 0, "another key: nothing reused");
-    let out2 = work.path().join("out2");
-    two.pull(&other.id, &out2, &NoProgress).await.unwrap();
-    assert_eq!(dir_digest(&out2), dir_digest(&src));
+    let s = Sealing::new(store);
+    store_suite(s.keyed.clone()).await;
+    s.plain_push_shows_the_marker().await;
+    let (sealed, packs, objs) = s.sealed_push().await;
+    let planted = s.refusals(&sealed).await;
+    s.tampering_is_detected(&sealed, &packs, &objs).await;
+    let (two, child, other) = s.dedup_within_a_key(&sealed).await;
 
     // gc needs no key: it keeps what encrypted manifests list and sweeps the rest.
-    for id in [&sealed.id, &other.id, &planted.id] {
-        store.delete(id).await.unwrap();
+    for id in [&sealed, &other, &planted] {
+        s.store.delete(id).await.unwrap();
     }
-    let report = store.gc(std::time::Duration::ZERO).await.unwrap();
+    let report = s.store.gc(std::time::Duration::ZERO).await.unwrap();
     assert!(report.deleted_objects > 0, "{report:?}");
     assert!(report.broken_snapshots.is_empty(), "{report:?}");
-    let out3 = work.path().join("out3");
-    two.pull(&child.id, &out3, &NoProgress)
+    let out3 = s.dest("out3");
+    two.pull(&child, &out3, &NoProgress)
         .await
         .expect("the child survives gc: its reused packs are listed in its manifest");
-    assert_eq!(dir_digest(&out3), dir_digest(&src));
+    assert_eq!(dir_digest(&out3), dir_digest(&s.src));
 }
 
 fn opts_in_group(g: &str) -> PushOptions {
