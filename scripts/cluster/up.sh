@@ -577,7 +577,15 @@ node2_mounts() {
     fi
     touch "$NS_DIR/$NODE2_NAME"
     unshare --mount="$NS_DIR/$NODE2_NAME" --propagation private true
+    # Inside: first drop the copies of the first node's mounts under the node paths (its
+    # containers' rootfs, netns, volumes, and /run/podsnap-cluster's shared bind), then mount
+    # this node's directories there; /run/podsnap-cluster a shared mount of its own (the
+    # DaemonSet's HostToContainer mount needs one; containerd checks the mount it finds first).
     nsenter --mount="$NS_DIR/$NODE2_NAME" -- sh -ec "
+        for d in '$CLUSTER_RUN' '$CLUSTER_VAR' '$KUBELET_ROOT'; do
+            awk -v d=\"\$d\" '\$5 == d || index(\$5, d \"/\") == 1 {print \$5}' /proc/self/mountinfo | sort -r |
+                while read -r m; do umount -l \"\$m\" 2>/dev/null || true; done
+        done
         mount --bind '$SNAPSHOTS' '$nvar/snapshots'
         mount --bind '$nvar/kubelet' '$KUBELET_ROOT'
         mount --rbind '$nvar' '$CLUSTER_VAR'

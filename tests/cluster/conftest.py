@@ -16,6 +16,32 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBECONFIG = ROOT / "target" / "cluster" / "kubeconfig"
 
 
+def cluster_env():
+    """target/cluster/env, written by scripts/cluster/up.sh (KEY=VALUE lines)."""
+    env = {}
+    path = ROOT / "target" / "cluster" / "env"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        k, _, v = line.partition("=")
+        env[k] = v
+    return env
+
+
+def node_names():
+    """The cluster's nodes as up.sh made them: the first, and the second with
+    PODSNAP_CLUSTER_NODES=2."""
+    env = cluster_env()
+    return [env.get("NODE_NAME", "podsnap-node")] + ([env["NODE2_NAME"]] if env.get("NODE2_NAME") else [])
+
+
+def kubelet_root_on_host(node):
+    """Where a node's kubelet root (/var/lib/kubelet inside the node) is on this host: the
+    second node's is its own directory, mounted there in its mount namespace (up.sh)."""
+    env = cluster_env()
+    if node and node == env.get("NODE2_NAME"):
+        return Path(env.get("CLUSTER_VAR", "/var/lib/podsnap-cluster")) / "nodes" / node / "kubelet"
+    return Path("/var/lib/kubelet")
+
+
 @pytest.fixture
 def tutorial_client():
     """Runs docs/tutorial/client.py with whichever SDK this interpreter imports and checks

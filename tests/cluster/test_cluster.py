@@ -140,10 +140,12 @@ def run_pod(core, name, command, runtime_class=None, want=None):
 
 
 def test_node_ready_and_apis_served(api, core):
+    from conftest import node_names
     nodes = core.list_node().items
-    assert len(nodes) == 1
-    ready = [c for c in nodes[0].status.conditions if c.type == "Ready"]
-    assert ready and ready[0].status == "True", ready
+    assert sorted(n.metadata.name for n in nodes) == sorted(node_names())
+    for node in nodes:
+        ready = [c for c in node.status.conditions if c.type == "Ready"]
+        assert ready and ready[0].status == "True", (node.metadata.name, ready)
     groups = {g.name: [v.version for v in g.versions] for g in client.ApisApi(api).get_api_versions().groups}
     assert "v1alpha1" in groups.get(AGENTS[0], []), groups.keys()
     assert "v1alpha1" in groups.get(EXTENSIONS[0], []), groups.keys()

@@ -81,14 +81,16 @@ def test_rootfs_emptydirs_and_tmpfs_come_back_complete(tutorial, custom, core):
         pod = sandbox.get_pod_name()
         wait("counting", 60, lambda: (last_count(core, pod) or -1) >= 4)
         before = last_count(core, pod)
-        old_uid = core.read_namespaced_pod(pod, NS).metadata.uid
+        old = core.read_namespaced_pod(pod, NS)
+        old_uid, old_node = old.metadata.uid, old.spec.node_name
         s = sandbox.suspend(snapshot_before_suspend=True)
         assert s.success, s.error_reason
         time.sleep(3)
         # What the old pod left on the node must not be what comes back: its disk emptyDir
         # (under the kubelet's root, /var/lib/kubelet here) is emptied before the resume, so
         # the files can only come from the snapshot.
-        old_disk = f"/var/lib/kubelet/pods/{old_uid}/volumes/kubernetes.io~empty-dir/disk"
+        from conftest import kubelet_root_on_host
+        old_disk = f"{kubelet_root_on_host(old_node)}/pods/{old_uid}/volumes/kubernetes.io~empty-dir/disk"
         if os.path.isdir(old_disk):
             for name in os.listdir(old_disk):
                 os.remove(os.path.join(old_disk, name))
