@@ -4,15 +4,24 @@
 //! - [`crd`]: the four kinds, with generated schemas.
 //! - [`model`]: every decision as a pure function (selection, groups, retention, the pod-spec
 //!   hash, which snapshot a new pod restores from).
+//! - [`api`]: what the reconcilers call, as traits ([`api::Cluster`] for the Kubernetes API,
+//!   [`api::NodeApi`] for the nodes' podsnapd), so they are tested over a double.
 //! - [`nodes`]: finding a node's podsnapd and calling it over mutual TLS.
-//! - [`trigger`]: `PodSnapshotManualTrigger` -> checkpoint -> `PodSnapshot`, retention.
-//! - [`snapshot`]: `PodSnapshot` deletion reaches the store (finalizer).
-//! - [`restore`]: the mutating admission webhook that points a new pod at its snapshot, and
-//!   the `PodRestored` condition once it runs.
-//! - [`webhook`]: the HTTPS server and its registration; [`election`]: one active controller.
+//! - [`conditions`]: the one way a status condition is set; [`error`]: errors and backoff.
+//! - One reconciler per kind, each short, returning an `Action`:
+//!   [`trigger`] (`PodSnapshotManualTrigger` -> a checkpoint job on the pod's node, polled
+//!   until it ends -> a Ready `PodSnapshot`, retention), [`snapshot`] (`PodSnapshot`
+//!   deletion reaches the store), [`restore`] (the admission decision that points a new pod
+//!   at its snapshot, and its `PodRestored` condition from the node's restore job).
+//! - [`controllers`]: the three `kube::runtime::Controller`s over those reconcilers;
+//!   [`webhook`]: the HTTPS server and its registration; [`election`]: one active controller.
 
+pub mod api;
+pub mod conditions;
+pub mod controllers;
 pub mod crd;
 pub mod election;
+pub mod error;
 pub mod model;
 pub mod nodes;
 pub mod restore;
@@ -20,36 +29,29 @@ pub mod snapshot;
 pub mod trigger;
 pub mod webhook;
 
+#[cfg(test)]
+mod testing;
+
 use std::sync::Arc;
 
+pub use error::Error;
 pub use nodes::Nodes;
-
-/// Errors of the controller's library; the binary adds context with anyhow.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// Bad input in an object (a policy, a storage config, an annotation).
-    #[error("{0}")]
-    Invalid(String),
-    /// Something the request names does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The node's podsnapd could not be reached or refused.
-    #[error("podsnapd on node {node} ({endpoint}): {message}")]
-    Podsnapd {
-        node: String,
-        endpoint: String,
-        message: String,
-    },
-    #[error("{0}")]
-    Finalizer(String),
-}
 
 /// What every reconciler shares.
 pub struct Context {
-    pub client: kube::Client,
-    pub nodes: Nodes,
+    pub cluster: Arc<dyn api::Cluster>,
+    pub nodes: Arc<dyn api::NodeApi>,
+    pub backoff: error::Backoff,
+}
+
+impl Context {
+    pub fn new(cluster: Arc<dyn api::Cluster>, nodes: Arc<dyn api::NodeApi>) -> Ctx {
+        Arc::new(Context {
+            cluster,
+            nodes,
+            backoff: error::Backoff::default(),
+        })
+    }
 }
 
 pub type Ctx = Arc<Context>;
@@ -62,4 +64,12 @@ pub fn new_traceparent() -> String {
     let trace: [u8; 16] = r.gen();
     let span: [u8; 8] = r.gen();
     format!("00-{}-{}-01", hex::encode(trace), hex::encode(span))
+}
+
+/// Seconds since an object's creation (0 when unknown or in the future).
+pub fn age_secs(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| (k8s_openapi::jiff::Timestamp::now().as_second() - t.0.as_second()).max(0))
+        .unwrap_or(0)
 }

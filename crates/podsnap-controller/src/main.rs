@@ -7,16 +7,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
-use podsnap_controller::crd::{self, PodSnapshot, PodSnapshotManualTrigger};
+use podsnap_controller::api::KubeCluster;
+use podsnap_controller::crd;
 use podsnap_controller::nodes::NodesConfig;
 use podsnap_controller::webhook::{self, ClientConfig, ServingCert};
-use podsnap_controller::{election, restore, snapshot, trigger, Context, Nodes};
+use podsnap_controller::{controllers, election, Context, Ctx, Nodes};
 use tracing::{error, info, warn};
 
 /// The cluster side of podsnap: serves `podsnapshot.gke.io/v1` (PodSnapshotStorageConfig,
@@ -208,10 +206,10 @@ fn parse_service(s: &str) -> anyhow::Result<ClientConfig> {
     })
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into());
-    if args.log_format == "json" {
+    if format == "json" {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
@@ -224,11 +222,35 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = client(&args).await?;
     if args.install_crds {
         install_crds(&client).await?;
     }
+    let ctx = context(&args, &client)?;
+    // The webhook: every replica serves it. The reconcilers: only the leader.
+    start_webhook(&args, &client, ctx.clone()).await?;
+    let elect = elect(&args, &client).await;
+    info!("reconciling PodSnapshotManualTriggers, PodSnapshots and restoring pods");
+    let hold = async {
+        match &elect {
+            Some(e) => e.hold().await,
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        stopped = controllers::run_all(client, ctx) => bail!("{stopped} stopped"),
+        _ = hold => bail!("lost leadership; exiting so that a follower takes over"),
+        _ = tokio::signal::ctrl_c() => { info!("interrupted"); Ok(()) }
+    }
+}
+
+/// The reconcilers' context: the API server (with kube's Event recorder) and the nodes.
+fn context(args: &RunArgs, client: &Client) -> anyhow::Result<Ctx> {
     let nodes = Nodes::new(
         client.clone(),
         NodesConfig {
@@ -240,49 +262,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             connect_timeout: Duration::from_secs(5),
         },
     );
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        nodes,
-    });
+    let cluster = KubeCluster::new(client.clone(), Some(identity(args)));
+    Ok(Context::new(Arc::new(cluster), Arc::new(nodes)))
+}
 
-    // The webhook: every replica serves it.
+/// Serves the webhook (in a task of its own) and registers it.
+async fn start_webhook(args: &RunArgs, client: &Client, ctx: Ctx) -> anyhow::Result<()> {
     let target = match (&args.webhook_url, &args.webhook_service) {
         (Some(u), _) => Some(ClientConfig::Url(u.clone())),
         (None, Some(s)) => Some(parse_service(s)?),
         (None, None) => None,
     };
-    let cert = match &args.webhook_cert {
-        Some(_) => ServingCert {
-            cert_pem: String::from_utf8(read(&args.webhook_cert)?)
-                .context("--webhook-cert is not PEM")?,
-            key_pem: String::from_utf8(read(&args.webhook_key)?)
-                .context("--webhook-key is not PEM")?,
-            ca_pem: String::from_utf8(read(&args.webhook_ca)?)
-                .context("--webhook-ca is not PEM")?,
-        },
-        None => {
-            let mut hosts = args.webhook_hosts.clone();
-            if hosts.is_empty() {
-                hosts.push("127.0.0.1".into());
-                if let Some(ClientConfig::Service {
-                    namespace, name, ..
-                }) = &target
-                {
-                    hosts.push(format!("{name}.{namespace}.svc"));
-                }
-            }
-            webhook::self_signed(&hosts)?
-        }
-    };
-    let lease_ns = args
-        .lease_namespace
-        .clone()
-        .or_else(|| std::env::var("POD_NAMESPACE").ok())
-        .unwrap_or_else(|| "podsnap-system".into());
+    let cert = serving_cert(args, target.as_ref())?;
     let mut exclude = vec!["kube-system".to_string()];
     exclude.extend(args.webhook_exclude.iter().cloned());
     {
-        let ctx = ctx.clone();
         let cert = cert.clone();
         let addr = args.webhook_listen;
         tokio::spawn(async move {
@@ -293,90 +287,68 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     match &target {
-        Some(t) => webhook::register(&client, t, &cert.ca_pem, &exclude)
+        Some(t) => webhook::register(client, t, &cert.ca_pem, &exclude)
             .await
             .context("registering the webhook")?,
         None => warn!("no --webhook-url or --webhook-service: the webhook is not registered, so pods are not restored automatically"),
     }
+    Ok(())
+}
 
-    // Reconcilers: only the leader.
-    let identity = args
-        .identity
+/// The webhook's certificate: the one given, or a self-signed one for its names.
+fn serving_cert(args: &RunArgs, target: Option<&ClientConfig>) -> anyhow::Result<ServingCert> {
+    if args.webhook_cert.is_some() {
+        let pem = |p: &Option<PathBuf>, flag: &str| {
+            String::from_utf8(read(p)?).with_context(|| format!("{flag} is not PEM"))
+        };
+        return Ok(ServingCert {
+            cert_pem: pem(&args.webhook_cert, "--webhook-cert")?,
+            key_pem: pem(&args.webhook_key, "--webhook-key")?,
+            ca_pem: pem(&args.webhook_ca, "--webhook-ca")?,
+        });
+    }
+    let mut hosts = args.webhook_hosts.clone();
+    if hosts.is_empty() {
+        hosts.push("127.0.0.1".into());
+        if let Some(ClientConfig::Service {
+            namespace, name, ..
+        }) = target
+        {
+            hosts.push(format!("{name}.{namespace}.svc"));
+        }
+    }
+    Ok(webhook::self_signed(&hosts)?)
+}
+
+/// This replica's identity in the Lease (and on its Events).
+fn identity(args: &RunArgs) -> String {
+    args.identity
         .clone()
         .or_else(|| std::env::var("POD_NAME").ok())
-        .unwrap_or_else(|| {
-            let host = host_name();
-            format!("{host}-{}", std::process::id())
-        });
-    let elect = (!args.no_leader_elect).then(|| {
-        election::Election::new(
-            client.clone(),
-            &lease_ns,
-            &args.lease_name,
-            &identity,
-            Duration::from_secs(15),
-        )
-    });
-    if let Some(e) = &elect {
-        info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, "waiting to lead");
-        e.acquire().await;
+        .unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id()))
+}
+
+/// Waits until this replica leads (unless --no-leader-elect); the election to hold.
+async fn elect(args: &RunArgs, client: &Client) -> Option<election::Election> {
+    if args.no_leader_elect {
+        return None;
     }
-    let triggers = Controller::new(
-        Api::<PodSnapshotManualTrigger>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .run(
-        trigger::reconcile,
-        |_, e, _| trigger::retry_after(e),
-        ctx.clone(),
-    )
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            warn!(error = %e, "trigger reconcile");
-        }
-    });
-    let snapshots = Controller::new(
-        Api::<PodSnapshot>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .run(
-        snapshot::reconcile,
-        |_, e, _| snapshot::retry_after(e),
-        ctx.clone(),
-    )
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            warn!(error = %e, "snapshot reconcile");
-        }
-    });
-    let pods = Controller::new(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{}=true", restore::RESTORE_LABEL)),
-    )
-    .run(
-        restore::reconcile_pod,
-        |_, e, _| restore::retry_after(e),
-        ctx.clone(),
-    )
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            warn!(error = %e, "pod reconcile");
-        }
-    });
-    info!("reconciling PodSnapshotManualTriggers, PodSnapshots and restoring pods");
-    let hold = async {
-        match &elect {
-            Some(e) => e.hold().await,
-            None => futures::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = triggers => bail!("the trigger controller stopped"),
-        _ = snapshots => bail!("the snapshot controller stopped"),
-        _ = pods => bail!("the pod controller stopped"),
-        _ = hold => bail!("lost leadership; exiting so that a follower takes over"),
-        _ = tokio::signal::ctrl_c() => { info!("interrupted"); Ok(()) }
-    }
+    let lease_ns = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "podsnap-system".into());
+    let identity = identity(args);
+    let e = election::Election::new(
+        client.clone(),
+        &lease_ns,
+        &args.lease_name,
+        &identity,
+        Duration::from_secs(15),
+    );
+    info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, "waiting to lead");
+    e.acquire().await;
+    Some(e)
 }
 
 fn host_name() -> String {

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{Condition, LabelSelector, PodSnapshot, PodSnapshotPolicy, SnapshotStorageConfig};
+use crate::crd::{LabelSelector, PodSnapshot, PodSnapshotPolicy, SnapshotStorageConfig};
 use crate::Error;
 
 /// The label agent-sandbox puts on a Sandbox's pod; the SDK lists snapshots by it.
@@ -26,6 +26,8 @@ pub const GROUP_LABEL: &str = "podsnap.dev/group";
 pub const TRIGGER_LABEL: &str = "podsnap.dev/trigger-uid";
 /// The pod condition a restored pod gets (the SDK checks it), also its readiness gate.
 pub const POD_RESTORED: &str = "PodRestored";
+/// The PodSnapshot condition that says it is stored and restorable.
+pub const READY: &str = "Ready";
 /// Finalizer on PodSnapshots: the stored image is deleted before the object goes.
 pub const STORE_FINALIZER: &str = "podsnap.dev/delete-stored-snapshot";
 
@@ -222,7 +224,7 @@ pub fn is_ready(s: &PodSnapshot) -> bool {
     s.status.as_ref().is_some_and(|st| {
         st.conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .any(|c| c.type_ == READY && c.status == "True")
     })
 }
 
@@ -285,29 +287,6 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-pub fn condition(type_: &str, status: bool, reason: &str, message: impl Into<String>) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: now_rfc3339(),
-        observed_generation: None,
-    }
-}
-
-/// Sets `c` in `conditions` by type; the transition time is kept when the status is unchanged.
-pub fn set_condition(conditions: &mut Vec<Condition>, mut c: Condition) {
-    if let Some(old) = conditions.iter_mut().find(|o| o.type_ == c.type_) {
-        if old.status == c.status {
-            c.last_transition_time = old.last_transition_time.clone();
-        }
-        *old = c;
-    } else {
-        conditions.push(c);
-    }
-}
-
 /// An RFC 6901 path segment (`/` and `~` escaped).
 pub fn pointer_segment(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
@@ -362,7 +341,7 @@ mod tests {
             ..Default::default()
         };
         s.status = Some(PodSnapshotStatus {
-            conditions: vec![condition("Ready", ready, "Stored", "")],
+            conditions: vec![crate::conditions::new(READY, ready, "Stored", "")],
             snapshot_id: Some(format!("id-{name}")),
             pod_spec_hash: Some(hash.into()),
             ..Default::default()
@@ -521,19 +500,12 @@ mod tests {
     }
 
     #[test]
-    fn names_and_conditions() {
+    fn names_times_and_pointers() {
         assert_eq!(
             snapshot_name("sb-1", "20261203T120000Z-1a2b3c4d"),
             "sb-1-20261203t120000z-1a2b3c4d"
         );
         assert_eq!(snapshot_name(&"x".repeat(260), "ID"), "id");
-        let mut cs = vec![];
-        set_condition(&mut cs, condition("Ready", false, "Uploading", "a"));
-        let t = cs[0].last_transition_time.clone();
-        set_condition(&mut cs, condition("Ready", false, "Uploading", "b"));
-        assert_eq!(cs.len(), 1);
-        assert_eq!(cs[0].message, "b");
-        assert_eq!(cs[0].last_transition_time, t);
         assert!(now_rfc3339().ends_with('Z'));
         assert_eq!(
             pointer_segment("podsnap.dev/restore-from"),

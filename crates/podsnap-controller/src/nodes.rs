@@ -7,13 +7,18 @@
 //! (every node's podsnapd may share one certificate) and chain to `--podsnapd-ca`; the
 //! controller presents `--podsnapd-cert`, which podsnapd's `--tls-client-ca` must accept.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
+use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::api::{NodeApi, Started};
 use crate::Error;
 
 pub const ENDPOINT_ANNOTATION: &str = "podsnap.dev/podsnapd-endpoint";
@@ -67,6 +72,7 @@ impl NodeClient {
             node: self.node.clone(),
             endpoint: self.endpoint.clone(),
             message: format!("{what}: {} ({:?})", s.message(), s.code()),
+            code: s.code(),
         }
     }
 }
@@ -122,11 +128,13 @@ impl Nodes {
             .await?
             .ok_or_else(|| Error::NotFound(format!("node {node} does not exist")))?;
         let endpoint = endpoint_of(&n, self.cfg.port)?;
-        let fail = |message: String| Error::Podsnapd {
+        let fail_with = |code: tonic::Code, message: String| Error::Podsnapd {
             node: node.to_string(),
             endpoint: endpoint.clone(),
             message,
+            code,
         };
+        let fail = |message: String| fail_with(tonic::Code::Unavailable, message);
         let channel = if let Some(path) = endpoint.strip_prefix("unix://") {
             podsnap_proto::client::connect_unix_with(
                 podsnap_proto::client::unix_endpoint().connect_timeout(self.cfg.connect_timeout),
@@ -141,7 +149,8 @@ impl Nodes {
             })?
         } else {
             if self.cfg.cert_pem.is_empty() || self.cfg.ca_pem.is_empty() {
-                return Err(fail(
+                return Err(fail_with(
+                    tonic::Code::FailedPrecondition,
                     "no client certificate: start podsnap-controller with --podsnapd-ca, \
                      --podsnapd-cert and --podsnapd-key to reach podsnapd over mutual TLS"
                         .into(),
@@ -152,9 +161,14 @@ impl Nodes {
                 .identity(Identity::from_pem(&self.cfg.cert_pem, &self.cfg.key_pem))
                 .domain_name(self.cfg.server_name.clone());
             Endpoint::from_shared(endpoint.clone())
-                .map_err(|e| fail(format!("bad endpoint: {e}")))?
+                .map_err(|e| fail_with(tonic::Code::InvalidArgument, format!("bad endpoint: {e}")))?
                 .tls_config(tls)
-                .map_err(|e| fail(format!("TLS configuration: {e}")))?
+                .map_err(|e| {
+                    fail_with(
+                        tonic::Code::FailedPrecondition,
+                        format!("TLS configuration: {e}"),
+                    )
+                })?
                 .connect_timeout(self.cfg.connect_timeout)
                 .connect()
                 .await
@@ -188,6 +202,117 @@ impl Nodes {
             names.insert(0, p.to_string());
         }
         Ok(names)
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeApi for Nodes {
+    async fn store_url(&self, node: &str, tp: &str) -> Result<String, Error> {
+        let nc = self.connect(node, tp).await?;
+        let info = nc
+            .client
+            .clone()
+            .get_node_info(nc.request(pb::GetNodeInfoRequest {}))
+            .await
+            .map_err(|s| nc.error("node info", &s))?;
+        Ok(info.into_inner().store_url)
+    }
+
+    async fn start_checkpoint(
+        &self,
+        node: &str,
+        tp: &str,
+        req: pb::CheckpointRequest,
+    ) -> Result<Started, Error> {
+        let nc = self.connect(node, tp).await?;
+        let mut stream = nc
+            .client
+            .clone()
+            .checkpoint(nc.request(req))
+            .await
+            .map_err(|s| nc.error("checkpoint", &s))?
+            .into_inner();
+        // podsnapd runs the job in a task of its own: dropping the stream leaves it running.
+        while let Some(ev) = stream.next().await {
+            match ev.map_err(|s| nc.error("checkpoint", &s))?.event {
+                Some(pb::checkpoint_event::Event::Progress(p)) if !p.job_id.is_empty() => {
+                    return Ok(Started::Job(p.job_id))
+                }
+                Some(pb::checkpoint_event::Event::Snapshot(s)) => {
+                    return Ok(Started::Done(Box::new(s)))
+                }
+                _ => {}
+            }
+        }
+        Err(Error::Podsnapd {
+            node: node.to_string(),
+            endpoint: nc.endpoint.clone(),
+            message: "the checkpoint stream ended without a job or a snapshot".into(),
+            code: tonic::Code::Unknown,
+        })
+    }
+
+    async fn jobs(&self, node: &str, tp: &str) -> Result<Vec<pb::Job>, Error> {
+        let nc = self.connect(node, tp).await?;
+        let r = nc
+            .client
+            .clone()
+            .list_jobs(nc.request(pb::ListJobsRequest {}))
+            .await
+            .map_err(|s| nc.error("list jobs", &s))?;
+        Ok(r.into_inner().jobs)
+    }
+
+    async fn snapshot(&self, node: &str, tp: &str, id: &str) -> Result<pb::Snapshot, Error> {
+        let nc = self.connect(node, tp).await?;
+        let r = nc
+            .client
+            .clone()
+            .get_snapshot(nc.request(pb::GetSnapshotRequest {
+                snapshot_id: id.to_string(),
+            }))
+            .await
+            .map_err(|s| nc.error("get snapshot", &s))?;
+        Ok(r.into_inner())
+    }
+
+    async fn find_snapshots(
+        &self,
+        node: &str,
+        tp: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<pb::Snapshot>, Error> {
+        let nc = self.connect(node, tp).await?;
+        let r = nc
+            .client
+            .clone()
+            .list_snapshots(nc.request(pb::ListSnapshotsRequest {
+                group: String::new(),
+                labels: labels.into_iter().collect(),
+            }))
+            .await
+            .map_err(|s| nc.error("list snapshots", &s))?;
+        Ok(r.into_inner().snapshots)
+    }
+
+    async fn delete_snapshot(&self, node: &str, tp: &str, id: &str) -> Result<(), Error> {
+        let nc = self.connect(node, tp).await?;
+        let r = nc
+            .client
+            .clone()
+            .delete_snapshot(nc.request(pb::DeleteSnapshotRequest {
+                snapshot_id: id.to_string(),
+            }))
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(nc.error("delete", &s)),
+        }
+    }
+
+    async fn names(&self, preferred: Option<&str>) -> Result<Vec<String>, Error> {
+        Nodes::names(self, preferred).await
     }
 }
 

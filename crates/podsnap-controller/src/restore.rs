@@ -9,23 +9,29 @@
 //!    id>` (what the node's podsnap-runsc restores from), `podsnapshot.gke.io/ps-name`, the
 //!    label `podsnap.dev/restore=true` and a readiness gate on `PodRestored`, so it is not
 //!    Ready before its condition is set.
-//! 2. The pod reconciler watches pods labelled `podsnap.dev/restore=true`: once every
-//!    container runs (podsnap-runsc restores or fails the sandbox, it never starts a restoring
-//!    pod fresh) it sets `PodRestored=True` naming the PodSnapshot; if the kubelet reports
-//!    the restore failing, `PodRestored=False/RestoreFailed` with the node's reason.
+//! 2. The pod reconciler watches pods labelled `podsnap.dev/restore=true` and asks the pod's
+//!    node (podsnapd's jobs) what it did: its `prepare-restore` job for the pod's snapshot,
+//!    started since the pod was created, is the node's record of this restore. That job
+//!    failed: `PodRestored=False/RestoreFailed` with podsnapd's error. It is done and the
+//!    pod's sandbox is up (runsc restored it from that image; podsnap-runsc never starts a
+//!    restoring pod fresh): `PodRestored=True/Restored`. Refusals before podsnapd records a
+//!    job (an unknown snapshot, an incompatible node, the wrapper's checks) and runsc failing
+//!    after the image was ready reach the controller only as the kubelet's Warning events:
+//!    for those, and only those, a Warning about the restore is the reason.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
+use kube::{Resource, ResourceExt};
+use podsnap_proto::v1 as pb;
 use serde_json::{json, Value};
 use tracing::info;
 
-use crate::crd::{PodSnapshot, PodSnapshotPolicy};
+use crate::api::Note;
+use crate::conditions;
 use crate::model::{self, *};
 use crate::{Ctx, Error};
 
@@ -85,38 +91,36 @@ pub async fn decide(ctx: &Ctx, pod: &Pod, ns: &str) -> Result<Decision, Error> {
         // podsnap's own contract, set by the user: nothing to add.
         return Ok(Decision::Fresh);
     }
-    let snaps: Api<PodSnapshot> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(ps) = annotations.get(PS_NAME_ANNOTATION) {
-        let Some(s) = snaps.get_opt(ps).await? else {
+        let Some(s) = ctx.cluster.snapshot(ns, ps).await? else {
             return Ok(Decision::Deny(format!(
                 "{PS_NAME_ANNOTATION}={ps}: no PodSnapshot {ps} in namespace {ns}"
             )));
         };
         let id = s.status.as_ref().and_then(|st| st.snapshot_id.clone());
         return Ok(match id {
-            Some(id) if model::is_ready(&s) => Decision::Restore {
-                snapshot: ps.clone(),
-                patch: restore_patch(pod, ps, &id),
-            },
+            Some(id) if model::is_ready(&s) && s.metadata.deletion_timestamp.is_none() => {
+                Decision::Restore {
+                    snapshot: ps.clone(),
+                    patch: restore_patch(pod, ps, &id),
+                }
+            }
             _ => Decision::Deny(format!(
                 "{PS_NAME_ANNOTATION}={ps}: PodSnapshot {ps} is not Ready"
             )),
         });
     }
     let labels = pod.labels().clone();
-    let policies = Api::<PodSnapshotPolicy>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let policies = ctx.cluster.policies(ns).await?;
     let Some(policy) = model::policy_for(&policies, &labels) else {
         return Ok(Decision::Fresh);
     };
     let group = model::group_labels(policy, &labels);
     let hash = model::group_hash(&policy.name_any(), &group);
-    let candidates = snaps
-        .list(&ListParams::default().labels(&format!("{GROUP_LABEL}={hash}")))
-        .await?
-        .items;
+    let candidates = ctx
+        .cluster
+        .snapshots(ns, &format!("{GROUP_LABEL}={hash}"))
+        .await?;
     let spec_hash = model::pod_spec_hash(pod);
     Ok(match model::restore_candidate(&candidates, &spec_hash) {
         Some(s) => {
@@ -135,96 +139,171 @@ pub async fn decide(ctx: &Ctx, pod: &Pod, ns: &str) -> Result<Decision, Error> {
     })
 }
 
-/// Sets `PodRestored` on restoring pods (see the module docs).
-pub async fn reconcile_pod(pod: Arc<Pod>, ctx: Ctx) -> Result<Action, Error> {
-    let annotations = pod.annotations();
-    let (Some(ps), Some(id)) = (
-        annotations.get(PS_NAME_ANNOTATION),
-        annotations.get(RESTORE_FROM_ANNOTATION),
-    ) else {
-        return Ok(Action::await_change());
+/// `PodRestored=True`'s reason.
+pub const RESTORED: &str = "Restored";
+/// `PodRestored=False`'s reason.
+pub const RESTORE_FAILED: &str = "RestoreFailed";
+/// podsnapd's kind of the job that prepares a pod's image on its node.
+pub const PREPARE_JOB: &str = "prepare-restore";
+/// A node job may start this much before the pod's creation time (clock skew).
+pub const CLOCK_SLACK_SECS: i64 = 30;
+/// A pod running this long whose node lists no restore job for it (podsnapd keeps only its
+/// recent jobs) counts as restored: podsnap-runsc never starts a restoring pod fresh.
+pub const UNRECORDED_AFTER_SECS: i64 = 120;
+/// How often a restoring pod is looked at until its condition is final.
+pub const RECHECK: Duration = Duration::from_secs(3);
+
+/// What a restoring pod's `PodRestored` should say.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Restored(String),
+    Failed(String),
+    /// Not known yet: look again.
+    Wait,
+}
+
+/// The newest job of `jobs` that prepared `snapshot` since the pod was created (`since`,
+/// Unix seconds): podsnapd's record of this pod's restore on its node.
+pub fn restore_job<'a>(jobs: &'a [pb::Job], snapshot: &str, since: i64) -> Option<&'a pb::Job> {
+    let started = |j: &pb::Job| {
+        time::OffsetDateTime::parse(
+            &j.started_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(|t| t.unix_timestamp())
+        .unwrap_or(0)
     };
-    if pod.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let status = pod.status.clone().unwrap_or_default();
-    let current = status
-        .conditions
+    jobs.iter()
+        .filter(|j| j.kind == PREPARE_JOB && j.snapshot_id == snapshot)
+        .filter(|j| started(j) >= since - CLOCK_SLACK_SECS)
+        .max_by_key(|j| (started(j), j.id.clone()))
+}
+
+/// Every container of the pod running (the sandbox came up).
+fn all_running(pod: &Pod) -> bool {
+    let want = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+    let running = pod
+        .status
         .as_ref()
-        .and_then(|cs| cs.iter().find(|c| c.type_ == POD_RESTORED));
-    if current.is_some_and(|c| c.status == "True") {
-        return Ok(Action::await_change());
-    }
-    let ns = pod.namespace().unwrap_or_default();
-    let name = pod.name_any();
-    let want = pod.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
-    let running = status
-        .container_statuses
-        .as_ref()
-        .map(|cs| {
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |cs| {
             cs.iter()
                 .filter(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_some())
                 .count()
+        });
+    want > 0 && running == want
+}
+
+/// A restoring pod: its PodSnapshot, its store id and its node.
+struct Restoring<'a> {
+    ps: &'a str,
+    id: &'a str,
+    node: &'a str,
+}
+
+impl<'a> Restoring<'a> {
+    fn of(pod: &'a Pod) -> Option<Restoring<'a>> {
+        let a = pod.metadata.annotations.as_ref()?;
+        Some(Restoring {
+            ps: a.get(PS_NAME_ANNOTATION)?,
+            id: a.get(RESTORE_FROM_ANNOTATION)?,
+            node: pod.spec.as_ref()?.node_name.as_deref()?,
         })
-        .unwrap_or(0);
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    if want > 0 && running == want {
-        info!(pod = %name, snapshot = %ps, "restored");
-        set_pod_condition(
-            &api,
-            &name,
-            true,
-            "Restored",
-            &format!("restored from PodSnapshot {ps} (podsnap snapshot {id})"),
-        )
-        .await?;
+    }
+}
+
+/// Sets `PodRestored` on restoring pods from their node's restore job (see the module docs).
+pub async fn reconcile_pod(pod: Arc<Pod>, ctx: Ctx) -> Result<Action, Error> {
+    let Some(r) = Restoring::of(&pod) else {
+        return Ok(Action::await_change()); // not restoring, or not scheduled yet
+    };
+    let conds = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let done = conds
+        .iter()
+        .any(|c| c.type_ == POD_RESTORED && c.status == "True");
+    if done || pod.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    // Not running yet: did the node refuse the restore?
-    let uid = pod.uid().unwrap_or_default();
-    let events = Api::<Event>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
-        .await?
-        .items;
-    let failure = events
-        .iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter_map(|e| e.message.as_deref())
-        .find(|m| m.contains("restore"));
-    if let Some(msg) = failure {
-        let msg = format!("restore from PodSnapshot {ps} failed: {msg}");
-        if current.is_none_or(|c| c.message.as_deref() != Some(msg.as_str())) {
-            set_pod_condition(&api, &name, false, "RestoreFailed", &msg).await?;
+    let jobs = ctx.nodes.jobs(r.node, &crate::new_traceparent()).await?;
+    let since = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    let verdict = judge(&pod, &r, restore_job(&jobs, r.id, since), &ctx).await?;
+    let (ok, reason, message) = match verdict {
+        Verdict::Wait => return Ok(Action::requeue(RECHECK)),
+        Verdict::Restored(m) => (true, RESTORED, m),
+        Verdict::Failed(m) => (false, RESTORE_FAILED, m),
+    };
+    let generation = pod.metadata.generation;
+    let Some(c) = conditions::pod_condition(&conds, POD_RESTORED, ok, reason, &message, generation)
+    else {
+        return Ok(Action::requeue(RECHECK));
+    };
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    info!(pod = %name, snapshot = %r.ps, reason, "PodRestored");
+    ctx.cluster.patch_pod_condition(&ns, &name, &c).await?;
+    let note = match ok {
+        true => Note::normal(reason, "Restore", message),
+        false => Note::warning(reason, "Restore", message),
+    };
+    ctx.cluster.publish(&pod.object_ref(&()), note).await;
+    // A failed restore may still succeed when the kubelet retries the sandbox.
+    Ok(if ok {
+        Action::await_change()
+    } else {
+        Action::requeue(RECHECK)
+    })
+}
+
+/// The verdict from the node's job, and from the pod's Warning events only for what the
+/// node cannot tell (a refusal before podsnapd recorded a job: an unknown snapshot, an
+/// incompatible node, the wrapper's own checks; or runsc failing after the image was ready).
+async fn judge(
+    pod: &Pod,
+    r: &Restoring<'_>,
+    job: Option<&pb::Job>,
+    ctx: &Ctx,
+) -> Result<Verdict, Error> {
+    let name = pod.name_any();
+    let running = all_running(pod);
+    let phase = job.map(|j| pb::Phase::try_from(j.phase).unwrap_or(pb::Phase::Unspecified));
+    match (job, phase) {
+        (Some(j), Some(pb::Phase::Failed)) => {
+            return Ok(Verdict::Failed(format!(
+                "cannot restore pod {name} from PodSnapshot {}: podsnapd on node {} (job {}): {}",
+                r.ps, r.node, j.id, j.error
+            )))
         }
+        (Some(j), Some(pb::Phase::Done)) if running => {
+            return Ok(Verdict::Restored(format!(
+                "restored from PodSnapshot {} (podsnap snapshot {}; image prepared by podsnapd on node {}, job {})",
+                r.ps, r.id, r.node, j.id
+            )))
+        }
+        (None, _) if running && crate::age_secs(&pod.metadata) > UNRECORDED_AFTER_SECS => {
+            return Ok(Verdict::Restored(format!(
+                "restored from PodSnapshot {} (podsnap snapshot {}; node {} no longer lists its restore job)",
+                r.ps, r.id, r.node
+            )))
+        }
+        _ if running => return Ok(Verdict::Wait),
+        _ => {}
     }
-    Ok(Action::requeue(Duration::from_secs(2)))
-}
-
-async fn set_pod_condition(
-    api: &Api<Pod>,
-    name: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-) -> Result<(), Error> {
-    let c = json!({
-        "type": POD_RESTORED,
-        "status": if ok { "True" } else { "False" },
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": model::now_rfc3339(),
-    });
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Strategic(json!({"status": {"conditions": [c]}})),
-    )
-    .await?;
-    Ok(())
-}
-
-pub fn retry_after(_e: &Error) -> Action {
-    Action::requeue(Duration::from_secs(3))
+    let uid = pod.uid().unwrap_or_default();
+    let warnings = ctx
+        .cluster
+        .warnings(&pod.namespace().unwrap_or_default(), &uid)
+        .await?;
+    Ok(match warnings.iter().find(|m| m.contains("restore")) {
+        Some(m) => Verdict::Failed(format!("restore from PodSnapshot {} failed: {m}", r.ps)),
+        None => Verdict::Wait,
+    })
 }
 
 #[cfg(test)]
