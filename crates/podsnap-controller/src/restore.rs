@@ -357,3 +357,241 @@ mod tests {
             .all(|o| !o["path"].as_str().unwrap().contains("readinessGates")));
     }
 }
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+    use crate::crd::{PodSnapshot, PodSnapshotSpec, PodSnapshotStatus};
+    use crate::error::Retry;
+    use crate::testing::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    /// A pod the webhook pointed at PodSnapshot `ps1` (store id `S1`), created now.
+    fn restoring(f: &Fake, running: bool) -> Arc<Pod> {
+        let mut p = pod("r1", &[(RESTORE_LABEL, "true")]);
+        p.metadata.annotations = Some(
+            [
+                (PS_NAME_ANNOTATION.to_string(), "ps1".to_string()),
+                (RESTORE_FROM_ANNOTATION.to_string(), "S1".to_string()),
+            ]
+            .into(),
+        );
+        if !running {
+            p.status.as_mut().unwrap().container_statuses = None;
+            p.status.as_mut().unwrap().phase = Some("Pending".into());
+        }
+        f.add_pod(p);
+        Arc::new(f.state().pods[&(NS.to_string(), "r1".to_string())].clone())
+    }
+
+    fn prepare_job(f: &Fake, id: &str, phase: pb::Phase, error: &str, started: &str) {
+        f.state()
+            .jobs
+            .entry(NODE.into())
+            .or_default()
+            .push(pb::Job {
+                id: id.into(),
+                kind: PREPARE_JOB.into(),
+                target: "sandbox-id".into(),
+                snapshot_id: "S1".into(),
+                phase: phase as i32,
+                error: error.into(),
+                started_at: started.into(),
+                ..Default::default()
+            });
+    }
+
+    fn restored_condition(f: &Fake) -> Option<(String, String, String)> {
+        let st = f.state();
+        let p = &st.pods[&(NS.to_string(), "r1".to_string())];
+        let cs = p.status.as_ref()?.conditions.as_ref()?;
+        let c = cs.iter().find(|c| c.type_ == POD_RESTORED)?;
+        Some((
+            c.status.clone(),
+            c.reason.clone().unwrap_or_default(),
+            c.message.clone().unwrap_or_default(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_nodes_done_restore_job_and_a_running_sandbox_make_pod_restored_true() {
+        let f = world();
+        let p = restoring(&f, true);
+        prepare_job(&f, "j1", pb::Phase::Done, "", &model::now_rfc3339());
+        let a = reconcile_pod(p.clone(), f.ctx()).await.unwrap();
+        assert_eq!(a, Action::await_change());
+        let (status, reason, message) = restored_condition(&f).unwrap();
+        assert_eq!((status.as_str(), reason.as_str()), ("True", RESTORED));
+        assert!(
+            message.contains("ps1") && message.contains("job j1"),
+            "{message}"
+        );
+        assert!(f
+            .state()
+            .events
+            .iter()
+            .any(|(_, n)| n.reason == RESTORED && !n.warning));
+    }
+
+    #[tokio::test]
+    async fn running_containers_without_the_nodes_record_are_not_yet_restored() {
+        let f = world();
+        let p = restoring(&f, true);
+        assert_eq!(
+            reconcile_pod(p.clone(), f.ctx()).await.unwrap(),
+            Action::requeue(RECHECK)
+        );
+        assert!(restored_condition(&f).is_none());
+        // A job of the same snapshot from before this pod existed is another pod's.
+        prepare_job(&f, "old", pb::Phase::Done, "", "2020-01-01T00:00:00Z");
+        assert_eq!(
+            reconcile_pod(p, f.ctx()).await.unwrap(),
+            Action::requeue(RECHECK)
+        );
+        assert!(restored_condition(&f).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_restore_job_sets_restore_failed_with_the_nodes_error() {
+        let f = world();
+        let p = restoring(&f, false);
+        prepare_job(
+            &f,
+            "j1",
+            pb::Phase::Failed,
+            "chunk abc failed verification",
+            &model::now_rfc3339(),
+        );
+        // The kubelet's warning must not be what decides when the node can tell.
+        f.state()
+            .warnings
+            .insert(p.uid().unwrap(), vec!["some restore text".into()]);
+        assert_eq!(
+            reconcile_pod(p, f.ctx()).await.unwrap(),
+            Action::requeue(RECHECK)
+        );
+        let (status, reason, message) = restored_condition(&f).unwrap();
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", RESTORE_FAILED)
+        );
+        assert!(
+            message.contains("cannot restore") && message.contains("chunk abc"),
+            "{message}"
+        );
+        assert!(!message.contains("some restore text"));
+        assert!(f
+            .state()
+            .events
+            .iter()
+            .any(|(_, n)| n.warning && n.reason == RESTORE_FAILED));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_before_the_node_records_a_job_is_read_from_the_pods_warnings() {
+        let f = world();
+        let p = restoring(&f, false);
+        assert_eq!(
+            reconcile_pod(p.clone(), f.ctx()).await.unwrap(),
+            Action::requeue(RECHECK)
+        );
+        assert!(restored_condition(&f).is_none(), "nothing known yet");
+        let msg = "podsnap-runsc: cannot restore container x from snapshot S1: not found";
+        f.state().warnings.insert(
+            p.uid().unwrap(),
+            vec!["Back-off pulling".into(), msg.into()],
+        );
+        reconcile_pod(p.clone(), f.ctx()).await.unwrap();
+        let (_, reason, message) = restored_condition(&f).unwrap();
+        assert_eq!(reason, RESTORE_FAILED);
+        assert!(
+            message.contains("ps1") && message.contains(msg),
+            "{message}"
+        );
+        // Said once: the same verdict again writes nothing.
+        let writes = f.state().writes.len();
+        let p = Arc::new(f.state().pods[&(NS.to_string(), "r1".to_string())].clone());
+        reconcile_pod(p, f.ctx()).await.unwrap();
+        assert_eq!(f.state().writes.len(), writes);
+    }
+
+    #[tokio::test]
+    async fn a_pod_restored_long_ago_whose_job_the_node_forgot_is_restored() {
+        let f = world();
+        let mut p = (*restoring(&f, true)).clone();
+        let then = k8s_openapi::jiff::Timestamp::now().as_second() - 3600;
+        p.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(then).unwrap(),
+        ));
+        reconcile_pod(Arc::new(p), f.ctx()).await.unwrap();
+        assert_eq!(restored_condition(&f).unwrap().1, RESTORED);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_retried_and_a_pod_already_restored_is_left_alone() {
+        let f = world();
+        let p = restoring(&f, true);
+        let store = take_down(&f, NODE).unwrap();
+        let e = reconcile_pod(p, f.ctx()).await.unwrap_err();
+        assert_eq!(e.retry(), Retry::Transient);
+        f.state().node_store.insert(NODE.into(), store);
+        prepare_job(&f, "j1", pb::Phase::Done, "", &model::now_rfc3339());
+        let p = Arc::new(f.state().pods[&(NS.to_string(), "r1".to_string())].clone());
+        reconcile_pod(p, f.ctx()).await.unwrap();
+        let p = Arc::new(f.state().pods[&(NS.to_string(), "r1".to_string())].clone());
+        take_down(&f, NODE);
+        assert_eq!(
+            reconcile_pod(p, f.ctx()).await.unwrap(),
+            Action::await_change()
+        );
+    }
+
+    fn snapshot_named(f: &Fake, name: &str, ready: bool) {
+        let mut s = PodSnapshot::new(name, PodSnapshotSpec::default());
+        s.metadata.namespace = Some(NS.into());
+        s.status = Some(PodSnapshotStatus {
+            conditions: vec![conditions::new(READY, ready, "Stored", "")],
+            snapshot_id: Some(format!("id-{name}")),
+            ..Default::default()
+        });
+        f.put_snapshot(s);
+    }
+
+    #[tokio::test]
+    async fn admission_restores_only_from_a_ready_snapshot_not_being_deleted() {
+        let f = world();
+        snapshot_named(&f, "good", true);
+        snapshot_named(&f, "notready", false);
+        snapshot_named(&f, "going", true);
+        f.state()
+            .snapshots
+            .get_mut(&(NS.to_string(), "going".to_string()))
+            .unwrap()
+            .metadata
+            .deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let ask = |ps: &str| {
+            let mut p = pod("new", &[]);
+            p.metadata.annotations =
+                Some([(PS_NAME_ANNOTATION.to_string(), ps.to_string())].into());
+            p
+        };
+        let ctx = f.ctx();
+        assert!(matches!(
+            decide(&ctx, &ask("good"), NS).await.unwrap(),
+            Decision::Restore { .. }
+        ));
+        for ps in ["notready", "going", "absent"] {
+            assert!(
+                matches!(decide(&ctx, &ask(ps), NS).await.unwrap(), Decision::Deny(_)),
+                "{ps}"
+            );
+        }
+        // A pod no policy selects, without ps-name: fresh.
+        assert_eq!(
+            decide(&ctx, &pod("x", &[("app", "none")]), NS)
+                .await
+                .unwrap(),
+            Decision::Fresh
+        );
+    }
+}

@@ -143,3 +143,133 @@ async fn delete_stored(s: &PodSnapshot, ctx: &Ctx) -> Result<(), Error> {
         code: tonic::Code::Unavailable,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::crd::{PodSnapshotSpec, PodSnapshotStatus};
+    use crate::error::Retry;
+    use crate::testing::*;
+    use podsnap_proto::v1 as pb;
+
+    fn stored(f: &Fake, name: &str, id: &str) {
+        let mut s = PodSnapshot::new(name, PodSnapshotSpec::default());
+        s.metadata.namespace = Some(NS.into());
+        s.metadata.finalizers = Some(vec![STORE_FINALIZER.into()]);
+        s.status = Some(PodSnapshotStatus {
+            conditions: vec![conditions::new(READY, true, "Stored", "")],
+            snapshot_id: Some(id.into()),
+            store_url: Some(STORE.into()),
+            node_name: Some(NODE.into()),
+            ..Default::default()
+        });
+        f.put_snapshot(s);
+        f.state().stored.push(pb::Snapshot {
+            id: id.into(),
+            ..Default::default()
+        });
+    }
+
+    fn deleting(f: &Fake, name: &str) -> Arc<PodSnapshot> {
+        let mut st = f.state();
+        let s = st
+            .snapshots
+            .get_mut(&(NS.to_string(), name.to_string()))
+            .unwrap();
+        s.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        Arc::new(s.clone())
+    }
+
+    #[tokio::test]
+    async fn a_deleted_snapshot_reads_not_ready_then_its_image_then_the_object_goes() {
+        let f = world();
+        stored(&f, "s1", "ID1");
+        let s = deleting(&f, "s1");
+        assert_eq!(reconcile(s, f.ctx()).await.unwrap(), Action::await_change());
+        let st = f.state();
+        assert!(st.stored.is_empty(), "the image is deleted from the store");
+        assert!(st.snapshots.is_empty(), "the finalizer is removed");
+        assert_eq!(st.writes, ["snapshot/s1 Ready=False/Deleting"]);
+        assert!(st.events.iter().any(|(_, n)| n.reason == "SnapshotDeleted"));
+    }
+
+    #[tokio::test]
+    async fn no_node_to_delete_the_image_keeps_the_finalizer_and_is_retried() {
+        let f = world();
+        stored(&f, "s1", "ID1");
+        take_down(&f, NODE);
+        let e = reconcile(deleting(&f, "s1"), f.ctx()).await.unwrap_err();
+        assert_eq!(e.retry(), Retry::Transient);
+        let s = f.snapshot(NS, "s1").expect("still there");
+        assert_eq!(s.finalizers(), [STORE_FINALIZER]);
+        assert!(!model::is_ready(&s), "no longer offered for restore");
+        f.state().node_store.insert(NODE.into(), STORE.into());
+        reconcile(Arc::new(s), f.ctx()).await.unwrap();
+        assert!(f.snapshot(NS, "s1").is_none());
+        assert!(f.state().stored.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_a_node_serving_the_snapshots_store_deletes_it() {
+        let f = world();
+        stored(&f, "s1", "ID1");
+        f.state()
+            .node_store
+            .insert(NODE.into(), "gs://other".into());
+        f.state().node_store.insert("n2".into(), STORE.into());
+        reconcile(deleting(&f, "s1"), f.ctx()).await.unwrap();
+        assert!(f.state().stored.is_empty());
+        let st = f.state();
+        assert!(st.events.iter().any(|(_, n)| n.message.contains("node n2")));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_without_the_finalizer_gets_it() {
+        let f = world();
+        let mut s = PodSnapshot::new("s1", PodSnapshotSpec::default());
+        s.metadata.namespace = Some(NS.into());
+        f.put_snapshot(s);
+        let s = Arc::new(f.snapshot(NS, "s1").unwrap());
+        assert_eq!(reconcile(s, f.ctx()).await.unwrap(), Action::await_change());
+        assert_eq!(
+            f.snapshot(NS, "s1").unwrap().finalizers(),
+            [STORE_FINALIZER]
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_also_deletes_a_victim_marked_earlier_but_not_deleted() {
+        let f = world();
+        for (name, secs) in [("a", 1), ("b", 2), ("c", 3)] {
+            stored(&f, name, name);
+            let mut st = f.state();
+            let s = st
+                .snapshots
+                .get_mut(&(NS.to_string(), name.to_string()))
+                .unwrap();
+            s.metadata.labels = Some([(GROUP_LABEL.to_string(), "g".to_string())].into());
+            s.metadata.creation_timestamp = Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap(),
+            ));
+        }
+        // "a" was marked by an earlier retention whose delete failed.
+        let a = f.snapshot(NS, "a").unwrap();
+        mark_deleting(&f.ctx(), &a, "earlier").await.unwrap();
+        let newest = f.snapshot(NS, "c").unwrap();
+        retention(&f.ctx(), &newest, 1).await.unwrap();
+        let st = f.state();
+        let deleted: Vec<_> = st
+            .writes
+            .iter()
+            .filter(|w| w.starts_with("delete"))
+            .collect();
+        assert_eq!(deleted.len(), 2, "{:?}", st.writes);
+        assert!(st.writes.iter().any(|w| w == "delete snapshot/a"));
+        assert!(st.writes.iter().any(|w| w == "delete snapshot/b"));
+        assert!(model::is_ready(
+            &st.snapshots[&(NS.to_string(), "c".to_string())]
+        ));
+    }
+}
