@@ -12,9 +12,10 @@
 //! 2. The pod reconciler watches pods labelled `podsnap.dev/restore=true` and asks the pod's
 //!    node (podsnapd's jobs) what it did: its `prepare-restore` job for the pod's snapshot,
 //!    started since the pod was created, is the node's record of this restore. That job
-//!    failed: `PodRestored=False/RestoreFailed` with podsnapd's error. It is done and the
-//!    pod's sandbox is up (runsc restored it from that image; podsnap-runsc never starts a
-//!    restoring pod fresh): `PodRestored=True/Restored`. Refusals before podsnapd records a
+//!    failed: `PodRestored=False/RestoreFailed` with podsnapd's error. It is done (or, for a
+//!    lazy restore, still filling in pages) and the pod's sandbox is up (runsc restored it
+//!    from that image; podsnap-runsc never starts a restoring pod fresh):
+//!    `PodRestored=True/Restored`. Refusals before podsnapd records a
 //!    job (an unknown snapshot, an incompatible node, the wrapper's checks) and runsc failing
 //!    after the image was ready reach the controller only as the kubelet's Warning events:
 //!    for those, and only those, a Warning about the restore is the reason.
@@ -280,11 +281,17 @@ async fn judge(
                 r.ps, r.node, j.id, j.error
             )))
         }
-        (Some(j), Some(pb::Phase::Done)) if running => {
+        // Done: the image was ready before runsc restored from it. Still running with the
+        // sandbox up: a lazy restore, whose job ends when every page is local.
+        (Some(j), Some(phase)) if running => {
+            let lazy = match phase {
+                pb::Phase::Done => "",
+                _ => ", pages still arriving (lazy restore)",
+            };
             return Ok(Verdict::Restored(format!(
-                "restored from PodSnapshot {} (podsnap snapshot {}; image prepared by podsnapd on node {}, job {})",
+                "restored from PodSnapshot {} (podsnap snapshot {}; image prepared by podsnapd on node {}, job {}{lazy})",
                 r.ps, r.id, r.node, j.id
-            )))
+            )));
         }
         (None, _) if running && crate::age_secs(&pod.metadata) > UNRECORDED_AFTER_SECS => {
             return Ok(Verdict::Restored(format!(
@@ -431,6 +438,29 @@ mod reconcile_tests {
             .events
             .iter()
             .any(|(_, n)| n.reason == RESTORED && !n.warning));
+    }
+
+    #[tokio::test]
+    async fn a_lazy_restore_still_filling_pages_with_its_sandbox_up_is_restored() {
+        let f = world();
+        let p = restoring(&f, true);
+        prepare_job(&f, "j1", pb::Phase::Downloading, "", &model::now_rfc3339());
+        reconcile_pod(p, f.ctx()).await.unwrap();
+        let (status, _, message) = restored_condition(&f).unwrap();
+        assert_eq!(status, "True");
+        assert!(message.contains("lazy"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_prepared_image_whose_sandbox_is_not_up_is_not_restored_yet() {
+        let f = world();
+        let p = restoring(&f, false);
+        prepare_job(&f, "j1", pb::Phase::Done, "", &model::now_rfc3339());
+        assert_eq!(
+            reconcile_pod(p, f.ctx()).await.unwrap(),
+            Action::requeue(RECHECK)
+        );
+        assert!(restored_condition(&f).is_none());
     }
 
     #[tokio::test]
