@@ -49,43 +49,64 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// What the wrapper asks PrepareRestore for.
+#[derive(Clone, Copy, Debug)]
+pub struct Want<'a> {
+    pub snapshot: &'a str,
+    /// The container whose restore reads the image.
+    pub container_id: &'a str,
+    /// The runsc root that container runs under (lets podsnapd follow it: a lazily served
+    /// image lives while the container does).
+    pub runsc_root: Option<&'a Path>,
+    /// The restore runs with `--background`, so the image may be served lazily.
+    pub background: bool,
+}
+
+impl<'a> Want<'a> {
+    /// A whole local image, for a restore without `--background`.
+    pub fn pulled(snapshot: &'a str, container_id: &'a str) -> Want<'a> {
+        Want {
+            snapshot,
+            container_id,
+            runsc_root: None,
+            background: false,
+        }
+    }
+}
+
 /// What PrepareRestore gave: the image and what the manifest says of the pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prepared {
-    /// Local directory holding the verified image.
+    /// Local directory holding the verified image (a mount podsnapd serves when `lazy`).
     pub image_dir: PathBuf,
+    /// podsnapd serves the image lazily: every read verified, pages fetched on demand.
+    pub lazy: bool,
     /// The pod the snapshot was taken of, if it was of a Kubernetes pod.
     pub pod: Option<crate::pod::PodSnapshot>,
     /// How many containers the snapshot's sandbox had (0: not recorded).
     pub containers: usize,
 }
 
-/// Asks podsnapd at `socket` to fetch and verify `snapshot` for container `container_id`;
-/// returns the local image directory and the snapshot's pod.
+/// Asks podsnapd at `socket` to fetch and verify a snapshot for a container; returns the
+/// local image directory and the snapshot's pod.
 pub fn prepare_restore(
     socket: &Path,
-    snapshot: &str,
-    container_id: &str,
+    want: &Want<'_>,
     timeout: Duration,
 ) -> Result<Prepared, PrepareError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(PrepareError::Runtime)?;
-    rt.block_on(prepare_restore_async(
-        socket,
-        snapshot,
-        container_id,
-        timeout,
-    ))
+    rt.block_on(prepare_restore_async(socket, want, timeout))
 }
 
 async fn prepare_restore_async(
     socket: &Path,
-    snapshot: &str,
-    container_id: &str,
+    want: &Want<'_>,
     timeout: Duration,
 ) -> Result<Prepared, PrepareError> {
+    let snapshot = want.snapshot;
     let unreachable = |reason: String| PrepareError::Unreachable {
         socket: socket.to_path_buf(),
         reason,
@@ -100,7 +121,12 @@ async fn prepare_restore_async(
     let mut client = PodsnapClient::new(channel);
     let request = PrepareRestoreRequest {
         snapshot_id: snapshot.to_string(),
-        container_id: container_id.to_string(),
+        container_id: want.container_id.to_string(),
+        runsc_root: want
+            .runsc_root
+            .map(|r| r.display().to_string())
+            .unwrap_or_default(),
+        background: want.background,
     };
     let reply = match tokio::time::timeout(timeout, client.prepare_restore(request)).await {
         Err(_) => {
@@ -153,6 +179,7 @@ async fn prepare_restore_async(
         });
     Ok(Prepared {
         image_dir: PathBuf::from(reply.image_dir),
+        lazy: reply.lazy,
         pod,
         containers: info.containers.len(),
     })
@@ -171,7 +198,8 @@ mod tests {
     fn a_missing_socket_is_reported_with_its_path_and_cause() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("none.sock");
-        let e = prepare_restore(&sock, "s1", "c1", Duration::from_secs(5)).unwrap_err();
+        let e =
+            prepare_restore(&sock, &Want::pulled("s1", "c1"), Duration::from_secs(5)).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.starts_with(&format!("cannot reach podsnapd at {}", sock.display())),

@@ -28,7 +28,7 @@ use std::process::Command;
 
 use podsnap_runsc::args::Invocation;
 use podsnap_runsc::config::{Config, Env, RestoreMode, Shim};
-use podsnap_runsc::daemon::{self, PrepareError, Prepared};
+use podsnap_runsc::daemon::{self, PrepareError, Prepared, Want};
 use podsnap_runsc::marker::{self, Marker};
 use podsnap_runsc::pod::{self, PodRestoreError};
 use podsnap_runsc::{resolve_runsc, restore_mode_for, runsc_log, spec};
@@ -133,9 +133,7 @@ pub fn run(inv: &Invocation, env: &Env) -> Option<i32> {
             let planner = Planner {
                 inv,
                 cfg: &cfg,
-                prepare: &|snapshot, id| {
-                    daemon::prepare_restore(&cfg.socket, snapshot, id, cfg.prepare_timeout)
-                },
+                prepare: &|want| daemon::prepare_restore(&cfg.socket, want, cfg.prepare_timeout),
                 background: &|| restore_mode_for(&runsc) == RestoreMode::RestoreOnStart,
                 spec_validation: &|| runsc_has_global_flag(&runsc, SPEC_VALIDATION),
             };
@@ -191,7 +189,7 @@ fn fail(inv: &Invocation, msg: &str) -> i32 {
     1
 }
 
-type PrepareFn<'a> = &'a dyn Fn(&str, &str) -> Result<Prepared, PrepareError>;
+type PrepareFn<'a> = &'a dyn Fn(&Want<'_>) -> Result<Prepared, PrepareError>;
 
 /// One call's planning; podsnapd and runsc's help are seams for tests.
 struct Planner<'a> {
@@ -290,7 +288,16 @@ impl Planner<'_> {
         spec: &spec::Bundle,
         bundle: &Path,
     ) -> Result<Marker, GvisorShimError> {
-        let prepared = (self.prepare)(snapshot, id).map_err(|source| GvisorShimError::Prepare {
+        // The sandbox's restore runs with --background where runsc has it: podsnapd may then
+        // serve the image lazily, following the sandbox under this root.
+        let root = PathBuf::from(self.inv.root_or_default());
+        let want = Want {
+            snapshot,
+            container_id: id,
+            runsc_root: Some(&root),
+            background: (self.background)(),
+        };
+        let prepared = (self.prepare)(&want).map_err(|source| GvisorShimError::Prepare {
             id: id.to_string(),
             snapshot: snapshot.to_string(),
             source,
@@ -466,7 +473,8 @@ mod tests {
         dir: tempfile::TempDir,
         cfg: Config,
         image: PathBuf,
-        prepared: RefCell<Vec<(String, String)>>,
+        /// (snapshot, container, runsc root, background) of each PrepareRestore.
+        prepared: RefCell<Vec<(String, String, String, bool)>>,
     }
 
     impl World {
@@ -485,12 +493,17 @@ mod tests {
 
         fn plan(&self, argv: &[&str]) -> Result<Vec<OsString>, GvisorShimError> {
             let inv = Invocation::parse(os(argv));
-            let prepare = |snapshot: &str, id: &str| {
-                self.prepared
-                    .borrow_mut()
-                    .push((snapshot.to_string(), id.to_string()));
+            let prepare = |want: &Want<'_>| {
+                let snapshot = want.snapshot;
+                self.prepared.borrow_mut().push((
+                    snapshot.to_string(),
+                    want.container_id.to_string(),
+                    want.runsc_root.unwrap().display().to_string(),
+                    want.background,
+                ));
                 Ok(Prepared {
                     image_dir: self.image.clone(),
+                    lazy: false,
                     pod: Some(PodSnapshot {
                         snapshot_id: snapshot.to_string(),
                         namespace: "default".into(),
@@ -603,9 +616,16 @@ mod tests {
         let mut want = create.to_vec();
         want.insert(1, "--restore-spec-validation=warning");
         assert_eq!(w.plan(&create).unwrap(), os(&want));
+        // podsnapd is told the sandbox's root and that it restores in the background, so it
+        // may serve the image lazily and follow the sandbox.
         assert_eq!(
             *w.prepared.borrow(),
-            vec![("snap1".to_string(), "sb".to_string())]
+            vec![(
+                "snap1".to_string(),
+                "sb".to_string(),
+                "/run/r/k8s.io".to_string(),
+                true
+            )]
         );
         let img = format!("--image-path={}", w.image.display());
         assert_eq!(

@@ -197,10 +197,11 @@ impl Planner<'_> {
             RestoreMode::Auto => restore_mode_for(&self.runsc),
             m => m,
         };
+        // This path restores without --background: the image is pulled whole.
+        let id = c.id.to_string_lossy();
         let prepared = daemon::prepare_restore(
             &self.cfg.socket,
-            snapshot,
-            &c.id.to_string_lossy(),
+            &daemon::Want::pulled(snapshot, &id),
             self.cfg.prepare_timeout,
         )?;
         let pod_containers = if c.spec.role == spec::Role::PodSandbox {

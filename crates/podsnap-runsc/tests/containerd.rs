@@ -242,7 +242,7 @@ mod fake_daemon {
             if id == self.ok {
                 Ok(Response::new(PrepareRestoreResponse {
                     image_dir: self.image_dir.clone(),
-                    snapshot: None,
+                    ..Default::default()
                 }))
             } else {
                 Err(Status::not_found(format!("snapshot {id} not found")))

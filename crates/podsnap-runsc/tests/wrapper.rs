@@ -180,7 +180,7 @@ impl Podsnap for FakeDaemon {
         if req.snapshot_id == self.ok_snapshot {
             Ok(Response::new(PrepareRestoreResponse {
                 image_dir: self.image_dir.clone(),
-                snapshot: None,
+                ..Default::default()
             }))
         } else if req.snapshot_id == "snap-incompatible" {
             Err(Status::failed_precondition(

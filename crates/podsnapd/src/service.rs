@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::engine::{
-    CheckpointSpec, Compat, ContainerSpec, Engine, PostAction, RestoreSpec, Update,
+    CheckpointSpec, Compat, ContainerSpec, Engine, PostAction, PrepareSpec, RestoreSpec, Update,
 };
 use crate::error::DaemonError;
 use crate::jobs::{JobRecord, Phase};
@@ -337,18 +337,21 @@ impl Podsnap for Service {
         if r.snapshot_id.is_empty() {
             return Err(DaemonError::InvalidArgument("snapshot_id is required".into()).into());
         }
+        let spec = PrepareSpec {
+            snapshot: r.snapshot_id,
+            container_id: r.container_id,
+            runsc_root: (!r.runsc_root.is_empty()).then(|| PathBuf::from(r.runsc_root)),
+            background: r.background,
+        };
         let engine = self.engine.clone();
         // Detached: a wrapper that gives up does not cancel a half-done verified fetch.
-        let (m, dir) = tokio::spawn(
-            engine
-                .prepare_restore(r.snapshot_id, r.container_id)
-                .in_current_span(),
-        )
-        .await
-        .map_err(|e| Status::internal(format!("job task failed: {e}")))??;
+        let prepared = tokio::spawn(engine.prepare_restore(spec).in_current_span())
+            .await
+            .map_err(|e| Status::internal(format!("job task failed: {e}")))??;
         Ok(Response::new(pb::PrepareRestoreResponse {
-            image_dir: dir.display().to_string(),
-            snapshot: Some(snapshot_to_pb(&m)),
+            image_dir: prepared.image_dir.display().to_string(),
+            snapshot: Some(snapshot_to_pb(&prepared.manifest)),
+            lazy: prepared.lazy,
         }))
     }
 

@@ -95,6 +95,7 @@ impl Node {
             .prepare_restore(pb::PrepareRestoreRequest {
                 snapshot_id: snapshot.to_string(),
                 container_id: container.into(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("prepare-restore: {e}\n{}", self.p.log_text()))

@@ -85,27 +85,49 @@ async fn finished_restore_job(
     container: &str,
     within: Duration,
 ) -> pb::Job {
+    finished_job(c, "restore", container, within).await
+}
+
+/// Waits for the job of `kind` on `target` to finish; returns it.
+async fn finished_job(
+    c: &mut PodsnapClient<Channel>,
+    kind: &str,
+    target: &str,
+    within: Duration,
+) -> pb::Job {
     let deadline = Instant::now() + within;
     loop {
-        let jobs = c
-            .list_jobs(pb::ListJobsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .jobs;
-        let job = jobs
-            .into_iter()
-            .find(|j| j.kind == "restore" && j.target == container)
-            .expect("the restore job is listed");
+        let job = listed_job(c, kind, target).await;
         if !job.finished_at.is_empty() {
             return job;
         }
         assert!(
             Instant::now() < deadline,
-            "restore job still running: {job:?}"
+            "{kind} job still running: {job:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn listed_job(c: &mut PodsnapClient<Channel>, kind: &str, target: &str) -> pb::Job {
+    let jobs = c
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    jobs.into_iter()
+        .find(|j| j.kind == kind && j.target == target)
+        .unwrap_or_else(|| panic!("the {kind} job of {target} is listed"))
+}
+
+/// Whether a podsnap lazy image is mounted at `path`.
+fn lazy_mounted_at(path: &Path) -> bool {
+    let want = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("fuse.podsnap") && l.split(' ').nth(4) == Some(&*want))
 }
 
 /// A stopped counter checkpointed on node A, restored lazily on node B (empty cache).
@@ -329,4 +351,162 @@ async fn a_corrupt_page_stops_the_lazily_restored_sandbox_and_fails_the_job() {
         "{state:?}"
     );
     RunscCmd::of(Release::R2026, &b.root).force_delete(&new_id);
+}
+
+/// The Kubernetes path as the runsc wrapper behind gVisor's shim drives it: PrepareRestore,
+/// told the sandbox's runsc root and that its restore runs with --background, answers on a
+/// cold node with a lazily served image; `runsc create` then `runsc restore --background`
+/// from it bring the counter back; the job follows the sandbox until every page is local,
+/// and the mount and its directory go with the sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_image_is_served_lazily_to_a_background_restore() {
+    let test = "a_prepared_image_is_served_lazily_to_a_background_restore";
+    let Some(runsc) = runsc_2026(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().join("store").display());
+    let port = || podsnap_testkit::moto::free_port().unwrap();
+    let a = daemon(dir.path(), "node-a", &store, &runsc, port());
+    let b = daemon(dir.path(), "node-b", &store, &runsc, port());
+
+    let id = unique_id("lazy-prep");
+    let log = dir.path().join("counter.log");
+    let bundle = Bundle::counter().unwrap();
+    let sb = CounterSandbox::start_on(Release::R2026, &a.root, &id, &log, &[], bundle)
+        .expect("counter starts");
+    wait_for_count(&log, 3, Duration::from_secs(30)).unwrap();
+    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-prep").await;
+    let before = last_count(&log).unwrap();
+
+    // The shim's root, not node B's daemon root: podsnapd follows the sandbox there.
+    let shim_root = dir.path().join("shim-root");
+    std::fs::create_dir_all(&shim_root).unwrap();
+    let new_id = unique_id("lazy-prepared");
+    let mut cb = client(&b).await;
+    let prepared = cb
+        .prepare_restore(pb::PrepareRestoreRequest {
+            snapshot_id: snap.id.clone(),
+            container_id: new_id.clone(),
+            runsc_root: shim_root.display().to_string(),
+            background: true,
+        })
+        .await
+        .expect("prepare succeeds")
+        .into_inner();
+    assert!(prepared.lazy, "{prepared:?}");
+    let image = PathBuf::from(&prepared.image_dir);
+    assert!(
+        lazy_mounted_at(&image),
+        "{} is not a lazy mount",
+        image.display()
+    );
+    assert!(b.log_text().contains("lazy image mounted"));
+
+    // What the wrapper runs: the shim's create, then its start as a background restore.
+    let shim_runsc = RunscCmd::of(Release::R2026, &shim_root);
+    let rlog = dir.path().join("restored.log");
+    let out = std::fs::File::create(&rlog).unwrap();
+    let status = shim_runsc
+        .command(&[
+            "create",
+            &format!("--bundle={}", sb.bundle.path().display()),
+            &new_id,
+        ])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "runsc create: {status}");
+    shim_runsc
+        .run(&[
+            "restore",
+            "--detach",
+            "--background",
+            &format!("--image-path={}", image.display()),
+            &new_id,
+        ])
+        .expect("runsc restore --background from the lazy image");
+    wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
+    let job = finished_job(
+        &mut cb,
+        "prepare-restore",
+        &new_id,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(job.error.is_empty(), "{job:?}");
+    assert!(
+        job.bytes_total > 0 && job.bytes_done == job.bytes_total,
+        "{job:?}"
+    );
+    let n = last_count(&rlog).unwrap();
+    wait_for_count(&rlog, n + 2, Duration::from_secs(30)).unwrap();
+    // Still mounted while the sandbox runs (runsc reads pages.img through it).
+    assert!(lazy_mounted_at(&image));
+
+    shim_runsc.force_delete(&new_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lazy_mounted_at(&image) || image.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the lazy mount {} outlived its sandbox",
+            image.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A PrepareRestore whose caller does not restore in the background gets a whole local
+/// image, not a mount, even where runsc and FUSE allow a lazy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_without_background_pulls_the_whole_image() {
+    let test = "a_prepare_without_background_pulls_the_whole_image";
+    let Some(runsc) = runsc_2026(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().join("store").display());
+    let a = daemon(
+        dir.path(),
+        "node-a",
+        &store,
+        &runsc,
+        podsnap_testkit::moto::free_port().unwrap(),
+    );
+    let id = unique_id("eager-prep");
+    let log = dir.path().join("counter.log");
+    let _sb = CounterSandbox::start_on(
+        Release::R2026,
+        &a.root,
+        &id,
+        &log,
+        &[],
+        Bundle::counter().unwrap(),
+    )
+    .expect("counter starts");
+    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    let mut ca = client(&a).await;
+    let snap = checkpoint_stop(&mut ca, &id, "eager-prep").await;
+    let prepared = ca
+        .prepare_restore(pb::PrepareRestoreRequest {
+            snapshot_id: snap.id.clone(),
+            container_id: "eager-c".into(),
+            runsc_root: a.root.display().to_string(),
+            background: false,
+        })
+        .await
+        .expect("prepare succeeds")
+        .into_inner();
+    assert!(!prepared.lazy, "{prepared:?}");
+    let image = PathBuf::from(&prepared.image_dir);
+    assert!(!lazy_mounted_at(&image));
+    let pages = std::fs::metadata(image.join("pages.img")).expect("pages.img is local");
+    assert!(pages.len() > 0);
+    let job = listed_job(&mut ca, "prepare-restore", "eager-c").await;
+    assert!(
+        !job.finished_at.is_empty() && job.error.is_empty(),
+        "{job:?}"
+    );
+    assert!(a.log_text().contains("restores without --background"));
 }

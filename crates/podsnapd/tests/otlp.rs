@@ -168,6 +168,7 @@ async fn make_calls(c: &mut PodsnapClient<Channel>) {
         .prepare_restore(with_traceparent(pb::PrepareRestoreRequest {
             snapshot_id: MISSING_SNAPSHOT.into(),
             container_id: "otlp-c1".into(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();

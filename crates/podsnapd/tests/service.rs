@@ -318,6 +318,7 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
         .prepare_restore(pb::PrepareRestoreRequest {
             snapshot_id: report.id.to_string(),
             container_id: "x".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

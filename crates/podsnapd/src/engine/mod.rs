@@ -48,6 +48,7 @@ use crate::metrics::Metrics;
 
 pub use checkpoint::{CheckpointSpec, PostAction};
 pub use compat::Compat;
+pub use prepare::{PrepareSpec, PreparedImage};
 pub use recovery::Adopted;
 pub use restore::{ContainerSpec, RestoreSpec, RestoredInfo};
 
@@ -178,8 +179,9 @@ impl Engine {
         // Lazy image mounts an earlier run left are dead (their server was that process):
         // unmount them first, or their directories cannot be removed.
         let lazy_dir = cfg.state_dir.join(LAZY_DIR);
-        let stale =
-            podsnap_lazy::unmount_stale(&cfg.work_dir) + podsnap_lazy::unmount_stale(&lazy_dir);
+        let stale = podsnap_lazy::unmount_stale(&cfg.work_dir)
+            + podsnap_lazy::unmount_stale(&lazy_dir)
+            + podsnap_lazy::unmount_stale(&cfg.prepared_dir());
         if let Ok(rd) = std::fs::read_dir(&lazy_dir) {
             for e in rd.flatten() {
                 let _ = std::fs::remove_dir_all(e.path());

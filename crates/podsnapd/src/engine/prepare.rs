@@ -1,37 +1,60 @@
 //! PrepareRestore, the Kubernetes path: manifest -> compatibility (before any chunk is
-//! fetched) -> pull (verified, durable) into `<state-dir>/prepared/`, whose path the runsc
-//! wrapper hands to `runsc restore`.
+//! fetched) -> the image in `<state-dir>/prepared/`, whose path the runsc wrapper hands to
+//! `runsc restore`.
+//!
+//! Two ways to have that image. Pulled: every file fetched and verified (durable) before the
+//! answer. Lazy, when the wrapper restores with `--background`, names the runsc root its
+//! sandbox runs under, and nothing is against it ([`eager_reason`]): the small files are
+//! fetched and verified and the directory is a read-only mount that podsnapd serves, each page
+//! verified before runsc sees it. The job then follows the sandbox (see
+//! [`Engine::follow_lazy`]): the rest of the pages come once the sandbox is created, a page
+//! that fails stops it, and the mount goes when the sandbox does.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use podsnap_store::Manifest;
-use tracing::info_span;
+use tracing::{info, info_span, warn};
 
-use super::restore::PullFor;
+use super::restore::{eager_reason, Followed, PullFor};
 use super::{snapshot_id, Engine};
+use crate::config::LazyRestore;
 use crate::error::{DaemonError, Result};
 use crate::jobs::{JobSpec, PrepareJob};
 
+/// What the runsc wrapper asks for.
+#[derive(Clone, Debug, Default)]
+pub struct PrepareSpec {
+    pub snapshot: String,
+    /// The container being restored (names the directory; may be empty).
+    pub container_id: String,
+    /// The runsc root that container runs under.
+    pub runsc_root: Option<PathBuf>,
+    /// The wrapper restores with `runsc restore --background`.
+    pub background: bool,
+}
+
+/// The image PrepareRestore gave.
+#[derive(Clone, Debug)]
+pub struct PreparedImage {
+    pub manifest: Manifest,
+    pub image_dir: PathBuf,
+    /// Served lazily (a mount that lives while the sandbox does).
+    pub lazy: bool,
+}
+
 impl Engine {
-    /// Fetches, verifies and checks a snapshot for the runsc wrapper; returns the local image
+    /// Fetches, verifies and checks a snapshot for the runsc wrapper; returns the image
     /// directory (under `<state-dir>/prepared/`).
-    pub async fn prepare_restore(
-        self: Arc<Self>,
-        snapshot: String,
-        container_id: String,
-    ) -> Result<(Manifest, PathBuf)> {
-        let span = info_span!("prepare-restore", snapshot = %snapshot, container = %container_id);
-        let work = self.clone().run_prepare(snapshot, container_id);
+    pub async fn prepare_restore(self: Arc<Self>, spec: PrepareSpec) -> Result<PreparedImage> {
+        let span = info_span!("prepare-restore", snapshot = %spec.snapshot, container = %spec.container_id);
+        let work = self.clone().run_prepare(spec);
         self.operation("prepare-restore", span, work).await
     }
 
-    async fn run_prepare(
-        self: Arc<Self>,
-        snapshot: String,
-        container_id: String,
-    ) -> Result<(Manifest, PathBuf)> {
-        let id = snapshot_id(&snapshot)?;
+    async fn run_prepare(self: Arc<Self>, spec: PrepareSpec) -> Result<PreparedImage> {
+        let id = snapshot_id(&spec.snapshot)?;
+        let container_id = &spec.container_id;
         if !container_id.is_empty()
             && !container_id
                 .bytes()
@@ -43,6 +66,7 @@ impl Engine {
         }
         let m = self.store.manifest(&id).await?;
         self.require_compatible(&m).await?;
+        let against = self.prepare_eager_reason(&spec, &m).await?;
         let job = self
             .jobs
             .start(
@@ -58,11 +82,155 @@ impl Engine {
         };
         let dest = self.cfg.prepared_dir().join(name);
         if dest.exists() {
+            // A retried create: an earlier lazy image there is unmounted first.
+            podsnap_lazy::unmount_stale(&dest);
             std::fs::remove_dir_all(&dest)
                 .map_err(|e| DaemonError::io(format!("removing {}", dest.display()), e))?;
         }
+        if against.is_none() {
+            match self.mount_prepared(&job, &id, &dest).await {
+                Ok(mount) => {
+                    let sandbox = Followed {
+                        root: spec.runsc_root.clone(),
+                        id: container_id.clone(),
+                        appears_later: true,
+                    };
+                    self.clone().follow_lazy(job, mount, sandbox, dest.clone());
+                    return Ok(PreparedImage {
+                        manifest: m,
+                        image_dir: dest,
+                        lazy: true,
+                    });
+                }
+                Err(Unserved::Elsewhere(reason))
+                    if self.cfg.lazy_restore != LazyRestore::Always =>
+                {
+                    warn!(%reason, "pulling the whole image instead of serving it lazily");
+                }
+                Err(Unserved::Elsewhere(reason)) => {
+                    let e = DaemonError::Unsupported(format!(
+                        "cannot prepare {id} lazily (--lazy-restore always): {reason}"
+                    ));
+                    job.finish(Some(e.message()));
+                    return Err(e);
+                }
+                Err(Unserved::Failed(e)) => {
+                    let _ = std::fs::remove_dir_all(&dest);
+                    job.finish(Some(e.message()));
+                    return Err(e);
+                }
+            }
+        } else if let Some(reason) = &against {
+            info!(%reason, "pulling the whole image before runsc restore (not lazy)");
+        }
         let res = self.fetch(&job, &m, &dest, PullFor::Prepare, &None).await;
         job.finish(res.as_ref().err().map(DaemonError::message));
-        res.map(|_| (m, dest))
+        res?;
+        Ok(PreparedImage {
+            manifest: m,
+            image_dir: dest,
+            lazy: false,
+        })
+    }
+
+    /// Mounts the lazy image at `dest` and checks that the node's runsc will see it.
+    async fn mount_prepared(
+        &self,
+        job: &crate::jobs::JobHandle,
+        id: &podsnap_store::SnapshotId,
+        dest: &Path,
+    ) -> std::result::Result<podsnap_lazy::LazyMount, Unserved> {
+        let mount = self
+            .mount_lazy(job, id, dest, &None)
+            .await
+            .map_err(Unserved::Failed)?;
+        if let Err(reason) = visible_to_host(dest) {
+            drop(mount);
+            let _ = std::fs::remove_dir_all(dest);
+            return Err(Unserved::Elsewhere(reason));
+        }
+        Ok(mount)
+    }
+
+    /// Why this prepared image is pulled whole rather than served lazily (`None`: lazy);
+    /// an error when `--lazy-restore always` cannot be honoured.
+    async fn prepare_eager_reason(
+        &self,
+        spec: &PrepareSpec,
+        m: &Manifest,
+    ) -> Result<Option<String>> {
+        let reason = if self.cfg.lazy_restore == LazyRestore::Never {
+            Some("lazy restores are off (--lazy-restore never)".to_string())
+        } else if !spec.background {
+            Some("the runsc wrapper restores without --background".to_string())
+        } else if spec.runsc_root.is_none() || spec.container_id.is_empty() {
+            Some(
+                "the runsc wrapper did not name the container and runsc root that restore"
+                    .to_string(),
+            )
+        } else {
+            let info = self.runtime.info().await?;
+            eager_reason(
+                info.capabilities.restore_background,
+                &info.version.version,
+                m,
+                0,
+                podsnap_lazy::fuse_available(),
+            )
+        };
+        match reason {
+            Some(reason) if self.cfg.lazy_restore == LazyRestore::Always => {
+                Err(DaemonError::Unsupported(format!(
+                    "cannot prepare {} lazily (--lazy-restore always): {reason}",
+                    m.id
+                )))
+            }
+            r => Ok(r),
+        }
+    }
+}
+
+/// Why a prepared image was not served lazily after all.
+enum Unserved {
+    /// The mount works here but not where runsc reads (pull it instead).
+    Elsewhere(String),
+    /// Fetching or mounting failed.
+    Failed(DaemonError),
+}
+
+/// Whether the lazy mount at `dir` is seen in the host's mount namespace (PID 1's; podsnapd's
+/// pod has the host's PIDs), where the shim's runsc opens the image: a podsnapd in a pod
+/// whose state dir lacks `mountPropagation: Bidirectional` mounts where runsc cannot see.
+fn visible_to_host(dir: &Path) -> std::result::Result<(), String> {
+    // Where PID 1's namespace cannot be read (some VMs guard PID 1), nothing can be told:
+    // podsnapd runs on the host there, or the restore says what went wrong.
+    let (Ok(ours), Ok(host)) = (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) else {
+        return Ok(());
+    };
+    if ours == host {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string("/proc/1/mountinfo")
+        .map_err(|e| format!("cannot read the host's mounts: {e}"))?;
+    let want = dir.to_string_lossy();
+    let seen = text.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(4) == Some(&&*want)
+            && f.iter()
+                .position(|x| *x == "-")
+                .and_then(|sep| f.get(sep + 1))
+                .is_some_and(|t| t.starts_with("fuse"))
+    });
+    if seen {
+        Ok(())
+    } else {
+        Err(format!(
+            "the image mount at {} does not reach the host's mount namespace (mount \
+             podsnapd's state dir with mountPropagation: Bidirectional)",
+            dir.display()
+        ))
     }
 }

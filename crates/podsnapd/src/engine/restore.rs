@@ -98,6 +98,35 @@ pub(super) fn match_containers(
 
 /// How often a lazily restored sandbox is looked at, to unmount its image once it is gone.
 const SANDBOX_POLL: Duration = Duration::from_secs(2);
+/// How long a prepared lazy image waits for the sandbox that reads it to be created (the
+/// kubelet's CreateContainer deadline is 2 minutes), and how often it looks.
+const SANDBOX_APPEAR_TIMEOUT: Duration = Duration::from_secs(240);
+const SANDBOX_APPEAR_POLL: Duration = Duration::from_millis(200);
+
+/// The sandbox a lazy image serves: the runsc container that reads it.
+#[derive(Clone, Debug)]
+pub(super) struct Followed {
+    /// Its runsc root (`None`: the daemon's).
+    pub root: Option<PathBuf>,
+    pub id: String,
+    /// Created only after the image is ready (the Kubernetes path): the fill of the rest of
+    /// the pages waits for it, and the image goes if it never comes.
+    pub appears_later: bool,
+}
+
+/// Removes a directory in the background (a lazy image's mount point or work dir).
+fn remove_dir_later(dir: PathBuf) {
+    if !dir.exists() {
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(dir = %dir.display(), error = %e, "could not remove a lazy image's directory");
+            }
+        }
+    });
+}
 
 /// Why a standalone restore pulls its image whole instead of serving it lazily; `None` when
 /// nothing is against the lazy path. The one place that decides it (with `--lazy-restore`).
@@ -266,8 +295,13 @@ impl Engine {
             Ok((info, Some(mount))) => {
                 // The job goes on until the last page is local; the work dir (the mount
                 // point) goes with the sandbox.
-                self.clone()
-                    .follow_lazy(job, mount, spec.container_id.clone());
+                let work = self.work_dir(&job.id);
+                let sandbox = Followed {
+                    root: None,
+                    id: spec.container_id.clone(),
+                    appears_later: false,
+                };
+                self.clone().follow_lazy(job, mount, sandbox, work);
                 Ok(info)
             }
             res => {
@@ -386,7 +420,7 @@ impl Engine {
 
     /// The lazy path's "pull": the node's shared image of the snapshot (its small files local
     /// and verified), mounted at `image_dir`.
-    async fn mount_lazy(
+    pub(super) async fn mount_lazy(
         &self,
         job: &JobHandle,
         id: &SnapshotId,
@@ -424,29 +458,32 @@ impl Engine {
 
     /// After the answer: follows a lazy restore's image until every page is local (the job
     /// finishes) or one fails (the sandbox is stopped and the job fails with the reason);
-    /// then keeps the mount until the sandbox is gone, and unmounts it.
-    fn follow_lazy(self: Arc<Self>, job: JobHandle, mount: LazyMount, container_id: String) {
-        let span = info_span!("lazy-restore", container = %container_id, job = %job.id);
+    /// then keeps the mount until the sandbox is gone, unmounts it and removes `leftover`.
+    pub(super) fn follow_lazy(
+        self: Arc<Self>,
+        job: JobHandle,
+        mount: LazyMount,
+        sandbox: Followed,
+        leftover: PathBuf,
+    ) {
+        let span = info_span!("lazy-restore", container = %sandbox.id, job = %job.id);
         tokio::spawn(
             async move {
-                let image = mount.image().clone();
-                let settled = loop {
-                    tokio::select! {
-                        r = image.settled() => break r,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                            let p = image.progress();
-                            job.progress(p.bytes_local, p.bytes_total);
-                            self.report_lazy_bytes(&image);
-                        }
+                if sandbox.appears_later {
+                    if let Err(e) = self.await_sandbox_appears(&sandbox).await {
+                        job.finish(Some(e));
+                        drop(mount);
+                        remove_dir_later(leftover);
+                        return;
                     }
-                };
-                self.report_lazy_bytes(&image);
-                let p = image.progress();
-                job.progress(p.bytes_local, p.bytes_total);
-                match settled {
+                    // runsc has the image: the rest of the pages may come now.
+                    mount.start_fill();
+                }
+                let image = mount.image().clone();
+                match self.await_settled(&job, &image).await {
                     Ok(()) => {
                         info!(
-                            bytes = p.bytes_total,
+                            bytes = image.progress().bytes_total,
                             "lazy restore complete: every page is local"
                         );
                         job.finish(None);
@@ -454,29 +491,92 @@ impl Engine {
                     Err(e) => {
                         let msg = format!(
                             "lazy restore failed after the sandbox started, so sandbox \
-                             {container_id} was stopped: {}",
+                             {} was stopped: {}",
+                            sandbox.id,
                             podsnap_proto::client::error_chain(&*e)
                         );
                         error!(error = %msg, "stopping a lazily restored sandbox");
-                        match self.runtime.delete(None, &container_id, true).await {
+                        match self
+                            .runtime
+                            .delete(sandbox.root.as_deref(), &sandbox.id, true)
+                            .await
+                        {
                             Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
                             Err(e) => warn!(error = %e, "cannot stop the sandbox"),
                         }
                         job.finish(Some(msg));
                     }
                 }
-                self.await_sandbox_gone(&container_id).await;
+                self.await_sandbox_gone(&sandbox).await;
                 drop(mount);
-                self.remove_work_dir_later(&job.id);
+                remove_dir_later(leftover);
             }
             .instrument(span),
         );
     }
 
-    /// Returns once sandbox `id` no longer runs (gone, or stopped).
-    async fn await_sandbox_gone(&self, id: &str) {
+    /// Reports a lazy image's progress until every page is local or one failed.
+    async fn await_settled(
+        &self,
+        job: &JobHandle,
+        image: &podsnap_store::LazyImage,
+    ) -> std::result::Result<(), Arc<StoreError>> {
+        let settled = loop {
+            tokio::select! {
+                r = image.settled() => break r,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let p = image.progress();
+                    job.progress(p.bytes_local, p.bytes_total);
+                    self.report_lazy_bytes(image);
+                }
+            }
+        };
+        self.report_lazy_bytes(image);
+        let p = image.progress();
+        job.progress(p.bytes_local, p.bytes_total);
+        settled
+    }
+
+    /// Waits for a prepared image's sandbox to be created (the runsc wrapper creates it
+    /// after PrepareRestore answers); the reason when it is not within
+    /// [`SANDBOX_APPEAR_TIMEOUT`].
+    async fn await_sandbox_appears(&self, sandbox: &Followed) -> std::result::Result<(), String> {
+        let deadline = Instant::now() + SANDBOX_APPEAR_TIMEOUT;
         loop {
-            match self.runtime.state(None, id).await {
+            match self
+                .runtime
+                .state(sandbox.root.as_deref(), &sandbox.id)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(RuntimeError::NotFound { .. }) => {}
+                Err(e) => warn!(error = %e, "cannot read the sandbox's state"),
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "container {} was not created under {} within {:?} of the image being \
+                     prepared; its lazy image was removed",
+                    sandbox.id,
+                    sandbox
+                        .root
+                        .as_deref()
+                        .map(|r| r.display().to_string())
+                        .unwrap_or_else(|| "the daemon's runsc root".into()),
+                    SANDBOX_APPEAR_TIMEOUT
+                ));
+            }
+            tokio::time::sleep(SANDBOX_APPEAR_POLL).await;
+        }
+    }
+
+    /// Returns once the sandbox no longer runs (gone, or stopped).
+    async fn await_sandbox_gone(&self, sandbox: &Followed) {
+        loop {
+            match self
+                .runtime
+                .state(sandbox.root.as_deref(), &sandbox.id)
+                .await
+            {
                 Ok(st) if st.status != Status::Stopped => {}
                 Ok(_) | Err(RuntimeError::NotFound { .. }) => return,
                 Err(e) => warn!(error = %e, "cannot read the sandbox's state"),
