@@ -109,22 +109,22 @@ cluster-down:
 	bash scripts/cluster/down.sh
 
 # The cluster tests (tests/cluster: the tutorial's SDK flow, the API, failure reasons,
-# filesystem state) on a fresh local cluster (one already up is taken down first), taken down
-# afterwards whatever the outcome; then tests/cluster/sdk1 with the SDK 1.0.x (its own
-# directory, SDK1_PATH) on agent-sandbox 1.x. That is the default cluster: gVisor's shim with
-# runsc 2026. Then a second pass of tests/cluster on PODSNAP_CLUSTER_SHIM=runc (containerd's
-# runc shim + podsnap-runsc + Debian's runsc 20240729), the path existing nodes run. Needs
-# root and Go.
+# filesystem state, the resume on the other node) on a fresh local cluster of two nodes (one
+# already up is taken down first), taken down afterwards whatever the outcome; then
+# tests/cluster/sdk1 with the SDK 1.0.x (its own directory, SDK1_PATH) on agent-sandbox 1.x.
+# That is gVisor's shim with runsc 2026, podsnap installed from `make image`. Then a second
+# pass of tests/cluster on one node with PODSNAP_CLUSTER_SHIM=runc (containerd's runc shim +
+# podsnap-runsc + Debian's runsc 20240729), the path existing nodes run. Needs root and Go.
 SDK1_PATH ?= /opt/podsnap/sdk1
 test-cluster: deps
 	bash scripts/cluster/down.sh >/dev/null 2>&1 || true
-	@$(MAKE) --no-print-directory cluster-up
 	@start=$$(date +%s); \
-	PODSNAP_CLUSTER=1 python3 -m pytest -q tests/cluster --ignore=tests/cluster/sdk1 && \
+	PODSNAP_CLUSTER_NODES=2 $(MAKE) --no-print-directory cluster-up && \
+	  PODSNAP_CLUSTER=1 PODSNAP_CLUSTER_NODES=2 python3 -m pytest -q tests/cluster --ignore=tests/cluster/sdk1 && \
 	  PODSNAP_CLUSTER_SDK1=1 PYTHONPATH=$(SDK1_PATH) python3 -m pytest -q tests/cluster/sdk1; rc=$$?; \
 	  [ $$rc = 0 ] || bash scripts/cluster/diagnose.sh; \
 	  bash scripts/cluster/down.sh >/dev/null 2>&1; \
-	  echo "test-cluster: gVisor-shim pass $$(( $$(date +%s) - start )) s (rc $$rc)"; exit $$rc
+	  echo "test-cluster: gVisor-shim pass, two nodes $$(( $$(date +%s) - start )) s (rc $$rc)"; exit $$rc
 	@start=$$(date +%s); \
 	PODSNAP_CLUSTER_SHIM=runc $(MAKE) --no-print-directory cluster-up && \
 	  PODSNAP_CLUSTER=1 PODSNAP_CLUSTER_SHIM=runc python3 -m pytest -q tests/cluster --ignore=tests/cluster/sdk1; rc=$$?; \
