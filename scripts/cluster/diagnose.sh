@@ -36,6 +36,14 @@ for f in $(ls -t "$CLUSTER_DIR"/logs/runsc/*.boot* 2>/dev/null | head -3); do
     section "$f (last 20 lines)"
     tail -n 20 "$f"
 done
+# podsnap installed from the image (the default): podsnapd and podsnap-controller log in
+# their pods.
+for pod in $(kubectl -n podsnap-system get pods --no-headers -o custom-columns=N:.metadata.name 2>/dev/null); do
+    section "podsnap-system/$pod (last $lines lines; its error lines)"
+    kubectl -n podsnap-system get pod "$pod" -o wide --no-headers
+    kubectl -n podsnap-system logs "$pod" --all-containers --tail="$lines" 2>&1
+    kubectl -n podsnap-system logs "$pod" --all-containers 2>&1 | grep -E '"level":"(ERROR|WARN)"| ERROR | WARN ' | tail -n 20
+done
 section "nodes"
 kubectl get nodes -o wide
 kubectl describe nodes | sed -n '/^Conditions:/,/^Addresses:/p'
@@ -57,4 +65,13 @@ timeout 20 "${ctr[@]}" containers list 2>&1 | head -30
 timeout 20 "${ctr[@]}" tasks list 2>&1 | head -30
 section "runsc list"
 timeout 20 runsc --root "$CLUSTER_RUN/runsc/k8s.io" list 2>&1 | head -30
+# The second node (PODSNAP_CLUSTER_NODES=2): its containerd and runsc root, seen from its
+# mount namespace.
+if [ -n "${NODE2_NAME:-}" ]; then
+    section "containerd on $NODE2_NAME (k8s.io)"
+    ctr2=("$CLUSTER_BIN/ctr" --address "$CLUSTER_RUN/nodes/$NODE2_NAME/containerd.sock" --namespace k8s.io)
+    timeout 20 "${ctr2[@]}" tasks list 2>&1 | head -30
+    section "runsc list on $NODE2_NAME"
+    timeout 20 nsenter --mount="/run/podsnap-cluster-ns/$NODE2_NAME" -- runsc --root "$CLUSTER_RUN/runsc/k8s.io" list 2>&1 | head -30
+fi
 exit 0
