@@ -332,10 +332,11 @@ impl Cluster for KubeCluster {
     }
 
     async fn set_finalizers(&self, s: &PodSnapshot, finalizers: Vec<String>) -> Result<(), Error> {
-        let current = s.metadata.finalizers.clone();
-        let test = match &current {
-            Some(c) => json!({ "op": "test", "path": "/metadata/finalizers", "value": c }),
-            None => json!({ "op": "test", "path": "/metadata/finalizers", "value": null }),
+        // An empty list is absent on the server: tested as null, as kube's helper does.
+        let current = s.finalizers();
+        let test = match current.is_empty() {
+            false => json!({ "op": "test", "path": "/metadata/finalizers", "value": current }),
+            true => json!({ "op": "test", "path": "/metadata/finalizers", "value": null }),
         };
         let patch: json_patch::Patch = serde_json::from_value(json!([
             test,
