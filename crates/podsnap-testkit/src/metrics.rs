@@ -171,6 +171,22 @@ impl Exposition {
         Exposition::parse(body)
     }
 
+    /// Scrapes `http://127.0.0.1:{port}/metrics` (one HTTP/1.1 request) and parses it as
+    /// [`Exposition::from_http_response`] does.
+    pub fn scrape(port: u16) -> Exposition {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connecting to the metrics port {port}: {e}"));
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        Exposition::from_http_response(&out)
+    }
+
     /// The exposition text, for failure messages.
     pub fn text(&self) -> &str {
         &self.text

@@ -10,15 +10,13 @@ pub fn openssl_available() -> bool {
     Command::new("openssl").arg("version").output().is_ok()
 }
 
-/// For a test that needs openssl: true if it runs here; otherwise says the test is skipped
-/// and returns false, or fails when privileged tests are required (CI).
+/// For a test that needs openssl: true if it runs here; otherwise (through
+/// [`crate::require_that`]) says the test is skipped and returns false, or fails saying why
+/// when privileged tests are required (`make test` as root, CI).
 pub fn require_openssl() -> bool {
-    if openssl_available() {
-        return true;
-    }
-    assert!(!crate::privileged_required(), "openssl is required");
-    eprintln!("skipping: no openssl");
-    false
+    let missing = (!openssl_available())
+        .then(|| "the openssl CLI does not run here (Debian package openssl)".to_string());
+    crate::require_that("a TLS test (its throwaway PKI)", missing)
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

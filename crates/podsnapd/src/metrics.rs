@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::error::DaemonError;
 
@@ -126,119 +126,81 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let operations = Family::<OpOutcome, Counter>::default();
-        registry.register(
-            "podsnap_operations",
-            "Checkpoint, restore and prepare-restore operations by outcome and error kind",
-            operations.clone(),
-        );
-        let operation_duration =
-            Family::<Op, Histogram, fn() -> Histogram>::new_with_constructor(seconds_histogram);
-        registry.register(
-            "podsnap_operation_duration_seconds",
-            "Duration of whole operations",
-            operation_duration.clone(),
-        );
-        let phase_duration = Family::<OpPhase, Histogram, fn() -> Histogram>::new_with_constructor(
-            seconds_histogram,
-        );
-        registry.register(
-            "podsnap_phase_duration_seconds",
-            "Duration of operation phases (runsc_checkpoint, upload, retention, download, runsc_restore)",
-            phase_duration.clone(),
-        );
-        let bytes = Family::<Direction, Counter>::default();
-        registry.register(
-            "podsnap_bytes",
-            "Image bytes read, uploaded, deduplicated and downloaded",
-            bytes.clone(),
-        );
-        let objects_written = Counter::default();
-        registry.register(
-            "podsnap_objects_written",
-            "Objects written to the store (packs and indexes)",
-            objects_written.clone(),
-        );
-        let refusals = Family::<Reason, Counter>::default();
-        registry.register(
-            "podsnap_compatibility_refusals",
-            "Restores refused before download because the snapshot cannot run on this node",
-            refusals.clone(),
-        );
-        let in_flight = Family::<Op, Gauge>::default();
-        registry.register(
-            "podsnap_jobs_in_flight",
-            "Operations running now",
-            in_flight.clone(),
-        );
-        let store_duration =
-            Family::<Method, Histogram, fn() -> Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 16))
-            });
-        registry.register(
-            "podsnap_store_request_duration_seconds",
-            "Object store request latency by method",
-            store_duration.clone(),
-        );
-        let store_errors = Family::<Method, Counter>::default();
-        registry.register(
-            "podsnap_store_errors",
-            "Object store requests that failed (after the client's retries)",
-            store_errors.clone(),
-        );
-        let build_info = Family::<Build, Gauge>::default();
-        registry.register(
-            "podsnap_build_info",
-            "podsnapd's version and the runsc version it drives",
-            build_info.clone(),
-        );
-        let cache = CacheMetrics::default();
-        registry.register(
-            "podsnap_cache_hits",
-            "Pages a restore took from the node's page cache (verified) instead of the store",
-            cache.hits.clone(),
-        );
-        registry.register(
-            "podsnap_cache_misses",
-            "Pages a restore had to download because the page cache did not hold them",
-            cache.misses.clone(),
-        );
-        registry.register(
-            "podsnap_cache_corrupt_pages",
-            "Pages read from the page cache that failed verification (downloaded instead)",
-            cache.corrupt.clone(),
-        );
-        registry.register(
-            "podsnap_cache_evictions",
-            "Page cache segments evicted (least recently used) to stay under the size bound",
-            cache.evictions.clone(),
-        );
-        registry.register(
-            "podsnap_cache_write_failures",
-            "Writes to the page cache that failed (e.g. disk full); restores go on without them",
-            cache.write_failures.clone(),
-        );
-        registry.register(
+/// Registers `metric` under `name` and hands it back (the registry keeps a clone, which
+/// shares its value).
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// A histogram family whose histograms `new` makes.
+fn histograms<L>(new: fn() -> Histogram) -> Family<L, Histogram, fn() -> Histogram>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    Family::new_with_constructor(new)
+}
+
+impl CacheMetrics {
+    /// The page cache's metrics, registered.
+    fn registered(r: &mut Registry) -> CacheMetrics {
+        let c = CacheMetrics::default();
+        let metrics: [(&str, &str, &Counter); 5] = [
+            ("podsnap_cache_hits", "Pages a restore took from the node's page cache (verified) instead of the store", &c.hits),
+            ("podsnap_cache_misses", "Pages a restore had to download because the page cache did not hold them", &c.misses),
+            ("podsnap_cache_corrupt_pages", "Pages read from the page cache that failed verification (downloaded instead)", &c.corrupt),
+            ("podsnap_cache_evictions", "Page cache segments evicted (least recently used) to stay under the size bound", &c.evictions),
+            ("podsnap_cache_write_failures", "Writes to the page cache that failed (e.g. disk full); restores go on without them", &c.write_failures),
+        ];
+        for (name, help, counter) in metrics {
+            r.register(name, help, counter.clone());
+        }
+        r.register(
             "podsnap_cache_bytes",
             "Bytes the node's page cache holds on disk",
-            cache.bytes.clone(),
+            c.bytes.clone(),
         );
+        c
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let r = &mut r;
         Metrics {
-            cache,
-            registry,
-            operations,
-            operation_duration,
-            phase_duration,
-            bytes,
-            objects_written,
-            refusals,
-            in_flight,
-            store_duration,
-            store_errors,
-            build_info,
+            operations: register(r, "podsnap_operations",
+                "Checkpoint, restore and prepare-restore operations by outcome and error kind",
+                Family::default()),
+            operation_duration: register(r, "podsnap_operation_duration_seconds",
+                "Duration of whole operations",
+                histograms(seconds_histogram)),
+            phase_duration: register(r, "podsnap_phase_duration_seconds",
+                "Duration of operation phases (runsc_checkpoint, upload, retention, download, runsc_restore)",
+                histograms(seconds_histogram)),
+            bytes: register(r, "podsnap_bytes",
+                "Image bytes read, uploaded, deduplicated and downloaded",
+                Family::default()),
+            objects_written: register(r, "podsnap_objects_written",
+                "Objects written to the store (packs and indexes)",
+                Counter::default()),
+            refusals: register(r, "podsnap_compatibility_refusals",
+                "Restores refused before download because the snapshot cannot run on this node",
+                Family::default()),
+            in_flight: register(r, "podsnap_jobs_in_flight",
+                "Operations running now",
+                Family::default()),
+            store_duration: register(r, "podsnap_store_request_duration_seconds",
+                "Object store request latency by method",
+                histograms(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)))),
+            store_errors: register(r, "podsnap_store_errors",
+                "Object store requests that failed (after the client's retries)",
+                Family::default()),
+            build_info: register(r, "podsnap_build_info",
+                "podsnapd's version and the runsc version it drives",
+                Family::default()),
+            cache: CacheMetrics::registered(r),
+            registry: std::mem::take(r),
         }
     }
 

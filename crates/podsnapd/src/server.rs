@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use podsnap_proto::v1::podsnap_server::PodsnapServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::info;
 
@@ -83,20 +84,12 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
         let addr: std::net::SocketAddr = addr
             .parse()
             .with_context(|| format!("--health-listen {addr:?} is not HOST:PORT"))?;
-        let health = health_service.clone();
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding --health-listen {addr}"))?;
         info!(%addr, "serving grpc.health.v1 (plaintext, health only)");
-        tokio::spawn(async move {
-            if let Err(e) = Server::builder()
-                .add_service(health)
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await
-            {
-                tracing::error!(error = %e, "health listener failed");
-            }
-        });
+        let router = Server::builder().add_service(health_service.clone());
+        spawn_listener(router, listener, std::future::pending(), "health listener");
     }
     if let Some(addr) = cfg.metrics_listen.as_deref() {
         let listener = crate::metrics::bind(addr).await?;
@@ -107,52 +100,12 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(64 << 20);
     let exporting = cfg.otlp_endpoint.is_some();
-    let mut builder = Server::builder().trace_fn(move |req| {
-        // W3C trace context from the caller (a controller's trace) is continued: every span
-        // and log line of this call carries its trace id, and exported spans are its children.
-        let method = req.uri().path();
-        let span = match req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_traceparent)
-        {
-            Some((trace_id, parent_id)) => tracing::info_span!(
-                "grpc",
-                method = %method,
-                trace_id = %trace_id,
-                parent_span_id = %parent_id,
-                otel.name = tracing::field::Empty,
-                otel.kind = tracing::field::Empty,
-                otel.status_code = tracing::field::Empty,
-                otel.status_description = tracing::field::Empty
-            ),
-            None => tracing::info_span!(
-                "grpc",
-                method = %method,
-                otel.name = tracing::field::Empty,
-                otel.kind = tracing::field::Empty,
-                otel.status_code = tracing::field::Empty,
-                otel.status_description = tracing::field::Empty
-            ),
-        };
-        if exporting {
-            crate::telemetry::continue_trace(&span, method, req.headers());
-        }
-        span
-    });
+    let mut builder = Server::builder().trace_fn(move |req| grpc_span(req, exporting));
     // One signal stops every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let router_shutdown = async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
-    };
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let server_tls = || -> anyhow::Result<ServerTlsConfig> {
-        let tls = cfg.tls.as_ref().context("TCP listen without TLS")?;
-        Ok(ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
-            .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?)))
     };
     if let Some(addr) = cfg.listen_tls {
         // The controller's listener: the same services, mutual TLS, stopped with the socket.
@@ -161,24 +114,17 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
             .with_context(|| format!("binding --listen-tls {addr}"))?;
         let mut tls_server = builder
             .clone()
-            .tls_config(server_tls()?)
+            .tls_config(server_tls(&cfg)?)
             .context("configuring TLS for --listen-tls")?;
         let router = tls_server
             .add_service(service.clone())
             .add_service(health_service.clone());
         let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.changed().await;
+        };
         info!(%addr, "podsnapd listening (TLS, client certificates required)");
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.changed().await;
-            };
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
-                .await
-            {
-                tracing::error!(error = %e, "--listen-tls listener failed");
-            }
-        });
+        spawn_listener(router, listener, stopped, "--listen-tls listener");
     }
     match &cfg.listen {
         Listen::Unix(path) => {
@@ -194,7 +140,7 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(path);
         }
         Listen::Tcp(addr) => {
-            let tls_config = server_tls()?;
+            let tls_config = server_tls(&cfg)?;
             let addr: std::net::SocketAddr = addr.parse().context("--listen")?;
             info!(%addr, "podsnapd listening (TLS, client certificates required)");
             builder
@@ -208,7 +154,76 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
                 .context("serving gRPC")?;
         }
     }
-    // Let running jobs finish; what does not finish in time is resumable from the journal.
+    wait_for_jobs(&engine).await;
+    Ok(())
+}
+
+/// Serves `router` on `listener` in the background until `shutdown` resolves; a failure is
+/// logged as `what` failing.
+fn spawn_listener(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    what: &'static str,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "{what} failed");
+        }
+    });
+}
+
+/// The TLS of a TCP listener: our certificate, and client certificates required.
+fn server_tls(cfg: &Config) -> anyhow::Result<ServerTlsConfig> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let tls = cfg.tls.as_ref().context("TCP listen without TLS")?;
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+        .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?)))
+}
+
+/// The span of one gRPC call. W3C trace context from the caller (a controller's trace) is
+/// continued: every span and log line of this call carries its trace id, and (when
+/// `exporting`) exported spans are its children.
+fn grpc_span(req: &tonic::codegen::http::Request<()>, exporting: bool) -> tracing::Span {
+    let method = req.uri().path();
+    let span = match req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+    {
+        Some((trace_id, parent_id)) => tracing::info_span!(
+            "grpc",
+            method = %method,
+            trace_id = %trace_id,
+            parent_span_id = %parent_id,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty
+        ),
+        None => tracing::info_span!(
+            "grpc",
+            method = %method,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty
+        ),
+    };
+    if exporting {
+        crate::telemetry::continue_trace(&span, method, req.headers());
+    }
+    span
+}
+
+/// Lets running jobs finish (60 s at most); what does not finish in time is resumable from
+/// the journal.
+async fn wait_for_jobs(engine: &Engine) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while engine.jobs().in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -219,7 +234,6 @@ pub async fn serve(cfg: Config, engine: Arc<Engine>) -> anyhow::Result<()> {
             "exiting with jobs in flight; they resume at the next start"
         );
     }
-    Ok(())
 }
 
 /// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`);

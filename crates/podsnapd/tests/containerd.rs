@@ -111,43 +111,120 @@ fn task_status(c: &Containerd, id: &str) -> Option<String> {
         .and_then(|f| f.get(2).map(|s| s.to_string()))
 }
 
-/// `ctr run -d` of the counter through the wrapper, optionally annotated to restore from
-/// `snapshot`; stdout/stderr to `log`.
-fn run_counter(
-    c: &Containerd,
-    wrapper: &Path,
-    rootfs: &Path,
-    id: &str,
-    log: &Path,
-    snapshot: Option<&str>,
-) -> Result<(), String> {
-    let runc_root = c.runc_root().display().to_string();
-    let log_uri = format!("file://{}", log.display());
-    let rootfs = rootfs.display().to_string();
-    let wrapper = wrapper.display().to_string();
-    let annotation = snapshot.map(|s| format!("{ANNOTATION}={s}"));
-    let mut args = vec![
-        "run",
-        "-d",
-        "--rootfs",
-        "--runtime",
-        "io.containerd.runc.v2",
-        "--runc-root",
-        &runc_root,
-        "--log-uri",
-        &log_uri,
-        "--runc-binary",
-        &wrapper,
-    ];
-    if let Some(a) = &annotation {
-        args.extend(["--annotation", a.as_str()]);
+/// The test's node: a private containerd whose runc shim runs the wrapper, and a podsnapd that
+/// reaches it, in one scratch directory. (Fields drop in order: the daemon, containerd, then
+/// the directory.)
+struct World {
+    daemon: Podsnapd,
+    c: Containerd,
+    wrapper: PathBuf,
+    rootfs: PathBuf,
+    sock: PathBuf,
+    store_dir: PathBuf,
+    scratch: tempfile::TempDir,
+}
+
+impl World {
+    fn start() -> World {
+        let wrapper = wrapper_binary();
+        let scratch = tempfile::Builder::new()
+            .prefix("podsnapd-containerd")
+            .tempdir()
+            .unwrap();
+        let s = scratch.path();
+        let sock = s.join("podsnapd.sock");
+        let store_dir = s.join("store");
+        let runsc = which("runsc").expect("runsc on PATH");
+
+        // The wrapper's config: the real runsc, podsnapd's flags, private restore markers. The
+        // daemon's socket comes from PODSNAP_SOCKET (the override the contract names).
+        let config = s.join("podsnap.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "runsc = \"{}\"\nrunsc_flags = [\"--network=none\"]\nmarker_dir = \"{}\"\n",
+                runsc.display(),
+                s.join("markers").display()
+            ),
+        )
+        .unwrap();
+        let c = Containerd::start_with_env(&[
+            ("PODSNAP_CONFIG", config.as_os_str()),
+            ("PODSNAP_SOCKET", sock.as_os_str()),
+        ])
+        .expect("containerd starts");
+        let daemon = start_daemon(
+            s,
+            &sock,
+            &format!("file://{}", store_dir.display()),
+            &c.socket(),
+        );
+        let rootfs = s.join("rootfs");
+        busybox_rootfs(&rootfs).unwrap();
+        World {
+            daemon,
+            c,
+            wrapper,
+            rootfs,
+            sock,
+            store_dir,
+            scratch,
+        }
     }
-    args.extend([rootfs.as_str(), id, "/bin/sh", "-c", COUNTER_SCRIPT]);
-    c.ctr(NS, &args).map(drop)
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+
+    /// `ctr run -d` of the counter through the wrapper, optionally annotated to restore from
+    /// `snapshot`; stdout/stderr to `log`.
+    fn run_counter(&self, id: &str, log: &Path, snapshot: Option<&str>) -> Result<(), String> {
+        let runc_root = self.c.runc_root().display().to_string();
+        let log_uri = format!("file://{}", log.display());
+        let rootfs = self.rootfs.display().to_string();
+        let wrapper = self.wrapper.display().to_string();
+        let annotation = snapshot.map(|s| format!("{ANNOTATION}={s}"));
+        let mut args = vec![
+            "run",
+            "-d",
+            "--rootfs",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--runc-root",
+            &runc_root,
+            "--log-uri",
+            &log_uri,
+            "--runc-binary",
+            &wrapper,
+        ];
+        if let Some(a) = &annotation {
+            args.extend(["--annotation", a.as_str()]);
+        }
+        args.extend([rootfs.as_str(), id, "/bin/sh", "-c", COUNTER_SCRIPT]);
+        self.c.ctr(NS, &args).map(drop)
+    }
+
+    /// Removes container `id` (and its task) when the guard drops.
+    fn removed(&self, id: &str) -> Removed<'_> {
+        Removed {
+            c: &self.c,
+            id: id.to_string(),
+        }
+    }
+
+    /// The manifest of `snapshot`, read from the file store as JSON.
+    fn manifest(&self, snapshot: &str) -> serde_json::Value {
+        let path = self
+            .store_dir
+            .join("manifests")
+            .join(format!("{snapshot}.json"));
+        serde_json::from_slice(&std::fs::read(path).expect("the manifest is in the file store"))
+            .unwrap()
+    }
 }
 
 /// Removes a container (and its task) when dropped, so a failing assertion cleans up too.
-/// Declared after the daemon and containerd, so dropped before them.
+/// Declared after the [`World`], so dropped before its daemon and containerd.
 struct Removed<'a> {
     c: &'a Containerd,
     id: String,
@@ -159,66 +236,16 @@ impl Drop for Removed<'_> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containerd_container_checkpointed_through_podsnapd_restores_from_its_annotation() {
-    if !require(
-        "containerd_container_checkpointed_through_podsnapd_restores_from_its_annotation",
-        &[Need::Root, Need::Runsc, Need::Containerd],
-    ) {
-        return;
-    }
-    let wrapper = wrapper_binary();
-    let scratch = tempfile::Builder::new()
-        .prefix("podsnapd-containerd")
-        .tempdir()
-        .unwrap();
-    let s = scratch.path();
-    let sock = s.join("podsnapd.sock");
-    let store_dir = s.join("store");
-    let runsc = which("runsc").expect("runsc on PATH");
-
-    // The wrapper's config: the real runsc, podsnapd's flags, private restore markers. The
-    // daemon's socket comes from PODSNAP_SOCKET (the override the contract names).
-    let config = s.join("podsnap.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "runsc = \"{}\"\nrunsc_flags = [\"--network=none\"]\nmarker_dir = \"{}\"\n",
-            runsc.display(),
-            s.join("markers").display()
-        ),
-    )
-    .unwrap();
-    let c = Containerd::start_with_env(&[
-        ("PODSNAP_CONFIG", config.as_os_str()),
-        ("PODSNAP_SOCKET", sock.as_os_str()),
-    ])
-    .expect("containerd starts");
-    let daemon = start_daemon(
-        s,
-        &sock,
-        &format!("file://{}", store_dir.display()),
-        &c.socket(),
-    );
-    let rootfs = s.join("rootfs");
-    busybox_rootfs(&rootfs).unwrap();
-
-    // 1. The source container, through the wrapper.
-    let id = unique_id("cd-counter");
-    let log = s.join("counter.log");
-    let source = Removed {
-        c: &c,
-        id: id.clone(),
-    };
-    run_counter(&c, &wrapper, &rootfs, &id, &log, None).expect("counter container runs");
-    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
-    assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
-
-    let mut client = client(&sock).await;
-
-    // 2. RESUME: on runsc 20221219 it is refused before the sandbox is touched; on later
-    // releases the container keeps running through `--leave-running` (the same task).
-    let res = checkpoint(&mut client, &id, pb::PostCheckpoint::Resume).await;
+/// Step 2, RESUME: on runsc 20221219 it is refused before the sandbox is touched; on later
+/// releases the container keeps running through `--leave-running` (the same task). Either
+/// way the counter in `log` keeps counting.
+async fn assert_resume_keeps_it_counting(
+    w: &World,
+    client: &mut PodsnapClient<Channel>,
+    id: &str,
+    log: &Path,
+) {
+    let res = checkpoint(client, id, pb::PostCheckpoint::Resume).await;
     if podsnap_testkit::runsc::Release::System.is_limited() {
         let err = res.expect_err("resume of a containerd container on runsc 20221219 is refused");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
@@ -232,21 +259,15 @@ async fn containerd_container_checkpointed_through_podsnapd_restores_from_its_an
         let snap = res.unwrap_or_else(|e| panic!("checkpoint --resume: {e:?}"));
         eprintln!("resumed after snapshot {}", snap.id);
     }
-    let n = last_count(&log).unwrap();
-    wait_for_count(&log, n + 2, Duration::from_secs(20))
+    let n = last_count(log).unwrap();
+    wait_for_count(log, n + 2, Duration::from_secs(20))
         .expect("the container keeps counting after the resume (or the refused resume)");
-    assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
+    assert_eq!(task_status(&w.c, id).as_deref(), Some("RUNNING"));
+}
 
-    // 3. STOP: a snapshot that records the containerd container; the counter stops.
-    let snap = checkpoint(&mut client, &id, pb::PostCheckpoint::Stop)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "checkpoint --stop: {e:?}; daemon log: {}",
-                daemon.log_text()
-            )
-        });
-    let before = last_count(&log).unwrap();
+/// Step 3: a STOP checkpoint's snapshot records the group, runsc's metadata, this node and,
+/// in its manifest, the containerd container it came from.
+fn assert_stop_snapshot_records_its_source(w: &World, snap: &pb::Snapshot, id: &str) {
     assert!(!snap.id.is_empty());
     assert_eq!(snap.group, "app=counter");
     assert!(
@@ -256,44 +277,27 @@ async fn containerd_container_checkpointed_through_podsnapd_restores_from_its_an
     let src = snap.source.as_ref().expect("source node facts");
     assert_eq!(src.node_name, "cd-node");
     assert!(!src.runsc_version.is_empty(), "{src:?}");
-    // The manifest (the file store's JSON) names the containerd container it came from.
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            store_dir
-                .join("manifests")
-                .join(format!("{}.json", snap.id)),
-        )
-        .expect("the manifest is in the file store"),
-    )
-    .unwrap();
+    let manifest = w.manifest(&snap.id);
     let extra = &manifest["source"]["extra"];
     assert_eq!(extra["containerd_namespace"], NS, "{manifest}");
-    assert_eq!(extra["containerd_container"], id.as_str(), "{manifest}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        last_count(&log),
-        Some(before),
-        "the container kept counting after a STOP checkpoint"
-    );
-    drop(source);
-    assert_eq!(task_status(&c, &id), None);
+    assert_eq!(extra["containerd_container"], id, "{manifest}");
+}
 
-    // 4. A new container annotated with the snapshot comes up restored, through the wrapper's
-    // PrepareRestore to this daemon.
+/// Step 4: a new container annotated with the snapshot comes up restored, through the
+/// wrapper's PrepareRestore to this daemon, continuing from `before`.
+fn assert_annotated_container_restores(w: &World, snapshot: &str, before: u64) {
     let rid = unique_id("cd-restored");
-    let rlog = s.join("restored.log");
-    let _restored = Removed {
-        c: &c,
-        id: rid.clone(),
-    };
-    run_counter(&c, &wrapper, &rootfs, &rid, &rlog, Some(&snap.id)).unwrap_or_else(|e| {
-        panic!(
-            "annotated container comes up: {e}; daemon log: {}",
-            daemon.log_text()
-        )
-    });
+    let rlog = w.path("restored.log");
+    let _restored = w.removed(&rid);
+    w.run_counter(&rid, &rlog, Some(snapshot))
+        .unwrap_or_else(|e| {
+            panic!(
+                "annotated container comes up: {e}; daemon log: {}",
+                w.daemon.log_text()
+            )
+        });
     let after = wait_for_count(&rlog, before + 2, Duration::from_secs(30)).unwrap();
-    assert_eq!(task_status(&c, &rid).as_deref(), Some("RUNNING"));
+    assert_eq!(task_status(&w.c, &rid).as_deref(), Some("RUNNING"));
     let first = first_count(&rlog).unwrap();
     assert!(
         first >= before && first < before + 10,
@@ -301,23 +305,17 @@ async fn containerd_container_checkpointed_through_podsnapd_restores_from_its_an
     );
     assert!(after > first);
     eprintln!("checkpointed at {before}; restored container counted {first}..={after}");
+}
 
-    // 5. An unknown snapshot: the create fails with the daemon's reason.
+/// Step 5: a container annotated with an unknown snapshot fails to create, with the
+/// daemon's reason.
+fn assert_unknown_snapshot_refused(w: &World) {
     let missing = "20000101T000000Z-deadbeef";
     let mid = unique_id("cd-missing");
-    let _missing = Removed {
-        c: &c,
-        id: mid.clone(),
-    };
-    let err = run_counter(
-        &c,
-        &wrapper,
-        &rootfs,
-        &mid,
-        &s.join("missing.log"),
-        Some(missing),
-    )
-    .expect_err("a container annotated with an unknown snapshot does not start");
+    let _missing = w.removed(&mid);
+    let err = w
+        .run_counter(&mid, &w.path("missing.log"), Some(missing))
+        .expect_err("a container annotated with an unknown snapshot does not start");
     assert!(
         err.contains("podsnap-runsc: cannot restore container")
             && err.contains(missing)
@@ -326,5 +324,51 @@ async fn containerd_container_checkpointed_through_podsnapd_restores_from_its_an
         "{err}"
     );
     eprintln!("unknown snapshot refused: {err}");
-    assert_ne!(task_status(&c, &mid).as_deref(), Some("RUNNING"));
+    assert_ne!(task_status(&w.c, &mid).as_deref(), Some("RUNNING"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_container_checkpointed_through_podsnapd_restores_from_its_annotation() {
+    if !require(
+        "containerd_container_checkpointed_through_podsnapd_restores_from_its_annotation",
+        &[Need::Root, Need::Runsc, Need::Containerd],
+    ) {
+        return;
+    }
+    let w = World::start();
+
+    // 1. The source container, through the wrapper.
+    let id = unique_id("cd-counter");
+    let log = w.path("counter.log");
+    let source = w.removed(&id);
+    w.run_counter(&id, &log, None)
+        .expect("counter container runs");
+    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    assert_eq!(task_status(&w.c, &id).as_deref(), Some("RUNNING"));
+
+    let mut client = client(&w.sock).await;
+    assert_resume_keeps_it_counting(&w, &mut client, &id, &log).await;
+
+    // 3. STOP: a snapshot that records the containerd container; the counter stops.
+    let snap = checkpoint(&mut client, &id, pb::PostCheckpoint::Stop)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "checkpoint --stop: {e:?}; daemon log: {}",
+                w.daemon.log_text()
+            )
+        });
+    let before = last_count(&log).unwrap();
+    assert_stop_snapshot_records_its_source(&w, &snap, &id);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        last_count(&log),
+        Some(before),
+        "the container kept counting after a STOP checkpoint"
+    );
+    drop(source);
+    assert_eq!(task_status(&w.c, &id), None);
+
+    assert_annotated_container_restores(&w, &snap.id, before);
+    assert_unknown_snapshot_refused(&w);
 }

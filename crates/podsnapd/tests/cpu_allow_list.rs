@@ -18,17 +18,9 @@ use podsnap_testkit::{require, Need};
 /// Host features the allow-list leaves out (those of them this host has).
 const HIDDEN: &[&str] = &["avx2", "avx512f", "sha_ni", "aes", "avx"];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sandbox_under_the_allow_list_records_and_restores_with_the_narrowed_set() {
-    if !require(
-        "a_sandbox_under_the_allow_list_records_and_restores_with_the_narrowed_set",
-        &[Need::Root, Need::Runsc],
-    ) {
-        return;
-    }
-    let Some(runsc) = Release::R2026.required() else {
-        return;
-    };
+/// The host's features split by the allow-list: (hidden: those of [`HIDDEN`] this host has,
+/// allowed: every other host feature).
+fn split_host_features() -> (Vec<&'static str>, Vec<String>) {
     let host = podsnap_cpu::host().unwrap();
     let hidden: Vec<&str> = HIDDEN
         .iter()
@@ -45,57 +37,81 @@ async fn a_sandbox_under_the_allow_list_records_and_restores_with_the_narrowed_s
         .filter(|f| !hidden.contains(&f.as_str()))
         .cloned()
         .collect();
+    (hidden, allowed)
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let d = PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir.path(), "node-cpu")
-        .arg(format!("--runsc={}", runsc.display()))
-        .spawn();
-    // The sandbox prints the flags it sees once, then counts.
+/// A counter bundle whose spec carries the allow-list annotation; the sandbox prints the flags
+/// it sees once, then counts.
+fn allow_listed_counter(allowed: &[String]) -> Bundle {
     let script = format!("cat /proc/cpuinfo; {COUNTER_SCRIPT}");
     let bundle = Bundle::with_args(&["/bin/sh", "-c", &script]).unwrap();
     let mut spec = oci_spec(&["/bin/sh", "-c", &script]);
     spec["annotations"] =
         serde_json::json!({ podsnap_cpu::CPUFEATURES_ANNOTATION: allowed.join(",") });
     Bundle::write_spec(bundle.path(), &spec).unwrap();
-    let id = unique_id("cpu-allow");
-    let log = dir.path().join("counter.log");
-    let sb = CounterSandbox::start_on(Release::R2026, &d.root, &id, &log, &[], bundle)
-        .expect("counter starts");
-    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
-    let seen = std::fs::read_to_string(&log).unwrap();
+    bundle
+}
+
+/// The sandbox's own /proc/cpuinfo (in its log) lacks every hidden feature.
+fn assert_sandbox_sees_narrowed_set(log: &std::path::Path, hidden: &[&str]) {
+    let seen = std::fs::read_to_string(log).unwrap();
     let flags = seen
         .lines()
         .find(|l| l.starts_with("flags"))
         .unwrap_or_else(|| panic!("no flags line in the sandbox's /proc/cpuinfo: {seen}"));
     let flags: Vec<&str> = flags.split_whitespace().collect();
-    for f in &hidden {
+    for f in hidden {
         assert!(!flags.contains(f), "the sandbox still sees {f}: {flags:?}");
     }
     assert!(flags.contains(&"fpu"), "{flags:?}");
+}
 
-    let mut c = podsnap_proto::client::podsnapd(&d.sock).await.unwrap();
-    let mut stream = c
-        .checkpoint(common::harness::checkpoint_req(&id, &[], &[], 0, true))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut snap = None;
-    while let Some(ev) = stream.message().await.expect("checkpoint succeeds") {
-        if let Some(pb::checkpoint_event::Event::Snapshot(s)) = ev.event {
-            snap = Some(s);
-        }
-    }
-    let snap = snap.expect("a snapshot event");
-    let before = last_count(&log).unwrap();
-    let recorded = snap.source.unwrap().cpu.unwrap().features;
-    let mut want = allowed.clone();
+/// The snapshot records exactly the allow-listed set, none of the hidden features.
+fn assert_records_allowed_set(snap: &pb::Snapshot, allowed: &[String], hidden: &[&str]) {
+    let recorded = snap.source.clone().unwrap().cpu.unwrap().features;
+    let mut want = allowed.to_vec();
     want.sort();
     let mut got = recorded.clone();
     got.sort();
     assert_eq!(got, want, "the snapshot records the allow-listed set");
-    for f in &hidden {
+    for f in hidden {
         assert!(!recorded.iter().any(|r| r == f), "{f} recorded");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_under_the_allow_list_records_and_restores_with_the_narrowed_set() {
+    if !require(
+        "a_sandbox_under_the_allow_list_records_and_restores_with_the_narrowed_set",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    let Some(runsc) = Release::R2026.required() else {
+        return;
+    };
+    let (hidden, allowed) = split_host_features();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir.path(), "node-cpu")
+        .arg(format!("--runsc={}", runsc.display()))
+        .spawn();
+    let id = unique_id("cpu-allow");
+    let log = dir.path().join("counter.log");
+    let bundle = allow_listed_counter(&allowed);
+    let sb = CounterSandbox::start_on(Release::R2026, &d.root, &id, &log, &[], bundle)
+        .expect("counter starts");
+    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    assert_sandbox_sees_narrowed_set(&log, &hidden);
+
+    let mut c = podsnap_proto::client::podsnapd(&d.sock).await.unwrap();
+    let snap = common::checkpoint(
+        &mut c,
+        common::harness::checkpoint_req(&id, &[], &[], 0, true),
+    )
+    .await;
+    let before = last_count(&log).unwrap();
+    assert_records_allowed_set(&snap, &allowed, &hidden);
 
     let compat = c
         .check_compatibility(pb::CheckCompatibilityRequest {

@@ -105,6 +105,138 @@ async fn wait_for_job_record(jobs_dir: &Path, kind: &str, target: &str) {
     }
 }
 
+/// Whether runsc under `root` reports container `id` running.
+fn running(root: &Path, id: &str) -> bool {
+    RunscCmd::new(root)
+        .run(&["state", id])
+        .unwrap_or_default()
+        .contains("\"running\"")
+}
+
+/// Whether the daemon that logged to `log` recovered unfinished jobs at its start.
+fn recovery_ran(log: &Path) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("recovering jobs")
+}
+
+/// A checkpoint that stops the sandbox `id`.
+fn stop_checkpoint(id: &str) -> pb::CheckpointRequest {
+    pb::CheckpointRequest {
+        target: Some(pb::Target {
+            kind: Some(pb::target::Kind::RunscId(id.into())),
+        }),
+        post_checkpoint: pb::PostCheckpoint::Stop as i32,
+        ..Default::default()
+    }
+}
+
+/// Starts a call on a fresh daemon, kills the daemon (SIGKILL) at the kill point
+/// `(after_job, delay_ms)`, and waits for the call to end (it fails, or finished first).
+async fn kill_during<F, T>(
+    node: &Node,
+    log_name: &str,
+    (after_job, delay_ms): (bool, u64),
+    job: (&str, &str),
+    call: impl FnOnce(PodsnapClient<Channel>) -> F,
+) where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut daemon = spawn(node, log_name);
+    let call = tokio::spawn(call(client(&node.sock).await));
+    if after_job {
+        let (kind, target) = job;
+        wait_for_job_record(&node.dir.join("state/jobs"), kind, target).await;
+    }
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    daemon.kill9();
+    let _ = call.await;
+}
+
+/// What one kill of a checkpoint left, once the restarted daemon recovered.
+struct CheckpointRound {
+    committed: bool,
+    recovered: bool,
+}
+
+/// One round of the checkpoint crash test: a fresh node, its daemon killed at `point`
+/// mid-checkpoint and restarted; the snapshot is committed and restores the count, or the
+/// sandbox still runs; nothing is left in the work dir.
+async fn checkpoint_round(round: usize, point: (bool, u64)) -> CheckpointRound {
+    let (after_job, delay_ms) = point;
+    let point_name = if after_job { "job started" } else { "call" };
+    let tmp = tempfile::tempdir().unwrap();
+    let (node, id, log, sb) = node_with_counter(tmp.path(), &format!("crash{round}"), 1);
+    let target = format!("runsc container {id}");
+    let req = stop_checkpoint(&id);
+    kill_during(
+        &node,
+        "d1.log",
+        point,
+        ("checkpoint", &target),
+        |mut c| async move {
+            let mut s = c.checkpoint(req).await?.into_inner();
+            while s.message().await?.is_some() {}
+            Ok::<_, tonic::Status>(())
+        },
+    )
+    .await;
+
+    // Restart on the same state dir; recovery runs in the background.
+    let mut daemon = spawn(&node, "d2.log");
+    let mut c = client(&node.sock).await;
+    settled_jobs(&mut c).await;
+    let snaps = c
+        .list_snapshots(pb::ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    let running = running(&node.root, &id);
+    let recovered = recovery_ran(&tmp.path().join("d2.log"));
+    eprintln!("round {round}: kill {delay_ms} ms after the {point_name}: {} snapshot(s), sandbox running: {running}, recovery ran: {recovered}", snaps.len());
+    let committed = match (snaps.len(), running) {
+        (1, false) => {
+            // Committed: it restores, continuing the count.
+            let before = last_count(&log).unwrap();
+            let new_id = unique_id(&format!("crash{round}r"));
+            let rlog = tmp.path().join("restored.log");
+            common::restore(&mut c, &snaps[0].id, sb.bundle.path(), &new_id, Some(&rlog))
+                .await
+                .expect("restore after recovery");
+            wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
+            let first = first_count(&rlog).unwrap();
+            RunscCmd::new(&node.root).force_delete(&new_id);
+            assert!(first >= before && first < before + 10, "round {round}: before {before}, after {first}");
+            true
+        }
+        (0, true) => {
+            // Never checkpointed: the sandbox was left as it was, and the job says why.
+            let n = last_count(&log).unwrap();
+            wait_for_count(&log, n + 1, Duration::from_secs(10)).unwrap();
+            let jobs = c.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs;
+            assert!(jobs.iter().all(|j| j.error.is_empty() || j.error.contains("restart") || j.error.contains("runsc")), "{jobs:?}");
+            false
+        }
+        other => panic!(
+            "round {round} (kill {delay_ms} ms after the {point_name}): {} snapshots, sandbox running: {}; daemon logs: {} / {}",
+            other.0,
+            other.1,
+            std::fs::read_to_string(tmp.path().join("d1.log")).unwrap_or_default(),
+            std::fs::read_to_string(tmp.path().join("d2.log")).unwrap_or_default()
+        ),
+    };
+    // Nothing is left in the work dir once recovery is done.
+    wait_for_empty_work_dir(tmp.path(), round).await;
+    daemon.kill9();
+    drop(sb);
+    CheckpointRound {
+        committed,
+        recovered,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched() {
     if !require(
@@ -115,104 +247,10 @@ async fn a_daemon_killed_mid_checkpoint_finishes_or_leaves_the_sandbox_untouched
     }
     let mut committed_once = false;
     let mut recoveries = 0;
-    for (round, (after_job, delay_ms)) in KILL_POINTS.into_iter().enumerate() {
-        let point = if after_job { "job started" } else { "call" };
-        let tmp = tempfile::tempdir().unwrap();
-        let (node, id, log, sb) = node_with_counter(tmp.path(), &format!("crash{round}"), 1);
-
-        let mut daemon = spawn(&node, "d1.log");
-        let mut c = client(&node.sock).await;
-        let req = pb::CheckpointRequest {
-            target: Some(pb::Target {
-                kind: Some(pb::target::Kind::RunscId(id.clone())),
-            }),
-            post_checkpoint: pb::PostCheckpoint::Stop as i32,
-            ..Default::default()
-        };
-        let call = tokio::spawn(async move {
-            let mut s = c.checkpoint(req).await?.into_inner();
-            while s.message().await?.is_some() {}
-            Ok::<_, tonic::Status>(())
-        });
-        if after_job {
-            let target = format!("runsc container {id}");
-            wait_for_job_record(&tmp.path().join("state/jobs"), "checkpoint", &target).await;
-        }
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        daemon.kill9();
-        let _ = call.await;
-
-        // Restart on the same state dir; recovery runs in the background.
-        let mut daemon = spawn(&node, "d2.log");
-        let mut c = client(&node.sock).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let jobs = c
-                .list_jobs(pb::ListJobsRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .jobs;
-            if jobs.iter().all(|j| !j.finished_at.is_empty()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "recovery did not finish: {jobs:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let snaps = c
-            .list_snapshots(pb::ListSnapshotsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .snapshots;
-        let state = RunscCmd::new(&node.root)
-            .run(&["state", &id])
-            .unwrap_or_default();
-        let running = state.contains("\"running\"");
-        let recovered = std::fs::read_to_string(tmp.path().join("d2.log"))
-            .unwrap_or_default()
-            .contains("recovering jobs");
-        if recovered {
-            recoveries += 1;
-        }
-        eprintln!("round {round}: kill {delay_ms} ms after the {point}: {} snapshot(s), sandbox running: {running}, recovery ran: {recovered}", snaps.len());
-        match (snaps.len(), running) {
-            (1, false) => {
-                // Committed: it restores, continuing the count.
-                let before = last_count(&log).unwrap();
-                let new_id = unique_id(&format!("crash{round}r"));
-                let rlog = tmp.path().join("restored.log");
-                common::restore(&mut c, &snaps[0].id, sb.bundle.path(), &new_id, Some(&rlog))
-                    .await
-                    .expect("restore after recovery");
-                wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
-                let first = first_count(&rlog).unwrap();
-                RunscCmd::new(&node.root).force_delete(&new_id);
-                assert!(first >= before && first < before + 10, "round {round}: before {before}, after {first}");
-                committed_once = true;
-            }
-            (0, true) => {
-                // Never checkpointed: the sandbox was left as it was, and the job says why.
-                let n = last_count(&log).unwrap();
-                wait_for_count(&log, n + 1, Duration::from_secs(10)).unwrap();
-                let jobs = c.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs;
-                assert!(jobs.iter().all(|j| j.error.is_empty() || j.error.contains("restart") || j.error.contains("runsc")), "{jobs:?}");
-            }
-            other => panic!(
-                "round {round} (kill {delay_ms} ms after the {point}): {} snapshots, sandbox running: {}; daemon logs: {} / {}",
-                other.0,
-                other.1,
-                std::fs::read_to_string(tmp.path().join("d1.log")).unwrap_or_default(),
-                std::fs::read_to_string(tmp.path().join("d2.log")).unwrap_or_default()
-            ),
-        }
-        // Nothing is left in the work dir once recovery is done.
-        wait_for_empty_work_dir(tmp.path(), round).await;
-        daemon.kill9();
-        drop(sb);
+    for (round, point) in KILL_POINTS.into_iter().enumerate() {
+        let r = checkpoint_round(round, point).await;
+        committed_once |= r.committed;
+        recoveries += r.recovered as usize;
     }
     assert!(
         committed_once,
@@ -236,14 +274,11 @@ async fn sigterm_lets_a_running_checkpoint_finish_before_the_daemon_exits() {
     let (node, id, _log, sb) = node_with_counter(tmp.path(), "term", 1);
     let mut daemon = spawn(&node, "d1.log");
     let mut c = client(&node.sock).await;
-    let req = pb::CheckpointRequest {
-        target: Some(pb::Target {
-            kind: Some(pb::target::Kind::RunscId(id.clone())),
-        }),
-        post_checkpoint: pb::PostCheckpoint::Stop as i32,
-        ..Default::default()
-    };
-    let mut s = c.checkpoint(req).await.unwrap().into_inner();
+    let mut s = c
+        .checkpoint(stop_checkpoint(&id))
+        .await
+        .unwrap()
+        .into_inner();
     // The job has started once the first progress event arrives.
     let first = s.message().await.unwrap();
     assert!(first.is_some());
@@ -265,14 +300,7 @@ async fn sigterm_lets_a_running_checkpoint_finish_before_the_daemon_exits() {
     };
     assert!(status.success(), "podsnapd exited with {status}");
     // The job finished before the exit: its record says done and the snapshot is committed.
-    let jobs_dir = tmp.path().join("state/jobs");
-    let records: Vec<serde_json::Value> = std::fs::read_dir(&jobs_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            serde_json::from_slice(&std::fs::read(e.path().join("job.json")).unwrap()).unwrap()
-        })
-        .collect();
+    let records = common::job_records(&tmp.path().join("state/jobs"));
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["phase"], "done", "{records:?}");
     let manifests = std::fs::read_dir(tmp.path().join("store/manifests"))
@@ -284,11 +312,8 @@ async fn sigterm_lets_a_running_checkpoint_finish_before_the_daemon_exits() {
 
 /// The on-disk record of the job of `kind` on `target`, if one was written.
 fn job_record(jobs_dir: &Path, kind: &str, target: &str) -> Option<serde_json::Value> {
-    std::fs::read_dir(jobs_dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("job.json")).ok())
-        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    common::job_records(jobs_dir)
+        .into_iter()
         .find(|j| j["kind"] == kind && j["target"] == target)
 }
 
@@ -307,6 +332,112 @@ async fn settled_jobs(c: &mut PodsnapClient<Channel>) {
         }
         assert!(Instant::now() < deadline, "jobs did not finish: {jobs:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How one round of the restore crash test ended.
+#[derive(Debug, PartialEq, Eq)]
+enum RestoreEnd {
+    /// Restored after the restart: the count continues from the checkpoint.
+    Finished,
+    /// Rolled back (or never started): no container, and a retry worked.
+    RolledBack,
+}
+
+/// The restore crash test's node, with its one snapshot of a counter at `before`.
+struct RestoreFixture<'a> {
+    node: &'a Node,
+    snapshot: &'a str,
+    bundle: &'a Path,
+    before: u64,
+}
+
+impl RestoreFixture<'_> {
+    /// One round: a restore as `rcrash<round>`, its daemon killed at `point` and restarted;
+    /// returns how it ended and whether the restart recovered a job.
+    async fn round(&self, round: usize, point: (bool, u64)) -> (RestoreEnd, bool) {
+        let (after_job, delay_ms) = point;
+        let point_name = if after_job { "job started" } else { "call" };
+        let node = self.node;
+        let new_id = unique_id(&format!("rcrash{round}"));
+        let rlog = node.dir.join(format!("restored{round}.log"));
+        let (snapshot, bundle, id, log) = (
+            self.snapshot.to_string(),
+            self.bundle.to_path_buf(),
+            new_id.clone(),
+            rlog.clone(),
+        );
+        kill_during(node, &format!("d{round}a.log"), point, ("restore", &new_id), |mut c| async move {
+            common::restore(&mut c, &snapshot, &bundle, &id, Some(&log)).await
+        })
+        .await;
+
+        let blog = format!("d{round}b.log");
+        let _daemon = spawn(node, &blog);
+        let mut c = client(&node.sock).await;
+        settled_jobs(&mut c).await;
+        let recovered = recovery_ran(&node.dir.join(&blog));
+        let job_error = self.recorded_error(&new_id);
+        let running = running(&node.root, &new_id);
+        eprintln!(
+            "round {round}: kill {delay_ms} ms after the {point_name}: running {running}, job error {job_error:?}"
+        );
+        let end = match (running, job_error) {
+            (true, Some(e)) if e.is_empty() => {
+                self.assert_count_continues(&rlog, round);
+                RestoreEnd::Finished
+            }
+            (false, error) => {
+                if let Some(e) = error {
+                    assert!(
+                        e.contains("retry") || e.contains("runsc"),
+                        "round {round}: {e:?}"
+                    );
+                }
+                assert!(
+                    RunscCmd::new(&node.root).run(&["state", &new_id]).is_err(),
+                    "round {round}: a container record was left behind"
+                );
+                common::restore(&mut c, self.snapshot, self.bundle, &new_id, Some(&rlog))
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: retry after a rollback: {e:?}"));
+                wait_for_count(&rlog, self.before + 1, Duration::from_secs(30)).unwrap();
+                RestoreEnd::RolledBack
+            }
+            other => panic!(
+                "round {round} (kill {delay_ms} ms after the {point_name}): running {running}, job {:?}; logs: {}",
+                other.1,
+                std::fs::read_to_string(node.dir.join(&blog)).unwrap_or_default()
+            ),
+        };
+        RunscCmd::new(&node.root).force_delete(&new_id);
+        wait_for_empty_work_dir(&node.dir, round).await;
+        (end, recovered)
+    }
+
+    /// The error in the restore job's durable record (empty: it succeeded), `None` without a
+    /// record. The record exists also for a restore that finished before the kill, and the
+    /// daemon lists a job as finished only once its record on disk says so.
+    fn recorded_error(&self, container: &str) -> Option<String> {
+        let job = job_record(&self.node.dir.join("state/jobs"), "restore", container);
+        if let Some(j) = &job {
+            assert!(
+                j["finished_at"].is_string(),
+                "listed finished, recorded unfinished: {j}"
+            );
+        }
+        job.map(|j| j["error"].as_str().unwrap_or("").to_string())
+    }
+
+    /// The restored counter, logging to `rlog`, continues from the checkpoint's count.
+    fn assert_count_continues(&self, rlog: &Path, round: usize) {
+        let before = self.before;
+        wait_for_count(rlog, before + 1, Duration::from_secs(30)).unwrap();
+        let first = first_count(rlog).unwrap();
+        assert!(
+            first >= before && first < before + 10,
+            "round {round}: before {before}, after {first}"
+        );
     }
 }
 
@@ -332,99 +463,20 @@ async fn a_daemon_killed_mid_restore_finishes_it_or_rolls_it_back() {
         .expect("a snapshot")
         .id
     };
-    let before = last_count(&log).unwrap();
-
+    let fixture = RestoreFixture {
+        node: &node,
+        snapshot: &snapshot,
+        bundle: sb.bundle.path(),
+        before: last_count(&log).unwrap(),
+    };
     let (mut finished, mut rolled_back, mut recoveries) = (0, 0, 0);
-    for (round, (after_job, delay_ms)) in KILL_POINTS.into_iter().enumerate() {
-        let point = if after_job { "job started" } else { "call" };
-        let new_id = unique_id(&format!("rcrash{round}"));
-        let rlog = tmp.path().join(format!("restored{round}.log"));
-        let mut daemon = spawn(&node, &format!("d{round}a.log"));
-        let mut c = client(&node.sock).await;
-        let call = {
-            let (snapshot, bundle, new_id, rlog) = (
-                snapshot.clone(),
-                sb.bundle.path().to_path_buf(),
-                new_id.clone(),
-                rlog.clone(),
-            );
-            tokio::spawn(async move {
-                common::restore(&mut c, &snapshot, &bundle, &new_id, Some(&rlog)).await
-            })
-        };
-        if after_job {
-            wait_for_job_record(&tmp.path().join("state/jobs"), "restore", &new_id).await;
+    for (round, point) in KILL_POINTS.into_iter().enumerate() {
+        let (end, recovered) = fixture.round(round, point).await;
+        match end {
+            RestoreEnd::Finished => finished += 1,
+            RestoreEnd::RolledBack => rolled_back += 1,
         }
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        daemon.kill9();
-        let _ = call.await;
-
-        let blog = format!("d{round}b.log");
-        let _daemon = spawn(&node, &blog);
-        let mut c = client(&node.sock).await;
-        settled_jobs(&mut c).await;
-        if std::fs::read_to_string(tmp.path().join(&blog))
-            .unwrap_or_default()
-            .contains("recovering jobs")
-        {
-            recoveries += 1;
-        }
-        // The job's durable record (also for a restore that finished before the kill). The
-        // daemon lists a job as finished only once its record on disk says so.
-        let job = job_record(&tmp.path().join("state/jobs"), "restore", &new_id);
-        if let Some(j) = &job {
-            assert!(
-                j["finished_at"].is_string(),
-                "listed finished, recorded unfinished: {j}"
-            );
-        }
-        let job_error = job
-            .as_ref()
-            .map(|j| j["error"].as_str().unwrap_or("").to_string());
-        let running = RunscCmd::new(&node.root)
-            .run(&["state", &new_id])
-            .unwrap_or_default()
-            .contains("\"running\"");
-        eprintln!(
-            "round {round}: kill {delay_ms} ms after the {point}: running {running}, job error {job_error:?}"
-        );
-        match (running, job_error) {
-            (true, Some(e)) if e.is_empty() => {
-                // Restored: the count continues from the checkpoint.
-                wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
-                let first = first_count(&rlog).unwrap();
-                assert!(
-                    first >= before && first < before + 10,
-                    "round {round}: before {before}, after {first}"
-                );
-                finished += 1;
-            }
-            (false, error) => {
-                // Rolled back (or never started): no container, and a retry works.
-                if let Some(e) = error {
-                    assert!(
-                        e.contains("retry") || e.contains("runsc"),
-                        "round {round}: {e:?}"
-                    );
-                }
-                assert!(
-                    RunscCmd::new(&node.root).run(&["state", &new_id]).is_err(),
-                    "round {round}: a container record was left behind"
-                );
-                common::restore(&mut c, &snapshot, sb.bundle.path(), &new_id, Some(&rlog))
-                    .await
-                    .unwrap_or_else(|e| panic!("round {round}: retry after a rollback: {e:?}"));
-                wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
-                rolled_back += 1;
-            }
-            other => panic!(
-                "round {round} (kill {delay_ms} ms after the {point}): running {running}, job {:?}; logs: {}",
-                other.1,
-                std::fs::read_to_string(tmp.path().join(&blog)).unwrap_or_default()
-            ),
-        }
-        RunscCmd::new(&node.root).force_delete(&new_id);
-        wait_for_empty_work_dir(tmp.path(), round).await;
+        recoveries += recovered as usize;
     }
     eprintln!(
         "restored after restart: {finished}, rolled back: {rolled_back}, recoveries: {recoveries}"

@@ -68,16 +68,7 @@ impl Daemon {
 
     /// Scrapes `/metrics` over HTTP and parses the exposition.
     fn metrics(&self) -> Exposition {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        Exposition::from_http_response(&out)
+        Exposition::scrape(self.metrics_port)
     }
 }
 
@@ -93,18 +84,7 @@ async fn checkpoint(
     ));
     req.metadata_mut()
         .insert("traceparent", TRACEPARENT.parse().unwrap());
-    let mut stream = c
-        .checkpoint(req)
-        .await
-        .expect("checkpoint call")
-        .into_inner();
-    let mut snap = None;
-    while let Some(ev) = stream.message().await.expect("checkpoint succeeds") {
-        if let Some(pb::checkpoint_event::Event::Snapshot(s)) = ev.event {
-            snap = Some(s);
-        }
-    }
-    snap.expect("a snapshot event")
+    common::checkpoint(c, req).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,29 +135,7 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
 
     // Node B sees it through the shared store and restores it.
     let mut cb = b.client().await;
-    let listed = cb
-        .list_snapshots(pb::ListSnapshotsRequest {
-            group: "app=counter".into(),
-            labels: Default::default(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshots;
-    assert!(
-        listed.iter().any(|s| s.id == snap.id),
-        "node B does not list {}",
-        snap.id
-    );
-    let compat = cb
-        .check_compatibility(pb::CheckCompatibilityRequest {
-            snapshot_id: snap.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(compat.compatible, "{:?}", compat.problems);
-
+    assert_listed_and_compatible(&mut cb, &snap).await;
     let new_id = unique_id("e2e-restored");
     let rlog = dir.path().join("restored.log");
     let r = common::restore(&mut cb, &snap.id, sb.bundle.path(), &new_id, Some(&rlog))
@@ -193,14 +151,57 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
     );
 
     // Metrics moved by the right amounts on each node.
-    let ma = a.metrics();
-    let checkpointed = [
-        ("operation", "checkpoint"),
-        ("outcome", "success"),
-        ("error_kind", ""),
-    ];
+    assert_one_checkpoint_counted(&a.metrics(), &snap);
+    assert_one_restore_counted(&b.metrics());
+    // The caller's trace continues into the node: the commit is logged under its trace id.
+    let alog = std::fs::read_to_string(dir.path().join("node-a.log")).unwrap();
+    assert!(
+        alog.lines()
+            .any(|l| l.contains("snapshot committed")
+                && l.contains("4bf92f3577b34da6a3ce929d0e0e4736")),
+        "{alog}"
+    );
+    drop(sb);
+}
+
+/// The labels of a successful checkpoint in `podsnap_operations`.
+const CHECKPOINTED: [(&str, &str); 3] = [
+    ("operation", "checkpoint"),
+    ("outcome", "success"),
+    ("error_kind", ""),
+];
+
+/// A node that shares the store lists `snap` in its group, and may restore it.
+async fn assert_listed_and_compatible(c: &mut PodsnapClient<Channel>, snap: &pb::Snapshot) {
+    let listed = c
+        .list_snapshots(pb::ListSnapshotsRequest {
+            group: snap.group.clone(),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    assert!(
+        listed.iter().any(|s| s.id == snap.id),
+        "node B does not list {}",
+        snap.id
+    );
+    let compat = c
+        .check_compatibility(pb::CheckCompatibilityRequest {
+            snapshot_id: snap.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(compat.compatible, "{:?}", compat.problems);
+}
+
+/// Node A's metrics after its one checkpoint, `snap`: the operation, its duration and phases,
+/// the bytes it read and the objects it wrote.
+fn assert_one_checkpoint_counted(ma: &Exposition, snap: &pb::Snapshot) {
     assert_eq!(
-        ma.counter("podsnap_operations", &checkpointed),
+        ma.counter("podsnap_operations", &CHECKPOINTED),
         Some(1.0),
         "{}",
         ma.text()
@@ -255,7 +256,11 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
         "{}",
         ma.text()
     );
-    let mb = b.metrics();
+}
+
+/// Node B's metrics after its one (eager) restore: the operation and its phases, bytes
+/// downloaded through timed store reads, and no checkpoint.
+fn assert_one_restore_counted(mb: &Exposition) {
     assert_eq!(
         mb.counter(
             "podsnap_operations",
@@ -270,7 +275,7 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
         mb.text()
     );
     assert_eq!(
-        mb.counter("podsnap_operations", &checkpointed),
+        mb.counter("podsnap_operations", &CHECKPOINTED),
         None,
         "node B checkpointed nothing:\n{}",
         mb.text()
@@ -300,15 +305,6 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
         })
         .sum::<u64>();
     assert!(store_reads > 0, "{}", mb.text());
-    // The caller's trace continues into the node: the commit is logged under its trace id.
-    let alog = std::fs::read_to_string(dir.path().join("node-a.log")).unwrap();
-    assert!(
-        alog.lines()
-            .any(|l| l.contains("snapshot committed")
-                && l.contains("4bf92f3577b34da6a3ce929d0e0e4736")),
-        "{alog}"
-    );
-    drop(sb);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,3 +38,33 @@ pub async fn restore(
     }
     restored.ok_or_else(|| tonic::Status::internal("the restore stream ended without a result"))
 }
+
+/// Runs a Checkpoint call that must succeed to its end: its snapshot.
+pub async fn checkpoint(
+    c: &mut PodsnapClient<Channel>,
+    req: impl tonic::IntoRequest<pb::CheckpointRequest>,
+) -> pb::Snapshot {
+    let mut stream = c
+        .checkpoint(req)
+        .await
+        .expect("checkpoint call")
+        .into_inner();
+    let mut snap = None;
+    while let Some(ev) = stream.message().await.expect("checkpoint succeeds") {
+        if let Some(pb::checkpoint_event::Event::Snapshot(s)) = ev.event {
+            snap = Some(s);
+        }
+    }
+    snap.expect("a snapshot event")
+}
+
+/// Every job record readable under a state dir's `jobs` directory (`<job>/job.json`).
+pub fn job_records(jobs_dir: &Path) -> Vec<serde_json::Value> {
+    let Ok(dir) = std::fs::read_dir(jobs_dir) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read(e.path().join("job.json")).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect()
+}
