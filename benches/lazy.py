@@ -15,18 +15,31 @@ an order that rotates between rounds:
 * lazy: the same with `--lazy-restore always`: small files verified, the image served through
   podsnapd's FUSE mount, `runsc restore --background`.
 
+Then, on the lazy case's node once its first restore has every page local:
+
+* warm: the same snapshot restored lazily again on that node (its page cache holds the
+  pages; the kernel's page cache dropped as for every case).
+
+And once per round, on a fresh node (empty cache): --concurrent restores of the snapshot at
+once (as a warm pool fills), lazily. Measured: the bytes that node downloaded against the
+bytes the single cold lazy restore downloaded (the image's stored pages), and the last first
+answer against the first.
+
 The time is from the call to the first count above the one before the checkpoint (the first
 answer of the restored program); it must be the next count. Medians of the rounds and the
 ratios to raw in the same run go to --results (markdown) and a .json beside it.
 """
 import argparse
+import concurrent.futures
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -43,6 +56,30 @@ def cold():
     time.sleep(1.0)
 
 
+def downloaded(node):
+    """Bytes a podsnapd downloaded from the store so far (its /metrics)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.mport}/metrics", timeout=10).read()
+    m = re.search(r'^podsnap_bytes(?:_total)?\{[^}]*direction="downloaded"[^}]*\} (\S+)$',
+                  text.decode(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def wait_jobs_done(ctl, node, timeout=TIMEOUT):
+    """Waits until none of a podsnapd's jobs is unfinished (a lazy restore's last page)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([ctl, "--socket", node.sock, "jobs", "--json"],
+                             capture_output=True, check=True, timeout=60)
+        jobs = json.loads(out.stdout or b"[]")
+        bad = [j for j in jobs if j["error"]]
+        if bad:
+            raise RuntimeError(f"a job failed: {bad}")
+        if all(j["finished_at"] for j in jobs):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("jobs still running")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", required=True)
@@ -50,6 +87,8 @@ def main():
     ap.add_argument("--runsc", required=True, help="a runsc with restore --background")
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--concurrent", type=int, default=8,
+                    help="restores of one snapshot at once on a cold node (0: skip)")
     ap.add_argument("--results", default=os.path.join(HERE, "results", "lazy-latest.md"))
     a = ap.parse_args()
     work = os.path.abspath(os.path.join(a.dir, "lazy"))
@@ -87,6 +126,41 @@ def main():
     def delete(cid):
         subprocess.run([a.runsc, f"--root={root}", "--network=none", "delete", "--force", cid],
                        capture_output=True)
+
+    def restore_once(node, dst, before, cold_first=True):
+        """podsnapctl restore of `snap` into `dst` on `node`; seconds to the first answer."""
+        dst_log = os.path.join(work, "log", f"{dst}.log")
+        if cold_first:
+            cold()
+        t0 = time.monotonic()
+        subprocess.run([ctl, "--socket", node.sock, "restore", snap, "--bundle", bundle,
+                        "--id", dst, "--log", dst_log],
+                       capture_output=True, check=True, timeout=TIMEOUT)
+        first = wait_count_above(dst_log, before, t0 + TIMEOUT)
+        if first != before + 1:
+            raise RuntimeError(f"{dst}: restored at {first}, expected {before + 1}")
+        return time.monotonic() - t0
+
+    def concurrent_restores(rnd, before):
+        """--concurrent lazy restores of `snap` at once on a fresh node."""
+        node = Daemon(podsnapd, work, f"many{rnd}", store, root,
+                      args=[f"--runsc={a.runsc}", "--lazy-restore=always"])
+        ids = [f"lz-{rnd}-many{i}" for i in range(a.concurrent)]
+        try:
+            cold()
+            with concurrent.futures.ThreadPoolExecutor(len(ids)) as pool:
+                times = list(pool.map(lambda d: restore_once(node, d, before, False), ids))
+            wait_jobs_done(ctl, node)
+            got = downloaded(node)
+        finally:
+            for d in ids:
+                delete(d)
+            node.stop()
+            shutil.rmtree(node.state, ignore_errors=True)
+        print(f"round {rnd} {len(ids)} at once: first {min(times):.3f} s, last "
+              f"{max(times):.3f} s, {got / 2**20:.1f} MiB downloaded",
+              file=sys.stderr, flush=True)
+        return {"many_first": min(times), "many_last": max(times), "many_bytes": got}
 
     src_node = Daemon(podsnapd, work, "src", store, root, args=[f"--runsc={a.runsc}"])
     rows = []
@@ -133,12 +207,19 @@ def main():
                     raise RuntimeError(f"{case}: restored at {first}, expected {before + 1}")
                 row[case] = t2 - t0
                 row[f"{case}_cmd"] = t1 - t0
+                if case == "lazy":
+                    wait_jobs_done(ctl, node)
+                    row["lazy_bytes"] = downloaded(node)
+                    row["warm"] = restore_once(node, f"lz-{rnd}-warm", before)
+                    delete(f"lz-{rnd}-warm")
                 delete(dst)
                 if node is not None:
                     node.stop()
                     shutil.rmtree(node.state, ignore_errors=True)
                 print(f"round {rnd} {case}: first answer {t2 - t0:.3f} s "
                       f"(command {t1 - t0:.3f} s)", file=sys.stderr, flush=True)
+            if a.concurrent > 0:
+                row.update(concurrent_restores(rnd, before))
             shutil.rmtree(img, ignore_errors=True)
             rows.append(row)
     finally:
@@ -153,6 +234,18 @@ def main():
     for c in ("raw", "eager", "lazy"):
         text += (f"| {c} | {med[c]:.3f} s | {cmd[c]:.3f} s | "
                  f"{med[c] / med['raw']:.2f}x |\n")
+    warm = statistics.median(r["warm"] for r in rows)
+    text += (f"| warm (lazy, pages in the node's cache) | {warm:.3f} s | | "
+             f"{warm / med['raw']:.2f}x |\n")
+    if a.concurrent > 0:
+        one = statistics.median(r["lazy_bytes"] for r in rows)
+        many = statistics.median(r["many_bytes"] for r in rows)
+        first = statistics.median(r["many_first"] for r in rows)
+        last = statistics.median(r["many_last"] for r in rows)
+        text += (f"\n{a.concurrent} lazy restores of one snapshot at once on a cold node: "
+                 f"downloaded {many / 2**20:.1f} MiB against {one / 2**20:.1f} MiB for one "
+                 f"restore (**{many / one:.2f}x**); first answer {first:.3f} s, last "
+                 f"{last:.3f} s (**{last / first:.2f}x**); medians of the rounds.\n")
     text += "\nPer round (s): " + "; ".join(
         f"r{r['round']} raw {r['raw']:.3f} eager {r['eager']:.3f} lazy {r['lazy']:.3f}"
         for r in rows) + "\n"

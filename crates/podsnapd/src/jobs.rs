@@ -191,9 +191,18 @@ pub struct RestoreJob {
     pub lazy: bool,
 }
 
-/// A restore prepared for the runsc wrapper: nothing to recover (a restart fails it).
+/// A restore prepared for the runsc wrapper. A pulled image needs nothing recovered (a
+/// restart fails the job); a lazily served one loses its server with the daemon, so recovery
+/// stops the sandbox reading it (the job's target, under `runsc_root`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct PrepareJob {}
+pub struct PrepareJob {
+    /// The runsc root the wrapper named for the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runsc_root: Option<PathBuf>,
+    /// The image is served lazily by this daemon.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lazy: bool,
+}
 
 /// The durable and reported state of one job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -527,10 +536,15 @@ impl JobHandle {
 
     /// Records that a restore serves its image lazily (see [`RestoreJob::lazy`]).
     pub fn mark_lazy(&self) {
-        self.jobs.update(&self.id, true, |r| {
-            if let JobSpec::Restore(j) = &mut r.spec {
-                j.lazy = true;
-            }
+        self.set_lazy(true);
+    }
+
+    /// Records whether a restore (standalone or prepared) serves its image lazily.
+    pub fn set_lazy(&self, lazy: bool) {
+        self.jobs.update(&self.id, true, |r| match &mut r.spec {
+            JobSpec::Restore(j) => j.lazy = lazy,
+            JobSpec::PrepareRestore(j) => j.lazy = lazy,
+            _ => {}
         });
     }
 

@@ -510,3 +510,66 @@ async fn a_prepare_without_background_pulls_the_whole_image() {
     );
     assert!(a.log_text().contains("restores without --background"));
 }
+
+/// A podsnapd killed while it serves a prepared image lazily (here before the wrapper created
+/// the sandbox): the restarted daemon fails the job with the reason and removes the dead
+/// mount, so nothing is left that reads through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_while_serving_a_prepared_image_fails_its_job_on_restart() {
+    let test = "a_daemon_killed_while_serving_a_prepared_image_fails_its_job_on_restart";
+    let Some(runsc) = runsc_2026(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().join("store").display());
+    let port = || podsnap_testkit::moto::free_port().unwrap();
+    let a = daemon(dir.path(), "node-a", &store, &runsc, port());
+    let id = unique_id("lazy-kill");
+    let log = dir.path().join("counter.log");
+    let _sb = CounterSandbox::start_on(
+        Release::R2026,
+        &a.root,
+        &id,
+        &log,
+        &[],
+        Bundle::counter().unwrap(),
+    )
+    .expect("counter starts");
+    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-kill").await;
+
+    let mut b = daemon(dir.path(), "node-b", &store, &runsc, port());
+    let shim_root = dir.path().join("shim-root");
+    let new_id = unique_id("lazy-killed");
+    let prepared = client(&b)
+        .await
+        .prepare_restore(pb::PrepareRestoreRequest {
+            snapshot_id: snap.id.clone(),
+            container_id: new_id.clone(),
+            runsc_root: shim_root.display().to_string(),
+            background: true,
+        })
+        .await
+        .expect("prepare succeeds")
+        .into_inner();
+    assert!(prepared.lazy, "{prepared:?}");
+    let image = PathBuf::from(&prepared.image_dir);
+    assert!(lazy_mounted_at(&image));
+
+    b.kill9();
+    let b = daemon(dir.path(), "node-b", &store, &runsc, port());
+    let job = finished_job(
+        &mut client(&b).await,
+        "prepare-restore",
+        &new_id,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(job.phase, pb::Phase::Failed as i32, "{job:?}");
+    assert!(
+        job.error.contains("restarted while") && job.error.contains(&new_id),
+        "{}",
+        job.error
+    );
+    assert!(!lazy_mounted_at(&image), "the dead mount was left");
+}

@@ -43,7 +43,7 @@ impl Engine {
         let job = self
             .jobs
             .start(
-                JobSpec::Prefetch(PrepareJob {}),
+                JobSpec::Prefetch(PrepareJob::default()),
                 String::new(),
                 Some(id.to_string()),
             )

@@ -70,7 +70,10 @@ impl Engine {
         let job = self
             .jobs
             .start(
-                JobSpec::PrepareRestore(PrepareJob {}),
+                JobSpec::PrepareRestore(PrepareJob {
+                    runsc_root: spec.runsc_root.clone(),
+                    lazy: false,
+                }),
                 container_id.clone(),
                 Some(id.to_string()),
             )
@@ -145,6 +148,7 @@ impl Engine {
             .await
             .map_err(Unserved::Failed)?;
         if let Err(reason) = visible_to_host(dest) {
+            job.set_lazy(false);
             drop(mount);
             let _ = std::fs::remove_dir_all(dest);
             return Err(Unserved::Elsewhere(reason));

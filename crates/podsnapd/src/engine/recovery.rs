@@ -121,6 +121,21 @@ impl Engine {
                 Ok(())
             }
             JobSpec::Restore(r) => self.recover_restore(job, rec, r).await,
+            JobSpec::PrepareRestore(p) if p.lazy => {
+                // The sandbox read its pages through the daemon that stopped: stop it too.
+                let id = &rec.target;
+                match self.runtime.delete(p.runsc_root.as_deref(), id, true).await {
+                    Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+                    Err(e) => {
+                        warn!(container = %id, error = %e, "cannot remove a lazily restored sandbox")
+                    }
+                }
+                Err(DaemonError::Unavailable(format!(
+                    "podsnapd restarted while {id} was restored lazily (phase {:?}): its pages \
+                     were served by that daemon, so the sandbox was stopped; restore it again",
+                    rec.phase
+                )))
+            }
             JobSpec::PrepareRestore(_) | JobSpec::Prefetch(_) => {
                 Err(DaemonError::Unavailable(format!(
                     "podsnapd restarted during {} in phase {:?}; retry it",
