@@ -30,6 +30,93 @@ fn needs(name: &str) -> bool {
     require(name, &[Need::Root, Need::Runsc, Need::Containerd])
 }
 
+/// The running containerd container `id` in [`NS`], resolved: runsc's root and the bundle
+/// are containerd's, one container, and its containerd kind with the running task.
+fn assert_resolved_containerd_counter(sb: &Sandbox, ctd: &Containerd, id: &str) {
+    assert_eq!(sb.root, ctd.runsc_root(NS));
+    assert_eq!(sb.container_id, id);
+    assert_eq!(sb.sandbox_id, id);
+    assert_eq!(sb.container_count, 1);
+    assert_eq!(sb.status, Status::Running);
+    assert_eq!(
+        sb.bundle,
+        ctd.state_dir()
+            .join("io.containerd.runtime.v2.task")
+            .join(NS)
+            .join(id)
+    );
+    match &sb.kind {
+        SandboxKind::Containerd {
+            namespace,
+            container,
+            runtime,
+            pod,
+            task_status,
+            task_pid,
+        } => {
+            assert_eq!(namespace, NS);
+            assert_eq!(container, id);
+            assert_eq!(runtime, "io.containerd.runc.v2");
+            assert!(pod.is_none());
+            assert_eq!(*task_status, Some(TaskStatus::Running));
+            assert!(task_pid.is_some_and(|p| p > 0));
+        }
+        other => panic!("unexpected kind {other:?}"),
+    }
+}
+
+/// runsc 20221219's --leave-running is refused under containerd before anything runs;
+/// later releases checkpoint (into `image`, removed again) and keep the task running.
+async fn assert_leave_running_refused_or_kept_running(
+    rt: &RunscRuntime,
+    sb: &Sandbox,
+    image: &Path,
+) {
+    let res = rt
+        .checkpoint(
+            sb,
+            image,
+            &CheckpointOpts {
+                leave_running: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    if podsnap_testkit::runsc::Release::System.is_limited() {
+        let err = res.unwrap_err();
+        assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
+    } else {
+        res.unwrap();
+        assert_eq!(sb.status, Status::Running);
+        std::fs::remove_dir_all(image).unwrap();
+    }
+}
+
+/// Waits (up to 20 s) until containerd sees the task of `id` stopped.
+async fn wait_for_task_stopped(client: &ContainerdClient, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let task = client.task(NS, id).await.unwrap();
+        if task
+            .as_ref()
+            .is_some_and(|t| t.status == TaskStatus::Stopped)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task still {task:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A standalone bundle in `dir/bundle` from a copy of the containerd bundle's spec (its
+/// rootfs path is absolute).
+fn standalone_bundle(sb: &Sandbox, dir: &Path) -> std::path::PathBuf {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::copy(sb.bundle.join("config.json"), bundle.join("config.json")).unwrap();
+    bundle
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_counter_is_resolved_checkpointed_and_restored_standalone() {
     if !needs("containerd_counter_is_resolved_checkpointed_and_restored_standalone") {
@@ -57,58 +144,9 @@ async fn containerd_counter_is_resolved_checkpointed_and_restored_standalone() {
     };
     let sb = rt.resolve(&target).await.unwrap();
     eprintln!("resolved: {sb:?}");
-    assert_eq!(sb.root, ctd.runsc_root(NS));
-    assert_eq!(sb.container_id, id);
-    assert_eq!(sb.sandbox_id, id);
-    assert_eq!(sb.container_count, 1);
-    assert_eq!(sb.status, Status::Running);
-    assert_eq!(
-        sb.bundle,
-        ctd.state_dir()
-            .join("io.containerd.runtime.v2.task")
-            .join(NS)
-            .join(&id)
-    );
-    match &sb.kind {
-        SandboxKind::Containerd {
-            namespace,
-            container,
-            runtime,
-            pod,
-            task_status,
-            task_pid,
-        } => {
-            assert_eq!(namespace, NS);
-            assert_eq!(container, &id);
-            assert_eq!(runtime, "io.containerd.runc.v2");
-            assert!(pod.is_none());
-            assert_eq!(*task_status, Some(TaskStatus::Running));
-            assert!(task_pid.is_some_and(|p| p > 0));
-        }
-        other => panic!("unexpected kind {other:?}"),
-    }
-
-    // runsc 20221219's --leave-running is refused under containerd before anything runs;
-    // later releases checkpoint and keep the task running.
+    assert_resolved_containerd_counter(&sb, &ctd, &id);
     let image = tmp.path().join("image");
-    let res = rt
-        .checkpoint(
-            &sb,
-            &image,
-            &CheckpointOpts {
-                leave_running: true,
-                ..Default::default()
-            },
-        )
-        .await;
-    if podsnap_testkit::runsc::Release::System.is_limited() {
-        let err = res.unwrap_err();
-        assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
-    } else {
-        res.unwrap();
-        assert_eq!(sb.status, Status::Running);
-        std::fs::remove_dir_all(&image).unwrap();
-    }
+    assert_leave_running_refused_or_kept_running(&rt, &sb, &image).await;
 
     let started = Instant::now();
     rt.checkpoint(
@@ -125,26 +163,10 @@ async fn containerd_counter_is_resolved_checkpointed_and_restored_standalone() {
     let before = last_count(&log).unwrap();
     let header = podsnap_runtime::image::read_image_dir_header(&image).unwrap();
     eprintln!("header: {:?}", header.metadata);
+    wait_for_task_stopped(client, &id).await;
 
-    // containerd sees the task stop.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let task = client.task(NS, &id).await.unwrap();
-        if task
-            .as_ref()
-            .is_some_and(|t| t.status == TaskStatus::Stopped)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "task still {task:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // Restore standalone, under a new id, from a copy of the containerd bundle's spec (its
-    // rootfs path is absolute).
-    let bundle = tmp.path().join("bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    std::fs::copy(sb.bundle.join("config.json"), bundle.join("config.json")).unwrap();
+    // Restore standalone, under a new id.
+    let bundle = standalone_bundle(&sb, tmp.path());
     let new_id = unique_id("ctrr");
     let new_log = tmp.path().join("restored.log");
     let restored = rt

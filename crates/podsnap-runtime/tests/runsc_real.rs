@@ -43,19 +43,8 @@ async fn checkpointed_counter_continues_after_restore_under_a_new_id() {
     }
 }
 
-async fn checkpoint_and_restore_on(release: Release) {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let log = tmp.path().join("counter.log");
-    let id = unique_id("ckpt");
-    let counter =
-        CounterSandbox::start_on(release, &root, &id, &log, &[], Bundle::counter().unwrap())
-            .unwrap();
-    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
-
-    let rt = runtime_on(release, &root, &[]);
-    let info = rt.info().await.unwrap();
-    eprintln!("runtime info: {info:?}");
+/// The platform and capabilities `info` reports are those of `release`.
+fn assert_info_matches(info: &RuntimeInfo, release: Release) {
     let limited = release.is_limited();
     assert_eq!(info.platform, if limited { "ptrace" } else { "systrap" });
     let caps = &info.capabilities;
@@ -74,16 +63,90 @@ async fn checkpoint_and_restore_on(release: Release) {
             "{caps:?}"
         );
     }
+}
 
-    let sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
+/// A standalone counter sandbox `id`, resolved: running, one container, its bundle, no
+/// rootfs overlay.
+fn assert_standalone_counter(sb: &Sandbox, id: &str, bundle: &Path) {
     assert_eq!(sb.status, Status::Running);
     assert_eq!(sb.sandbox_id, id);
     assert_eq!(sb.container_count, 1);
     assert_eq!(sb.kind, SandboxKind::Standalone);
-    assert_eq!(sb.bundle, counter.bundle.path());
+    assert_eq!(sb.bundle, bundle);
     assert_eq!(sb.rootfs_overlay, RootfsOverlay::None);
     assert!(!sb.rootfs_in_memory());
     assert!(sb.pid.is_some());
+}
+
+/// The image runsc wrote: a header with metadata, and the files of `release`'s format.
+fn assert_image_layout(image: &Path, release: Release) {
+    let header = read_image_dir_header(image).unwrap();
+    eprintln!("checkpoint.img header: {:?}", header.metadata);
+    assert!(header.metadata.contains_key("_timestamp"));
+    assert!(header.data_offset > 16);
+    let mut files: Vec<String> = std::fs::read_dir(image)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    if release.is_limited() {
+        // One flate-compressed image: nothing for page dedup to work on.
+        assert_eq!(files, ["checkpoint.img"]);
+    } else {
+        // Uncompressed, split: the pages reach podsnap's page dedup as they are.
+        assert_eq!(files, ["checkpoint.img", "pages.img", "pages_meta.img"]);
+        assert_eq!(
+            header.metadata.get("compression").map(String::as_str),
+            Some("none")
+        );
+    }
+}
+
+/// The root holds `id` running: the same id, and ids that are prefixes of it (or that it
+/// prefixes), are refused before runsc runs.
+async fn assert_clashing_ids_refused(rt: &RunscRuntime, id: &str, bundle: &Path, image: &Path) {
+    let listed = rt.runsc().list().await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|c| c.id == id && c.status == Status::Running));
+    assert!(rt.runsc().list_ids().await.unwrap().iter().any(|i| i == id));
+    for clash in [
+        id.to_string(),
+        id[..id.len() - 1].to_string(),
+        format!("{id}y"),
+    ] {
+        let err = rt
+            .restore(&RestoreRequest {
+                id: clash.clone(),
+                bundle: bundle.to_path_buf(),
+                image_dir: image.to_path_buf(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::InvalidRequest(_)),
+            "{clash}: {err}"
+        );
+    }
+}
+
+async fn checkpoint_and_restore_on(release: Release) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let log = tmp.path().join("counter.log");
+    let id = unique_id("ckpt");
+    let counter =
+        CounterSandbox::start_on(release, &root, &id, &log, &[], Bundle::counter().unwrap())
+            .unwrap();
+    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+
+    let rt = runtime_on(release, &root, &[]);
+    let info = rt.info().await.unwrap();
+    eprintln!("runtime info: {info:?}");
+    assert_info_matches(&info, release);
+    let sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
+    assert_standalone_counter(&sb, &id, counter.bundle.path());
 
     let image = tmp.path().join("image");
     let job = tmp.path().join("job");
@@ -107,27 +170,7 @@ async fn checkpoint_and_restore_on(release: Release) {
             .trim(),
         "0"
     );
-
-    let header = read_image_dir_header(&image).unwrap();
-    eprintln!("checkpoint.img header: {:?}", header.metadata);
-    assert!(header.metadata.contains_key("_timestamp"));
-    assert!(header.data_offset > 16);
-    let mut files: Vec<String> = std::fs::read_dir(&image)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
-    if limited {
-        // One flate-compressed image: nothing for page dedup to work on.
-        assert_eq!(files, ["checkpoint.img"]);
-    } else {
-        // Uncompressed, split: the pages reach podsnap's page dedup as they are.
-        assert_eq!(files, ["checkpoint.img", "pages.img", "pages_meta.img"]);
-        assert_eq!(
-            header.metadata.get("compression").map(String::as_str),
-            Some("none")
-        );
-    }
+    assert_image_layout(&image, release);
     assert_eq!(sb.platform.as_deref(), Some(info.platform.as_str()));
 
     // A checkpoint stops the sandbox, and runsc says so (20240729 kept saying `running`).
@@ -160,33 +203,7 @@ async fn checkpoint_and_restore_on(release: Release) {
         first < before + 10,
         "counter restarted or jumped: {first} vs {before}"
     );
-
-    // The root now holds the restored id: the same id, and ids that are prefixes of it (or
-    // that it prefixes), are refused before runsc runs.
-    let listed = rt.runsc().list().await.unwrap();
-    assert!(listed
-        .iter()
-        .any(|c| c.id == new_id && c.status == Status::Running));
-    assert!(rt.runsc().list_ids().await.unwrap().contains(&new_id));
-    for clash in [
-        new_id.clone(),
-        new_id[..new_id.len() - 1].to_string(),
-        format!("{new_id}y"),
-    ] {
-        let err = rt
-            .restore(&RestoreRequest {
-                id: clash.clone(),
-                bundle: counter.bundle.path().to_path_buf(),
-                image_dir: image.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, RuntimeError::InvalidRequest(_)),
-            "{clash}: {err}"
-        );
-    }
+    assert_clashing_ids_refused(&rt, &new_id, counter.bundle.path(), &image).await;
     rt.delete(None, &new_id, true).await.unwrap();
 }
 
@@ -311,64 +328,133 @@ fn pod_bundle(kind: &str, sandbox: &str, name: &str) -> Bundle {
     .unwrap()
 }
 
-async fn multi_container_on(release: Release) {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let pod = unique_id("pod");
-    let app = unique_id("app");
-    let app_log = tmp.path().join("app.log");
-    let _pod = CounterSandbox::start_on(
-        release,
-        &root,
-        &pod,
-        &tmp.path().join("pod.log"),
-        &[],
-        pod_bundle("sandbox", &pod, "pause"),
-    )
-    .unwrap();
-    let app_sb = CounterSandbox::start_on(
-        release,
-        &root,
-        &app,
-        &app_log,
-        &[],
-        pod_bundle("container", &pod, "app"),
-    )
-    .unwrap();
-    let rt = runtime_on(release, &root, &[]);
-    let sb = rt
-        .resolve(&Target::Runsc { id: app.clone() })
-        .await
+/// A pod of two counters under `root`: the pause container (the sandbox) and an app
+/// container logging to `app_log`.
+struct CounterPod {
+    pod: String,
+    app: String,
+    app_log: std::path::PathBuf,
+    _pause: CounterSandbox,
+    app_sb: CounterSandbox,
+}
+
+impl CounterPod {
+    fn start(release: Release, root: &Path, dir: &Path) -> CounterPod {
+        let pod = unique_id("pod");
+        let app = unique_id("app");
+        let app_log = dir.join("app.log");
+        let pause = CounterSandbox::start_on(
+            release,
+            root,
+            &pod,
+            &dir.join("pod.log"),
+            &[],
+            pod_bundle("sandbox", &pod, "pause"),
+        )
         .unwrap();
-    assert_eq!(sb.sandbox_id, pod);
-    assert_eq!(sb.container_count, 2);
-    assert_eq!(sb.checkpoint_id(), pod);
-    let names: Vec<(&str, ContainerRole)> = sb
-        .containers
-        .iter()
-        .map(|c| (c.name.as_str(), c.role))
-        .collect();
-    assert_eq!(
-        names,
-        [
-            ("pause", ContainerRole::Root),
-            ("app", ContainerRole::Container)
-        ]
-    );
-    let image = tmp.path().join("img");
-    if release.is_limited() {
+        let app_sb = CounterSandbox::start_on(
+            release,
+            root,
+            &app,
+            &app_log,
+            &[],
+            pod_bundle("container", &pod, "app"),
+        )
+        .unwrap();
+        CounterPod {
+            pod,
+            app,
+            app_log,
+            _pause: pause,
+            app_sb,
+        }
+    }
+
+    /// Resolving the app container finds the pod's sandbox, both containers by name and role.
+    async fn resolve(&self, rt: &RunscRuntime) -> Sandbox {
+        let sb = rt
+            .resolve(&Target::Runsc {
+                id: self.app.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(sb.sandbox_id, self.pod);
+        assert_eq!(sb.container_count, 2);
+        assert_eq!(sb.checkpoint_id(), self.pod);
+        let names: Vec<(&str, ContainerRole)> = sb
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.role))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("pause", ContainerRole::Root),
+                ("app", ContainerRole::Container)
+            ]
+        );
+        sb
+    }
+
+    /// runsc 20221219 cannot checkpoint a pod: refused before runsc ran, both still run.
+    async fn assert_checkpoint_refused(&self, rt: &RunscRuntime, sb: &Sandbox, image: &Path) {
         let err = rt
-            .checkpoint(&sb, &image, &CheckpointOpts::default())
+            .checkpoint(sb, image, &CheckpointOpts::default())
             .await
             .unwrap_err();
         assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err}");
         assert!(err.to_string().contains("20221219"), "{err}");
-        // Refused before runsc ran: both containers still run.
-        assert_eq!(rt.state(None, &app).await.unwrap().status, Status::Running);
-        assert_eq!(rt.state(None, &pod).await.unwrap().status, Status::Running);
+        for id in [&self.app, &self.pod] {
+            assert_eq!(rt.state(None, id).await.unwrap().status, Status::Running);
+        }
+    }
+}
+
+/// A pod restore as `new_pod` (app `new_app`) whose app bundle still names the old sandbox
+/// is refused, and nothing starts: the app's bundle must name the new root.
+async fn assert_app_bundle_of_old_root_refused(
+    rt: &RunscRuntime,
+    image: &Path,
+    old_pod: &str,
+    new_pod: &str,
+    new_app: &str,
+    app_log: &Path,
+) {
+    let wrong = pod_bundle("container", old_pod, "app");
+    let err = rt
+        .restore(&RestoreRequest {
+            id: new_pod.to_string(),
+            bundle: pod_bundle("sandbox", new_pod, "pause").path().into(),
+            image_dir: image.to_path_buf(),
+            containers: vec![ContainerRestore {
+                name: "app".into(),
+                id: new_app.to_string(),
+                bundle: wrong.path().into(),
+                log_file: Some(app_log.to_path_buf()),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("io.kubernetes.cri.sandbox-id"),
+        "{err}"
+    );
+    assert!(rt.state(None, new_pod).await.is_err(), "nothing may start");
+}
+
+async fn multi_container_on(release: Release) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let p = CounterPod::start(release, &root, tmp.path());
+    let rt = runtime_on(release, &root, &[]);
+    let sb = p.resolve(&rt).await;
+    let image = tmp.path().join("img");
+    if release.is_limited() {
+        p.assert_checkpoint_refused(&rt, &sb, &image).await;
         return;
     }
-    wait_for_count(&app_log, 2, Duration::from_secs(30)).unwrap();
+    wait_for_count(&p.app_log, 2, Duration::from_secs(30)).unwrap();
     rt.checkpoint(
         &sb,
         &image,
@@ -379,8 +465,8 @@ async fn multi_container_on(release: Release) {
     )
     .await
     .unwrap();
-    let before = last_count(&app_log).unwrap();
-    for id in [&pod, &app] {
+    let before = last_count(&p.app_log).unwrap();
+    for id in [&p.pod, &p.app] {
         assert_eq!(rt.state(None, id).await.unwrap().status, Status::Stopped);
     }
 
@@ -388,27 +474,8 @@ async fn multi_container_on(release: Release) {
     let new_pod = unique_id("rpod");
     let new_app = unique_id("rapp");
     let new_app_log = tmp.path().join("app-restored.log");
-    let wrong = pod_bundle("container", &pod, "app");
-    let err = rt
-        .restore(&RestoreRequest {
-            id: new_pod.clone(),
-            bundle: pod_bundle("sandbox", &new_pod, "pause").path().into(),
-            image_dir: image.clone(),
-            containers: vec![ContainerRestore {
-                name: "app".into(),
-                id: new_app.clone(),
-                bundle: wrong.path().into(),
-                log_file: Some(new_app_log.clone()),
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("io.kubernetes.cri.sandbox-id"),
-        "{err}"
-    );
-    assert!(rt.state(None, &new_pod).await.is_err(), "nothing may start");
+    assert_app_bundle_of_old_root_refused(&rt, &image, &p.pod, &new_pod, &new_app, &new_app_log)
+        .await;
 
     let root_bundle = pod_bundle("sandbox", &new_pod, "pause");
     let app_bundle = pod_bundle("container", &new_pod, "app");
@@ -440,7 +507,7 @@ async fn multi_container_on(release: Release) {
         first >= before && first < before + 10,
         "app counter: {first} after {before}"
     );
-    drop(app_sb);
+    drop(p.app_sb);
     rt.delete(None, &new_app, true).await.unwrap();
     rt.delete(None, &new_pod, true).await.unwrap();
 }
