@@ -65,6 +65,12 @@ pub struct RestoreArgs {
     /// io.kubernetes.cri.sandbox-id annotation must name NEW_ID. Its output goes to --log.
     #[arg(long = "container", value_name = "NAME=ID:DIR", value_parser = parse_container)]
     pub containers: Vec<(String, String, PathBuf)>,
+    /// A lazy restore returns once the sandbox runs, while its remaining pages still arrive
+    /// (`podsnapctl jobs` shows them). With this, wait until every page is local, and fail
+    /// (exit 1, the reason on stderr) if a page could not be fetched or verified: the
+    /// sandbox has been stopped then.
+    #[arg(long)]
+    pub wait_for_pages: bool,
 }
 
 fn parse_pod(s: &str) -> Result<(String, String), String> {
@@ -328,6 +334,7 @@ pub async fn restore(socket: &str, a: RestoreArgs) -> anyhow::Result<i32> {
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
+            wait_for_pages: a.wait_for_pages,
         })
         .await
         .map_err(|s| status_err("restore", s))?
@@ -338,10 +345,22 @@ pub async fn restore(socket: &str, a: RestoreArgs) -> anyhow::Result<i32> {
         match stream.message().await {
             Ok(Some(ev)) => match ev.event {
                 Some(pb::restore_event::Event::Progress(p)) => show(&view, &p),
-                Some(pb::restore_event::Event::Restored(r)) => restored = Some(r),
+                Some(pb::restore_event::Event::Restored(r)) => {
+                    if r.lazy && a.wait_for_pages {
+                        eprintln!(
+                            "{} runs; waiting for the rest of its pages (job {})",
+                            r.container_id, r.job_id
+                        );
+                    }
+                    restored = Some(r)
+                }
                 None => {}
             },
             Ok(None) => break,
+            Err(s) if restored.is_some() => {
+                view.finish();
+                anyhow::bail!("restore failed after the sandbox started: {}", s.message());
+            }
             Err(s) => {
                 view.finish();
                 return Err(status_err("restore", s));
@@ -354,6 +373,12 @@ pub async fn restore(socket: &str, a: RestoreArgs) -> anyhow::Result<i32> {
         "restored {} from {} (pid {}, output in {})",
         r.container_id, r.snapshot_id, r.pid, r.log_path
     );
+    if r.lazy && !a.wait_for_pages {
+        eprintln!(
+            "its pages are still arriving (lazy restore): `podsnapctl jobs` shows job {}",
+            r.job_id
+        );
+    }
     println!("{}", r.container_id);
     Ok(0)
 }

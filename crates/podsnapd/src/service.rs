@@ -217,6 +217,49 @@ where
     Box::pin(updates.chain(last))
 }
 
+/// How often a followed lazy restore's job is looked at.
+const FOLLOW_PAGES_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A lazy restore's job after the answer, as restore events: progress while pages arrive,
+/// then the end of the stream, or an ABORTED status with the reason the sandbox was stopped.
+fn follow_pages(engine: Arc<Engine>, job_id: String) -> EventStream<pb::RestoreEvent> {
+    let last = None::<(u64, u64)>;
+    Box::pin(futures::stream::unfold(
+        (engine, job_id, last, false),
+        |(engine, job_id, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let rec = engine.jobs().list().into_iter().find(|j| j.id == job_id);
+                let Some(rec) = rec else {
+                    let e = Status::internal(format!("restore job {job_id} is no longer listed"));
+                    return Some((Err(e), (engine, job_id, last, true)));
+                };
+                if rec.finished_at.is_some() {
+                    return rec
+                        .error
+                        .map(|e| (Err(Status::aborted(e)), (engine, job_id, last, true)));
+                }
+                let now = Some((rec.bytes_done, rec.bytes_total));
+                if now != last {
+                    let ev = pb::RestoreEvent {
+                        event: Some(pb::restore_event::Event::Progress(pb::Progress {
+                            job_id: rec.id.clone(),
+                            phase: phase_to_pb(rec.phase) as i32,
+                            bytes_done: rec.bytes_done,
+                            bytes_total: rec.bytes_total,
+                            message: "sandbox running; fetching the remaining pages".into(),
+                        })),
+                    };
+                    return Some((Ok(ev), (engine, job_id, now, false)));
+                }
+                tokio::time::sleep(FOLLOW_PAGES_POLL).await;
+            }
+        },
+    ))
+}
+
 #[tonic::async_trait]
 impl Podsnap for Service {
     type CheckpointStream = EventStream<pb::CheckpointEvent>;
@@ -313,7 +356,7 @@ impl Podsnap for Service {
                 .collect(),
         };
         let engine = self.engine.clone();
-        Ok(Response::new(stream_job(
+        let answer = stream_job(
             move |tx| engine.restore(spec, Some(tx)),
             |p| pb::RestoreEvent {
                 event: Some(pb::restore_event::Event::Progress(p)),
@@ -324,9 +367,32 @@ impl Podsnap for Service {
                     snapshot_id: r.snapshot,
                     pid: r.pid,
                     log_path: r.log.display().to_string(),
+                    lazy: r.lazy,
+                    job_id: r.job_id,
                 })),
             },
-        )))
+        );
+        if !r.wait_for_pages {
+            return Ok(Response::new(answer));
+        }
+        // After a lazy `restored`: the job's progress until its last page, or its failure.
+        let engine = self.engine.clone();
+        let followed = futures::StreamExt::flat_map(answer, move |item| {
+            let job = match &item {
+                Ok(pb::RestoreEvent {
+                    event: Some(pb::restore_event::Event::Restored(r)),
+                }) if r.lazy => Some(r.job_id.clone()),
+                _ => None,
+            };
+            let head = futures::stream::once(futures::future::ready(item));
+            match job {
+                Some(id) => {
+                    Box::pin(head.chain(follow_pages(engine.clone(), id))) as EventStream<_>
+                }
+                None => Box::pin(head),
+            }
+        });
+        Ok(Response::new(Box::pin(followed)))
     }
 
     async fn prepare_restore(

@@ -121,6 +121,42 @@ async fn listed_job(c: &mut PodsnapClient<Channel>, kind: &str, target: &str) ->
         .unwrap_or_else(|| panic!("the {kind} job of {target} is listed"))
 }
 
+/// A Restore call with `wait_for_pages`: its `restored` answer (if one came) and how the
+/// stream ended (after the last page, or with the reason the sandbox was stopped).
+async fn restore_waiting(
+    c: &mut PodsnapClient<Channel>,
+    snapshot: &str,
+    bundle: &Path,
+    id: &str,
+    log: &Path,
+) -> (Option<pb::Restored>, Result<(), tonic::Status>) {
+    let call = c
+        .restore(pb::RestoreRequest {
+            snapshot_id: snapshot.into(),
+            bundle: bundle.display().to_string(),
+            container_id: id.into(),
+            log_path: log.display().to_string(),
+            wait_for_pages: true,
+            ..Default::default()
+        })
+        .await;
+    let mut stream = match call {
+        Ok(s) => s.into_inner(),
+        Err(e) => return (None, Err(e)),
+    };
+    let mut restored = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(pb::RestoreEvent {
+                event: Some(pb::restore_event::Event::Restored(r)),
+            })) => restored = Some(r),
+            Ok(Some(_)) => {}
+            Ok(None) => return (restored, Ok(())),
+            Err(e) => return (restored, Err(e)),
+        }
+    }
+}
+
 /// Whether a podsnap lazy image is mounted at `path`.
 fn lazy_mounted_at(path: &Path) -> bool {
     let want = path.to_string_lossy();
@@ -160,12 +196,16 @@ async fn a_counter_restores_lazily_on_a_cold_node_and_counts_on() {
     let new_id = unique_id("lazy-restored");
     let rlog = dir.path().join("restored.log");
     let t = Instant::now();
-    common::restore(&mut cb, &snap.id, sb.bundle.path(), &new_id, Some(&rlog))
-        .await
-        .expect("lazy restore succeeds");
+    let (restored, end) =
+        restore_waiting(&mut cb, &snap.id, sb.bundle.path(), &new_id, &rlog).await;
     let answered = t.elapsed();
+    end.expect("lazy restore succeeds to its last page");
+    let restored = restored.expect("a restored answer");
+    assert!(restored.lazy && !restored.job_id.is_empty(), "{restored:?}");
     wait_for_count(&rlog, before + 1, Duration::from_secs(30)).unwrap();
-    let job = finished_restore_job(&mut cb, &new_id, Duration::from_secs(120)).await;
+    // The stream ended only once every page was local.
+    let job = listed_job(&mut cb, "restore", &new_id).await;
+    assert!(!job.finished_at.is_empty(), "{job:?}");
     assert!(job.error.is_empty(), "{job:?}");
     assert!(
         job.bytes_total > 0 && job.bytes_done == job.bytes_total,
@@ -320,11 +360,17 @@ async fn a_corrupt_page_stops_the_lazily_restored_sandbox_and_fails_the_job() {
     let mut cb = client(&b).await;
     let new_id = unique_id("lazy-bad-restored");
     let rlog = dir.path().join("restored.log");
-    let answer = common::restore(&mut cb, &snap.id, sb.bundle.path(), &new_id, Some(&rlog)).await;
+    let (answer, end) = restore_waiting(&mut cb, &snap.id, sb.bundle.path(), &new_id, &rlog).await;
+    // The caller waiting for the pages learns the failure on its stream, with the reason.
+    let end = end.expect_err("the restore stream fails");
+    assert!(end.message().contains("pages.img"), "{end:?}");
+    if answer.is_some() {
+        assert_eq!(end.code(), tonic::Code::Aborted, "{end:?}");
+    }
     let job = finished_restore_job(&mut cb, &new_id, Duration::from_secs(120)).await;
     eprintln!(
         "restore answered {}; job error: {}",
-        if answer.is_ok() {
+        if answer.is_some() {
             "ok"
         } else {
             "with an error"
@@ -341,7 +387,7 @@ async fn a_corrupt_page_stops_the_lazily_restored_sandbox_and_fails_the_job() {
         "the reason names the page: {}",
         job.error
     );
-    if answer.is_ok() {
+    if answer.is_some() {
         assert!(job.error.contains("was stopped"), "{}", job.error);
     }
     // Nothing runs on bad pages: the sandbox is gone (or stopped).

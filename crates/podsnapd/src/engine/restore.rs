@@ -206,6 +206,9 @@ pub struct RestoredInfo {
     pub snapshot: String,
     pub pid: i32,
     pub log: PathBuf,
+    /// The restore's job (a lazy one goes on until every page is local).
+    pub job_id: String,
+    pub lazy: bool,
 }
 
 /// Which flow a pull serves; it decides whether the image must survive a power loss.
@@ -413,6 +416,8 @@ impl Engine {
                 snapshot: id.to_string(),
                 pid: restored.pid.unwrap_or(0),
                 log,
+                job_id: job.id.clone(),
+                lazy: mount.is_some(),
             },
             mount,
         ))
