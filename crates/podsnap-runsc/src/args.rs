@@ -350,106 +350,51 @@ mod tests {
         Invocation::parse(s.split_whitespace().map(OsString::from).collect())
     }
 
+    /// What the parse found, in one line: the subcommand (`-` for none), then `root=`,
+    /// `log=` and `log-format=` for those that are set.
+    fn summary(i: &Invocation) -> String {
+        let mut out = i.subcommand_name().unwrap_or("-").to_string();
+        let fields = [
+            ("root", i.root.as_deref().and_then(|r| r.to_str())),
+            ("log", i.log.as_deref().and_then(|r| r.to_str())),
+            ("log-format", i.log_format.as_deref()),
+        ];
+        for (name, value) in fields {
+            if let Some(v) = value {
+                out += &format!(" {name}={v}");
+            }
+        }
+        out
+    }
+
     #[test]
     fn finds_the_subcommand_behind_every_flag_form() {
-        // (argv, subcommand, root, log, log-format)
-        type Case<'a> = (
-            &'a str,
-            Option<&'a str>,
-            Option<&'a str>,
-            Option<&'a str>,
-            Option<&'a str>,
-        );
-        let cases: &[Case] = &[
-            ("create c1", Some("create"), None, None, None),
+        let cases: &[(&str, &str)] = &[
+            ("create c1", "create"),
             (
                 "--root /r --log /l.json --log-format json create --bundle /b c1",
-                Some("create"),
-                Some("/r"),
-                Some("/l.json"),
-                Some("json"),
+                "create root=/r log=/l.json log-format=json",
             ),
-            (
-                "--root=/r -log=/l start c1",
-                Some("start"),
-                Some("/r"),
-                Some("/l"),
-                None,
-            ),
-            (
-                "-root /r --systemd-cgroup create c1",
-                Some("create"),
-                Some("/r"),
-                None,
-                None,
-            ),
-            (
-                "--systemd-cgroup=true --debug start c1",
-                Some("start"),
-                None,
-                None,
-                None,
-            ),
+            ("--root=/r -log=/l start c1", "start root=/r log=/l"),
+            ("-root /r --systemd-cgroup create c1", "create root=/r"),
+            ("--systemd-cgroup=true --debug start c1", "start"),
             (
                 "--network=none --root /r delete --force c1",
-                Some("delete"),
-                Some("/r"),
-                None,
-                None,
+                "delete root=/r",
             ),
-            (
-                "--network none --platform ptrace state c1",
-                Some("state"),
-                None,
-                None,
-                None,
-            ),
-            (
-                "--debug-log /tmp/x/ --debug create c1",
-                Some("create"),
-                None,
-                None,
-                None,
-            ),
+            ("--network none --platform ptrace state c1", "state"),
+            ("--debug-log /tmp/x/ --debug create c1", "create"),
             // A flag runsc 20221219 does not know: bool when a subcommand follows.
-            (
-                "--some-new-bool create c1",
-                Some("create"),
-                None,
-                None,
-                None,
-            ),
-            (
-                "--some-new-value v1 --root /r kill c1 9",
-                Some("kill"),
-                Some("/r"),
-                None,
-                None,
-            ),
-            (
-                "--root /r -- create c1",
-                Some("create"),
-                Some("/r"),
-                None,
-                None,
-            ),
-            ("--version", None, None, None, None),
-            ("", None, None, None, None),
+            ("--some-new-bool create c1", "create"),
+            ("--some-new-value v1 --root /r kill c1 9", "kill root=/r"),
+            ("--root /r -- create c1", "create root=/r"),
+            ("--version", "-"),
+            ("", "-"),
             // A value that looks like a subcommand stays a value.
-            (
-                "--root create start c1",
-                Some("start"),
-                Some("create"),
-                None,
-                None,
-            ),
+            ("--root create start c1", "start root=create"),
         ];
-        for (argv, sub, root, log, fmt) in cases {
-            let i = inv(argv);
-            assert_eq!(i.subcommand_name(), *sub, "{argv}");
-            assert_eq!(i.root.as_deref().and_then(|r| r.to_str()), *root, "{argv}");
-            assert_eq!(i.log.as_deref().and_then(|r| r.to_str()), *log, "{argv}");
-            assert_eq!(i.log_format.as_deref(), *fmt, "{argv}");
+        for (argv, want) in cases {
+            assert_eq!(summary(&inv(argv)), *want, "{argv}");
         }
     }
 

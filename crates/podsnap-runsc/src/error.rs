@@ -71,3 +71,59 @@ pub enum RestoreError {
 pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     crate::daemon::one_line(&podsnap_proto::client::error_chain(e))
 }
+
+/// Why the wrapper's own part of an app container's `create`, `start`, `kill` or `delete`
+/// failed (see [`crate::pod`]); runsc's own failures are its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("cannot run {}", .runsc.display())]
+    RunRunsc {
+        runsc: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create waiter record {}", .record.display())]
+    CreateRecord {
+        record: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find this binary")]
+    CurrentExe(#[source] std::io::Error),
+    #[error("cannot start the container's waiter")]
+    StartWaiter(#[source] std::io::Error),
+    #[error("cannot write waiter record {}", .record.display())]
+    WriteRecord {
+        record: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write pid file {}", .path.display())]
+    WritePidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the container's waiter (record {}) is gone; delete and create the container again",
+        .record.display()
+    )]
+    WaiterGone { record: PathBuf },
+    #[error("cannot open the container's stdio (waiter fd {fd})")]
+    OpenStdio {
+        fd: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot signal the waiter ({})", .record.display())]
+    SignalWaiter {
+        record: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("runsc {subcommand} failed ({status}); its reason is in runsc's log")]
+    RunscFailed {
+        subcommand: String,
+        status: std::process::ExitStatus,
+    },
+}

@@ -574,48 +574,59 @@ mod tests {
         assert!(w.prepared.borrow().is_empty());
     }
 
+    impl World {
+        /// Pod web-2 of namespace default, every container annotated to restore snap1: the
+        /// bundles of its pause container and of its app containers `side` and `app`.
+        fn web_pod(&self) -> (PathBuf, PathBuf, PathBuf) {
+            let pause = bundle(
+                self.dir.path(),
+                "pause",
+                &[
+                    (spec::RESTORE_ANNOTATION, "snap1"),
+                    ("io.kubernetes.cri.container-type", "sandbox"),
+                    ("io.kubernetes.cri.sandbox-namespace", "default"),
+                    ("io.kubernetes.cri.sandbox-name", "web-2"),
+                ],
+            );
+            let app = |name: &str| {
+                bundle(
+                    self.dir.path(),
+                    name,
+                    &[
+                        (spec::RESTORE_ANNOTATION, "snap1"),
+                        ("io.kubernetes.cri.container-type", "container"),
+                        ("io.kubernetes.cri.container-name", name),
+                        ("io.kubernetes.cri.sandbox-id", "sb"),
+                        ("io.kubernetes.cri.sandbox-namespace", "default"),
+                    ],
+                )
+            };
+            (pause, app("side"), app("app"))
+        }
+
+        /// `create` of `id` from `bundle` (`flags` before the id) is planned as it came, with
+        /// `--restore-spec-validation=warning` as its first global flag.
+        fn assert_create_warns(&self, bundle: &Path, flags: &[&str], id: &str) {
+            let mut create = vec![G, "create", "--bundle", bundle.to_str().unwrap()];
+            create.extend(flags);
+            create.push(id);
+            let mut want = create.clone();
+            want.insert(1, "--restore-spec-validation=warning");
+            assert_eq!(self.plan(&create).unwrap(), os(&want));
+        }
+
+        /// `argv` is planned unchanged: nothing to restore.
+        fn assert_passes_through(&self, argv: &[&str]) {
+            assert_eq!(self.plan(argv).unwrap(), os(argv), "{argv:?}");
+        }
+    }
+
     #[test]
     fn a_pod_restores_at_start_sandbox_first() {
         let w = World::new();
-        let pause = bundle(
-            w.dir.path(),
-            "pause",
-            &[
-                (spec::RESTORE_ANNOTATION, "snap1"),
-                ("io.kubernetes.cri.container-type", "sandbox"),
-                ("io.kubernetes.cri.sandbox-namespace", "default"),
-                ("io.kubernetes.cri.sandbox-name", "web-2"),
-            ],
-        );
-        let app = |name: &str| {
-            bundle(
-                w.dir.path(),
-                name,
-                &[
-                    (spec::RESTORE_ANNOTATION, "snap1"),
-                    ("io.kubernetes.cri.container-type", "container"),
-                    ("io.kubernetes.cri.container-name", name),
-                    ("io.kubernetes.cri.sandbox-id", "sb"),
-                    ("io.kubernetes.cri.sandbox-namespace", "default"),
-                ],
-            )
-        };
-        let (side, appb) = (app("side"), app("app"));
-        let create = [
-            G,
-            "create",
-            "--bundle",
-            pause.to_str().unwrap(),
-            "--pid-file",
-            "/p",
-            "--user-log",
-            "/u",
-            "sb",
-        ];
+        let (pause, side, app) = w.web_pod();
         // The sandbox checks the restore with its create's flags.
-        let mut want = create.to_vec();
-        want.insert(1, "--restore-spec-validation=warning");
-        assert_eq!(w.plan(&create).unwrap(), os(&want));
+        w.assert_create_warns(&pause, &["--pid-file", "/p", "--user-log", "/u"], "sb");
         // podsnapd is told the sandbox's root and that it restores in the background, so it
         // may serve the image lazily and follow the sandbox.
         assert_eq!(
@@ -642,19 +653,8 @@ mod tests {
             ])
         );
         // App containers in another order than the snapshot's: runsc matches them by name.
-        for (b, id) in [(&side, "c-side"), (&appb, "c-app")] {
-            let create = [
-                G,
-                "create",
-                "--bundle",
-                b.to_str().unwrap(),
-                "--pid-file",
-                "/p",
-                id,
-            ];
-            let mut want = create.to_vec();
-            want.insert(1, "--restore-spec-validation=warning");
-            assert_eq!(w.plan(&create).unwrap(), os(&want));
+        for (b, id) in [(&side, "c-side"), (&app, "c-app")] {
+            w.assert_create_warns(b, &["--pid-file", "/p"], id);
             assert_eq!(
                 w.plan(&[G, "--restore-spec-validation=enforce", "start", id])
                     .unwrap(),
@@ -670,21 +670,11 @@ mod tests {
         }
         assert_eq!(w.prepared.borrow().len(), 1, "one PrepareRestore per pod");
         // The kubelet restarting a container: fresh.
-        let create = [G, "create", "--bundle", appb.to_str().unwrap(), "c-app2"];
-        assert_eq!(w.plan(&create).unwrap(), os(&create));
-        assert_eq!(
-            w.plan(&[G, "start", "c-app2"]).unwrap(),
-            os(&[G, "start", "c-app2"])
-        );
+        w.assert_passes_through(&[G, "create", "--bundle", app.to_str().unwrap(), "c-app2"]);
+        w.assert_passes_through(&[G, "start", "c-app2"]);
         // delete drops the markers.
-        assert_eq!(
-            w.plan(&[G, "delete", "--force", "sb"]).unwrap(),
-            os(&[G, "delete", "--force", "sb"])
-        );
-        assert_eq!(
-            w.plan(&[G, "start", "sb"]).unwrap(),
-            os(&[G, "start", "sb"])
-        );
+        w.assert_passes_through(&[G, "delete", "--force", "sb"]);
+        w.assert_passes_through(&[G, "start", "sb"]);
     }
 
     #[test]

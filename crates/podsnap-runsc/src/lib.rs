@@ -85,18 +85,19 @@ pub fn run(inv: &Invocation, env: &Env) -> i32 {
             pid_file,
             record,
         }) => pod::create_container(&runsc, &args, &waiter_args, pid_file.as_deref(), &record)
-            .unwrap_or_else(|msg| fail(inv, &msg)),
+            .unwrap_or_else(|e| fail(inv, &error::one_line(&e))),
         Ok(Plan::StartContainer {
             runsc,
             args,
             record,
-        }) => pod::start_container(&runsc, &args, &record).unwrap_or_else(|msg| fail(inv, &msg)),
+        }) => pod::start_container(&runsc, &args, &record)
+            .unwrap_or_else(|e| fail(inv, &error::one_line(&e))),
         Ok(Plan::Reworded {
             runsc,
             args,
             waiter,
         }) => pod::run_reworded(&runsc, &args, inv, waiter.as_deref())
-            .unwrap_or_else(|msg| fail(inv, &msg)),
+            .unwrap_or_else(|e| fail(inv, &error::one_line(&e))),
         Err(e) => fail(inv, &error::one_line(&e)),
     }
 }

@@ -48,6 +48,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::args::Invocation;
+use crate::error::ContainerError;
 use crate::marker::{self, Marker};
 use crate::spec;
 
@@ -233,19 +234,21 @@ pub fn create_container(
     waiter_args: &[OsString],
     pid_file: Option<&OsStr>,
     record: &Path,
-) -> Result<i32, String> {
+) -> Result<i32, ContainerError> {
     let status = Command::new(runsc)
         .args(args)
         .status()
-        .map_err(|e| format!("cannot run {}: {e}", runsc.display()))?;
+        .map_err(|source| run_failed(runsc, source))?;
     if !status.success() {
         // runsc said why on stderr and in its log.
         return Ok(status.code().unwrap_or(1));
     }
     let _ = std::fs::remove_dir_all(record);
-    std::fs::create_dir_all(record)
-        .map_err(|e| format!("cannot create waiter record {}: {e}", record.display()))?;
-    let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    std::fs::create_dir_all(record).map_err(|source| ContainerError::CreateRecord {
+        record: record.to_path_buf(),
+        source,
+    })?;
+    let me = std::env::current_exe().map_err(ContainerError::CurrentExe)?;
     use std::os::unix::process::CommandExt;
     let waiter = Command::new(me)
         .arg(WAITER_ARG)
@@ -254,16 +257,31 @@ pub fn create_container(
         .args(waiter_args)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start the container's waiter: {e}"))?;
+        .map_err(ContainerError::StartWaiter)?;
     let pid = waiter.id();
-    write_atomic(&record.join("pid"), pid.to_string().as_bytes())
-        .map_err(|e| format!("cannot write waiter record {}: {e}", record.display()))?;
+    write_atomic(&record.join("pid"), pid.to_string().as_bytes()).map_err(|source| {
+        ContainerError::WriteRecord {
+            record: record.to_path_buf(),
+            source,
+        }
+    })?;
     if let Some(pid_file) = pid_file {
-        let pid_file = Path::new(pid_file);
-        write_atomic(pid_file, pid.to_string().as_bytes())
-            .map_err(|e| format!("cannot write pid file {}: {e}", pid_file.display()))?;
+        let path = Path::new(pid_file);
+        write_atomic(path, pid.to_string().as_bytes()).map_err(|source| {
+            ContainerError::WritePidFile {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     }
     Ok(0)
+}
+
+fn run_failed(runsc: &Path, source: std::io::Error) -> ContainerError {
+    ContainerError::RunRunsc {
+        runsc: runsc.to_path_buf(),
+        source,
+    }
 }
 
 /// The pid of the live waiter recorded at `record`, if it is there.
@@ -289,19 +307,20 @@ fn is_waiter(pid: i32, record: &Path) -> bool {
 
 /// `start` (or `restore`) of an app container: runsc runs with the waiter's stdio, then
 /// the waiter is told to wait for the container. Returns the exit code.
-pub fn start_container(runsc: &Path, args: &[OsString], record: &Path) -> Result<i32, String> {
-    let pid = waiter_pid(record).ok_or_else(|| {
-        format!(
-            "the container's waiter (record {}) is gone; delete and create the container again",
-            record.display()
-        )
+pub fn start_container(
+    runsc: &Path,
+    args: &[OsString],
+    record: &Path,
+) -> Result<i32, ContainerError> {
+    let pid = waiter_pid(record).ok_or_else(|| ContainerError::WaiterGone {
+        record: record.to_path_buf(),
     })?;
     let open = |fd: u32, write: bool| {
         std::fs::OpenOptions::new()
             .read(!write)
             .write(write)
             .open(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|e| format!("cannot open the container's stdio (waiter fd {fd}): {e}"))
+            .map_err(|source| ContainerError::OpenStdio { fd, source })
     };
     let (stdin, stdout, stderr) = (open(0, false)?, open(1, true)?, open(2, true)?);
     let status = Command::new(runsc)
@@ -310,18 +329,21 @@ pub fn start_container(runsc: &Path, args: &[OsString], record: &Path) -> Result
         .stdout(stdout)
         .stderr(stderr)
         .status()
-        .map_err(|e| format!("cannot run {}: {e}", runsc.display()))?;
+        .map_err(|source| run_failed(runsc, source))?;
     let verdict: &[u8] = if status.success() { b"go" } else { b"fail" };
-    write_atomic(&record.join("go"), verdict)
-        .map_err(|e| format!("cannot signal the waiter ({}): {e}", record.display()))?;
+    write_atomic(&record.join("go"), verdict).map_err(|source| ContainerError::SignalWaiter {
+        record: record.to_path_buf(),
+        source,
+    })?;
     if !status.success() {
-        return Err(format!(
-            "runsc {} failed ({status}); its reason is in runsc's log",
-            args.iter()
+        return Err(ContainerError::RunscFailed {
+            subcommand: args
+                .iter()
                 .find(|a| *a == "start" || *a == "restore")
-                .map(|a| a.to_string_lossy())
-                .unwrap_or_default()
-        ));
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            status,
+        });
     }
     Ok(0)
 }
@@ -436,13 +458,13 @@ pub fn run_reworded(
     args: &[OsString],
     inv: &Invocation,
     waiter: Option<&Path>,
-) -> Result<i32, String> {
+) -> Result<i32, ContainerError> {
     let run = |args: &[OsString]| {
         Command::new(runsc)
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run {}: {e}", runsc.display()))
+            .map_err(|source| run_failed(runsc, source))
     };
     let mut out = run(args)?;
     let text = |o: &std::process::Output| {
@@ -669,5 +691,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pid"), std::process::id().to_string()).unwrap();
         assert_eq!(waiter_pid(dir.path()), None);
+    }
+
+    #[test]
+    fn a_runsc_that_cannot_run_is_named_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let runsc = Path::new("/nonexistent/runsc");
+        let e = create_container(runsc, &[], &[], None, &dir.path().join("rec")).unwrap_err();
+        assert!(matches!(e, ContainerError::RunRunsc { .. }), "{e:?}");
+        assert_eq!(
+            crate::error::one_line(&e),
+            "cannot run /nonexistent/runsc: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn a_start_without_its_waiter_says_to_create_the_container_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = start_container(Path::new("/bin/true"), &[], dir.path()).unwrap_err();
+        assert!(matches!(e, ContainerError::WaiterGone { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .ends_with("is gone; delete and create the container again"),
+            "{e}"
+        );
     }
 }
