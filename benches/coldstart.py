@@ -22,7 +22,11 @@ Python stack from memory, not disk: the cold start measured is the best case). T
 * restore, each into a new id, the order of the cases rotating per round:
   - raw:    `runsc restore --detach --image-path DIR --bundle B NEW`;
   - podsnap: `podsnapctl restore SNAP --bundle B --id NEW --log LOG` (podsnapd downloads the
-             image from its store and runs `runsc restore`);
+             image from its store and runs `runsc restore`; on a runsc with
+             `restore --background` it serves the image lazily instead);
+  - file-cold (with --cold-node 1): the same through a second podsnapd with a fresh state
+             dir each round (an empty page cache: a node that never saw the snapshot),
+             sharing the file:// store, after the kernel's page cache was dropped;
   timed until the first "answer" line in the new sandbox's log (polled every 2 ms while the
   command runs: an answer before the command returns counts). The restored log must hold
   no START line and the first answer's N must be > 0: the process continued, not restarted.
@@ -159,6 +163,18 @@ class Bench(SandboxBench):
             cmd = ["runsc", "--root", self.root, "--network=none", "restore", "--detach",
                    f"--image-path={img_or_snap}", f"--bundle={self.bundle}", cid]
         else:
+            if name == "file-cold":
+                # A node that never saw the snapshot: fresh state dir, kernel caches dropped.
+                old = self.daemons.pop(name, None)
+                if old is not None:
+                    old.stop()
+                self.daemons[name] = Daemon(os.path.join(self.a.bin, "podsnapd"), self.work,
+                                            f"filecold{rnd}", f"file://{self.work}/store",
+                                            self.root)
+                os.sync()
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3\n")
+                time.sleep(1.0)
             d = self.daemons[name]
             ph0 = d.phases()
             cmd = [self.ctl, "--socket", d.sock, "restore", img_or_snap, "--bundle",
@@ -188,7 +204,7 @@ class Bench(SandboxBench):
         err.close()
         if name != "raw":
             ph1 = d.phases()
-            for ph in ("download", "runsc_restore"):
+            for ph in ("download", "lazy_mount", "runsc_restore"):
                 row[f"ph_{ph}"] = ph1.get(("restore", ph), 0) - ph0.get(("restore", ph), 0)
         if b"START" in data or n == 0:
             raise RuntimeError(f"{cid}: the restored app started over (first answer {n})")
@@ -203,6 +219,8 @@ class Bench(SandboxBench):
             f"{cold['cold_cmd']:.2f} s, app's own import+build {cold['app_ready']} s)")
         snaps = {}
         for name in cases:
+            if name == "file-cold":
+                continue  # restores the `file` case's snapshot
             if name == "raw":
                 img = os.path.join(self.work, f"img-{rnd}")
                 os.makedirs(img)
@@ -224,6 +242,8 @@ class Bench(SandboxBench):
                 snaps[name] = out.stdout.decode().strip().splitlines()[-1]
                 log(f"round {rnd}: podsnap {name} checkpoint {time.monotonic() - t:.2f} s")
         self.delete(src)
+        if "file-cold" in cases:
+            snaps["file-cold"] = snaps["file"]
         k = (rnd - 1) % len(cases)
         for name in cases[k:] + cases[:k]:
             r = self.restore(name, rnd, src, snaps[name])
@@ -232,6 +252,8 @@ class Bench(SandboxBench):
             log(f"round {rnd} {name}: restore to first answer {r['restore']:.2f} s "
                 f"(command {r['restore_cmd']:.2f} s), cold / restore {r['ratio']:.1f}x")
         for name, s in snaps.items():
+            if name == "file-cold":
+                continue
             if name == "raw":
                 shutil.rmtree(s)
             else:
@@ -252,6 +274,8 @@ class Bench(SandboxBench):
             self.daemons["s3"] = Daemon(podsnapd, self.work, "s3", "s3://e2e/cold",
                                         self.root, env)
             cases.append("s3")
+        if self.a.cold_node:
+            cases.append("file-cold")
         log("warm-up cold start (untimed: fills the host page cache)")
         _, w = self.cold("pc-0-warmup")
         self.delete("pc-0-warmup")
@@ -260,7 +284,9 @@ class Bench(SandboxBench):
             self.round(rnd, cases)
 
 LABEL = {"raw": "raw `runsc restore`", "file": "podsnap restore, file:// store",
+         "file-cold": "podsnap restore on a cold node, file:// store",
          "s3": "podsnap restore, S3 (moto)"}
+CASES = ("raw", "file", "file-cold", "s3")
 
 
 def report(rows, meta):
@@ -292,7 +318,7 @@ def report(rows, meta):
     p("|---|---:|---:|---:|")
     p(f"| cold start, `runsc run` | {med(colds):.2f} ({spread(colds)}) | "
       f"{med([cold[n]['cold_cmd'] for n in rounds]):.2f} | 1.0 |")
-    for name in ("raw", "file", "s3"):
+    for name in CASES:
         rs = [r for r in rows if r["case"] == name]
         if not rs:
             continue
@@ -309,16 +335,17 @@ def report(rows, meta):
     if ps:
         p("Where podsnap's restore goes (medians, s; podsnapd's `/metrics` phases): " + "; ".join(
             f"{LABEL[n]}: download {med([r['ph_download'] for r in ps if r['case'] == n]):.2f}, "
+            f"lazy mount {med([r.get('ph_lazy_mount', 0) for r in ps if r['case'] == n]):.2f}, "
             f"runsc restore {med([r['ph_runsc_restore'] for r in ps if r['case'] == n]):.2f}, "
             f"command {med([r['restore_cmd'] for r in ps if r['case'] == n]):.2f}, "
             f"to first answer {med([r['restore'] for r in ps if r['case'] == n]):.2f}"
-            for n in ("file", "s3") if any(r["case"] == n for r in ps)) + ".")
+            for n in CASES if any(r["case"] == n for r in ps)) + ".")
     p("")
     p("## Targets\n")
     p("| target | measured (median over rounds) | met? |")
     p("|---|---|---|")
     raw = {r["round"]: r for r in rows if r["case"] == "raw"}
-    for name in ("file", "s3"):
+    for name in CASES[1:]:
         rs = [r for r in rows if r["case"] == name]
         if not rs:
             continue
@@ -380,6 +407,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rows", type=int, default=200000)
     ap.add_argument("--s3", type=int, default=0)
+    ap.add_argument("--cold-node", type=int, default=0,
+                    help="1: also restore through a podsnapd with an empty cache each round")
     ap.add_argument("--results", default=os.path.join(HERE, "results", "coldstart-latest.md"))
     ap.add_argument("--report-from", metavar="JSON",
                     help="only render the report of an earlier run's .json")

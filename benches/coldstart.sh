@@ -8,6 +8,9 @@
 #   BENCH_COLD_ROUNDS   rounds (default 5; 0 skips it in make bench)
 #   BENCH_COLD_ROWS     rows of the app's pandas frame (default 200000)
 #   BENCH_COLD_S3       1 adds podsnapd with an S3 (moto) store (default 0)
+#   BENCH_COLD_NODE     1 adds restores through a podsnapd with an empty cache (default 0)
+#   BENCH_COLD_RUNSC    the runsc to run it all on (default: runsc on PATH; the 2026 build,
+#                       /opt/podsnap/gvisor/runsc, has restore --background: lazy restores)
 #   BENCH_COLD_RESULTS  report (default benches/results/coldstart-latest.md, plus a .json)
 #   BENCH_DIR           scratch directory (default: a new /tmp/podsnap-cold.XXXXXX, removed after)
 #   BENCH_KEEP=1        keep the scratch directory
@@ -37,8 +40,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== load before the run: $(uptime)" >&2
+if [ -n "${BENCH_COLD_RUNSC:-}" ]; then
+  # Its directory first on PATH (the binary must be named runsc): the harness's runsc and
+  # podsnapd's both.
+  [ "$(basename "$BENCH_COLD_RUNSC")" = runsc ] || { echo "BENCH_COLD_RUNSC must name a file called runsc" >&2; exit 1; }
+  export PATH="$(dirname "$(readlink -f "$BENCH_COLD_RUNSC")"):$PATH"
+fi
+echo "== load before the run: $(uptime); $(runsc --version | head -n 1)" >&2
 python3 "$here/coldstart.py" --bin "$tdir/release" --dir "$D" \
   --rounds "${BENCH_COLD_ROUNDS:-5}" --rows "${BENCH_COLD_ROWS:-200000}" \
-  --s3 "${BENCH_COLD_S3:-0}" \
+  --s3 "${BENCH_COLD_S3:-0}" --cold-node "${BENCH_COLD_NODE:-0}" \
   --results "${BENCH_COLD_RESULTS:-$here/results/coldstart-latest.md}"
