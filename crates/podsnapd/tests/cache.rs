@@ -4,13 +4,15 @@
 //! survives a daemon restart, and `podsnapctl prefetch` reports fetched vs already cached.
 //! Needs no runsc sandbox: the snapshots are pushed straight into the shared file store.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use common::daemon::Daemon;
 use podsnap_proto::v1 as pb;
 use podsnap_store::{NoProgress, PushOptions, SnapshotId, Store};
-use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
-use podsnap_testkit::metrics::Exposition;
+use podsnap_testkit::daemon::PodsnapdCmd;
 use rand::{Rng, RngCore, SeedableRng};
 
 const PAGE: usize = 4096;
@@ -55,34 +57,21 @@ async fn n_and_next(store: &Store, dir: &Path) -> (SnapshotId, SnapshotId, u64) 
     (n, r.id, logical)
 }
 
-struct Node {
-    p: Podsnapd,
-    port: u16,
+/// A podsnapd with a 1 GiB page cache, its metrics on a free local port.
+fn start(dir: &Path) -> Daemon {
+    Daemon::spawn(
+        PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, "cachenode")
+            .arg("--cache-max-bytes=1GiB"),
+    )
 }
 
-fn start(dir: &Path) -> Node {
-    let port = podsnap_testkit::moto::free_port().unwrap();
-    let p = PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, "cachenode")
-        .arg(format!("--metrics-listen=127.0.0.1:{port}"))
-        .arg("--cache-max-bytes=1GiB")
-        .spawn();
-    Node { p, port }
+/// What these tests ask of the node.
+trait Node {
+    fn downloaded(&self) -> f64;
+    async fn prepare(&self, snapshot: &SnapshotId, container: &str) -> std::path::PathBuf;
 }
 
-impl Node {
-    fn metrics(&self) -> Exposition {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        Exposition::from_http_response(&out)
-    }
-
+impl Node for Daemon {
     fn downloaded(&self) -> f64 {
         self.metrics()
             .counter("podsnap_bytes", &[("direction", "downloaded")])
@@ -90,7 +79,7 @@ impl Node {
     }
 
     async fn prepare(&self, snapshot: &SnapshotId, container: &str) -> std::path::PathBuf {
-        let mut c = podsnap_proto::client::podsnapd(&self.p.sock).await.unwrap();
+        let mut c = podsnap_proto::client::podsnapd(&self.sock).await.unwrap();
         let r = c
             .prepare_restore(pb::PrepareRestoreRequest {
                 snapshot_id: snapshot.to_string(),
@@ -98,7 +87,7 @@ impl Node {
                 ..Default::default()
             })
             .await
-            .unwrap_or_else(|e| panic!("prepare-restore: {e}\n{}", self.p.log_text()))
+            .unwrap_or_else(|e| panic!("prepare-restore: {e}\n{}", self.log_text()))
             .into_inner();
         r.image_dir.into()
     }
@@ -148,12 +137,12 @@ async fn restoring_n_plus_1_after_n_downloads_what_changed_and_the_cache_survive
 
     // A restarted daemon keeps the cache: prefetch finds N+1 already there.
     let mut node = node;
-    node.p.terminate();
+    node.terminate();
     let node = start(dir.path());
     let ctl = Path::new(env!("CARGO_BIN_EXE_podsnapd")).with_file_name("podsnapctl");
     let out = Command::new(ctl)
         .arg("--socket")
-        .arg(&node.p.sock)
+        .arg(&node.sock)
         .args(["prefetch", "--json", n1.as_str()])
         .stdin(Stdio::null())
         .output()

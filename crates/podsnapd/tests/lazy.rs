@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
 use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
@@ -38,45 +39,26 @@ fn podsnap_lazy_fuse() -> Result<(), String> {
         .map_err(|e| format!("cannot open /dev/fuse: {e}"))
 }
 
-fn daemon(dir: &Path, name: &str, store: &str, runsc: &Path, metrics_port: u16) -> Podsnapd {
-    PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, name)
-        .store(store)
-        .arg(format!("--runsc={}", runsc.display()))
-        .arg(format!("--metrics-listen=127.0.0.1:{metrics_port}"))
-        .spawn()
+/// A podsnapd (`name`, on `store`) driving `runsc`, its metrics on a free local port.
+fn daemon(dir: &Path, name: &str, store: &str, runsc: &Path) -> Daemon {
+    Daemon::spawn(
+        PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, name)
+            .store(store)
+            .arg(format!("--runsc={}", runsc.display())),
+    )
 }
 
 async fn client(d: &Podsnapd) -> PodsnapClient<Channel> {
     podsnap_proto::client::podsnapd(&d.sock).await.unwrap()
 }
 
-fn metrics(port: u16) -> podsnap_testkit::metrics::Exposition {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    podsnap_testkit::metrics::Exposition::from_http_response(&out)
-}
-
+/// Checkpoints sandbox `id` (stopping it) in group `app=<app>`.
 async fn checkpoint_stop(c: &mut PodsnapClient<Channel>, id: &str, app: &str) -> pb::Snapshot {
-    let req = common::harness::checkpoint_req(id, &[("app", app)], &["app"], 0, true);
-    let mut stream = c
-        .checkpoint(req)
-        .await
-        .expect("checkpoint call")
-        .into_inner();
-    let mut snap = None;
-    while let Some(ev) = stream.message().await.expect("checkpoint succeeds") {
-        if let Some(pb::checkpoint_event::Event::Snapshot(s)) = ev.event {
-            snap = Some(s);
-        }
-    }
-    snap.expect("a snapshot event")
+    common::checkpoint(
+        c,
+        common::harness::checkpoint_req(id, &[("app", app)], &["app"], 0, true),
+    )
+    .await
 }
 
 /// Waits for the restore job of `container` to finish; returns it.
@@ -176,12 +158,8 @@ async fn a_counter_restores_lazily_on_a_cold_node_and_counts_on() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let store = format!("file://{}", store_dir.display());
-    let (pa, pb_) = (
-        podsnap_testkit::moto::free_port().unwrap(),
-        podsnap_testkit::moto::free_port().unwrap(),
-    );
-    let a = daemon(dir.path(), "node-a", &store, &runsc, pa);
-    let b = daemon(dir.path(), "node-b", &store, &runsc, pb_);
+    let a = daemon(dir.path(), "node-a", &store, &runsc);
+    let b = daemon(dir.path(), "node-b", &store, &runsc);
 
     let id = unique_id("lazy-counter");
     let log = dir.path().join("counter.log");
@@ -212,7 +190,7 @@ async fn a_counter_restores_lazily_on_a_cold_node_and_counts_on() {
         "{job:?}"
     );
     // It took the lazy path: the image was mounted, and runsc restored in the background.
-    let m = metrics(pb_);
+    let m = b.metrics();
     assert_eq!(
         m.histogram_count(
             "podsnap_phase_duration_seconds",
@@ -313,20 +291,8 @@ async fn a_corrupt_page_stops_the_lazily_restored_sandbox_and_fails_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let store = format!("file://{}", store_dir.display());
-    let a = daemon(
-        dir.path(),
-        "node-a",
-        &store,
-        &runsc,
-        podsnap_testkit::moto::free_port().unwrap(),
-    );
-    let b = daemon(
-        dir.path(),
-        "node-b",
-        &store,
-        &runsc,
-        podsnap_testkit::moto::free_port().unwrap(),
-    );
+    let a = daemon(dir.path(), "node-a", &store, &runsc);
+    let b = daemon(dir.path(), "node-b", &store, &runsc);
 
     let id = unique_id("lazy-bad");
     let log = dir.path().join("counter.log");
@@ -412,9 +378,8 @@ async fn a_prepared_image_is_served_lazily_to_a_background_restore() {
     };
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file://{}", dir.path().join("store").display());
-    let port = || podsnap_testkit::moto::free_port().unwrap();
-    let a = daemon(dir.path(), "node-a", &store, &runsc, port());
-    let b = daemon(dir.path(), "node-b", &store, &runsc, port());
+    let a = daemon(dir.path(), "node-a", &store, &runsc);
+    let b = daemon(dir.path(), "node-b", &store, &runsc);
 
     let id = unique_id("lazy-prep");
     let log = dir.path().join("counter.log");
@@ -513,13 +478,7 @@ async fn a_prepare_without_background_pulls_the_whole_image() {
     };
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file://{}", dir.path().join("store").display());
-    let a = daemon(
-        dir.path(),
-        "node-a",
-        &store,
-        &runsc,
-        podsnap_testkit::moto::free_port().unwrap(),
-    );
+    let a = daemon(dir.path(), "node-a", &store, &runsc);
     let id = unique_id("eager-prep");
     let log = dir.path().join("counter.log");
     let _sb = CounterSandbox::start_on(
@@ -568,8 +527,7 @@ async fn a_daemon_killed_while_serving_a_prepared_image_fails_its_job_on_restart
     };
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file://{}", dir.path().join("store").display());
-    let port = || podsnap_testkit::moto::free_port().unwrap();
-    let a = daemon(dir.path(), "node-a", &store, &runsc, port());
+    let a = daemon(dir.path(), "node-a", &store, &runsc);
     let id = unique_id("lazy-kill");
     let log = dir.path().join("counter.log");
     let _sb = CounterSandbox::start_on(
@@ -584,7 +542,7 @@ async fn a_daemon_killed_while_serving_a_prepared_image_fails_its_job_on_restart
     wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
     let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-kill").await;
 
-    let mut b = daemon(dir.path(), "node-b", &store, &runsc, port());
+    let mut b = daemon(dir.path(), "node-b", &store, &runsc);
     let shim_root = dir.path().join("shim-root");
     let new_id = unique_id("lazy-killed");
     let prepared = client(&b)
@@ -603,7 +561,7 @@ async fn a_daemon_killed_while_serving_a_prepared_image_fails_its_job_on_restart
     assert!(lazy_mounted_at(&image));
 
     b.kill9();
-    let b = daemon(dir.path(), "node-b", &store, &runsc, port());
+    let b = daemon(dir.path(), "node-b", &store, &runsc);
     let job = finished_job(
         &mut client(&b).await,
         "prepare-restore",

@@ -7,9 +7,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::daemon::Daemon;
 use podsnap_proto::v1 as pb;
 use podsnap_proto::v1::podsnap_client::PodsnapClient;
-use podsnap_testkit::daemon::{Podsnapd, PodsnapdCmd};
+use podsnap_testkit::daemon::PodsnapdCmd;
 use podsnap_testkit::metrics::Exposition;
 use podsnap_testkit::runsc::{
     first_count, last_count, unique_id, wait_for_count, Bundle, CounterSandbox, Release, RunscCmd,
@@ -21,55 +22,23 @@ use tonic::transport::Channel;
 /// A controller's trace context, sent with every checkpoint.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// A podsnapd with its metrics on a free local port.
-struct Daemon {
-    p: Podsnapd,
-    metrics_port: u16,
-}
-
-impl std::ops::Deref for Daemon {
-    type Target = Podsnapd;
-    fn deref(&self) -> &Podsnapd {
-        &self.p
+/// A podsnapd (`name`, on `store`) with its metrics on a free local port, `env` in its
+/// environment and `args` on its command line.
+fn node(
+    dir: &Path,
+    name: &str,
+    store: &str,
+    env: &[(&'static str, String)],
+    args: &[String],
+) -> Daemon {
+    let mut cmd = PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, name).store(store);
+    for a in args {
+        cmd = cmd.arg(a.clone());
     }
-}
-
-impl Daemon {
-    fn start(dir: &Path, name: &str, store: &str, env: &[(&'static str, String)]) -> Daemon {
-        Daemon::start_with(dir, name, store, env, &[])
+    for (k, v) in env {
+        cmd = cmd.env(*k, v);
     }
-
-    fn start_with(
-        dir: &Path,
-        name: &str,
-        store: &str,
-        env: &[(&'static str, String)],
-        args: &[String],
-    ) -> Daemon {
-        let metrics_port = podsnap_testkit::moto::free_port().unwrap();
-        let mut cmd = PodsnapdCmd::new(env!("CARGO_BIN_EXE_podsnapd"), dir, name)
-            .store(store)
-            .arg(format!("--metrics-listen=127.0.0.1:{metrics_port}"));
-        for a in args {
-            cmd = cmd.arg(a.clone());
-        }
-        for (k, v) in env {
-            cmd = cmd.env(*k, v);
-        }
-        Daemon {
-            p: cmd.spawn(),
-            metrics_port,
-        }
-    }
-
-    async fn client(&self) -> PodsnapClient<Channel> {
-        podsnap_proto::client::podsnapd(&self.sock).await.unwrap()
-    }
-
-    /// Scrapes `/metrics` over HTTP and parses the exposition.
-    fn metrics(&self) -> Exposition {
-        Exposition::scrape(self.metrics_port)
-    }
+    Daemon::spawn(cmd)
 }
 
 async fn checkpoint(
@@ -98,11 +67,11 @@ async fn a_stopped_counter_resumes_on_a_second_node_sharing_an_s3_store() {
     let moto = podsnap_testkit::moto::Moto::start("podsnap-e2e").expect("moto starts");
     let dir = tempfile::tempdir().unwrap();
     let store = "s3://podsnap-e2e/snapshots";
-    let a = Daemon::start(dir.path(), "node-a", store, &moto.env());
+    let a = node(dir.path(), "node-a", store, &moto.env(), &[]);
     // Node B pulls the whole image before runsc restores (the metrics below count that
     // path's phases); where runsc has --background the default is a lazy restore, which
     // crates/podsnapd/tests/lazy.rs covers.
-    let b = Daemon::start_with(
+    let b = node(
         dir.path(),
         "node-b",
         store,
@@ -317,7 +286,7 @@ async fn checkpoint_with_resume_keeps_the_sandbox_running_and_restores_under_ano
     }
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file://{}", dir.path().join("store").display());
-    let a = Daemon::start(dir.path(), "node-r", &store, &[]);
+    let a = node(dir.path(), "node-r", &store, &[], &[]);
     let id = unique_id("e2e-resume");
     let log = dir.path().join("counter.log");
     let sb = CounterSandbox::start(&a.root, &id, &log, &[]).expect("counter starts");
@@ -383,9 +352,9 @@ async fn an_encrypted_snapshot_restores_only_on_a_node_holding_its_group_key() {
     )
     .unwrap();
     let with_key = [("PODSNAPD_KEY_DIR", keys.display().to_string())];
-    let a = Daemon::start(dir.path(), "node-ka", &store, &with_key);
-    let b = Daemon::start(dir.path(), "node-kb", &store, &with_key);
-    let c = Daemon::start(dir.path(), "node-kc", &store, &[]);
+    let a = node(dir.path(), "node-ka", &store, &with_key, &[]);
+    let b = node(dir.path(), "node-kb", &store, &with_key, &[]);
+    let c = node(dir.path(), "node-kc", &store, &[], &[]);
 
     let id = unique_id("e2e-sealed");
     let log = dir.path().join("counter.log");
@@ -491,7 +460,7 @@ async fn a_work_dir_that_fills_up_mid_checkpoint_fails_it_commits_nothing_and_th
     let work = dir.path().join("small-work");
     let _disk = SmallDisk::mount(&work, "1m");
     let store = format!("file://{}", dir.path().join("store").display());
-    let a = Daemon::start_with(
+    let a = node(
         dir.path(),
         "node-full",
         &store,
@@ -574,7 +543,7 @@ async fn a_checkpoint_that_leaves_the_sandbox_running_follows_runscs_write_only_
         ),
     ] {
         let store = format!("file://{}", dir.path().join(name).join("store").display());
-        let d = Daemon::start_with(dir.path(), name, &store, &[], &args);
+        let d = node(dir.path(), name, &store, &[], &args);
         let id = unique_id("e2e-follow");
         let log = dir.path().join(format!("counter-{name}.log"));
         let sb = CounterSandbox::start(&d.root, &id, &log, &[]).expect("counter starts");
