@@ -8,6 +8,8 @@
 //! passes its environment to the shim, the shim to its runsc): the test sets
 //! `PODSNAP_CONFIG` before starting its private containerd.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -163,7 +165,7 @@ fn annotated_container_comes_up_restored(t: &Case, wrapped_id: &str, wrapped_log
     let before = tk::last_count(wrapped_log).unwrap();
     c.remove(ns, wrapped_id);
     assert_eq!(task_status(c, ns, wrapped_id), None);
-    let _daemon = fake_daemon::serve(&s.join("podsnapd.sock"), "snap-counter", &image);
+    let _daemon = common::fake_daemon::serve(&s.join("podsnapd.sock"), "snap-counter", &image);
 
     let restored_id = tk::unique_id("restored");
     let restored_log = s.join("restored.log");
@@ -189,124 +191,4 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-mod fake_daemon {
-    //! PrepareRestore only: `ok` -> the image dir, anything else -> NOT_FOUND.
-
-    use std::path::Path;
-
-    use podsnap_proto::v1::podsnap_server::{Podsnap, PodsnapServer};
-    use podsnap_proto::v1::*;
-    use tonic::{Request, Response, Status};
-
-    struct Fake {
-        ok: String,
-        image_dir: String,
-    }
-
-    type Empty<T> = tokio_stream::Empty<Result<T, Status>>;
-
-    fn unimplemented<T>() -> Result<Response<T>, Status> {
-        Err(Status::unimplemented("fake daemon: PrepareRestore only"))
-    }
-
-    #[tonic::async_trait]
-    impl Podsnap for Fake {
-        type CheckpointStream = Empty<CheckpointEvent>;
-        type RestoreStream = Empty<RestoreEvent>;
-        type PrefetchStream = Empty<podsnap_proto::v1::PrefetchEvent>;
-        async fn prefetch(
-            &self,
-            _: Request<podsnap_proto::v1::PrefetchRequest>,
-        ) -> Result<Response<Self::PrefetchStream>, Status> {
-            unimplemented()
-        }
-        async fn checkpoint(
-            &self,
-            _: Request<CheckpointRequest>,
-        ) -> Result<Response<Self::CheckpointStream>, Status> {
-            unimplemented()
-        }
-        async fn restore(
-            &self,
-            _: Request<RestoreRequest>,
-        ) -> Result<Response<Self::RestoreStream>, Status> {
-            unimplemented()
-        }
-        async fn prepare_restore(
-            &self,
-            req: Request<PrepareRestoreRequest>,
-        ) -> Result<Response<PrepareRestoreResponse>, Status> {
-            let id = req.into_inner().snapshot_id;
-            if id == self.ok {
-                Ok(Response::new(PrepareRestoreResponse {
-                    image_dir: self.image_dir.clone(),
-                    ..Default::default()
-                }))
-            } else {
-                Err(Status::not_found(format!("snapshot {id} not found")))
-            }
-        }
-        async fn list_snapshots(
-            &self,
-            _: Request<ListSnapshotsRequest>,
-        ) -> Result<Response<ListSnapshotsResponse>, Status> {
-            unimplemented()
-        }
-        async fn get_snapshot(
-            &self,
-            _: Request<GetSnapshotRequest>,
-        ) -> Result<Response<Snapshot>, Status> {
-            unimplemented()
-        }
-        async fn delete_snapshot(
-            &self,
-            _: Request<DeleteSnapshotRequest>,
-        ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-            unimplemented()
-        }
-        async fn check_compatibility(
-            &self,
-            _: Request<CheckCompatibilityRequest>,
-        ) -> Result<Response<CheckCompatibilityResponse>, Status> {
-            unimplemented()
-        }
-        async fn get_node_info(
-            &self,
-            _: Request<GetNodeInfoRequest>,
-        ) -> Result<Response<NodeInfo>, Status> {
-            unimplemented()
-        }
-        async fn list_jobs(
-            &self,
-            _: Request<ListJobsRequest>,
-        ) -> Result<Response<ListJobsResponse>, Status> {
-            unimplemented()
-        }
-    }
-
-    /// Serves on `socket` from a background thread; the returned runtime handle keeps it up.
-    pub fn serve(socket: &Path, ok: &str, image_dir: &Path) -> std::thread::JoinHandle<()> {
-        let fake = Fake {
-            ok: ok.to_string(),
-            image_dir: image_dir.display().to_string(),
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(async { tokio::net::UnixListener::bind(socket) })
-            .unwrap();
-        std::thread::spawn(move || {
-            rt.block_on(async move {
-                let _ = tonic::transport::Server::builder()
-                    .add_service(PodsnapServer::new(fake))
-                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
-                    .await;
-            })
-        })
-    }
 }
