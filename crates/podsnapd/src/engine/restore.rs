@@ -332,33 +332,9 @@ impl Engine {
         std::fs::create_dir_all(&work)
             .map_err(|e| DaemonError::io(format!("creating {}", work.display()), e))?;
         let image_dir = work.join("image");
-        let against = match self.cfg.lazy_restore {
-            LazyRestore::Never => Some("lazy restores are off (--lazy-restore never)".to_string()),
-            _ => {
-                let info = self.runtime.info().await?;
-                eager_reason(
-                    info.capabilities.restore_background,
-                    &info.version.version,
-                    &m,
-                    containers.len(),
-                    podsnap_lazy::fuse_available(),
-                )
-            }
-        };
-        let mount = match against {
-            Some(reason) if self.cfg.lazy_restore == LazyRestore::Always => {
-                return Err(DaemonError::Unsupported(format!(
-                    "cannot restore {id} lazily (--lazy-restore always): {reason}"
-                )));
-            }
-            Some(reason) => {
-                info!(%reason, "pulling the whole image before runsc restore (not lazy)");
-                self.fetch(job, &m, &image_dir, PullFor::Restore, tx)
-                    .await?;
-                None
-            }
-            None => Some(self.mount_lazy(job, id, &image_dir, tx).await?),
-        };
+        let mount = self
+            .image_for_restore(job, &m, containers.len(), &image_dir, tx)
+            .await?;
 
         phase_update(job, tx, Phase::Restoring, "runsc restore");
         let log = spec.log.clone().unwrap_or_else(|| {
@@ -421,6 +397,46 @@ impl Engine {
             },
             mount,
         ))
+    }
+
+    /// The image a standalone restore reads: pulled whole into `image_dir`, or (`Some`) the
+    /// lazy mount there.
+    async fn image_for_restore(
+        &self,
+        job: &JobHandle,
+        m: &Manifest,
+        other_containers: usize,
+        image_dir: &Path,
+        tx: &Option<Updates>,
+    ) -> Result<Option<LazyMount>> {
+        let against = match self.cfg.lazy_restore {
+            LazyRestore::Never => Some("lazy restores are off (--lazy-restore never)".to_string()),
+            _ => {
+                let info = self.runtime.info().await?;
+                eager_reason(
+                    info.capabilities.restore_background,
+                    &info.version.version,
+                    m,
+                    other_containers,
+                    podsnap_lazy::fuse_available(),
+                )
+            }
+        };
+        let mount = match against {
+            Some(reason) if self.cfg.lazy_restore == LazyRestore::Always => {
+                return Err(DaemonError::Unsupported(format!(
+                    "cannot restore {} lazily (--lazy-restore always): {reason}",
+                    m.id
+                )));
+            }
+            Some(reason) => {
+                info!(%reason, "pulling the whole image before runsc restore (not lazy)");
+                self.fetch(job, m, image_dir, PullFor::Restore, tx).await?;
+                None
+            }
+            None => Some(self.mount_lazy(job, &m.id, image_dir, tx).await?),
+        };
+        Ok(mount)
     }
 
     /// The lazy path's "pull": the node's shared image of the snapshot (its small files local
