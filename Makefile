@@ -72,6 +72,7 @@ test-python:
 
 lint:
 	$(CARGO) fmt --all -- --check
+	python3 scripts/fn-length.py --max 100 crates
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
