@@ -304,6 +304,16 @@ impl Filesystem for ImageFs {
         let Some(file) = self.file(ino) else {
             return reply.error(Errno::ENOENT);
         };
+        // Local pages (the small files, and pages already fetched) are answered here: they
+        // need nothing from the runtime, whose workers may be blocked reading this mount.
+        match self.image.read_local(file, offset, size) {
+            Some(Ok(bytes)) => return reply.data(&bytes),
+            Some(Err(e)) => {
+                tracing::error!(offset, size, error = %e, "lazy read failed: answering EIO");
+                return reply.error(Errno::EIO);
+            }
+            None => {}
+        }
         let image = self.image.clone();
         self.rt.spawn(async move {
             match image.read(file, offset, size).await {

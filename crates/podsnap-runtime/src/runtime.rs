@@ -992,10 +992,18 @@ impl SandboxRuntime for RunscRuntime {
 
     async fn restore(&self, req: &RestoreRequest) -> Result<Restored, RuntimeError> {
         valid_id(&req.id)?;
-        image::read_image_dir_header(&req.image_dir).map_err(|source| RuntimeError::Image {
-            dir: req.image_dir.clone(),
-            source,
-        })?;
+        // Off the async workers: the image may be a mount served by this very process.
+        let dir = req.image_dir.clone();
+        tokio::task::spawn_blocking(move || image::read_image_dir_header(&dir))
+            .await
+            .map_err(|e| RuntimeError::Io {
+                context: format!("reading the header in {}", req.image_dir.display()),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| RuntimeError::Image {
+                dir: req.image_dir.clone(),
+                source,
+            })?;
         if !req.bundle.join("config.json").is_file() {
             return Err(RuntimeError::InvalidRequest(format!(
                 "bundle {} has no config.json",

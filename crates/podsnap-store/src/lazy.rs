@@ -327,6 +327,43 @@ impl LazyImage {
         new
     }
 
+    /// [`LazyImage::read`] without waiting: the bytes when every page of the range is local
+    /// already (the small files always are), `None` when one must be fetched first. Lets a
+    /// FUSE server answer such reads on its own thread, so they never wait for the async
+    /// runtime (whose workers may themselves be reading the mount).
+    pub fn read_local(
+        &self,
+        file: usize,
+        offset: u64,
+        len: u32,
+    ) -> Option<Result<Vec<u8>, Arc<StoreError>>> {
+        let pf = self.inner.files.get(file)?;
+        let size = pf.index.file_size;
+        if offset >= size || len == 0 {
+            return Some(Ok(Vec::new()));
+        }
+        let end = (offset + len as u64).min(size);
+        let (first, last) = (offset / PAGE_SIZE as u64, (end - 1) / PAGE_SIZE as u64);
+        let pages = &self.inner.page_blob[file][first as usize..=last as usize];
+        {
+            let st = self.inner.state.lock().expect("lazy state lock");
+            let all_local = pages
+                .iter()
+                .all(|&b| b == ZERO || matches!(st.blobs[b as usize], BlobState::Done));
+            if !all_local {
+                return None;
+            }
+        }
+        self.record_access(file, first, last);
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let f = pf.file.as_ref().expect("lazy files are open");
+        Some(
+            f.read_exact_at(&mut buf, offset)
+                .map(|()| buf)
+                .map_err(|e| Arc::new(StoreError::io("read", &pf.dest, e))),
+        )
+    }
+
     /// Reads up to `len` bytes of file `file` at `offset` (fewer at the end of the file), every
     /// page verified. Pages that are not local yet are fetched first.
     pub async fn read(

@@ -577,3 +577,69 @@ async fn a_daemon_killed_while_serving_a_prepared_image_fails_its_job_on_restart
     );
     assert!(!lazy_mounted_at(&image), "the dead mount was left");
 }
+
+/// Many from one: four lazy restores of one snapshot at once on a cold node (as a warm pool
+/// fills) each bring their own counter back, and the node downloads the snapshot about once.
+/// Also the regression test of a deadlock: the runtime's workers read the image header through
+/// the mount while the FUSE server needed a worker to answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lazy_restores_of_one_snapshot_share_its_download() {
+    let test = "concurrent_lazy_restores_of_one_snapshot_share_its_download";
+    let Some(runsc) = runsc_2026(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().join("store").display());
+    let a = daemon(dir.path(), "node-a", &store, &runsc);
+    let b = daemon(dir.path(), "node-b", &store, &runsc);
+    let id = unique_id("lazy-many");
+    let log = dir.path().join("counter.log");
+    // ~32 MiB of random text in the shell's memory: pages worth sharing.
+    let script = r#"x=$(head -c 24000000 /dev/urandom | base64); i=0; while :; do echo "Count: $i"; i=$((i+1)); sleep 1; done"#;
+    let sb = CounterSandbox::start_on(
+        Release::R2026,
+        &a.root,
+        &id,
+        &log,
+        &[],
+        Bundle::with_args(&["/bin/sh", "-c", script]).unwrap(),
+    )
+    .expect("counter starts");
+    wait_for_count(&log, 2, Duration::from_secs(90)).unwrap();
+    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-many").await;
+    let before = last_count(&log).unwrap();
+
+    let ids: Vec<String> = (0..4)
+        .map(|i| unique_id(&format!("lazy-many-{i}")))
+        .collect();
+    let restores = ids.iter().map(|new_id| {
+        let (snap, bundle) = (snap.id.clone(), sb.bundle.path().to_path_buf());
+        let rlog = dir.path().join(format!("{new_id}.log"));
+        let sock = b.sock.clone();
+        async move {
+            let mut c = podsnap_proto::client::podsnapd(&sock).await.unwrap();
+            restore_waiting(&mut c, &snap, &bundle, new_id, &rlog).await
+        }
+    });
+    for (new_id, (restored, end)) in ids.iter().zip(futures::future::join_all(restores).await) {
+        end.unwrap_or_else(|e| panic!("restore of {new_id}: {e:?}"));
+        assert!(
+            restored.is_some_and(|r| r.lazy),
+            "{new_id} was not restored lazily"
+        );
+        let rlog = dir.path().join(format!("{new_id}.log"));
+        wait_for_count(&rlog, before + 1, Duration::from_secs(60)).unwrap();
+    }
+    let m = b.metrics();
+    let downloaded = m
+        .counter("podsnap_bytes", &[("direction", "downloaded")])
+        .unwrap_or(0.0);
+    let stored = snap.uploaded_bytes as f64;
+    assert!(
+        downloaded > 0.0 && downloaded <= 1.1 * stored,
+        "4 restores downloaded {downloaded} bytes of a snapshot that stored {stored}"
+    );
+    for new_id in &ids {
+        RunscCmd::of(Release::R2026, &b.root).force_delete(new_id);
+    }
+}
