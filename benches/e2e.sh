@@ -7,6 +7,8 @@
 #   BENCH_E2E_ROUNDS   rounds, each checkpointing and restoring every case once (default 3)
 #   BENCH_E2E_S3       1 adds podsnapd against S3 (moto) as a third case (default 0)
 #   BENCH_E2E_NOCACHE  1 adds podsnapd with its node page cache off, file:// store (default 0)
+#   BENCH_E2E_RUNSC    the runsc to run it all on, a file named runsc (default: runsc on PATH;
+#                      /opt/podsnap/gvisor/runsc is the 2026 build: lazy restores)
 #   BENCH_E2E_RESULTS  report (default benches/results/e2e-latest.md, plus a .json of the rows)
 #   BENCH_DIR          scratch directory (default: a new /tmp/podsnap-e2e.XXXXXX, removed after)
 #   BENCH_KEEP=1       keep the scratch directory
@@ -33,7 +35,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== load before the run: $(uptime)" >&2
+if [ -n "${BENCH_E2E_RUNSC:-}" ]; then
+  # Its directory first on PATH (the harness's runsc and podsnapd's both).
+  [ "$(basename "$BENCH_E2E_RUNSC")" = runsc ] || { echo "BENCH_E2E_RUNSC must name a file called runsc" >&2; exit 1; }
+  export PATH="$(dirname "$(readlink -f "$BENCH_E2E_RUNSC")"):$PATH"
+fi
+echo "== load before the run: $(uptime); $(runsc --version | head -n 1)" >&2
 python3 "$here/e2e.py" --bin "$tdir/release" --dir "$D" \
   --mib "${BENCH_E2E_MIB:-1024}" --rounds "${BENCH_E2E_ROUNDS:-3}" --s3 "${BENCH_E2E_S3:-0}" \
   --nocache "${BENCH_E2E_NOCACHE:-0}" \
