@@ -33,6 +33,8 @@ if [ -n "${BENCH_DIR:-}" ]; then D=$BENCH_DIR; mkdir -p "$D"; own_dir=0
 else D=$(mktemp -d /tmp/podsnap-down.XXXXXX); own_dir=1; fi
 cleanup() {
   if [ "${BENCH_KEEP:-0}" != 1 ]; then
+    # runsc 2026 leaves a bind mount (null-netns) in every --root it used.
+    grep -F " $D/" /proc/self/mountinfo | awk '{print $5}' | xargs -r -n1 umount -l 2>/dev/null
     if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D/downtime"; fi
   fi
 }

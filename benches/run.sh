@@ -59,6 +59,8 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if [ -n "$sandbox" ]; then runsc --root "$runsc_root" --network=none delete --force "$sandbox" >/dev/null 2>&1; fi
   if [ "${BENCH_KEEP:-0}" != 1 ]; then
+    # runsc 2026 leaves a bind mount (null-netns) in every --root it used.
+    grep -F " $D/" /proc/self/mountinfo | awk '{print $5}' | xargs -r -n1 umount -l 2>/dev/null
     if [ "$own_dir" = 1 ]; then rm -rf "$D"; else rm -rf "$D"/{data,ps,ps1,tz,tz1,rr,out,real,bundle,runsc-root,e2e,incr,coldstart,downtime}; fi
   fi
 }
