@@ -61,6 +61,44 @@ async fn checkpoint_stop(c: &mut PodsnapClient<Channel>, id: &str, app: &str) ->
     .await
 }
 
+/// A counter (`bundle`) started on node `a`, counting past `min`, then checkpointed with
+/// `--stop` in group `app=<app>`: the sandbox (for its bundle), the snapshot, and the last
+/// count before the checkpoint.
+async fn checkpointed_counter(
+    a: &Podsnapd,
+    dir: &Path,
+    app: &str,
+    bundle: Bundle,
+    min: u64,
+) -> (CounterSandbox, pb::Snapshot, u64) {
+    let id = unique_id(app);
+    let log = dir.join(format!("{app}.log"));
+    let sb = CounterSandbox::start_on(Release::R2026, &a.root, &id, &log, &[], bundle)
+        .expect("counter starts");
+    wait_for_count(&log, min, Duration::from_secs(90)).unwrap();
+    let snap = checkpoint_stop(&mut client(a).await, &id, app).await;
+    (sb, snap, last_count(&log).unwrap())
+}
+
+/// PrepareRestore of `snapshot` for `container`, which runs under runsc root `root`.
+async fn prepare(
+    c: &mut PodsnapClient<Channel>,
+    snapshot: &str,
+    container: &str,
+    root: &Path,
+    background: bool,
+) -> pb::PrepareRestoreResponse {
+    c.prepare_restore(pb::PrepareRestoreRequest {
+        snapshot_id: snapshot.into(),
+        container_id: container.into(),
+        runsc_root: root.display().to_string(),
+        background,
+    })
+    .await
+    .expect("prepare succeeds")
+    .into_inner()
+}
+
 /// Waits for the restore job of `container` to finish; returns it.
 async fn finished_restore_job(
     c: &mut PodsnapClient<Channel>,
@@ -161,14 +199,14 @@ async fn a_counter_restores_lazily_on_a_cold_node_and_counts_on() {
     let a = daemon(dir.path(), "node-a", &store, &runsc);
     let b = daemon(dir.path(), "node-b", &store, &runsc);
 
-    let id = unique_id("lazy-counter");
-    let log = dir.path().join("counter.log");
-    let bundle = Bundle::counter().unwrap();
-    let sb = CounterSandbox::start_on(Release::R2026, &a.root, &id, &log, &[], bundle)
-        .expect("counter starts");
-    wait_for_count(&log, 3, Duration::from_secs(30)).unwrap();
-    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-counter").await;
-    let before = last_count(&log).unwrap();
+    let (sb, snap, before) = checkpointed_counter(
+        &a,
+        dir.path(),
+        "lazy-counter",
+        Bundle::counter().unwrap(),
+        3,
+    )
+    .await;
 
     let mut cb = client(&b).await;
     let new_id = unique_id("lazy-restored");
@@ -294,22 +332,17 @@ async fn a_corrupt_page_stops_the_lazily_restored_sandbox_and_fails_the_job() {
     let a = daemon(dir.path(), "node-a", &store, &runsc);
     let b = daemon(dir.path(), "node-b", &store, &runsc);
 
-    let id = unique_id("lazy-bad");
-    let log = dir.path().join("counter.log");
     // ~32 MiB of random text in the shell's memory, so that pages.img has pages runsc does
     // not need to restore the kernel and the counter.
     let script = r#"echo "Count: 0"; x=$(head -c 24000000 /dev/urandom | base64); i=1; while :; do echo "Count: $i"; i=$((i+1)); sleep 1; done"#;
-    let sb = CounterSandbox::start_on(
-        Release::R2026,
-        &a.root,
-        &id,
-        &log,
-        &[],
+    let (sb, snap, _before) = checkpointed_counter(
+        &a,
+        dir.path(),
+        "lazy-bad",
         Bundle::with_args(&["/bin/sh", "-c", script]).unwrap(),
+        2,
     )
-    .expect("counter starts");
-    wait_for_count(&log, 2, Duration::from_secs(90)).unwrap();
-    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-bad").await;
+    .await;
 
     // Flip the bytes of pages.img's last blob (stored in a pack it may share).
     let blobs = pages_only_blobs(&store_dir, &snap.id);
@@ -381,30 +414,15 @@ async fn a_prepared_image_is_served_lazily_to_a_background_restore() {
     let a = daemon(dir.path(), "node-a", &store, &runsc);
     let b = daemon(dir.path(), "node-b", &store, &runsc);
 
-    let id = unique_id("lazy-prep");
-    let log = dir.path().join("counter.log");
-    let bundle = Bundle::counter().unwrap();
-    let sb = CounterSandbox::start_on(Release::R2026, &a.root, &id, &log, &[], bundle)
-        .expect("counter starts");
-    wait_for_count(&log, 3, Duration::from_secs(30)).unwrap();
-    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-prep").await;
-    let before = last_count(&log).unwrap();
+    let (sb, snap, before) =
+        checkpointed_counter(&a, dir.path(), "lazy-prep", Bundle::counter().unwrap(), 3).await;
 
     // The shim's root, not node B's daemon root: podsnapd follows the sandbox there.
     let shim_root = dir.path().join("shim-root");
     std::fs::create_dir_all(&shim_root).unwrap();
     let new_id = unique_id("lazy-prepared");
     let mut cb = client(&b).await;
-    let prepared = cb
-        .prepare_restore(pb::PrepareRestoreRequest {
-            snapshot_id: snap.id.clone(),
-            container_id: new_id.clone(),
-            runsc_root: shim_root.display().to_string(),
-            background: true,
-        })
-        .await
-        .expect("prepare succeeds")
-        .into_inner();
+    let prepared = prepare(&mut cb, &snap.id, &new_id, &shim_root, true).await;
     assert!(prepared.lazy, "{prepared:?}");
     let image = PathBuf::from(&prepared.image_dir);
     assert!(
@@ -479,30 +497,10 @@ async fn a_prepare_without_background_pulls_the_whole_image() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file://{}", dir.path().join("store").display());
     let a = daemon(dir.path(), "node-a", &store, &runsc);
-    let id = unique_id("eager-prep");
-    let log = dir.path().join("counter.log");
-    let _sb = CounterSandbox::start_on(
-        Release::R2026,
-        &a.root,
-        &id,
-        &log,
-        &[],
-        Bundle::counter().unwrap(),
-    )
-    .expect("counter starts");
-    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    let (_sb, snap, _before) =
+        checkpointed_counter(&a, dir.path(), "eager-prep", Bundle::counter().unwrap(), 2).await;
     let mut ca = client(&a).await;
-    let snap = checkpoint_stop(&mut ca, &id, "eager-prep").await;
-    let prepared = ca
-        .prepare_restore(pb::PrepareRestoreRequest {
-            snapshot_id: snap.id.clone(),
-            container_id: "eager-c".into(),
-            runsc_root: a.root.display().to_string(),
-            background: false,
-        })
-        .await
-        .expect("prepare succeeds")
-        .into_inner();
+    let prepared = prepare(&mut ca, &snap.id, "eager-c", &a.root, false).await;
     assert!(!prepared.lazy, "{prepared:?}");
     let image = PathBuf::from(&prepared.image_dir);
     assert!(!lazy_mounted_at(&image));
@@ -528,34 +526,13 @@ async fn a_daemon_killed_while_serving_a_prepared_image_fails_its_job_on_restart
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file://{}", dir.path().join("store").display());
     let a = daemon(dir.path(), "node-a", &store, &runsc);
-    let id = unique_id("lazy-kill");
-    let log = dir.path().join("counter.log");
-    let _sb = CounterSandbox::start_on(
-        Release::R2026,
-        &a.root,
-        &id,
-        &log,
-        &[],
-        Bundle::counter().unwrap(),
-    )
-    .expect("counter starts");
-    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
-    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-kill").await;
+    let (_sb, snap, _before) =
+        checkpointed_counter(&a, dir.path(), "lazy-kill", Bundle::counter().unwrap(), 2).await;
 
     let mut b = daemon(dir.path(), "node-b", &store, &runsc);
     let shim_root = dir.path().join("shim-root");
     let new_id = unique_id("lazy-killed");
-    let prepared = client(&b)
-        .await
-        .prepare_restore(pb::PrepareRestoreRequest {
-            snapshot_id: snap.id.clone(),
-            container_id: new_id.clone(),
-            runsc_root: shim_root.display().to_string(),
-            background: true,
-        })
-        .await
-        .expect("prepare succeeds")
-        .into_inner();
+    let prepared = prepare(&mut client(&b).await, &snap.id, &new_id, &shim_root, true).await;
     assert!(prepared.lazy, "{prepared:?}");
     let image = PathBuf::from(&prepared.image_dir);
     assert!(lazy_mounted_at(&image));
@@ -592,22 +569,16 @@ async fn concurrent_lazy_restores_of_one_snapshot_share_its_download() {
     let store = format!("file://{}", dir.path().join("store").display());
     let a = daemon(dir.path(), "node-a", &store, &runsc);
     let b = daemon(dir.path(), "node-b", &store, &runsc);
-    let id = unique_id("lazy-many");
-    let log = dir.path().join("counter.log");
     // ~32 MiB of random text in the shell's memory: pages worth sharing.
     let script = r#"x=$(head -c 24000000 /dev/urandom | base64); i=0; while :; do echo "Count: $i"; i=$((i+1)); sleep 1; done"#;
-    let sb = CounterSandbox::start_on(
-        Release::R2026,
-        &a.root,
-        &id,
-        &log,
-        &[],
+    let (sb, snap, before) = checkpointed_counter(
+        &a,
+        dir.path(),
+        "lazy-many",
         Bundle::with_args(&["/bin/sh", "-c", script]).unwrap(),
+        2,
     )
-    .expect("counter starts");
-    wait_for_count(&log, 2, Duration::from_secs(90)).unwrap();
-    let snap = checkpoint_stop(&mut client(&a).await, &id, "lazy-many").await;
-    let before = last_count(&log).unwrap();
+    .await;
 
     let ids: Vec<String> = (0..4)
         .map(|i| unique_id(&format!("lazy-many-{i}")))
