@@ -509,6 +509,7 @@ impl Podsnap for Service {
                 .unwrap_or_default(),
             cache_max_bytes: e.store().cache().map_or(0, |c| c.max_bytes()),
             cache_bytes: e.store().cache().map_or(0, |c| c.stats().bytes),
+            cached_snapshots: e.cached_snapshots().await,
         }))
     }
 

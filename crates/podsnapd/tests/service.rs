@@ -419,6 +419,8 @@ async fn node_info_and_jobs_report_this_node() {
         podsnap_cpu::host().unwrap().features
     );
     assert!(info.runsc.is_some());
+    // The checkpoint linked its image into the page cache: the snapshot's pages are here.
+    assert_eq!(info.cached_snapshots, [snap.id.clone()]);
     let jobs = h
         .client
         .list_jobs(pb::ListJobsRequest {})

@@ -20,6 +20,7 @@
 //! operation runs through [`Engine::operation`]: its span, the in-flight gauge and the
 //! operation's duration and outcome.
 
+mod cached;
 mod checkpoint;
 mod compat;
 mod locks;
@@ -78,6 +79,8 @@ pub struct Engine {
     transfers: Arc<tokio::sync::Semaphore>,
     /// The lazy images this node serves, one per snapshot (`restore.rs`, lazy path).
     lazy: podsnap_lazy::Registry,
+    /// Snapshots' page-cache keys, for `cached_snapshots` (`cached.rs`).
+    cache_keys: cached::CacheKeys,
 }
 
 /// Below the state dir, beside the work dir: the local files and mounts of lazy images. Not
@@ -223,6 +226,7 @@ impl Engine {
             locks: Locks::default(),
             transfers: Arc::new(tokio::sync::Semaphore::new(max_transfers)),
             lazy,
+            cache_keys: Default::default(),
         })
     }
 
