@@ -311,6 +311,8 @@ def test_controller_rbac_covers_what_it_calls_and_no_more():
                  ("podsnapshot.gke.io", "podsnapshots", "create"),
                  ("podsnapshot.gke.io", "podsnapshots", "delete"),
                  ("", "pods/status", "patch"), ("", "nodes", "get"), ("", "events", "list"),
+                 # Placement: the node controller watches Nodes and publishes their facts.
+                 ("", "nodes", "watch"), ("", "nodes", "patch"),
                  ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
                  # postCheckpoint: stop deletes the checkpointed pod (the kubelet would restart
                  # it fresh otherwise).

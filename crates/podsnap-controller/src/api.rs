@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, ObjectReference, Pod, PodCondition};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -108,6 +108,15 @@ pub trait Cluster: Send + Sync {
     async fn set_finalizers(&self, s: &PodSnapshot, finalizers: Vec<String>) -> Result<(), Error>;
     /// Publishes an Event about `obj`. Never fails a reconcile: a lost Event is logged.
     async fn publish(&self, obj: &ObjectReference, note: Note);
+    /// Every Node.
+    async fn nodes(&self) -> Result<Vec<Node>, Error>;
+    /// Sets labels and annotations on a Node (a merge patch: others are kept).
+    async fn patch_node_metadata(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), Error>;
 }
 
 /// The outcome of starting a checkpoint on a node: podsnapd's job (it runs on when the
@@ -124,6 +133,8 @@ pub enum Started {
 pub trait NodeApi: Send + Sync {
     /// The store URL the node's podsnapd serves.
     async fn store_url(&self, node: &str, tp: &str) -> Result<String, Error>;
+    /// What the node's podsnapd says of its node (`GetNodeInfo`).
+    async fn node_info(&self, node: &str, tp: &str) -> Result<pb::NodeInfo, Error>;
     /// Starts a checkpoint and returns as soon as podsnapd names its job.
     async fn start_checkpoint(
         &self,
@@ -360,6 +371,26 @@ impl Cluster for KubeCluster {
             ))),
             r => gone_is_ok(r),
         }
+    }
+
+    async fn nodes(&self) -> Result<Vec<Node>, Error> {
+        Ok(Api::<Node>::all(self.client.clone())
+            .list(&Default::default())
+            .await?
+            .items)
+    }
+
+    async fn patch_node_metadata(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let patch = json!({ "metadata": { "labels": labels, "annotations": annotations } });
+        Api::<Node>::all(self.client.clone())
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
     }
 
     async fn publish(&self, obj: &ObjectReference, note: Note) {

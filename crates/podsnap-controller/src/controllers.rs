@@ -1,6 +1,7 @@
-//! The three `kube::runtime::Controller`s, one per kind, over the reconcilers: triggers
+//! The four `kube::runtime::Controller`s, one per kind, over the reconcilers: triggers
 //! ([`crate::trigger`]), PodSnapshots ([`crate::snapshot`]) and restoring pods (those
-//! labelled `podsnap.dev/restore=true`, [`crate::restore`]). Each reconcile that fails goes
+//! labelled `podsnap.dev/restore=true`, [`crate::restore`]) and Nodes ([`crate::node`]: their
+//! published facts). Each reconcile that fails goes
 //! through [`error_policy`]: the requeue depends on the error ([`crate::error::Backoff`]),
 //! and a success resets the object's backoff.
 
@@ -8,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource};
@@ -16,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use crate::crd::{PodSnapshot, PodSnapshotManualTrigger};
-use crate::{restore, snapshot, trigger, Ctx, Error};
+use crate::{node, restore, snapshot, trigger, Ctx, Error};
 
 /// The backoff key of an object: its uid (a new object of the same name starts afresh).
 fn key<K: Resource>(obj: &K) -> String {
@@ -79,7 +80,7 @@ async fn log_errors<T, E: std::fmt::Display>(s: impl Stream<Item = Result<T, E>>
     .await
 }
 
-/// The three controllers; the future ends only if one of them stops.
+/// The four controllers; the future ends only if one of them stops.
 pub async fn run_all(client: Client, ctx: Ctx) -> &'static str {
     let triggers = run(
         Api::<PodSnapshotManualTrigger>::all(client.clone()),
@@ -95,6 +96,13 @@ pub async fn run_all(client: Client, ctx: Ctx) -> &'static str {
         ctx.clone(),
         "snapshot",
     );
+    let nodes = run(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        node::reconcile_node,
+        ctx.clone(),
+        "node",
+    );
     let pods = run(
         Api::<Pod>::all(client),
         watcher::Config::default().labels(&format!("{}=true", restore::RESTORE_LABEL)),
@@ -106,5 +114,6 @@ pub async fn run_all(client: Client, ctx: Ctx) -> &'static str {
         _ = triggers => "the trigger controller",
         _ = snapshots => "the snapshot controller",
         _ = pods => "the pod controller",
+        _ = nodes => "the node controller",
     }
 }

@@ -12,8 +12,11 @@
 //!   [`trigger`] (`PodSnapshotManualTrigger` -> a checkpoint job on the pod's node, polled
 //!   until it ends -> a Ready `PodSnapshot`, retention), [`snapshot`] (`PodSnapshot`
 //!   deletion reaches the store), [`restore`] (the admission decision that points a new pod
-//!   at its snapshot, and its `PodRestored` condition from the node's restore job).
-//! - [`controllers`]: the three `kube::runtime::Controller`s over those reconcilers;
+//!   at its snapshot, and its `PodRestored` condition from the node's restore job), [`node`]
+//!   (each node's facts from its podsnapd, published on the Node).
+//! - [`placement`]: which nodes can run a snapshot and which hold its pages; the webhook
+//!   puts that on a restoring pod as node affinity.
+//! - [`controllers`]: the four `kube::runtime::Controller`s over those reconcilers;
 //!   [`webhook`]: the HTTPS server and its registration; [`election`]: one active controller.
 
 pub mod api;
@@ -23,7 +26,9 @@ pub mod crd;
 pub mod election;
 pub mod error;
 pub mod model;
+pub mod node;
 pub mod nodes;
+pub mod placement;
 pub mod restore;
 pub mod snapshot;
 pub mod trigger;

@@ -208,6 +208,10 @@ impl Nodes {
 #[async_trait::async_trait]
 impl NodeApi for Nodes {
     async fn store_url(&self, node: &str, tp: &str) -> Result<String, Error> {
+        Ok(self.node_info(node, tp).await?.store_url)
+    }
+
+    async fn node_info(&self, node: &str, tp: &str) -> Result<pb::NodeInfo, Error> {
         let nc = self.connect(node, tp).await?;
         let info = nc
             .client
@@ -215,7 +219,7 @@ impl NodeApi for Nodes {
             .get_node_info(nc.request(pb::GetNodeInfoRequest {}))
             .await
             .map_err(|s| nc.error("node info", &s))?;
-        Ok(info.into_inner().store_url)
+        Ok(info.into_inner())
     }
 
     async fn start_checkpoint(

@@ -29,11 +29,12 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use podsnap_proto::v1 as pb;
 use serde_json::{json, Value};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::Note;
 use crate::conditions;
 use crate::model::{self, *};
+use crate::placement;
 use crate::{Ctx, Error};
 
 /// The label the webhook puts on restoring pods (what the pod reconciler watches).
@@ -45,7 +46,14 @@ pub enum Decision {
     /// Not ours: admit unchanged.
     Fresh,
     /// Admit with this JSON patch (RFC 6902 operations).
-    Restore { snapshot: String, patch: Vec<Value> },
+    Restore {
+        /// The PodSnapshot's name.
+        snapshot: String,
+        patch: Vec<Value>,
+        /// The stored snapshot's id, and the node that took it.
+        id: String,
+        source_node: Option<String>,
+    },
     /// Refuse the pod, saying why.
     Deny(String),
 }
@@ -85,8 +93,36 @@ pub fn restore_patch(pod: &Pod, ps_name: &str, id: &str) -> Vec<Value> {
     ops
 }
 
-/// Decides for a pod being created in `ns` (see the module docs).
+/// Decides for a pod being created in `ns` (see the module docs), with the placement of a
+/// restoring pod ([`crate::placement`]). A placement that cannot be worked out (no node
+/// answers for the snapshot) leaves the pod unconstrained, as before placement existed.
 pub async fn decide(ctx: &Ctx, pod: &Pod, ns: &str) -> Result<Decision, Error> {
+    let mut d = choose(ctx, pod, ns).await?;
+    if let Decision::Restore {
+        patch,
+        id,
+        source_node,
+        snapshot,
+    } = &mut d
+    {
+        match placement::plan(ctx, id, source_node.as_deref()).await {
+            Ok(Some((needs, p))) => {
+                if p.fit.is_empty() {
+                    warn!(namespace = %ns, %snapshot, refused = ?p.refused, "no node can restore this snapshot");
+                }
+                patch.extend(placement::affinity_ops(pod, &needs, &p));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(namespace = %ns, %snapshot, error = %e, "cannot place the restoring pod; admitting it unconstrained")
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// Which snapshot, if any, a pod restores from.
+async fn choose(ctx: &Ctx, pod: &Pod, ns: &str) -> Result<Decision, Error> {
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     if annotations.contains_key(RESTORE_FROM_ANNOTATION) {
         // podsnap's own contract, set by the user: nothing to add.
@@ -104,6 +140,8 @@ pub async fn decide(ctx: &Ctx, pod: &Pod, ns: &str) -> Result<Decision, Error> {
                 Decision::Restore {
                     snapshot: ps.clone(),
                     patch: restore_patch(pod, ps, &id),
+                    source_node: s.status.as_ref().and_then(|st| st.node_name.clone()),
+                    id,
                 }
             }
             _ => Decision::Deny(format!(
@@ -134,6 +172,8 @@ pub async fn decide(ctx: &Ctx, pod: &Pod, ns: &str) -> Result<Decision, Error> {
             Decision::Restore {
                 patch: restore_patch(pod, &name, &id),
                 snapshot: name,
+                source_node: s.status.as_ref().and_then(|st| st.node_name.clone()),
+                id,
             }
         }
         None => Decision::Fresh,
@@ -215,6 +255,9 @@ impl<'a> Restoring<'a> {
 
 /// Sets `PodRestored` on restoring pods from their node's restore job (see the module docs).
 pub async fn reconcile_pod(pod: Arc<Pod>, ctx: Ctx) -> Result<Action, Error> {
+    if let Some(why) = unplaceable(&pod) {
+        return no_compatible_node(&pod, why, &ctx).await;
+    }
     let Some(r) = Restoring::of(&pod) else {
         return Ok(Action::await_change()); // not restoring, or not scheduled yet
     };
@@ -260,6 +303,55 @@ pub async fn reconcile_pod(pod: Arc<Pod>, ctx: Ctx) -> Result<Action, Error> {
     } else {
         Action::requeue(RECHECK)
     })
+}
+
+/// What each node lacks, for a restoring pod that the webhook found no node for and that is
+/// still unscheduled.
+fn unplaceable(pod: &Pod) -> Option<&str> {
+    let unscheduled = pod.spec.as_ref().is_none_or(|s| s.node_name.is_none());
+    let why = pod
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(placement::NO_COMPATIBLE_NODE_ANNOTATION)?;
+    unscheduled.then_some(why.as_str())
+}
+
+/// `PodRestored=False/NoCompatibleNode` and a Warning Event naming what each node lacks,
+/// once (the condition, when it already says so, is not written again).
+async fn no_compatible_node(pod: &Pod, why: &str, ctx: &Ctx) -> Result<Action, Error> {
+    let conds = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let ps = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PS_NAME_ANNOTATION))
+        .cloned()
+        .unwrap_or_default();
+    let message = format!(
+        "no node can restore PodSnapshot {ps}: {why}; the pod stays Pending (create it again once a node that can run the snapshot is in the cluster)"
+    );
+    let reason = placement::NO_COMPATIBLE_NODE;
+    let c = conditions::pod_condition(
+        &conds,
+        POD_RESTORED,
+        false,
+        reason,
+        &message,
+        pod.metadata.generation,
+    );
+    if let Some(c) = c {
+        let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        info!(pod = %name, snapshot = %ps, "no compatible node");
+        ctx.cluster.patch_pod_condition(&ns, &name, &c).await?;
+        let note = Note::warning(reason, "Place", message);
+        ctx.cluster.publish(&pod.object_ref(&()), note).await;
+    }
+    Ok(Action::await_change())
 }
 
 /// The verdict from the node's job, and from the pod's Warning events only for what the

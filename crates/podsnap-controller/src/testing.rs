@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Resource, ResourceExt};
 use podsnap_proto::v1 as pb;
@@ -43,6 +43,11 @@ pub struct State {
     pub start_answer: Option<Result<Started, Error>>,
     /// Calls that fail (by method name), each entry once.
     pub fail: Vec<(&'static str, Error)>,
+    /// The cluster's Nodes, by name.
+    pub nodes: BTreeMap<String, Node>,
+    /// What each node's podsnapd answers to GetNodeInfo (a node up without one answers a
+    /// default NodeInfo).
+    pub node_info: BTreeMap<String, pb::NodeInfo>,
 }
 
 #[derive(Clone, Default)]
@@ -369,6 +374,32 @@ impl Cluster for Fake {
             .events
             .push((obj.name.clone().unwrap_or_default(), note));
     }
+
+    async fn nodes(&self) -> Result<Vec<Node>, Error> {
+        self.check("nodes")?;
+        Ok(self.state().nodes.values().cloned().collect())
+    }
+
+    async fn patch_node_metadata(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        self.check("patch_node_metadata")?;
+        let mut s = self.state();
+        s.writes.push(format!("node/{name}"));
+        let n = s.nodes.get_mut(name).expect("node");
+        n.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .extend(labels.clone());
+        n.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .extend(annotations.clone());
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -377,6 +408,13 @@ impl NodeApi for Fake {
         self.check("store_url")?;
         self.node_up(node)?;
         Ok(self.state().node_store[node].clone())
+    }
+
+    async fn node_info(&self, node: &str, _tp: &str) -> Result<pb::NodeInfo, Error> {
+        self.check("node_info")?;
+        self.node_up(node)?;
+        let s = self.state();
+        Ok(s.node_info.get(node).cloned().unwrap_or_default())
     }
 
     async fn start_checkpoint(

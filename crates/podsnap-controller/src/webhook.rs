@@ -152,7 +152,9 @@ async fn mutate(
     };
     let resp = match decide(&ctx, &pod, &ns).await {
         Ok(Decision::Fresh) => with_ops(resp, ops),
-        Ok(Decision::Restore { snapshot, patch }) => {
+        Ok(Decision::Restore {
+            snapshot, patch, ..
+        }) => {
             info!(namespace = %ns, pod = ?pod.metadata.name.as_ref().or(pod.metadata.generate_name.as_ref()), %snapshot, "pod will restore");
             ops.extend(patch);
             with_ops(resp, ops)
