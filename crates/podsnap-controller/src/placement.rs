@@ -47,6 +47,8 @@ pub const NO_NODE_LABEL: &str = "podsnap.dev/no-node-can-restore";
 pub const NO_COMPATIBLE_NODE: &str = "NoCompatibleNode";
 /// Weight of the preferred term for nodes holding the snapshot's pages.
 pub const CACHE_WEIGHT: i32 = 100;
+/// How long the webhook waits for [`plan`] (the webhook's own deadline is 5 s).
+pub const PLAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a node published (from its annotations and label).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -94,8 +94,10 @@ pub fn restore_patch(pod: &Pod, ps_name: &str, id: &str) -> Vec<Value> {
 }
 
 /// Decides for a pod being created in `ns` (see the module docs), with the placement of a
-/// restoring pod ([`crate::placement`]). A placement that cannot be worked out (no node
-/// answers for the snapshot) leaves the pod unconstrained, as before placement existed.
+/// restoring pod ([`crate::placement`]). A placement that cannot be worked out within
+/// [`placement::PLAN_TIMEOUT`] (no node answers for the snapshot) leaves the pod
+/// unconstrained, as before placement existed: the webhook's own deadline (5 s, then
+/// `failurePolicy: Ignore` admits the pod unchanged, without its restore) is never at risk.
 pub async fn decide(ctx: &Ctx, pod: &Pod, ns: &str) -> Result<Decision, Error> {
     let mut d = choose(ctx, pod, ns).await?;
     if let Decision::Restore {
@@ -105,7 +107,21 @@ pub async fn decide(ctx: &Ctx, pod: &Pod, ns: &str) -> Result<Decision, Error> {
         snapshot,
     } = &mut d
     {
-        match placement::plan(ctx, id, source_node.as_deref()).await {
+        let plan = placement::plan(ctx, id, source_node.as_deref());
+        let plan = tokio::time::timeout(placement::PLAN_TIMEOUT, plan)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Podsnapd {
+                    node: source_node.clone().unwrap_or_default(),
+                    endpoint: String::new(),
+                    message: format!(
+                        "no answer within {:?} for snapshot {id}",
+                        placement::PLAN_TIMEOUT
+                    ),
+                    code: tonic::Code::DeadlineExceeded,
+                })
+            });
+        match plan {
             Ok(Some((needs, p))) => {
                 if p.fit.is_empty() {
                     warn!(namespace = %ns, %snapshot, refused = ?p.refused, "no node can restore this snapshot");
