@@ -2,7 +2,9 @@
 //! the webhook's placement ([`crate::placement`]) and the scheduler can read them.
 //!
 //! For every Node: `GetNodeInfo` on its podsnapd, then the labels and annotations of
-//! [`placement::published`] are merged into the Node when they differ from what it carries
+//! [`placement::published`] (without the CPU features an operator hid on the Node,
+//! [`placement::CPU_FEATURES_HIDDEN_ANNOTATION`]) are merged into the Node when they differ
+//! from what it carries
 //! (a Node that already says it all is not written). Looked at again every
 //! [`REFRESH`] (the cached snapshots change as the node works). A node whose podsnapd does
 //! not answer is not a podsnap node (or its podsnapd is down): nothing is written, what it
@@ -34,7 +36,8 @@ pub async fn reconcile_node(node: Arc<Node>, ctx: Ctx) -> Result<Action, Error> 
             return Ok(Action::requeue(UNREACHABLE_RECHECK));
         }
     };
-    let (labels, annotations) = placement::published(&info);
+    let hidden = placement::hidden_features(&node);
+    let (labels, annotations) = placement::published(&info, &hidden);
     if !placement::is_published(&node, &labels, &annotations) {
         info!(node = %name, runsc = ?labels.get(placement::RUNSC_RELEASE_LABEL),
               cached = %info.cached_snapshots.len(), "publishing node facts");

@@ -37,6 +37,9 @@ pub const RUNSC_VERSION_ANNOTATION: &str = "podsnap.dev/runsc-version";
 pub const CPU_FEATURES_ANNOTATION: &str = "podsnap.dev/cpu-features";
 pub const CACHE_LINE_ANNOTATION: &str = "podsnap.dev/cpu-cache-line-size";
 pub const CACHED_SNAPSHOTS_ANNOTATION: &str = "podsnap.dev/cached-snapshots";
+/// Set by an operator on a Node: CPU features placement treats as absent there (comma
+/// separated); they are left out of its published [`CPU_FEATURES_ANNOTATION`].
+pub const CPU_FEATURES_HIDDEN_ANNOTATION: &str = "podsnap.dev/cpu-features-hidden";
 /// On a restoring pod: where it may go and why (set by the webhook).
 pub const PLACEMENT_ANNOTATION: &str = "podsnap.dev/placement";
 /// On a restoring pod that no node can run: what each node lacks.
@@ -111,9 +114,21 @@ pub fn label_value(v: &str) -> String {
         .to_string()
 }
 
-/// The labels and annotations that publish a node's facts (see the module docs). A node
-/// whose podsnapd reports no runsc or CPU leaves those keys out.
-pub fn published(info: &pb::NodeInfo) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+/// The features an operator hid on `node` ([`CPU_FEATURES_HIDDEN_ANNOTATION`]).
+pub fn hidden_features(node: &Node) -> BTreeSet<String> {
+    let a = node.metadata.annotations.as_ref();
+    list(a.and_then(|a| a.get(CPU_FEATURES_HIDDEN_ANNOTATION)))
+        .into_iter()
+        .collect()
+}
+
+/// The labels and annotations that publish a node's facts (see the module docs), without
+/// the features in `hidden`. A node whose podsnapd reports no runsc or CPU leaves those keys
+/// out.
+pub fn published(
+    info: &pb::NodeInfo,
+    hidden: &BTreeSet<String>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let mut labels = BTreeMap::new();
     let mut annotations = BTreeMap::new();
     if let Some(r) = info.runsc.as_ref().filter(|r| !r.version.is_empty()) {
@@ -121,7 +136,13 @@ pub fn published(info: &pb::NodeInfo) -> (BTreeMap<String, String>, BTreeMap<Str
         annotations.insert(RUNSC_VERSION_ANNOTATION.into(), r.version.clone());
     }
     if let Some(c) = info.cpu.as_ref() {
-        annotations.insert(CPU_FEATURES_ANNOTATION.into(), c.features.join(","));
+        let features: Vec<&str> = c
+            .features
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !hidden.contains(*f))
+            .collect();
+        annotations.insert(CPU_FEATURES_ANNOTATION.into(), features.join(","));
         annotations.insert(CACHE_LINE_ANNOTATION.into(), c.cache_line_size.to_string());
     }
     annotations.insert(
@@ -465,7 +486,7 @@ mod tests {
             cached_snapshots: vec!["S1".into(), "S2".into()],
             ..Default::default()
         };
-        let (labels, annotations) = published(&info);
+        let (labels, annotations) = published(&info, &BTreeSet::new());
         assert_eq!(labels[RUNSC_RELEASE_LABEL], "0.0_20221219.0");
         let mut node = Node::default();
         node.metadata.name = Some("n1".into());
@@ -755,6 +776,28 @@ mod admission_tests {
             a[PLACEMENT_ANNOTATION]
         );
         assert!(!a.contains_key(NO_COMPATIBLE_NODE_ANNOTATION));
+    }
+
+    #[tokio::test]
+    async fn features_an_operator_hides_on_a_node_keep_restores_needing_them_off_it() {
+        let f = cluster(&[("n1", ALL, RUNSC, &[]), ("n2", ALL, RUNSC, &[])], ALL);
+        f.state().nodes.get_mut("n2").unwrap().metadata.annotations = Some(
+            [(
+                CPU_FEATURES_HIDDEN_ANNOTATION.to_string(),
+                "avx512f".to_string(),
+            )]
+            .into(),
+        );
+        publish_all(&f).await;
+        let n2 = f.state().nodes["n2"].clone();
+        assert_eq!(
+            n2.metadata.annotations.unwrap()[CPU_FEATURES_ANNOTATION],
+            "fpu,sse2,avx2"
+        );
+        let p = admit(&f).await;
+        assert_eq!(required_names(&p), ["n1"]);
+        let summary = &p.metadata.annotations.clone().unwrap()[PLACEMENT_ANNOTATION];
+        assert!(summary.contains("n2 lacks avx512f"), "{summary}");
     }
 
     #[tokio::test]
