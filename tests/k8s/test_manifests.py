@@ -313,6 +313,8 @@ def test_controller_rbac_covers_what_it_calls_and_no_more():
                  ("", "pods/status", "patch"), ("", "nodes", "get"), ("", "events", "list"),
                  # Placement: the node controller watches Nodes and publishes their facts.
                  ("", "nodes", "watch"), ("", "nodes", "patch"),
+                 # Its Events go through kube's Recorder, which writes events.k8s.io/v1.
+                 ("events.k8s.io", "events", "create"), ("events.k8s.io", "events", "patch"),
                  ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
                  # postCheckpoint: stop deletes the checkpointed pod (the kubelet would restart
                  # it fresh otherwise).
