@@ -420,7 +420,7 @@ async fn node_info_and_jobs_report_this_node() {
     );
     assert!(info.runsc.is_some());
     // The checkpoint linked its image into the page cache: the snapshot's pages are here.
-    assert_eq!(info.cached_snapshots, [snap.id.clone()]);
+    assert_eq!(info.cached_snapshots, std::slice::from_ref(&snap.id));
     let jobs = h
         .client
         .list_jobs(pb::ListJobsRequest {})

@@ -83,14 +83,18 @@ impl Engine {
     }
 
     /// A snapshot's cache key, from its manifest the first time (a store that cannot be
-    /// read now is asked again next time).
+    /// read now is asked again next time; a deleted snapshot is remembered as keyless).
     async fn cache_key(&self, id: &str) -> Option<[u8; 32]> {
         if let Some(k) = self.cache_keys.0.lock().expect("cache keys lock").get(id) {
             return *k;
         }
         let sid = podsnap_store::SnapshotId::new(id).ok()?;
-        let m = self.store.manifest(&sid).await.ok()?;
-        let key = largest_file_key(&m);
+        let key = match self.store.manifest(&sid).await {
+            Ok(m) => largest_file_key(&m),
+            // Deleted since: nothing to look for, and no reason to ask the store again.
+            Err(podsnap_store::StoreError::SnapshotNotFound(_)) => None,
+            Err(_) => return None,
+        };
         self.cache_keys
             .0
             .lock()
