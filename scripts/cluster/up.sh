@@ -151,6 +151,11 @@ fresh_dirs() {
     # which containerd allows only from a shared or slave mount (/ is private here).
     mount --bind "$CLUSTER_RUN" "$CLUSTER_RUN"
     mount --make-rshared "$CLUSTER_RUN"
+    # The same for podsnapd's state dir, which the DaemonSet mounts Bidirectional (lazy
+    # restores' FUSE mounts under prepared/ must reach runsc on the host).
+    mkdir -p "$CLUSTER_VAR/podsnapd"
+    mount --bind "$CLUSTER_VAR/podsnapd" "$CLUSTER_VAR/podsnapd"
+    mount --make-rshared "$CLUSTER_VAR/podsnapd"
     mkdir -p "$PIDS"
     # Where things are, for down.sh and for anyone debugging.
     write_env
@@ -589,6 +594,8 @@ node2_mounts() {
         mount --bind '$SNAPSHOTS' '$nvar/snapshots'
         mount --bind '$nvar/kubelet' '$KUBELET_ROOT'
         mount --rbind '$nvar' '$CLUSTER_VAR'
+        mount --bind '$CLUSTER_VAR/podsnapd' '$CLUSTER_VAR/podsnapd'
+        mount --make-rshared '$CLUSTER_VAR/podsnapd'
         mount --bind '$nrun' '$CLUSTER_RUN'
         mount --make-rshared '$CLUSTER_RUN'
         mkdir -p '$CLUSTER_RUN/containerd' '$CLUSTER_RUN/runsc' '$CLUSTER_RUN/runc' '$CLUSTER_RUN/podsnap/restored' \

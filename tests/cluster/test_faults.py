@@ -1,8 +1,11 @@
-"""Faults through Kubernetes: the podsnapd pod (DaemonSet podsnap-system/podsnapd) is killed
-while it checkpoints a pod for a PodSnapshotManualTrigger. The DaemonSet brings podsnapd back
-on that node, the trigger ends with a verdict (Complete, or Failed/Error with a message), no
-PodSnapshot is Ready without its image in the store, and the pod is not left frozen: its
-counter moves again.
+"""Faults through Kubernetes.
+
+- The podsnapd pod (DaemonSet podsnap-system/podsnapd) is killed while it checkpoints a pod
+  for a PodSnapshotManualTrigger. The DaemonSet brings podsnapd back on that node, the trigger
+  ends with a verdict (Complete, or Failed/Error with a message), no PodSnapshot is Ready
+  without its image in the store, and the pod is not left frozen: its counter moves again.
+- podsnap-controller's leader (the Lease holder) is killed right after a trigger is created:
+  the other replica takes the Lease and the trigger completes.
 
 The pod holds 300 MiB of random data in its /dev/shm (sandbox memory), so the checkpoint and
 its upload take long enough to be interrupted. Needs podsnap installed from the image (the
@@ -131,6 +134,67 @@ def test_killing_podsnapd_during_a_checkpoint(custom, core):
         wait("the pod's counter to move again", 90, moving, interval=1)
     finally:
         for kind, obj in (("podsnapshotmanualtriggers", f"fault-{group}"), ("podsnapshotpolicies", policy)):
+            try:
+                custom.delete_namespaced_custom_object(*PS, NS, kind, obj)
+            except client.ApiException:
+                pass
+        try:
+            core.delete_namespaced_pod(src, NS, grace_period_seconds=0)
+        except client.ApiException:
+            pass
+
+
+def test_killing_the_controller_leader_during_a_trigger(custom, core):
+    """The leader of podsnap-controller's Lease is killed (its pod deleted, grace 0) right
+    after a trigger is created for a pod whose checkpoint takes a while: the other replica
+    takes the Lease and the trigger still completes, with a Ready PodSnapshot whose image is
+    in the store."""
+    from kubernetes.client import CoordinationV1Api
+    leases = CoordinationV1Api(core.api_client)
+    group = uuid.uuid4().hex[:10]
+    app = f"leader-{group}"
+    policy = f"leader-policy-{group}"
+    src = f"leader-{group}"
+    custom.create_namespaced_custom_object(*PS, NS, "podsnapshotpolicies", {
+        "apiVersion": "podsnapshot.gke.io/v1", "kind": "PodSnapshotPolicy",
+        "metadata": {"name": policy},
+        "spec": {"storageConfigName": "local", "selector": {"matchLabels": {"app": app}},
+                 "triggerConfig": {"type": "manual", "postCheckpoint": "resume"},
+                 "snapshotGroupingRules": {"groupByLabelValue": {"labels": ["app"]}}}})
+    name = f"leader-{group}"
+    try:
+        core.create_namespaced_pod(NS, client.V1Pod(
+            metadata=client.V1ObjectMeta(name=src, labels={"app": app}),
+            spec=client.V1PodSpec(runtime_class_name="gvisor", termination_grace_period_seconds=1,
+                                  containers=[client.V1Container(
+                                      name="counter", image="localhost/podsnap/busybox:1",
+                                      image_pull_policy="Never", command=["sh", "-c", FILL])])))
+        wait("the pod to fill its memory and count", 180, lambda: len(counts(core, src)) >= 2)
+        leader = leases.read_namespaced_lease("podsnap-controller", SYSTEM).spec.holder_identity
+        pods = {p.metadata.name for p in core.list_namespaced_pod(
+            SYSTEM, label_selector="app.kubernetes.io/component=controller").items}
+        assert leader in pods, f"Lease holder {leader!r} is not one of the controller's pods {sorted(pods)}"
+
+        custom.create_namespaced_custom_object(*PS, NS, "podsnapshotmanualtriggers", {
+            "apiVersion": "podsnapshot.gke.io/v1", "kind": "PodSnapshotManualTrigger",
+            "metadata": {"name": name}, "spec": {"targetPod": src}})
+        started = time.monotonic()
+        core.delete_namespaced_pod(leader, SYSTEM, grace_period_seconds=0)
+
+        def new_leader():
+            h = leases.read_namespaced_lease("podsnap-controller", SYSTEM).spec.holder_identity
+            return h if h and h != leader else None
+        successor = wait("another replica to take the Lease", 120, new_leader)
+        t, cond = wait(f"trigger {name} to end", 180, lambda: trigger_verdict(custom, name))
+        print(f"leader {leader} killed; {successor} leads; trigger {cond['status']} {cond['reason']} "
+              f"{time.monotonic() - started:.1f} s after the kill: {cond.get('message')}")
+        assert cond["status"] == "True", f"the trigger did not complete after the leader was killed: {cond}"
+        ps = custom.get_namespaced_custom_object(*PS, NS, "podsnapshots", t["status"]["snapshotCreated"]["name"])
+        assert any(c["type"] == "Ready" and c["status"] == "True" for c in ps["status"]["conditions"]), ps
+        manifest = Path(cluster_env()["SNAPSHOTS"]) / "manifests" / f"{ps['status']['snapshotID']}.json"
+        assert manifest.is_file(), f"PodSnapshot {ps['metadata']['name']} is Ready, {manifest} is missing"
+    finally:
+        for kind, obj in (("podsnapshotmanualtriggers", name), ("podsnapshotpolicies", policy)):
             try:
                 custom.delete_namespaced_custom_object(*PS, NS, kind, obj)
             except client.ApiException:
