@@ -622,7 +622,8 @@ pub async fn node_info(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
                 "store_url": n.store_url,
                 "state_dir": n.state_dir,
                 "jobs_in_flight": n.jobs_in_flight,
-                "cache": {"dir": n.cache_dir, "max_bytes": n.cache_max_bytes, "bytes": n.cache_bytes},
+                "cache": {"dir": n.cache_dir, "max_bytes": n.cache_max_bytes, "bytes": n.cache_bytes,
+                          "snapshots": n.cached_snapshots},
                 "runsc": {"path": runsc.path, "version": runsc.version, "platform": runsc.platform,
                           "root": runsc.root, "capabilities": runsc.capabilities},
                 "shims": n.shims.iter().map(|s| json!({"runtime": s.runtime, "binary": s.binary,
@@ -681,6 +682,9 @@ pub async fn node_info(socket: &str, a: JsonArgs) -> anyhow::Result<i32> {
             human(n.cache_max_bytes),
             n.cache_dir
         );
+        if !n.cached_snapshots.is_empty() {
+            println!("  holds:     {}", n.cached_snapshots.join(", "));
+        }
     } else {
         println!("page cache:  off");
     }
