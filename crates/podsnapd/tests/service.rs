@@ -324,6 +324,21 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains(lacking), "{}", err.message());
+    // The refusal is also a failed prepare-restore job, which the controller reads.
+    let jobs = h
+        .client
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let job = jobs
+        .iter()
+        .find(|j| j.kind == "prepare-restore" && j.target == "x")
+        .expect("the refused prepare is a job");
+    assert_eq!(job.phase, pb::Phase::Failed as i32, "{job:?}");
+    assert!(job.error.contains(lacking), "{job:?}");
+    assert_eq!(job.snapshot_id, report.id.to_string());
 
     let err = common::restore(
         &mut h.client,

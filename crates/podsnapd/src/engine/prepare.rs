@@ -64,9 +64,8 @@ impl Engine {
                 "container id {container_id:?} must be [A-Za-z0-9_.-]"
             )));
         }
-        let m = self.store.manifest(&id).await?;
-        self.require_compatible(&m).await?;
-        let against = self.prepare_eager_reason(&spec, &m).await?;
+        // The job first: a refusal (unknown snapshot, incompatible node) is a failed job the
+        // controller can read, not only an error to the wrapper.
         let job = self
             .jobs
             .start(
@@ -78,6 +77,19 @@ impl Engine {
                 Some(id.to_string()),
             )
             .map_err(|e| DaemonError::io("writing the job record", e))?;
+        let checked = async {
+            let m = self.store.manifest(&id).await?;
+            self.require_compatible(&m).await?;
+            let against = self.prepare_eager_reason(&spec, &m).await?;
+            Ok::<_, DaemonError>((m, against))
+        };
+        let (m, against) = match checked.await {
+            Ok(v) => v,
+            Err(e) => {
+                job.finish(Some(e.message()));
+                return Err(e);
+            }
+        };
         let name = if container_id.is_empty() {
             format!("{id}--{}", job.id)
         } else {
