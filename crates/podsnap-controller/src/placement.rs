@@ -889,6 +889,21 @@ mod admission_tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_podsnapd_too_slow_for_the_webhooks_deadline_leaves_the_pod_unconstrained() {
+        let f = cluster(&[("n1", "fpu", RUNSC, &[])], ALL);
+        publish_all(&f).await;
+        f.state().snapshot_delay = Some(std::time::Duration::from_secs(60));
+        let started = tokio::time::Instant::now();
+        let p = admit(&f).await;
+        assert_eq!(started.elapsed(), PLAN_TIMEOUT);
+        // n1 lacks features, but nobody could tell in time: restored, not constrained.
+        assert!(p.spec.as_ref().unwrap().affinity.is_none());
+        let a = p.metadata.annotations.clone().unwrap();
+        assert!(a.contains_key(crate::model::RESTORE_FROM_ANNOTATION));
+        assert!(!a.contains_key(NO_COMPATIBLE_NODE_ANNOTATION));
+    }
+
     #[tokio::test]
     async fn without_published_facts_or_a_readable_record_the_pod_is_not_constrained() {
         let f = cluster(&[("n1", ALL, RUNSC, &[])], ALL);

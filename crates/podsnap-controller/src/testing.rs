@@ -48,6 +48,8 @@ pub struct State {
     /// What each node's podsnapd answers to GetNodeInfo (a node up without one answers a
     /// default NodeInfo).
     pub node_info: BTreeMap<String, pb::NodeInfo>,
+    /// How long a podsnapd takes to answer GetSnapshot.
+    pub snapshot_delay: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Default)]
@@ -455,6 +457,10 @@ impl NodeApi for Fake {
     async fn snapshot(&self, node: &str, _tp: &str, id: &str) -> Result<pb::Snapshot, Error> {
         self.check("node_snapshot")?;
         self.node_up(node)?;
+        let delay = self.state().snapshot_delay;
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let s = self.state();
         s.stored
             .iter()
