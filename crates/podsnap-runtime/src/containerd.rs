@@ -167,6 +167,9 @@ pub struct RuntimeConfig {
     pub root: String,
     /// gVisor's shim: the runsc.toml its options name (empty: none named).
     pub config_path: String,
+    /// Why that runsc.toml could not be read (empty: it was, or none is named); `root` is
+    /// then the shim's default, which may not be where the container runs.
+    pub config_error: String,
 }
 
 /// Kubernetes facts of a CRI-managed container.
@@ -585,7 +588,10 @@ fn container_info(namespace: &str, c: containerd_client::services::v1::Container
                         <ShimConfigOptions as prost::Message>::decode(opts.value.as_slice())
                     {
                         let text = if o.config_body.is_empty() {
-                            std::fs::read_to_string(&o.config_path).unwrap_or_default()
+                            std::fs::read_to_string(&o.config_path).unwrap_or_else(|e| {
+                                rc.config_error = format!("cannot read {}: {e}", o.config_path);
+                                String::new()
+                            })
                         } else {
                             String::from_utf8_lossy(&o.config_body).into_owned()
                         };
@@ -689,7 +695,7 @@ mod tests {
             i.shim_root().unwrap(),
             PathBuf::from("/run/containerd/runsc/k8s.io")
         );
-        // A file that is gone: the default.
+        // A file that is gone: the default, and the reason is kept.
         let i = container_info(
             "k8s.io",
             container(ShimConfigOptions {
@@ -701,6 +707,13 @@ mod tests {
         assert_eq!(
             i.shim_root().unwrap(),
             PathBuf::from("/run/containerd/runsc/k8s.io")
+        );
+        assert!(
+            i.runtime
+                .config_error
+                .starts_with("cannot read /nonexistent/runsc.toml: "),
+            "{:?}",
+            i.runtime.config_error
         );
     }
 

@@ -729,6 +729,17 @@ impl RunscRuntime {
         let root = info.shim_root().ok_or_else(not_runsc)?;
         // A wrapper with another name is still runsc if runsc's state file is in the root.
         let has_runsc_state = rootdir::find_state_file(&root, id).ok().flatten().is_some();
+        if !has_runsc_state && !info.runtime.config_error.is_empty() {
+            // The shim's runsc.toml names the root; without it the default was a guess.
+            return Err(RuntimeError::NotFound {
+                target: format!(
+                    "runsc state of {target} under the default root {} (its runtime's \
+                     options file, which names the root, is unreadable here: {})",
+                    root.display(),
+                    info.runtime.config_error
+                ),
+            });
+        }
         if !info.configured_for_runsc() && !has_runsc_state {
             return Err(not_runsc());
         }
