@@ -266,6 +266,28 @@ async fn concurrent_checkpoints_serialize_per_sandbox_and_run_in_parallel_across
     );
 }
 
+/// The prepare-restore job of `target` is listed as failed, for `snapshot`, naming `reason`.
+async fn assert_failed_prepare_job(
+    c: &mut podsnap_proto::v1::podsnap_client::PodsnapClient<tonic::transport::Channel>,
+    target: &str,
+    snapshot: &str,
+    reason: &str,
+) {
+    let jobs = c
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let job = jobs
+        .iter()
+        .find(|j| j.kind == "prepare-restore" && j.target == target)
+        .expect("the refused prepare is a job");
+    assert_eq!(job.phase, pb::Phase::Failed as i32, "{job:?}");
+    assert!(job.error.contains(reason), "{job:?}");
+    assert_eq!(job.snapshot_id, snapshot);
+}
+
 #[tokio::test]
 async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chunk_is_fetched() {
     // A snapshot recorded on a CPU with a feature this host lacks.
@@ -325,20 +347,7 @@ async fn restore_of_a_snapshot_needing_missing_cpu_features_fails_before_any_chu
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains(lacking), "{}", err.message());
     // The refusal is also a failed prepare-restore job, which the controller reads.
-    let jobs = h
-        .client
-        .list_jobs(pb::ListJobsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
-    let job = jobs
-        .iter()
-        .find(|j| j.kind == "prepare-restore" && j.target == "x")
-        .expect("the refused prepare is a job");
-    assert_eq!(job.phase, pb::Phase::Failed as i32, "{job:?}");
-    assert!(job.error.contains(lacking), "{job:?}");
-    assert_eq!(job.snapshot_id, report.id.to_string());
+    assert_failed_prepare_job(&mut h.client, "x", report.id.as_str(), lacking).await;
 
     let err = common::restore(
         &mut h.client,
