@@ -52,6 +52,8 @@ need_debs() {
     command -v etcd >/dev/null || missing+=("etcd-server/$ETCD_DEB_RELEASE")
     [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
     command -v iptables >/dev/null || missing+=(iptables)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v nsenter >/dev/null || missing+=(util-linux)
     command -v openssl >/dev/null || missing+=(openssl)
     command -v gcc >/dev/null || missing+=(gcc libc6-dev)
     [ -x /bin/busybox ] || missing+=(busybox-static)
