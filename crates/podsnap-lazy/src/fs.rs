@@ -177,22 +177,27 @@ pub fn unmount_stale(dir: &Path) -> usize {
         return 0;
     };
     let mut n = 0;
-    for line in text.lines() {
-        // id parent major:minor root mountpoint options ... - fstype source super-options
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        if fields.get(sep + 1) != Some(&FS_TYPE) || fields.len() < 5 {
-            continue;
-        }
-        let point = PathBuf::from(fields[4].replace("\\040", " "));
+    for point in lazy_mount_points(&text) {
         if point.starts_with(dir) && nix::mount::umount2(&point, MntFlags::MNT_DETACH).is_ok() {
             tracing::info!(mountpoint = %point.display(), "removed a stale lazy image mount");
             n += 1;
         }
     }
     n
+}
+
+/// The mount points of lazy images listed in a `/proc/<pid>/mountinfo` text.
+pub fn lazy_mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // id parent major:minor root mountpoint options ... - fstype source super-options
+            let fields: Vec<&str> = line.split(' ').collect();
+            let sep = fields.iter().position(|f| *f == "-")?;
+            (fields.get(sep + 1) == Some(&FS_TYPE) && fields.len() >= 5)
+                .then(|| PathBuf::from(fields[4].replace("\\040", " ")))
+        })
+        .collect()
 }
 
 struct ImageFs {
@@ -350,5 +355,27 @@ impl Filesystem for ImageFs {
             }
         }
         reply.ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lazy_mount_points_are_the_podsnap_fuse_mounts_of_a_mountinfo() {
+        let text = "\
+36 25 0:32 / /var/lib/podsnap/prepared/s--c1 ro,nosuid - fuse.podsnap podsnap ro,user_id=0
+37 25 0:33 / /var/lib/podsnap/work/a\\040b/image ro - fuse.podsnap podsnap ro
+38 25 0:34 / /mnt/other rw - fuse.sshfs host:/ rw
+39 25 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+";
+        assert_eq!(
+            lazy_mount_points(text),
+            vec![
+                PathBuf::from("/var/lib/podsnap/prepared/s--c1"),
+                PathBuf::from("/var/lib/podsnap/work/a b/image"),
+            ]
+        );
     }
 }

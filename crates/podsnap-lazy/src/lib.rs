@@ -25,7 +25,7 @@
 mod fs;
 mod registry;
 
-pub use fs::{fuse_available, unmount_stale, LazyMount};
+pub use fs::{fuse_available, lazy_mount_points, unmount_stale, LazyMount};
 pub use podsnap_store::{LazyImage, LazyProgress, LazyStatus};
 pub use registry::{is_lazy_file, ImageLease, Registry};
 

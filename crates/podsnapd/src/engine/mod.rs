@@ -278,17 +278,7 @@ impl Engine {
     /// and restore. Only finished jobs' dirs are removed this way; if the daemon stops first,
     /// the next start removes every work dir that no unfinished job owns.
     fn remove_work_dir_later(&self, job_id: &str) {
-        let dir = self.cfg.work_dir.join(job_id);
-        if !dir.exists() {
-            return;
-        }
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    warn!(dir = %dir.display(), error = %e, "could not remove a work dir");
-                }
-            }
-        });
+        remove_dir_later(self.work_dir(job_id));
     }
 
     /// Takes the outcome of a runsc operation that an earlier run of the daemon started as a
@@ -344,6 +334,20 @@ impl Engine {
     pub async fn delete(&self, snapshot: &str) -> Result<()> {
         Ok(self.store.delete(&snapshot_id(snapshot)?).await?)
     }
+}
+
+/// Removes a directory (a job's work dir, a lazy image's mount point) in the background.
+fn remove_dir_later(dir: PathBuf) {
+    if !dir.exists() {
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(dir = %dir.display(), error = %e, "could not remove a directory");
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -16,9 +16,8 @@ use std::sync::Arc;
 use podsnap_store::Manifest;
 use tracing::{info, info_span, warn};
 
-use super::restore::{eager_reason, Followed, PullFor};
+use super::restore::{Followed, PullFor};
 use super::{snapshot_id, Engine};
-use crate::config::LazyRestore;
 use crate::error::{DaemonError, Result};
 use crate::jobs::{JobSpec, PrepareJob};
 
@@ -117,17 +116,12 @@ impl Engine {
                         lazy: true,
                     });
                 }
-                Err(Unserved::Elsewhere(reason))
-                    if self.cfg.lazy_restore != LazyRestore::Always =>
-                {
-                    warn!(%reason, "pulling the whole image instead of serving it lazily");
-                }
                 Err(Unserved::Elsewhere(reason)) => {
-                    let e = DaemonError::Unsupported(format!(
-                        "cannot prepare {id} lazily (--lazy-restore always): {reason}"
-                    ));
-                    job.finish(Some(e.message()));
-                    return Err(e);
+                    if let Err(e) = self.unless_lazy_required("prepare", &m, Some(reason.clone())) {
+                        job.finish(Some(e.message()));
+                        return Err(e);
+                    }
+                    warn!(%reason, "pulling the whole image instead of serving it lazily");
                 }
                 Err(Unserved::Failed(e)) => {
                     let _ = std::fs::remove_dir_all(&dest);
@@ -175,9 +169,7 @@ impl Engine {
         spec: &PrepareSpec,
         m: &Manifest,
     ) -> Result<Option<String>> {
-        let reason = if self.cfg.lazy_restore == LazyRestore::Never {
-            Some("lazy restores are off (--lazy-restore never)".to_string())
-        } else if !spec.background {
+        let caller = if !spec.background {
             Some("the runsc wrapper restores without --background".to_string())
         } else if spec.runsc_root.is_none() || spec.container_id.is_empty() {
             Some(
@@ -185,24 +177,9 @@ impl Engine {
                     .to_string(),
             )
         } else {
-            let info = self.runtime.info().await?;
-            eager_reason(
-                info.capabilities.restore_background,
-                &info.version.version,
-                m,
-                0,
-                podsnap_lazy::fuse_available(),
-            )
+            None
         };
-        match reason {
-            Some(reason) if self.cfg.lazy_restore == LazyRestore::Always => {
-                Err(DaemonError::Unsupported(format!(
-                    "cannot prepare {} lazily (--lazy-restore always): {reason}",
-                    m.id
-                )))
-            }
-            r => Ok(r),
-        }
+        self.lazy_refusal("prepare", m, 0, caller).await
     }
 }
 
@@ -231,16 +208,10 @@ fn visible_to_host(dir: &Path) -> std::result::Result<(), String> {
     }
     let text = std::fs::read_to_string("/proc/1/mountinfo")
         .map_err(|e| format!("cannot read the host's mounts: {e}"))?;
-    let want = dir.to_string_lossy();
-    let seen = text.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.get(4) == Some(&&*want)
-            && f.iter()
-                .position(|x| *x == "-")
-                .and_then(|sep| f.get(sep + 1))
-                .is_some_and(|t| t.starts_with("fuse"))
-    });
-    if seen {
+    if podsnap_lazy::lazy_mount_points(&text)
+        .iter()
+        .any(|p| p == dir)
+    {
         Ok(())
     } else {
         Err(format!(

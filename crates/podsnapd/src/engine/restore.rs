@@ -21,7 +21,7 @@ use podsnap_store::{LazyStatus, Manifest, PullOptions, SnapshotId, StoreError};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use super::progress::{phase_update, JobProgress};
-use super::{snapshot_id, Engine, Updates};
+use super::{remove_dir_later, snapshot_id, Engine, Updates};
 use crate::config::LazyRestore;
 use crate::error::{DaemonError, Result};
 use crate::jobs::{JobHandle, JobSpec, Phase, RestoreJob};
@@ -112,20 +112,6 @@ pub(super) struct Followed {
     /// Created only after the image is ready (the Kubernetes path): the fill of the rest of
     /// the pages waits for it, and the image goes if it never comes.
     pub appears_later: bool,
-}
-
-/// Removes a directory in the background (a lazy image's mount point or work dir).
-fn remove_dir_later(dir: PathBuf) {
-    if !dir.exists() {
-        return;
-    }
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(dir = %dir.display(), error = %e, "could not remove a lazy image's directory");
-            }
-        }
-    });
 }
 
 /// Why a standalone restore pulls its image whole instead of serving it lazily; `None` when
@@ -409,26 +395,10 @@ impl Engine {
         image_dir: &Path,
         tx: &Option<Updates>,
     ) -> Result<Option<LazyMount>> {
-        let against = match self.cfg.lazy_restore {
-            LazyRestore::Never => Some("lazy restores are off (--lazy-restore never)".to_string()),
-            _ => {
-                let info = self.runtime.info().await?;
-                eager_reason(
-                    info.capabilities.restore_background,
-                    &info.version.version,
-                    m,
-                    other_containers,
-                    podsnap_lazy::fuse_available(),
-                )
-            }
-        };
+        let against = self
+            .lazy_refusal("restore", m, other_containers, None)
+            .await?;
         let mount = match against {
-            Some(reason) if self.cfg.lazy_restore == LazyRestore::Always => {
-                return Err(DaemonError::Unsupported(format!(
-                    "cannot restore {} lazily (--lazy-restore always): {reason}",
-                    m.id
-                )));
-            }
             Some(reason) => {
                 info!(%reason, "pulling the whole image before runsc restore (not lazy)");
                 self.fetch(job, m, image_dir, PullFor::Restore, tx).await?;
@@ -437,6 +407,51 @@ impl Engine {
             None => Some(self.mount_lazy(job, &m.id, image_dir, tx).await?),
         };
         Ok(mount)
+    }
+
+    /// Why a restore (`op`) pulls its image whole rather than serving it lazily (`None`:
+    /// lazy): `--lazy-restore never`, else what the caller knows against it (`caller`), else
+    /// [`eager_reason`]. The one place `--lazy-restore` is read.
+    pub(super) async fn lazy_refusal(
+        &self,
+        op: &str,
+        m: &Manifest,
+        other_containers: usize,
+        caller: Option<String>,
+    ) -> Result<Option<String>> {
+        let reason = if self.cfg.lazy_restore == LazyRestore::Never {
+            Some("lazy restores are off (--lazy-restore never)".to_string())
+        } else if caller.is_some() {
+            caller
+        } else {
+            let info = self.runtime.info().await?;
+            eager_reason(
+                info.capabilities.restore_background,
+                &info.version.version,
+                m,
+                other_containers,
+                podsnap_lazy::fuse_available(),
+            )
+        };
+        self.unless_lazy_required(op, m, reason)
+    }
+
+    /// `reason` against a lazy restore, or the error it is under `--lazy-restore always`.
+    pub(super) fn unless_lazy_required(
+        &self,
+        op: &str,
+        m: &Manifest,
+        reason: Option<String>,
+    ) -> Result<Option<String>> {
+        match reason {
+            Some(reason) if self.cfg.lazy_restore == LazyRestore::Always => {
+                Err(DaemonError::Unsupported(format!(
+                    "cannot {op} {} lazily (--lazy-restore always): {reason}",
+                    m.id
+                )))
+            }
+            r => Ok(r),
+        }
     }
 
     /// The lazy path's "pull": the node's shared image of the snapshot (its small files local
