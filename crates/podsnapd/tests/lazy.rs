@@ -179,11 +179,10 @@ async fn restore_waiting(
 
 /// Whether a podsnap lazy image is mounted at `path`.
 fn lazy_mounted_at(path: &Path) -> bool {
-    let want = path.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains("fuse.podsnap") && l.split(' ').nth(4) == Some(&*want))
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    podsnap_lazy::lazy_mount_points(&text)
+        .iter()
+        .any(|p| p == path)
 }
 
 /// A stopped counter checkpointed on node A, restored lazily on node B (empty cache).
