@@ -621,6 +621,20 @@ node2_mounts() {
     done
 }
 
+# The second node's kubelet, in its namespaces; it registers the Node (again, after a test
+# deleted it: scripts/cluster/node.sh) and waits for it to be Ready.
+node2_kubelet() {
+    local dir="$CLUSTER_DIR/$NODE2_NAME"
+    start "kubelet-$NODE2_NAME" nsenter --mount="$NS_DIR/$NODE2_NAME" --net="/run/netns/$NODE2_NETNS" -- \
+        "$CLUSTER_BIN/kubelet" \
+        --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" \
+        --root-dir "$KUBELET_ROOT" --hostname-override "$NODE2_NAME" --node-ip "$NODE2_IP" \
+        --node-labels sandbox.gke.io/runtime=gvisor --v=1
+    wait_for "node $NODE2_NAME" 120 "$KUBECTL" get node "$NODE2_NAME"
+    "$KUBECTL" wait --for=condition=Ready "node/$NODE2_NAME" --timeout=120s >&2 ||
+        die "node $NODE2_NAME not Ready (logs: $LOGS/kubelet-$NODE2_NAME.log)"
+}
+
 second_node() {
     log "second node $NODE2_NAME ($NODE2_IP, pods $NODE2_POD_SUBNET)"
     local dir="$CLUSTER_DIR/$NODE2_NAME"
@@ -647,14 +661,7 @@ second_node() {
         "${ctr[@]}" images import "$REPO_ROOT/target/oci/podsnap.tar" >/dev/null
         "${ctr[@]}" images tag --force "podsnap:$VERSION" "docker.io/library/podsnap:$VERSION" >/dev/null
     fi
-    start "kubelet-$NODE2_NAME" nsenter --mount="$NS_DIR/$NODE2_NAME" --net="/run/netns/$NODE2_NETNS" -- \
-        "$CLUSTER_BIN/kubelet" \
-        --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" \
-        --root-dir "$KUBELET_ROOT" --hostname-override "$NODE2_NAME" --node-ip "$NODE2_IP" \
-        --node-labels sandbox.gke.io/runtime=gvisor --v=1
-    wait_for "node $NODE2_NAME" 120 "$KUBECTL" get node "$NODE2_NAME"
-    "$KUBECTL" wait --for=condition=Ready "node/$NODE2_NAME" --timeout=120s >&2 ||
-        die "node $NODE2_NAME not Ready (logs: $LOGS/kubelet-$NODE2_NAME.log)"
+    node2_kubelet
     echo "NODE2_NAME=$NODE2_NAME" >>"$CLUSTER_DIR/env"
     echo "NODE2_IP=$NODE2_IP" >>"$CLUSTER_DIR/env"
 }

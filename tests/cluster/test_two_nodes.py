@@ -11,7 +11,9 @@ second node a failure instead.
 
 import os
 import re
+import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -100,6 +102,106 @@ def test_resume_lands_on_the_other_node_and_downloads_the_snapshot_there(tutoria
             assert got[second] <= logical, f"{second} downloaded {got[second]} bytes of a {logical}-byte image"
     finally:
         cordon(core, first, False)
+        cordon(core, second, False)
+        if sandbox is not None:
+            sandbox.terminate()
+            sandboxes.delete_sandbox(sandbox.claim_name, NS)
+
+
+def node_script(action, node):
+    """scripts/cluster/node.sh: `lose` kills the node's kubelet and deletes its Node; `return`
+    starts the kubelet again and waits for the Node to be Ready."""
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "cluster" / "node.sh"), action, node],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"node.sh {action} {node}: {out.stdout}{out.stderr}"
+
+
+def bring_back(core, node):
+    node_script("return", node)
+    apps = client.AppsV1Api(core.api_client)
+    wait("podsnapd ready on both nodes again", 180, lambda: apps.read_namespaced_daemon_set(
+        "podsnapd", "podsnap-system").status.number_ready == 2)
+
+
+def lazy_mounts(node):
+    """FUSE mounts under podsnapd's prepared/ dir in the node's mount namespace (up.sh keeps
+    the second node's at /run/podsnap-cluster-ns/<node>)."""
+    out = subprocess.run(["nsenter", f"--mount=/run/podsnap-cluster-ns/{node}", "--", "cat", "/proc/self/mountinfo"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return [line for line in out.splitlines() if "/podsnapd/prepared/" in line and " - fuse.podsnap " in line]
+
+
+def test_deleting_the_node_mid_restore_restores_the_pod_on_the_other(tutorial, custom, core):
+    """The resume is placed on the second node (the first cordoned) and, once that node's
+    podsnapd has started downloading the snapshot, the node is lost: its kubelet killed and
+    its Node deleted. The pod garbage collector deletes the pod bound to the missing node, the
+    Sandbox's controller creates it again, the webhook points it at the same snapshot, and it
+    is restored on the first node (uncordoned meanwhile): the SDK's resume succeeds, the pod
+    runs on the first node, the counter continues from the snapshot, and PodRestored names
+    that node. The second node is brought back afterwards (its kubelet registers it again)."""
+    from k8s_agent_sandbox.gke_extensions.snapshots import PodSnapshotSandboxClient
+
+    env = cluster_env()
+    first, second = node_names()
+    sandboxes = PodSnapshotSandboxClient()
+    cordon(core, second, True)
+    sandbox, lost, result = None, False, {}
+    try:
+        sandbox = sandboxes.create_sandbox(template=TEMPLATE, namespace=NS)
+        pod = sandbox.get_pod_name()
+        assert core.read_namespaced_pod(pod, NS).spec.node_name == first
+        wait("counting", 60, lambda: (last_count(core, pod) or -1) >= 5)
+        before = last_count(core, pod)
+        s = sandbox.suspend(snapshot_before_suspend=True)
+        assert s.success, s.error_reason
+
+        cordon(core, second, False)
+        cordon(core, first, True)
+        down = downloaded_bytes(env["NODE2_IP"])
+        # The SDK's resume waits for the pod by name, whichever node it ends on.
+        resume = threading.Thread(target=lambda: result.update(r=sandbox.resume(wait_timeout=300)), daemon=True)
+        resume.start()
+
+        def restoring_on_second():
+            try:
+                p = core.read_namespaced_pod(pod, NS)
+            except client.ApiException:
+                return None
+            if p.spec.node_name != second:
+                return None
+            return p if downloaded_bytes(env["NODE2_IP"]) > down else None
+        p = wait(f"the restore to start on {second}", 120, restoring_on_second, interval=0.05)
+        ready_there = any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        node_script("lose", second)
+        lost = True
+        lost_at = time.monotonic()
+        assert not ready_there, f"pod {pod} was already Ready on {second}: the node was not lost mid-restore"
+        print(f"{second} lost while its podsnapd downloaded the snapshot (pod {p.metadata.uid})")
+        cordon(core, first, False)
+
+        resume.join(timeout=360)
+        assert not resume.is_alive(), "the SDK's resume did not return"
+        r = result["r"]
+        assert r.success and r.restored_from_snapshot, r
+        now = core.read_namespaced_pod(pod, NS)
+        assert now.metadata.uid != p.metadata.uid, "the pod bound to the lost node was not replaced"
+        assert now.spec.node_name == first, f"pod {pod} was restored on {now.spec.node_name}, not {first}"
+        restored = [c for c in now.status.conditions or [] if c.type == "PodRestored"]
+        assert restored and restored[0].status == "True" and first in (restored[0].message or ""), restored
+        after = wait("the restored counter", 60, lambda: first_count(core, pod))
+        assert before < after <= before + 9, f"counter {before} -> {after}: not continued from the snapshot"
+        print(f"restored on {first} {time.monotonic() - lost_at:.0f} s after {second} was lost; "
+              f"counter {before} -> {after}")
+
+        # The node comes back clean: its new podsnapd removed the lazy mount the old one left
+        # for the abandoned restore.
+        bring_back(core, second)
+        lost = False
+        wait(f"no lazy image mount left on {second}", 60, lambda: not lazy_mounts(second))
+    finally:
+        cordon(core, first, False)
+        if lost:
+            bring_back(core, second)
         cordon(core, second, False)
         if sandbox is not None:
             sandbox.terminate()
