@@ -116,19 +116,7 @@ cluster-down:
 # That is gVisor's shim with runsc 2026, podsnap installed from `make image`. Then a second
 # pass of tests/cluster on one node with PODSNAP_CLUSTER_SHIM=runc (containerd's runc shim +
 # podsnap-runsc + Debian's runsc 20240729), the path existing nodes run. Needs root and Go.
+# One at a time: a second test-cluster, cluster-up or cluster-down is refused while it runs.
 SDK1_PATH ?= /opt/podsnap/sdk1
 test-cluster: deps
-	bash scripts/cluster/down.sh >/dev/null 2>&1 || true
-	@start=$$(date +%s); \
-	PODSNAP_CLUSTER_NODES=2 $(MAKE) --no-print-directory cluster-up && \
-	  PODSNAP_CLUSTER=1 PODSNAP_CLUSTER_NODES=2 python3 -m pytest -q tests/cluster --ignore=tests/cluster/sdk1 && \
-	  PODSNAP_CLUSTER_SDK1=1 PYTHONPATH=$(SDK1_PATH) python3 -m pytest -q tests/cluster/sdk1; rc=$$?; \
-	  [ $$rc = 0 ] || bash scripts/cluster/diagnose.sh; \
-	  bash scripts/cluster/down.sh >/dev/null 2>&1; \
-	  echo "test-cluster: gVisor-shim pass, two nodes $$(( $$(date +%s) - start )) s (rc $$rc)"; exit $$rc
-	@start=$$(date +%s); \
-	PODSNAP_CLUSTER_SHIM=runc $(MAKE) --no-print-directory cluster-up && \
-	  PODSNAP_CLUSTER=1 PODSNAP_CLUSTER_SHIM=runc python3 -m pytest -q tests/cluster --ignore=tests/cluster/sdk1; rc=$$?; \
-	  [ $$rc = 0 ] || bash scripts/cluster/diagnose.sh; \
-	  bash scripts/cluster/down.sh >/dev/null 2>&1; \
-	  echo "test-cluster: runc-shim pass $$(( $$(date +%s) - start )) s (rc $$rc)"; exit $$rc
+	SDK1_PATH=$(SDK1_PATH) bash scripts/cluster/test.sh

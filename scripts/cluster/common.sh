@@ -47,7 +47,8 @@ PIDS="$CLUSTER_RUN/pids"
 start() { # name command...
     local name="$1"
     shift
-    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    # Not holding the cluster lock's descriptor (200): the lock ends with its script.
+    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 200>&- &
     echo $! >"$PIDS/$name.pid"
     log "started $name (pid $!)"
 }
@@ -82,3 +83,16 @@ wait_for() { # what seconds command...
 }
 
 alive() { kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+
+# One user of the local cluster at a time. `make test-cluster` (scripts/cluster/test.sh) holds
+# this lock from its first cluster-down to its last, up.sh and down.sh while they run; what
+# they run inherits PODSNAP_CLUSTER_LOCKED=1 and does not lock again. A second user is refused
+# with who holds it, instead of taking the other's cluster down under it.
+CLUSTER_LOCK=/run/podsnap-cluster.lock
+cluster_lock() { # what (for the refusal message of the next one)
+    [ "${PODSNAP_CLUSTER_LOCKED:-}" = 1 ] && return 0
+    exec 200>>"$CLUSTER_LOCK"
+    flock -n 200 || die "the local cluster is in use ($(cat "$CLUSTER_LOCK" 2>/dev/null)); try again when it is done"
+    printf '%s, pid %s, since %s UTC' "$1" "$$" "$(date -u +%H:%M:%S)" >"$CLUSTER_LOCK"
+    export PODSNAP_CLUSTER_LOCKED=1
+}

@@ -4,6 +4,7 @@
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 
+cluster_lock "make cluster-down"
 SOCK="$CLUSTER_RUN/containerd.sock"
 
 # Control plane clients of the node first, so nothing recreates pods while they go.

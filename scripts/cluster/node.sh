@@ -18,6 +18,7 @@ PODSNAP_CLUSTER_NODES=2
 # shellcheck source=up.sh
 . "$CLUSTER_SCRIPTS/up.sh"
 settings
+cluster_lock "scripts/cluster/node.sh $*"
 export KUBECONFIG="$CLUSTER_DIR/kubeconfig"
 
 usage() { die "usage: $0 lose|return $NODE2_NAME"; }

@@ -668,6 +668,7 @@ second_node() {
 
 main() {
     [ "$(id -u)" = 0 ] || die "the cluster needs root (kubelet, containerd, CNI)"
+    cluster_lock "make cluster-up"
     bash "$CLUSTER_SCRIPTS/build.sh" # cached
     no_cluster_up
     need_debs
