@@ -135,5 +135,5 @@ rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null
 
 rm -rf "$CLUSTER_RUN" "$CLUSTER_VAR" /var/lib/kubelet
 # Logs and certificates stay for a look afterwards; the kubeconfig and socket say "up".
-rm -f "$CLUSTER_DIR/containerd.sock" "$CLUSTER_DIR/kubeconfig"
+rm -f "$CLUSTER_DIR/containerd.sock" "$CLUSTER_DIR/kubeconfig" "$CLUSTER_DIR"/*/containerd.sock
 log "down"

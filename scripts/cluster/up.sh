@@ -15,7 +15,8 @@
 #   /var/lib/podsnap-cluster). PODSNAP_CLUSTER_HOST_PROCESSES=1 runs podsnapd and
 #   podsnap-controller as host processes instead (debugging: this clone's newer build).
 #
-# Leaves target/cluster/kubeconfig (cluster admin) and target/cluster/containerd.sock. Every
+# Leaves target/cluster/kubeconfig (cluster admin) and target/cluster/containerd.sock (also at
+# target/cluster/<node name>/containerd.sock, for each node). Every
 # process runs in its own session, logs to target/cluster/logs/ and is stopped by
 # `make cluster-down` (scripts/cluster/down.sh) through its pid file.
 set -euo pipefail
@@ -396,6 +397,9 @@ start_containerd() {
     start containerd env PATH="$CLUSTER_BIN:$PATH" "${CONTAINERD_ENV[@]}" "$CLUSTER_BIN/containerd" \
         --config "$CLUSTER_DIR/containerd.toml"
     ln -sf "$CLUSTER_RUN/containerd.sock" "$CLUSTER_DIR/containerd.sock"
+    # Every node's socket at target/cluster/<node name>/containerd.sock (second_node's too).
+    mkdir -p "$CLUSTER_DIR/$NODE_NAME"
+    ln -sf "$CLUSTER_RUN/containerd.sock" "$CLUSTER_DIR/$NODE_NAME/containerd.sock"
     local ctr=("$CLUSTER_BIN/ctr" --address "$CLUSTER_RUN/containerd.sock" -n k8s.io) image
     wait_for containerd 30 "${ctr[@]}" version
     for image in pause busybox python; do

@@ -286,3 +286,44 @@ def test_sdk_create_sandbox_on_gvisor(api, core, monkeypatch):
     finally:
         sandboxes.delete_all()
         delete_quietly(custom.delete_namespaced_custom_object, *EXTENSIONS, NAMESPACE, "sandboxtemplates", template)
+
+
+def test_each_nodes_containerd_socket_imports_images_for_its_pods(core, tmp_path):
+    """Every node's containerd answers at target/cluster/<node>/containerd.sock (the first
+    node's also at target/cluster/containerd.sock): an image imported there with
+    `ctr -n k8s.io images import` runs a pod on that node, and only that node has it."""
+    import subprocess
+    from conftest import node_names
+    ctr = ROOT / "target" / "cluster" / "bin" / "ctr"
+    nodes = node_names()
+    first_sock = ROOT / "target" / "cluster" / "containerd.sock"
+    assert first_sock.resolve() == (ROOT / "target" / "cluster" / nodes[0] / "containerd.sock").resolve()
+    for node in nodes:
+        sock = ROOT / "target" / "cluster" / node / "containerd.sock"
+        assert sock.is_socket(), f"{sock} is not a socket"
+        image = f"localhost/podsnap/probe-{uuid.uuid4().hex[:6]}:1"
+        tar = tmp_path / f"{node}.tar"
+        subprocess.run(["python3", str(ROOT / "scripts" / "cluster" / "oci-image.py"), str(tar), image,
+                        "--cmd", '["/bin/echo", "probe ran"]', "/bin/echo=/bin/busybox"], check=True)
+        subprocess.run([str(ctr), "--address", str(sock), "-n", "k8s.io", "images", "import", str(tar)],
+                       check=True, capture_output=True)
+        for other in nodes:
+            listed = subprocess.run([str(ctr), "--address", str(ROOT / "target" / "cluster" / other / "containerd.sock"),
+                                     "-n", "k8s.io", "images", "ls", "-q"], check=True, capture_output=True,
+                                    text=True).stdout.split()
+            assert (image in listed) == (other == node), f"{image} imported on {node}; {other} lists it: {image in listed}"
+        name = f"probe-{uuid.uuid4().hex[:6]}"
+        core.create_namespaced_pod(NAMESPACE, client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1PodSpec(node_name=node, restart_policy="Never", containers=[client.V1Container(
+                name="probe", image=image, image_pull_policy="Never")])))
+        try:
+            wait(f"pod {name} on {node} to finish", 120,
+                 lambda: core.read_namespaced_pod(name, NAMESPACE).status.phase in ("Succeeded", "Failed"))
+            pod = core.read_namespaced_pod(name, NAMESPACE)
+            assert pod.status.phase == "Succeeded", pod_story(core, name)
+            assert core.read_namespaced_pod_log(name, NAMESPACE) == "probe ran\n"
+        finally:
+            core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+            subprocess.run([str(ctr), "--address", str(sock), "-n", "k8s.io", "images", "rm", image],
+                           capture_output=True)
