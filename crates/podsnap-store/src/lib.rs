@@ -88,7 +88,7 @@ pub use object_store;
 pub use pool::limit_malloc_arenas;
 pub use progress::{NoProgress, Progress, ProgressEvent};
 pub use pull::{PrefetchReport, PullOptions, PullReport};
-pub use push::{Follow, PushOptions, PushReport, WriterState};
+pub use push::{Compression, Follow, PushOptions, PushReport, WriterState};
 
 /// A snapshot store: an object store plus a key prefix. Cheap to clone.
 #[derive(Clone)]

@@ -96,18 +96,31 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        Pool::start("podsnap-idle", 1, || {
-            if let Err(e) = set_idle_priority() {
-                tracing::warn!(
-                    "cannot give the follow worker idle CPU priority ({e}); \
-                     it runs at normal priority"
-                );
-            }
-        })
-    })
-    .run(f)
-    .await
+    POOL.get_or_init(|| Pool::start("podsnap-idle", 1, idle_on_start))
+        .run(f)
+        .await
+}
+
+/// Like [`run_idle`], on a pool of one `SCHED_IDLE` thread per core: for work that may use
+/// all the CPU time nothing else wants (a checkpoint that stops its sandbox, whose runsc
+/// still writes: idle cores are free, and runsc keeps every core it asks for).
+pub(crate) async fn run_idle_wide<T, F>(f: F) -> Result<T, crate::StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool::start("podsnap-idlew", workers(), idle_on_start))
+        .run(f)
+        .await
+}
+
+fn idle_on_start() {
+    if let Err(e) = set_idle_priority() {
+        tracing::warn!(
+            "cannot give the follow worker idle CPU priority ({e}); it runs at normal priority"
+        );
+    }
 }
 
 /// Puts the calling thread in the `SCHED_IDLE` class (Linux; no privilege needed to lower
@@ -179,6 +192,8 @@ mod tests {
     async fn idle_work_runs_in_the_idle_class_and_other_work_does_not() {
         let idle = super::run_idle(super::current_policy).await.unwrap();
         assert_eq!(idle, libc::SCHED_IDLE);
+        let wide = super::run_idle_wide(super::current_policy).await.unwrap();
+        assert_eq!(wide, libc::SCHED_IDLE);
         let normal = super::run(super::current_policy).await.unwrap();
         assert_eq!(normal, libc::SCHED_OTHER);
     }

@@ -33,6 +33,7 @@ use crate::admin::index_digest;
 use crate::cache::CachePage;
 use crate::chunk;
 use crate::crypto::{blob_aad, Key, INDEX_AAD};
+use crate::direct::{PackBuf, PackPool};
 use crate::index::{page_count, BlobRef, Codec, FileIndex, ZERO_BLOB};
 use crate::limits::{MAX_BLOB_RAW, MAX_FILES, MAX_FILE_SIZE, PACK_TARGET, PAGE_SIZE, READ_BLOCK};
 use crate::manifest::{
@@ -63,6 +64,24 @@ pub struct PushOptions {
     pub sandbox: Option<crate::manifest::SandboxRecord>,
     /// Uploads in flight; 0 = default (4).
     pub concurrency: usize,
+    /// Whether new blobs are zstd-compressed (the default) or stored raw.
+    pub compression: Compression,
+}
+
+/// How a push stores the new blobs it finds. Either way every page is hashed (sha256) and
+/// verified on every read; raw blobs are part of format 1.0 (a blob that zstd does not shrink
+/// by 5% is stored raw anyway), so every reader reads both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// zstd level 1 per blob where that saves at least 5%, else raw.
+    #[default]
+    Zstd,
+    /// Every new blob raw: no zstd at all.
+    Raw,
+    /// Raw on a `file://` store, zstd on an object store. For a checkpoint racing its
+    /// durability deadline: on 2 cores zstd of a 692 MiB runsc image takes ~1 s of CPU (half
+    /// of the push's) to save disk space, while over a network the smaller upload may win.
+    RawWhenLocal,
 }
 
 /// How long a followed push waits before it looks at a growing file again.
@@ -99,6 +118,13 @@ pub struct Follow {
     pub files: Vec<String>,
     /// The writer's state; a dropped sender before `Done` counts as a failure.
     pub state: tokio::sync::watch::Receiver<WriterState>,
+    /// While the writer writes, stay out of its way: hash one block at a time, and keep new
+    /// packs in memory (at most 64 MiB, then wait for the writer) instead of writing them.
+    /// For a writer whose sandbox resumes (its freeze lasts as long as the writer). Without
+    /// it (a checkpoint that stops its sandbox: nothing waits but the checkpoint itself),
+    /// every core's idle time hashes and packs are written as they fill. Either way the
+    /// push works at `SCHED_IDLE` priority until the writer is done.
+    pub yield_to_writer: bool,
 }
 
 impl Follow {
@@ -391,6 +417,38 @@ struct BlockReader {
     follow: Option<Follow>,
 }
 
+/// Where a pool job runs: on the normal workers, or at idle priority while a writer writes
+/// (one thread when yielding to it, one per core otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prio {
+    Normal,
+    Idle,
+    IdleWide,
+}
+
+impl Prio {
+    /// The priority of work found while the writer of `follow` is in state `writing`.
+    fn while_writing(follow: Option<&Follow>, writing: bool) -> Prio {
+        match follow {
+            Some(f) if writing && f.yield_to_writer => Prio::Idle,
+            Some(_) if writing => Prio::IdleWide,
+            _ => Prio::Normal,
+        }
+    }
+
+    fn run<T, F>(self, f: F) -> futures::future::BoxFuture<'static, Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        match self {
+            Prio::Normal => crate::pool::run(f).boxed(),
+            Prio::Idle => crate::pool::run_idle(f).boxed(),
+            Prio::IdleWide => crate::pool::run_idle_wide(f).boxed(),
+        }
+    }
+}
+
 impl BlockReader {
     async fn open(
         src: &Source,
@@ -408,7 +466,10 @@ impl BlockReader {
             // Blocks alive at once: those being hashed, and those that blobs being
             // compressed or waiting to be packed still slice.
             pool: BlockPool::new(2 * workers + MAX_COMPRESSING_BLOBS_PER_WORKER * workers),
-            gate: Arc::new(Semaphore::new(1)),
+            gate: Arc::new(Semaphore::new(match follow {
+                Some(f) if !f.yield_to_writer => workers,
+                _ => 1,
+            })),
             follow: follow.cloned(),
         })
     }
@@ -417,12 +478,14 @@ impl BlockReader {
     async fn read(mut self, b: u64) -> Result<Option<HashedBlock>, StoreError> {
         let start = b * READ_BLOCK as u64;
         let mut permit = None;
+        let mut prio = Prio::Normal;
         let len = match &mut self.follow {
             Some(f) => match f.block_len(&self.file, &self.path, b).await? {
                 Some(len) => {
                     if f.now() == WriterState::Writing {
                         let gate = self.gate.clone();
                         permit = Some(gate.acquire_owned().await.expect("never closed"));
+                        prio = Prio::while_writing(Some(f), true);
                     }
                     len
                 }
@@ -430,7 +493,6 @@ impl BlockReader {
             },
             None => (self.size - start).min(READ_BLOCK as u64) as usize,
         };
-        let low = permit.is_some();
         let BlockReader {
             file, path, pool, ..
         } = self;
@@ -443,19 +505,19 @@ impl BlockReader {
             let block = PooledBlock { buf, len, pool };
             Ok::<_, StoreError>((Bytes::from_owner(block), hashes))
         };
-        let r = if low {
-            crate::pool::run_idle(job).await
-        } else {
-            crate::pool::run(job).await
-        };
-        Ok(Some(r??))
+        Ok(Some(prio.run(job).await??))
     }
 }
 
-/// Compresses (and, with a key, seals) one new blob: zstd where that is smaller, else the
-/// raw bytes, which are a slice of the block (no copy).
-fn compress_blob(j: BlobJob, key: Option<&Key>) -> Compressed {
-    let (mut codec, mut bytes) = match chunk::try_compress(&j.data) {
+/// Compresses (and, with a key, seals) one new blob: with `compress`, zstd where that is
+/// smaller, else the raw bytes, which are a slice of the block (no copy).
+fn compress_blob(j: BlobJob, key: Option<&Key>, compress: bool) -> Compressed {
+    let zstd = if compress {
+        chunk::try_compress(&j.data)
+    } else {
+        None
+    };
+    let (mut codec, mut bytes) = match zstd {
         Some(z) => (Codec::Zstd, Bytes::from(z)),
         None => (Codec::Raw, j.data.clone()),
     };
@@ -474,18 +536,18 @@ fn compress_blob(j: BlobJob, key: Option<&Key>) -> Compressed {
 }
 
 /// [`compress_blob`] as one pool job (a blob is up to 1 MiB, so every worker has work even
-/// when a block holds few blobs); with `low`, on the idle-priority thread.
+/// when a block holds few blobs), at priority `prio`. A raw blob without a key is no work:
+/// it is ready at once, without a trip through the pool.
 fn compress_on_pool(
     j: BlobJob,
     key: Option<Key>,
-    low: bool,
+    compress: bool,
+    prio: Prio,
 ) -> futures::future::BoxFuture<'static, Result<Compressed, StoreError>> {
-    let job = move || compress_blob(j, key.as_ref());
-    if low {
-        crate::pool::run_idle(job).boxed()
-    } else {
-        crate::pool::run(job).boxed()
+    if !compress && key.is_none() {
+        return futures::future::ready(Ok(compress_blob(j, None, false))).boxed();
     }
+    prio.run(move || compress_blob(j, key.as_ref(), compress))
 }
 
 /// Fails when the file's size now is not the `size` pushed, or `read` fell short of it: it
@@ -519,7 +581,9 @@ struct Pipeline<'a> {
     /// Checks in flight at most.
     check_slots: Arc<Semaphore>,
     // The open pack.
-    pack_buf: Vec<u8>,
+    pack_buf: PackBuf,
+    /// Pack buffers, reused.
+    pack_pool: Arc<PackPool>,
     pack_hasher: Sha256,
     pack_slot: Option<u32>,
     pack_seq: u64,
@@ -527,10 +591,12 @@ struct Pipeline<'a> {
     /// which aborts them.
     uploads: JoinSet<Result<u64, StoreError>>,
     upload_slots: Arc<Semaphore>,
+    /// Whether new blobs are zstd-compressed (else stored raw).
+    compress: bool,
     /// The writer of the file being pushed, while it is followed.
     writer: Option<Follow>,
     /// Sealed packs not uploaded yet because the writer still writes, and their bytes.
-    held: Vec<([u8; 32], Vec<u8>)>,
+    held: Vec<([u8; 32], PackBuf)>,
     held_bytes: usize,
     // Statistics.
     bytes_read: u64,
@@ -687,14 +753,11 @@ impl<'a> Pipeline<'a> {
         let name: [u8; 32] = hasher.finalize().into();
         self.packs[slot as usize] = name;
         self.pack_seq += 1;
-        let buf = std::mem::replace(
-            &mut self.pack_buf,
-            Vec::with_capacity(PACK_TARGET + MAX_BLOB_RAW),
-        );
+        let buf = std::mem::replace(&mut self.pack_buf, self.pack_pool.take());
         // While the writer (runsc, its sandbox paused) still writes, new packs wait in memory:
         // writing them would take page cache and disk bandwidth from the writer. Once
         // `HOLD_MAX_BYTES` wait, the push waits for the writer to finish.
-        if self.writer_writing() {
+        if self.writer_writing() && self.writer.as_ref().is_some_and(|w| w.yield_to_writer) {
             self.held_bytes += buf.len();
             self.held.push((name, buf));
             if self.held_bytes >= HOLD_MAX_BYTES {
@@ -725,7 +788,7 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Uploads a sealed pack (waiting for an upload slot).
-    async fn start_upload(&mut self, name: [u8; 32], buf: Vec<u8>) -> Result<(), StoreError> {
+    async fn start_upload(&mut self, name: [u8; 32], buf: PackBuf) -> Result<(), StoreError> {
         let permit = self
             .upload_slots
             .clone()
@@ -742,7 +805,7 @@ impl<'a> Pipeline<'a> {
             // synced once, before the commit), written around the page cache.
             if let Some(file) = inner.local_file(&key) {
                 tokio::task::spawn_blocking(move || {
-                    crate::direct::write_durable(&file, &buf)
+                    crate::direct::write_durable(&file, buf.as_ref())
                         .map_err(|e| StoreError::io("write", &file, e))
                 })
                 .await
@@ -750,7 +813,7 @@ impl<'a> Pipeline<'a> {
                 return Ok(len);
             }
             let path = inner.path(&key);
-            let payload = PutPayload::from(buf);
+            let payload = PutPayload::from(Bytes::from_owner(buf));
             inner
                 .retry("write", &key, || inner.os.put(&path, payload.clone()))
                 .await
@@ -810,9 +873,9 @@ impl<'a> Pipeline<'a> {
             self.progress
                 .event(ProgressEvent::BytesRead(block.len() as u64));
             // Blobs found while the writer still writes are compressed at idle priority too.
-            let low = self.writer_writing();
+            let prio = Prio::while_writing(follow, self.writer_writing());
             for j in self.dedup(&mut build, &block, &hashes) {
-                compressing.push_back(compress_on_pool(j, self.key.clone(), low));
+                compressing.push_back(compress_on_pool(j, self.key.clone(), self.compress, prio));
             }
             while compressing.len() > MAX_COMPRESSING_BLOBS_PER_WORKER * workers {
                 let c = compressing.next().await.expect("non-empty")?;
@@ -941,7 +1004,14 @@ impl Store {
             None => Some(list_files(dir).await?),
         };
         let seal = inner.keys.for_group(opts.group.as_deref()).cloned();
-        let mut p = Pipeline::new(inner, progress, &id, seal.clone(), opts.concurrency);
+        let mut p = Pipeline::new(
+            inner,
+            progress,
+            &id,
+            seal.clone(),
+            opts.concurrency,
+            opts.compression,
+        );
         let bases: Vec<SnapshotId> = opts
             .parent
             .iter()
@@ -1099,12 +1169,15 @@ impl<'a> Pipeline<'a> {
         id: &SnapshotId,
         seal: Option<Key>,
         concurrency: usize,
+        compression: Compression,
     ) -> Self {
         let uploads = if concurrency == 0 {
             DEFAULT_UPLOADS
         } else {
             concurrency
         };
+        // Room for a sealed blob past the target (its seal adds a nonce and a tag).
+        let pack_pool = PackPool::new(uploads + 2, PACK_TARGET + MAX_BLOB_RAW + PAGE_SIZE);
         Pipeline {
             inner,
             progress,
@@ -1117,12 +1190,18 @@ impl<'a> Pipeline<'a> {
             checked_packs: std::collections::HashSet::new(),
             pack_checks: JoinSet::new(),
             check_slots: Arc::new(Semaphore::new(16)),
-            pack_buf: Vec::with_capacity(PACK_TARGET + MAX_BLOB_RAW),
+            pack_buf: pack_pool.take(),
+            pack_pool,
             pack_hasher: Sha256::new(),
             pack_slot: None,
             pack_seq: 0,
             uploads: JoinSet::new(),
             upload_slots: Arc::new(Semaphore::new(uploads)),
+            compress: match compression {
+                Compression::Zstd => true,
+                Compression::Raw => false,
+                Compression::RawWhenLocal => inner.local_root.is_none(),
+            },
             writer: None,
             held: Vec::new(),
             held_bytes: 0,

@@ -90,6 +90,7 @@ fn follow(rx: watch::Receiver<WriterState>) -> Follow {
     Follow {
         files: vec!["pages.img".into()],
         state: rx,
+        yield_to_writer: true,
     }
 }
 
@@ -268,6 +269,7 @@ async fn a_followed_path_outside_the_directory_is_refused() {
             Follow {
                 files: vec!["../elsewhere".into()],
                 state: rx,
+                yield_to_writer: true,
             },
         )
         .await
@@ -342,6 +344,62 @@ async fn new_packs_wait_in_memory_until_the_writer_is_done_then_are_uploaded() {
         count_files(&packs_dir)
     );
     assert!(pushed.bytes_uploaded >= pages.len() as u64);
+    let out = r.work.path().join("out");
+    r.store.pull(&pushed.id, &out, &NoProgress).await.unwrap();
+    assert_eq!(dir_digest(&out), dir_digest(&src), "byte-exact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_yielding_packs_are_written_while_the_writer_still_writes() {
+    let r = Rig::new();
+    let src = r.src();
+    let packs_dir = r.work.path().join("store").join("packs");
+    let pages = random(12, 16 << 20);
+    let (tx, rx) = watch::channel(WriterState::Writing);
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let (src, pages) = (src.clone(), pages.clone());
+        std::thread::spawn(move || {
+            append_slowly(&src, "pages.img", &pages);
+            write_file(&src, "checkpoint.img", &runsc_like_image(5, 4));
+            release_rx.recv().unwrap();
+            tx.send(WriterState::Done {
+                runsc_metadata: None,
+            })
+            .unwrap();
+        })
+    };
+    let progress = Arc::new(ReadWhileWriting::default());
+    let push = {
+        let (store, src, progress) = (r.store.clone(), src.clone(), progress.clone());
+        let f = Follow {
+            yield_to_writer: false,
+            ..follow(rx)
+        };
+        tokio::spawn(async move {
+            store
+                .push_following(&src, PushOptions::default(), progress.as_ref(), f)
+                .await
+        })
+    };
+    // Packs land in the store while the writer has not said it is done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count_files(&packs_dir) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pack was written while the writer wrote (read {} bytes)",
+            progress.read_before.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        r.manifests().await,
+        0,
+        "nothing committed before the writer is done"
+    );
+    release_tx.send(()).unwrap();
+    let pushed = push.await.unwrap().expect("followed push");
+    writer.join().unwrap();
     let out = r.work.path().join("out");
     r.store.pull(&pushed.id, &out, &NoProgress).await.unwrap();
     assert_eq!(dir_digest(&out), dir_digest(&src), "byte-exact");

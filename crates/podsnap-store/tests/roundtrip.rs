@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use podsnap_store::{
-    NoProgress, OverlayMedium, Progress, ProgressEvent, PushOptions, SnapshotId, Store,
+    Compression, NoProgress, OverlayMedium, Progress, ProgressEvent, PushOptions, SnapshotId, Store,
 };
 
 #[tokio::test]
@@ -353,4 +353,86 @@ async fn generated_ids_sort_by_creation() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let b = SnapshotId::generate();
     assert!(a < b, "{a} < {b}");
+}
+
+/// Pushes `src` to `store` with `compression`; returns the bytes stored for it.
+async fn push_with(
+    store: &Store,
+    src: &std::path::Path,
+    compression: Compression,
+) -> (SnapshotId, u64) {
+    let opts = PushOptions {
+        compression,
+        ..Default::default()
+    };
+    let r = store.push(src, opts, &NoProgress).await.unwrap();
+    (r.id, r.bytes_uploaded)
+}
+
+/// `Compression::Raw` (and `RawWhenLocal` on a file:// store) stores a compressible image's
+/// pages as they are, zero pages still as holes; the pull is byte-exact, and a flipped byte
+/// in a raw pack fails it (every page is still verified). On an object store `RawWhenLocal`
+/// compresses.
+#[tokio::test]
+async fn raw_pushes_store_pages_as_they_are_and_pulls_still_verify_them() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let img = mixed_image(31, 2000);
+    let nonzero = img
+        .chunks(PAGE)
+        .filter(|p| p.iter().any(|&b| b != 0))
+        .count()
+        * PAGE;
+    write_file(&src, "pages.img", &img);
+    let root = work.path().join("store");
+    let store = Store::open(&format!("file://{}", root.display())).unwrap();
+    let (_, zstd) = push_with(&store, &src, Compression::Zstd).await;
+    let (raw_id, raw) = push_with(&store, &src, Compression::Raw).await;
+    let (local_id, local) = push_with(&store, &src, Compression::RawWhenLocal).await;
+    assert!(
+        zstd < nonzero as u64 * 3 / 4,
+        "zstd stored {zstd} of {nonzero}"
+    );
+    for (what, n) in [("raw", raw), ("raw when local", local)] {
+        assert!(
+            n >= nonzero as u64,
+            "{what} stored {n} bytes of {nonzero} non-zero"
+        );
+        assert!(n < img.len() as u64, "{what}: zero pages stay holes");
+    }
+    let mem = Store::open("memory://").unwrap();
+    let (_, remote) = push_with(&mem, &src, Compression::RawWhenLocal).await;
+    assert!(
+        remote < nonzero as u64 * 3 / 4,
+        "an object store compresses: {remote}"
+    );
+
+    for id in [&raw_id, &local_id] {
+        let out = work.path().join(format!("out-{id}"));
+        store.pull(id, &out, &NoProgress).await.unwrap();
+        assert_eq!(dir_digest(&out), dir_digest(&src));
+    }
+    // One flipped byte in the middle of every pack: no raw pull may succeed.
+    for e in walk_files(&root.join("packs")) {
+        let mut b = std::fs::read(&e).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x40;
+        std::fs::write(&e, b).unwrap();
+    }
+    let out = work.path().join("corrupt");
+    let r = store.pull(&raw_id, &out, &NoProgress).await;
+    assert!(r.is_err(), "a corrupted raw pack was accepted");
+    assert!(!out.exists(), "nothing appears from a failed pull");
+}
+
+fn walk_files(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }

@@ -20,7 +20,7 @@ use podsnap_runtime::{
     Sandbox, SandboxKind, Target,
 };
 use podsnap_store::{
-    ContainerRecord, Follow, Manifest, NodeFacts, OverlayMedium, PodRef, PushOptions,
+    Compression, ContainerRecord, Follow, Manifest, NodeFacts, OverlayMedium, PodRef, PushOptions,
     SandboxRecord, SnapshotId, StoreError, WriterState,
 };
 use tracing::{info, info_span, warn};
@@ -449,6 +449,8 @@ impl Engine {
         let follow = Follow {
             files,
             state: state_rx,
+            // A sandbox that keeps running is frozen while runsc writes: stay out of its way.
+            yield_to_writer: cp.after != AfterCheckpoint::Stop,
         };
         let push = self.push_image(run, ImageSource::Writing(follow), slot);
         let (runsc, pushed) = tokio::join!(runsc, push);
@@ -599,6 +601,9 @@ impl Engine {
             runsc_metadata,
             sandbox: sandbox_record(&cp.sandbox),
             concurrency: self.cfg.concurrency,
+            // A checkpoint races its durability deadline: zstd would cost about as much CPU
+            // as the rest of the push (docs/benchmarks.md), for disk space on a local store.
+            compression: Compression::RawWhenLocal,
         };
         let report = match follow {
             Some(f) => {
