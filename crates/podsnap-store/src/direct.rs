@@ -289,6 +289,13 @@ mod tests {
         let data = pattern(3 * 4096 + 100);
         write_durable(&path, &data).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
+        // The same from an aligned pack buffer (written without the bounce copy).
+        let pool = PackPool::new(1, 4 * ALIGN);
+        let mut b = pool.take();
+        b.extend_from_slice(&data);
+        let path = dir.path().join("aligned");
+        write_durable(&path, b.as_ref()).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
     #[test]
