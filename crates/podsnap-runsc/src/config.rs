@@ -10,6 +10,7 @@
 //! restore_mode = "auto"                    # auto | replace-create | restore-on-start
 //! host_network = "none"                    # hostNetwork pods: none (loopback only) | host
 //! shim = "auto"                            # auto | runc | gvisor: the containerd shim in front
+//! kubelet_root = "/var/lib/kubelet"        # where a restored pod's emptyDir volumes are
 //!
 //! [cross_namespace_restores]               # pods of namespace team-b may be restored from
 //! team-b = ["team-a"]                      # snapshots of pods of team-a (none by default)
@@ -36,6 +37,8 @@ pub const DEFAULT_MARKER_DIR: &str = "/run/podsnap/restored";
 pub const DEFAULT_PREPARE_TIMEOUT: Duration = Duration::from_secs(110);
 /// runsc's usual place.
 pub const DEFAULT_RUNSC: &str = "/usr/bin/runsc";
+/// The kubelet's default `--root-dir`.
+pub const DEFAULT_KUBELET_ROOT: &str = "/var/lib/kubelet";
 
 /// How a restore is carried out for the installed runsc.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -101,6 +104,7 @@ struct FileConfig {
     host_network: HostNetwork,
     cross_namespace_restores: std::collections::BTreeMap<String, Vec<String>>,
     shim: Shim,
+    kubelet_root: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -125,6 +129,9 @@ pub struct Config {
     pub cross_namespace_restores: std::collections::BTreeMap<String, Vec<String>>,
     /// The shim in front of the wrapper.
     pub shim: Shim,
+    /// The kubelet's root directory: a restored pod's emptyDir volumes are
+    /// `<kubelet_root>/pods/<pod uid>/volumes/kubernetes.io~empty-dir/<name>`.
+    pub kubelet_root: PathBuf,
     /// The file read, if any.
     pub source: Option<PathBuf>,
 }
@@ -241,6 +248,9 @@ impl Config {
             host_network: file.host_network,
             cross_namespace_restores: file.cross_namespace_restores,
             shim: file.shim,
+            kubelet_root: file
+                .kubelet_root
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBELET_ROOT)),
             source,
         })
     }
@@ -282,6 +292,7 @@ runsc_flags = ["--platform=systrap"]
 marker_dir = "/run/x/restored"
 restore_mode = "replace-create"
 shim = "gvisor"
+kubelet_root = "/srv/kubelet"
 "#,
         );
         let env = Env {
@@ -296,6 +307,7 @@ shim = "gvisor"
         assert_eq!(c.marker_dir, PathBuf::from("/run/x/restored"));
         assert_eq!(c.restore_mode, RestoreMode::ReplaceCreate);
         assert_eq!(c.shim, Shim::Gvisor);
+        assert_eq!(c.kubelet_root, PathBuf::from("/srv/kubelet"));
         assert_eq!(c.source.as_deref(), Some(Path::new(&file)));
 
         let env = Env {
@@ -340,6 +352,7 @@ shim = "gvisor"
         assert_eq!(c.marker_dir, PathBuf::from(DEFAULT_MARKER_DIR));
         assert_eq!(c.restore_mode, RestoreMode::Auto);
         assert_eq!(c.shim, Shim::Auto);
+        assert_eq!(c.kubelet_root, PathBuf::from("/var/lib/kubelet"));
         assert!(c.runsc_flags.is_empty());
     }
 

@@ -58,6 +58,9 @@ pub enum RestoreError {
     NotAPodSnapshot,
     #[error("podsnapd's image dir {} is not a directory on this host", .0.display())]
     ImageDirMissing(PathBuf),
+    /// The pod's emptyDirs or `/dev/shm` could not be given the snapshot's contents.
+    #[error(transparent)]
+    Volumes(#[from] crate::volumes::VolumeError),
     #[error("cannot write restore marker {}", .path.display())]
     WriteMarker {
         path: PathBuf,

@@ -9,7 +9,9 @@
 //!   image and then, for runsc 20221219 (which cannot restore into a created container),
 //!   execs `runsc <globals> restore --image-path DIR --detach <create's arguments>` and records
 //!   a marker; with a current runsc it execs the `create` unchanged and turns the following
-//!   `start` into the `restore`. If podsnapd says no, the create fails with its reason.
+//!   `start` into the `restore`. If podsnapd says no, the create fails with its reason. A pod
+//!   sandbox's emptyDirs and `/dev/shm` get the contents the snapshot carries first
+//!   ([`volumes`]).
 //! - `start`: if a marker says the container was already restored, exit 0.
 //! - `delete`: remove the container's marker, then pass through.
 //!
@@ -28,6 +30,7 @@ pub mod plan;
 pub mod pod;
 pub mod runsc_log;
 pub mod spec;
+pub mod volumes;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::MetadataExt;

@@ -4,7 +4,8 @@
 //! - `create`: a host-network pod sandbox gets the configured `--network`; a container
 //!   without the restore annotation is created as asked (a pod's app container through its
 //!   waiter, see [`crate::pod`]); an annotated one is restored: a pod's app container from
-//!   its sandbox's image, anything else from the image podsnapd prepares.
+//!   its sandbox's image, anything else from the image podsnapd prepares (a pod sandbox's
+//!   emptyDirs and `/dev/shm` first get the contents the snapshot carries, see [`volumes`]).
 //! - `start`: a pod's app container starts (or restores) with its waiter's stdio; otherwise
 //!   the restore marker decides between `start`, `restore` and answering success.
 //! - `delete` and `kill`: markers and waiters are forgotten, runsc's answers reworded.
@@ -16,7 +17,7 @@ use crate::args::Invocation;
 use crate::config::{Config, Env, RestoreMode};
 use crate::error::{PlanError, RestoreError};
 use crate::marker::{self, Marker, MarkerMode};
-use crate::{absolute, daemon, pod, resolve_runsc, restore_mode_for, spec, Plan};
+use crate::{absolute, daemon, pod, resolve_runsc, restore_mode_for, spec, volumes, Plan};
 
 /// Decides what to do with a call.
 pub fn plan(inv: &Invocation, env: &Env) -> Result<Plan, PlanError> {
@@ -212,6 +213,10 @@ impl Planner<'_> {
         let image_dir = prepared.image_dir;
         if !image_dir.is_dir() {
             return Err(RestoreError::ImageDirMissing(image_dir));
+        }
+        if c.spec.role == spec::Role::PodSandbox {
+            // Before runsc runs for this pod (see `volumes`).
+            volumes::restore(&self.cfg.kubelet_root, &c.spec, &id, &image_dir)?;
         }
         let record = Marker {
             mode: mode.into(),

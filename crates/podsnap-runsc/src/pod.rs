@@ -589,6 +589,8 @@ mod tests {
             pod_name: Some("web-2".into()),
             sandbox_id: None,
             network_namespace: false,
+            pod_uid: None,
+            dev_shm: None,
         }
     }
 

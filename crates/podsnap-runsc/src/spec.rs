@@ -33,6 +33,8 @@ pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
 /// The CRI annotation holding an app container's pod sandbox id.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The CRI annotation holding the pod's uid (containerd 1.6 and 2.x).
+pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
 
 #[derive(serde::Deserialize)]
 struct Spec {
@@ -40,6 +42,20 @@ struct Spec {
     annotations: Option<std::collections::BTreeMap<String, serde_json::Value>>,
     #[serde(default)]
     linux: Option<Linux>,
+    #[serde(default)]
+    mounts: Option<Vec<Mount>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Mount {
+    #[serde(default)]
+    destination: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    options: Vec<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -81,6 +97,11 @@ pub struct Bundle {
     /// Whether the spec asks for a network namespace. The CRI leaves it out for
     /// `hostNetwork` pods.
     pub network_namespace: bool,
+    /// The pod's uid (CRI containers).
+    pub pod_uid: Option<String>,
+    /// The host directory bound at `/dev/shm` (the CRI's per-sandbox tmpfs, or the host's
+    /// own for `hostIPC`), if any.
+    pub dev_shm: Option<std::path::PathBuf>,
 }
 
 /// Reads `<bundle>/config.json`.
@@ -115,6 +136,16 @@ pub fn read(bundle: &Path) -> Result<Bundle, SpecError> {
         .and_then(|l| l.namespaces)
         .and_then(|ns| ns.into_iter().find(|n| n.kind == "network"));
     let network_namespace = netns.is_some();
+    let dev_shm = spec
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| {
+            m.destination == "/dev/shm"
+                && (m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind"))
+                && !m.source.is_empty()
+        })
+        .map(|m| std::path::PathBuf::from(m.source));
     Ok(Bundle {
         role,
         restore_from,
@@ -123,6 +154,8 @@ pub fn read(bundle: &Path) -> Result<Bundle, SpecError> {
         pod_name: text(SANDBOX_NAME),
         sandbox_id: text(SANDBOX_ID),
         network_namespace,
+        pod_uid: text(SANDBOX_UID),
+        dev_shm,
     })
 }
 
@@ -205,6 +238,27 @@ mod tests {
             assert_eq!(b.network_namespace, *netns, "{json}");
             assert_eq!(b.container_name.as_deref(), *name, "{json}");
         }
+    }
+
+    #[test]
+    fn reads_the_pod_uid_and_the_dev_shm_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-uid":"u-1"},
+               "mounts":[{"destination":"/dev/shm","type":"tmpfs","source":"shm"},
+                         {"destination":"/dev/shm","source":"/run/c/sandboxes/s/shm","options":["rbind","ro"]}]}"#,
+        )
+        .unwrap();
+        let b = read(dir.path()).unwrap();
+        assert_eq!(b.pod_uid.as_deref(), Some("u-1"));
+        assert_eq!(
+            b.dev_shm.as_deref(),
+            Some(Path::new("/run/c/sandboxes/s/shm"))
+        );
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let b = read(dir.path()).unwrap();
+        assert_eq!((b.pod_uid, b.dev_shm), (None, None));
     }
 
     #[test]

@@ -28,10 +28,11 @@ fn start(scratch: &Path, runsc: &Path) -> CriContainerd {
     std::fs::write(
         &config,
         format!(
-            "runsc = \"{}\"\nsocket = \"{}\"\nmarker_dir = \"{}\"\n{}",
+            "runsc = \"{}\"\nsocket = \"{}\"\nmarker_dir = \"{}\"\nkubelet_root = \"{}\"\n{}",
             runsc.display(),
             scratch.join("podsnapd.sock").display(),
             scratch.join("markers").display(),
+            scratch.join("kubelet").display(),
             // Set PODSNAP_TEST_RUNSC_DEBUG=DIR/ to get runsc's debug logs there.
             std::env::var("PODSNAP_TEST_RUNSC_DEBUG")
                 .map(|d| format!("runsc_flags = [\"--debug\", \"--debug-log={d}\"]\n"))
@@ -240,15 +241,62 @@ fn sibling_binary(name: &str) -> PathBuf {
     p
 }
 
-/// A counter that also appends each count to `/data.txt` in its rootfs.
-const FILE_COUNTER: &str =
-    r#"i=0; while :; do echo "Count: $i"; echo "$i" >> /data.txt; i=$((i+1)); sleep 1; done"#;
+/// A counter that also appends each count to `/data.txt` in its rootfs, to `/vol/NAME.txt`
+/// on the pod's emptyDir volume `vol` and to `/dev/shm/NAME.txt`.
+fn file_counter(name: &str) -> String {
+    format!(
+        r#"i=0; while :; do echo "Count: $i"; echo "$i" >> /data.txt; echo "$i" >> /vol/{name}.txt; echo "$i" >> /dev/shm/{name}.txt; i=$((i+1)); sleep 1; done"#
+    )
+}
 
-/// `podsnapctl checkpoint --pod NAMESPACE/NAME --stop`; returns the snapshot id.
-fn checkpoint_pod(sock: &Path, pod: &str) -> String {
+/// The kubelet's part for emptyDir volume `vol`: its host directory (the kubelet makes it
+/// before it asks for the pod) and the app container's bind mount of it at `/vol`.
+fn with_empty_dir(
+    scratch: &Path,
+    pod: &cri::api::PodSandboxConfig,
+    mut config: cri::api::ContainerConfig,
+) -> cri::api::ContainerConfig {
+    let dir = empty_dir(scratch, pod);
+    std::fs::create_dir_all(&dir).unwrap();
+    config.mounts.push(cri::api::Mount {
+        container_path: "/vol".into(),
+        host_path: dir.display().to_string(),
+        ..Default::default()
+    });
+    config
+}
+
+/// `<kubelet root>/pods/<uid>/volumes/kubernetes.io~empty-dir/vol` of `pod`.
+fn empty_dir(scratch: &Path, pod: &cri::api::PodSandboxConfig) -> PathBuf {
+    let uid = &pod.metadata.as_ref().unwrap().uid;
+    scratch
+        .join("kubelet/pods")
+        .join(uid)
+        .join("volumes/kubernetes.io~empty-dir/vol")
+}
+
+/// The numbers in `path` inside container `id`, one per line.
+fn lines_of(c: &CriContainerd, id: &str, path: &str) -> Vec<u64> {
+    let r = c
+        .exec_sync(id, &["/bin/cat", path], Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        r.exit_code,
+        0,
+        "cat {path}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// `podsnapctl checkpoint --pod NAMESPACE/NAME --stop|--resume`; returns the snapshot id.
+fn checkpoint_pod(sock: &Path, pod: &str, post: &str) -> String {
     let out = std::process::Command::new(sibling_binary("podsnapctl"))
         .arg(format!("--socket={}", sock.display()))
-        .args(["checkpoint", "--pod", pod, "--stop"])
+        .args(["checkpoint", "--pod", pod, post])
         .output()
         .unwrap();
     assert!(out.status.success(), "podsnapctl checkpoint --pod: {out:?}");
@@ -270,14 +318,16 @@ struct Source {
 }
 
 /// The source pod (`tenant-a/counters`, two file counters) runs, is checkpointed with
-/// `podsnapctl checkpoint --pod --stop` and removed as the kubelet would.
-fn checkpoint_source_pod(c: &CriContainerd, sock: &Path, logs: &Path) -> Source {
-    let names = POD_CONTAINERS;
+/// `podsnapctl checkpoint --pod --stop` and removed as the kubelet would; then its emptyDir
+/// is emptied, so that what comes back can only come from the snapshot.
+fn checkpoint_source_pod(c: &CriContainerd, sock: &Path, scratch: &Path) -> Source {
+    let (names, logs) = (POD_CONTAINERS, scratch.join("pod-logs"));
     // The source pod.
     let pod = cri::pod_config("tenant-a", "counters", &logs.join("src"), true, &[]);
     let pod_id = c.run_pod(&pod).expect("RunPodSandbox");
     for name in names {
-        c.run_container(&pod_id, &pod, &cri::container_config(name, 0, FILE_COUNTER))
+        let config = cri::container_config(name, 0, &file_counter(name));
+        c.run_container(&pod_id, &pod, &with_empty_dir(scratch, &pod, config))
             .expect("app container starts");
     }
     for name in names {
@@ -288,7 +338,14 @@ fn checkpoint_source_pod(c: &CriContainerd, sock: &Path, logs: &Path) -> Source 
         )
         .unwrap();
     }
-    let snapshot = checkpoint_pod(sock, "tenant-a/counters");
+    // A checkpoint that resumes the pod (its sandbox is paused while its volumes are packed)
+    // leaves it counting.
+    let log_a = logs.join(format!("src/{}/0.log", names[0]));
+    let at = *cri::log_counts(&log_a).last().unwrap();
+    checkpoint_pod(sock, "tenant-a/counters", "--resume");
+    cri::wait_for_log_count(&log_a, at + 3, Duration::from_secs(30))
+        .expect("the pod counts on after a --resume checkpoint");
+    let snapshot = checkpoint_pod(sock, "tenant-a/counters", "--stop");
     let last: Vec<u64> = names
         .iter()
         .map(|n| {
@@ -311,13 +368,18 @@ fn checkpoint_source_pod(c: &CriContainerd, sock: &Path, logs: &Path) -> Source 
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-
+    let old = empty_dir(scratch, &pod);
+    for name in names {
+        std::fs::remove_file(old.join(format!("{name}.txt"))).unwrap();
+    }
     Source { snapshot, last }
 }
 
-/// The restored pod comes up with every container continuing its count and its rootfs file.
-fn restored_pod_continues(c: &CriContainerd, logs: &Path, source: &Source) {
+/// The restored pod comes up with every container continuing its count and its files on
+/// the rootfs, the emptyDir and /dev/shm complete.
+fn restored_pod_continues(c: &CriContainerd, scratch: &Path, source: &Source) {
     let (names, snapshot, last) = (POD_CONTAINERS, &source.snapshot, &source.last);
+    let logs = scratch.join("pod-logs");
     // The restored pod: same namespace, containers of the same names, created in order.
     let pod = cri::pod_config(
         "tenant-a",
@@ -326,14 +388,30 @@ fn restored_pod_continues(c: &CriContainerd, logs: &Path, source: &Source) {
         true,
         &[("podsnap.dev/restore-from", snapshot.as_str())],
     );
+    // The kubelet mounts the new pod's (empty) volumes before it asks for the pod.
+    std::fs::create_dir_all(empty_dir(scratch, &pod)).unwrap();
     let pod_id = c.run_pod(&pod).expect("RunPodSandbox of the restored pod");
+    // The snapshot's emptyDir contents are in the new pod's directory before any app
+    // container exists (checked once they run: a pod whose restore is left half done
+    // cannot be stopped).
+    let unpacked: Vec<String> = names
+        .iter()
+        .map(|name| {
+            std::fs::read_to_string(empty_dir(scratch, &pod).join(format!("{name}.txt")))
+                .unwrap_or_default()
+        })
+        .collect();
     let ids: Vec<String> = names
         .iter()
         .map(|name| {
-            c.run_container(&pod_id, &pod, &cri::container_config(name, 0, FILE_COUNTER))
+            let config = cri::container_config(name, 0, &file_counter(name));
+            c.run_container(&pod_id, &pod, &with_empty_dir(scratch, &pod, config))
                 .unwrap_or_else(|e| panic!("restored {name} starts: {e}"))
         })
         .collect();
+    for (name, on_host) in names.iter().zip(&unpacked) {
+        assert!(on_host.starts_with("0\n1\n2\n"), "{name}: {on_host:?}");
+    }
     for ((name, id), before) in names.iter().zip(&ids).zip(last) {
         let log = logs.join(format!("dst/{name}/0.log"));
         cri::wait_for_log_count(&log, before + 2, Duration::from_secs(60)).unwrap();
@@ -350,18 +428,24 @@ fn restored_pod_continues(c: &CriContainerd, logs: &Path, source: &Source) {
         let st = c.container_status(id).unwrap();
         assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
         // The rootfs file written before the checkpoint is all there, and goes on.
-        let r = c
-            .exec_sync(id, &["/bin/cat", "/data.txt"], Duration::from_secs(30))
-            .unwrap();
-        let lines: Vec<u64> = String::from_utf8_lossy(&r.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
+        let lines = lines_of(c, id, "/data.txt");
         assert_eq!(
             lines[..=*before as usize],
             (0..=*before).collect::<Vec<_>>()[..],
             "{name}"
         );
+        // So are the files on the emptyDir and /dev/shm, outside the checkpoint: complete
+        // from 0, one line a count (nothing written after the checkpoint came back with
+        // them), and going on past the restore.
+        let last_count = *counts.last().unwrap();
+        for path in [format!("/vol/{name}.txt"), format!("/dev/shm/{name}.txt")] {
+            let lines = lines_of(c, id, &path);
+            assert_eq!(lines, (0..lines.len() as u64).collect::<Vec<_>>(), "{path}");
+            assert!(
+                lines.len() as u64 >= last_count,
+                "{path}: {lines:?} (count {last_count})"
+            );
+        }
     }
     c.stop_pod(&pod_id).expect("StopPodSandbox");
     c.remove_pod(&pod_id).expect("RemovePodSandbox");
@@ -393,8 +477,11 @@ fn refused_restores_fail_the_pod_sandbox(c: &CriContainerd, logs: &Path, snapsho
 
 /// A pod of two app containers is checkpointed with `podsnapctl checkpoint --pod --stop`; a
 /// new pod annotated `podsnap.dev/restore-from` comes up with both containers restored by
-/// name: RUNNING, their counters continuing in the new pod's CRI log files, their rootfs
-/// files intact. A pod of another namespace and an unknown snapshot are refused.
+/// name: RUNNING, their counters continuing in the new pod's CRI log files, their files on
+/// the rootfs, on an emptyDir volume (a host directory under the kubelet's root, bind
+/// mounted, outside the checkpoint: emptied after the checkpoint) and on /dev/shm (the CRI's
+/// per-sandbox tmpfs) complete. A pod of another namespace and an unknown snapshot are
+/// refused.
 #[test]
 fn annotated_pod_comes_up_with_every_container_restored() {
     if !require(
@@ -433,8 +520,8 @@ fn annotated_pod_comes_up_with_every_container_restored() {
         ))
         .spawn();
     let logs = s.join("pod-logs");
-    let source = checkpoint_source_pod(&c, &daemon.sock, &logs);
-    restored_pod_continues(&c, &logs, &source);
+    let source = checkpoint_source_pod(&c, &daemon.sock, s);
+    restored_pod_continues(&c, s, &source);
     refused_restores_fail_the_pod_sandbox(&c, &logs, &source.snapshot);
     assert_eq!(runsc_ids(&runsc, &c.runsc_root()), Vec::<String>::new());
     assert_eq!(waiters(&s.join("markers")), Vec::<i32>::new());

@@ -12,6 +12,8 @@
 //!   a containerd container to its runsc root, sandbox and Kubernetes pod.
 //! - [`runtime`]: the object-safe [`SandboxRuntime`] trait the daemon drives, its domain types
 //!   and the real implementation [`RunscRuntime`].
+//! - [`volumes`]: a runc-shim pod's emptyDirs and `/dev/shm`, which its checkpoint does not
+//!   save: found in its containers' specs and packed into the image while it is paused.
 //! - `testing` (feature `test-util`): `FakeRuntime`, a scripted, recording double.
 //!
 //! What runsc 20221219 cannot do is refused here with a clear [`RuntimeError::Unsupported`]
@@ -26,6 +28,7 @@ pub mod runsc;
 pub mod runtime;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod volumes;
 
 pub use containerd::{ContainerdClient, ContainerdConfig, ContainerdError, PodInfo, TaskStatus};
 pub use image::{read_header, read_header_file, read_image_dir_header, HeaderError, ImageHeader};

@@ -6,6 +6,7 @@ use crate::image::{self, HeaderError};
 use crate::policy::{Manager, ReleasePolicy, ResumeMethod};
 use crate::rootdir::{self, RootfsOverlay};
 use crate::runsc::{self, Capabilities, Runsc, RunscVersion, Status};
+use crate::volumes;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -430,6 +431,15 @@ pub enum RuntimeError {
     /// A request was malformed.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The pod's volumes outside the checkpoint could not be carried in its image.
+    #[error("cannot carry the volumes of {target} in its snapshot")]
+    Volumes {
+        /// The sandbox.
+        target: String,
+        /// Why.
+        #[source]
+        source: podsnap_volumes::PackError,
+    },
 }
 
 /// The runtime operations the daemon needs, object safe so it can hold `Arc<dyn SandboxRuntime>`.
@@ -490,6 +500,8 @@ pub struct RunscRuntime {
     runsc: Runsc,
     containerd: Option<ContainerdClient>,
     facts: tokio::sync::OnceCell<(RunscVersion, Capabilities)>,
+    /// How much of a pod's volumes a checkpoint may carry (see [`volumes`]).
+    volume_limits: podsnap_volumes::Limits,
 }
 
 fn valid_id(id: &str) -> Result<(), RuntimeError> {
@@ -513,7 +525,14 @@ impl RunscRuntime {
             runsc,
             containerd: None,
             facts: tokio::sync::OnceCell::new(),
+            volume_limits: podsnap_volumes::Limits::default(),
         }
+    }
+
+    /// Other limits for the pod volumes a checkpoint carries.
+    pub fn with_volume_limits(mut self, limits: podsnap_volumes::Limits) -> Self {
+        self.volume_limits = limits;
+        self
     }
 
     /// Adds a containerd client (connected lazily).
@@ -825,6 +844,116 @@ impl RunscRuntime {
 }
 
 impl RunscRuntime {
+    /// `runsc checkpoint` of a runc-shim pod whose volumes live outside the checkpoint: the
+    /// sandbox is paused, its volumes packed into the image ([`podsnap_volumes::FILE_NAME`]),
+    /// checkpointed (the same moment as the pack: nothing written after the checkpoint is in
+    /// the pack) and resumed (a sandbox the checkpoint stopped exits then). A record in the
+    /// job dir lets a restarted daemon resume it ([`SandboxRuntime::await_earlier`]).
+    async fn checkpoint_with_volumes(
+        &self,
+        sb: &Sandbox,
+        target: &str,
+        outside: Vec<podsnap_volumes::Volume>,
+        ck: &runsc::CheckpointOpts,
+    ) -> Result<(), RuntimeError> {
+        let client = self.runsc.with_root(&sb.root);
+        let id = sb.checkpoint_id();
+        let record = ck.job_dir.as_ref().map(|d| d.join(volumes::PAUSED_RECORD));
+        if let Some(r) = &record {
+            let paused = volumes::Paused {
+                root: sb.root.clone(),
+                id: id.to_string(),
+            };
+            write_record(r, &paused)?;
+        }
+        let was_paused = matches!(client.state(id).await, Ok(s) if s.status == Status::Paused);
+        if !was_paused {
+            client.pause(id).await?;
+        }
+        let out = ck.image_path.join(podsnap_volumes::FILE_NAME);
+        let limits = self.volume_limits;
+        let t = std::time::Instant::now();
+        let packed = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(out.parent().expect("a file in the image dir")).map_err(
+                |source| podsnap_volumes::PackError::Write {
+                    path: out.clone(),
+                    source,
+                },
+            )?;
+            podsnap_volumes::pack(&outside, &out, &limits)
+        })
+        .await
+        .map_err(|e| RuntimeError::Io {
+            context: "packing the pod's volumes".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let res = match packed {
+            Ok(p) => {
+                tracing::info!(sandbox = %sb.sandbox_id, volumes = p.volumes, entries = p.entries, bytes = p.bytes, took = ?t.elapsed(), "packed the pod's volumes");
+                if !p.skipped.is_empty() {
+                    tracing::warn!(sandbox = %sb.sandbox_id, skipped = ?p.skipped, "left out of the pod's volumes: sockets and device nodes");
+                }
+                client.checkpoint(id, ck).await.map_err(RuntimeError::from)
+            }
+            Err(source) => Err(RuntimeError::Volumes {
+                target: target.to_string(),
+                source,
+            }),
+        };
+        // Resumed in every case: after `--leave-running` it runs on; after a checkpoint that
+        // stops it, runsc 20240729 leaves a paused sandbox paused (seen: saved, alive, frozen)
+        // and it exits only once resumed, without running again.
+        let resumed = client.resume(id).await;
+        if let Some(r) = &record {
+            let _ = std::fs::remove_file(r);
+        }
+        match resumed {
+            Err(e) if res.is_ok() && ck.leave_running => {
+                tracing::error!(sandbox = %sb.sandbox_id, error = %e, "cannot resume the sandbox paused for its checkpoint");
+                Err(e.into())
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %sb.sandbox_id, error = %e, "resuming the sandbox after its checkpoint");
+                res
+            }
+            Ok(()) => res,
+        }
+    }
+
+    /// Resumes the sandbox a checkpoint job dir's [`volumes::PAUSED_RECORD`] names, if any.
+    async fn resume_recorded_pause(&self, job_dir: &Path) {
+        let path = job_dir.join(volumes::PAUSED_RECORD);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        if let Ok(p) = serde_json::from_slice::<volumes::Paused>(&bytes) {
+            let client = self.runsc.with_root(&p.root);
+            if matches!(client.state(&p.id).await, Ok(s) if s.status == Status::Paused) {
+                match client.resume(&p.id).await {
+                    Ok(()) => {
+                        tracing::info!(sandbox = %p.id, "resumed a sandbox paused by an earlier run's checkpoint")
+                    }
+                    Err(e) => {
+                        tracing::error!(sandbox = %p.id, error = %e, "cannot resume a sandbox paused by an earlier run's checkpoint")
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+fn write_record(path: &Path, paused: &volumes::Paused) -> Result<(), RuntimeError> {
+    let bytes = serde_json::to_vec(paused).expect("records serialise");
+    std::fs::create_dir_all(path.parent().expect("a file in the job dir"))
+        .and_then(|()| std::fs::write(path, bytes))
+        .map_err(|source| RuntimeError::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        })
+}
+
+impl RunscRuntime {
     /// The pod's sandbox (pause) container in containerd's CRI namespace, resolved as a
     /// containerd target. Of several sandboxes of one pod (a pod recreated under its name),
     /// the one whose task runs wins.
@@ -958,21 +1087,22 @@ impl SandboxRuntime for RunscRuntime {
         }
         let id = sb.checkpoint_id();
         tracing::info!(sandbox = %sb.sandbox_id, container = %id, root = %sb.root.display(), image = %image_dir.display(), "checkpointing");
-        self.runsc
-            .with_root(&sb.root)
-            .checkpoint(
-                id,
-                &runsc::CheckpointOpts {
-                    image_path: image_dir.to_path_buf(),
-                    leave_running: opts.leave_running,
-                    compression: policy.checkpoint_compression().map(str::to_string),
-                    exclude_committed_zero_pages: policy.exclude_committed_zero_pages(),
-                    timeout: opts.timeout,
-                    job_dir: opts.job_dir.clone(),
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let ck = runsc::CheckpointOpts {
+            image_path: image_dir.to_path_buf(),
+            leave_running: opts.leave_running,
+            compression: policy.checkpoint_compression().map(str::to_string),
+            exclude_committed_zero_pages: policy.exclude_committed_zero_pages(),
+            timeout: opts.timeout,
+            job_dir: opts.job_dir.clone(),
+            ..Default::default()
+        };
+        let outside = volumes::outside_checkpoint(sb)?;
+        if outside.is_empty() {
+            self.runsc.with_root(&sb.root).checkpoint(id, &ck).await?;
+        } else {
+            self.checkpoint_with_volumes(sb, &target, outside, &ck)
+                .await?;
+        }
         if !opts.leave_running && !opts.defer_settle {
             self.settle_stopped(sb).await;
         }
@@ -990,7 +1120,11 @@ impl SandboxRuntime for RunscRuntime {
         let Some(mut job) = runsc::DurableJob::find(job_dir, START_GRACE).await? else {
             return Ok(false);
         };
-        job.wait(timeout).await?.into_result()?;
+        let outcome = job.wait(timeout).await;
+        // A checkpoint that paused its sandbox to pack the pod's volumes, whose daemon died
+        // before it resumed it: resume it now (a stopped sandbox is gone, and runsc says so).
+        self.resume_recorded_pause(job_dir).await;
+        outcome?.into_result()?;
         Ok(true)
     }
 

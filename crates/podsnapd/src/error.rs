@@ -130,6 +130,12 @@ fn runtime_code(e: &RuntimeError) -> tonic::Code {
         RuntimeError::Containerd(C::Unavailable { .. }) => Code::Unavailable,
         RuntimeError::Containerd(C::Unsupported { .. }) => Code::Unimplemented,
         RuntimeError::Io { source, .. } if is_disk_full(source) => Code::ResourceExhausted,
+        RuntimeError::Volumes { source, .. } => match source {
+            podsnap_volumes::PackError::TooLarge { .. }
+            | podsnap_volumes::PackError::TooManyEntries { .. }
+            | podsnap_volumes::PackError::PathTooLong { .. } => Code::FailedPrecondition,
+            _ => Code::Internal,
+        },
         _ => Code::Internal,
     }
 }

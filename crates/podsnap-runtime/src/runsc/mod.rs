@@ -664,6 +664,25 @@ impl Runsc {
         .map(drop)
     }
 
+    /// `runsc pause ID`: freezes the whole sandbox when ID is its root container.
+    pub async fn pause(&self, id: &str) -> Result<(), Error> {
+        self.exec("pause", vec!["pause".into(), id.into()], Io::Capture, None)
+            .await
+            .map(drop)
+    }
+
+    /// `runsc resume ID`.
+    pub async fn resume(&self, id: &str) -> Result<(), Error> {
+        self.exec(
+            "resume",
+            vec!["resume".into(), id.into()],
+            Io::Capture,
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
     /// `runsc kill [--all] ID SIGNAL`.
     pub async fn kill(&self, id: &str, signal: &str, opts: &KillOpts) -> Result<(), Error> {
         let mut sub: Vec<OsString> = vec!["kill".into()];

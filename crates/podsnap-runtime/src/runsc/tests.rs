@@ -80,6 +80,24 @@ async fn global_flags_come_before_the_subcommand() {
 }
 
 #[tokio::test]
+async fn pause_and_resume_name_the_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("argv");
+    let bin = script(
+        dir.path(),
+        "rec",
+        &format!(r#"echo "$@" >> {}"#, log.display()),
+    );
+    let c = Runsc::builder().binary(&bin).root("/r").build();
+    c.pause("sb").await.unwrap();
+    c.resume("sb").await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "--root=/r pause sb\n--root=/r resume sb\n"
+    );
+}
+
+#[tokio::test]
 async fn checkpoint_passes_its_options() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("argv");
