@@ -4,13 +4,14 @@ filesystem, on a disk emptyDir, on a memory emptyDir and on a tmpfs (/dev/shm); 
 resume every file is complete (0, 1, ... up to where the restored counter goes on), not
 empty and not restarted.
 
-On gVisor's shim (the default) all four must be complete: podsnap-controller's webhook gives
-the pod gVisor's mount hints for its emptyDirs (`dev.gvisor.spec.mount.<volume>.*`, passed on
-by containerd's `pod_annotations = [..., "dev.gvisor.*"]`), so the shim makes them
+All four must be complete on both shims. On gVisor's shim (the default) podsnap-controller's
+webhook gives the pod gVisor's mount hints for its emptyDirs (`dev.gvisor.spec.mount.<volume>.*`,
+passed on by containerd's `pod_annotations = [..., "dev.gvisor.*"]`), so the shim makes them
 sandbox-internal tmpfs mounts whose contents travel in the checkpoint. Behind the runc shim
-(PODSNAP_CLUSTER_SHIM=runc) only the rootfs file is: emptyDirs and /dev/shm are host
-directories of the old pod, outside the checkpoint (xfail, with what came back; what podsnap
-would have to add: docs/gvisor-shim.md, "emptyDir").
+(PODSNAP_CLUSTER_SHIM=runc) emptyDirs and /dev/shm are host directories of the old pod, outside
+the checkpoint: podsnapd packs them into the snapshot (`pod-volumes.psv`) while the sandbox is
+paused for its checkpoint, and podsnap-runsc unpacks them into the new pod's directories at
+its sandbox's restoring create (docs/gvisor-shim.md, "emptyDir").
 
 Run: make cluster-up && python3 -m pytest -q tests/cluster/test_filesystem.py
 """
@@ -19,7 +20,6 @@ import os
 import subprocess
 import time
 
-import pytest
 
 from test_podsnapshot import KUBECONFIG, NS, ROOT, apply_file, custom, core, api, sandbox_client, tutorial, wait  # noqa: F401
 
@@ -105,11 +105,7 @@ def test_rootfs_emptydirs_and_tmpfs_come_back_complete(tutorial, custom, core):
             # Complete from 0, one line per tick, through the restore, no restart.
             if not got or got != list(range(len(got))) or got[-1] < after:
                 missing[what] = f"{path}: {len(got)} lines, first {got[:3]}, last {got[-3:]}"
-        not_yet = ("emptyDir", "tmpfs") if shim() == "runc" else ()
-        kept = {k: v for k, v in missing.items() if not any(n in k for n in not_yet)}
-        assert not kept, f"after resume (counter {before} -> {after}) on the {shim()} shim: {missing}"
-        if missing:
-            pytest.xfail(f"not carried yet on the {shim()} shim (docs/gvisor-shim.md): {missing}")
+        assert not missing, f"after resume (counter {before} -> {after}) on the {shim()} shim: {missing}"
     finally:
         sandbox.terminate()
         sandboxes.delete_sandbox(sandbox.claim_name, NS)

@@ -130,12 +130,13 @@ fn runtime_code(e: &RuntimeError) -> tonic::Code {
         RuntimeError::Containerd(C::Unavailable { .. }) => Code::Unavailable,
         RuntimeError::Containerd(C::Unsupported { .. }) => Code::Unimplemented,
         RuntimeError::Io { source, .. } if is_disk_full(source) => Code::ResourceExhausted,
-        RuntimeError::Volumes { source, .. } => match source {
-            podsnap_volumes::PackError::TooLarge { .. }
-            | podsnap_volumes::PackError::TooManyEntries { .. }
-            | podsnap_volumes::PackError::PathTooLong { .. } => Code::FailedPrecondition,
-            _ => Code::Internal,
-        },
+        RuntimeError::Volumes {
+            source:
+                podsnap_volumes::PackError::TooLarge { .. }
+                | podsnap_volumes::PackError::TooManyEntries { .. }
+                | podsnap_volumes::PackError::PathTooLong { .. },
+            ..
+        } => Code::FailedPrecondition,
         _ => Code::Internal,
     }
 }
@@ -190,6 +191,24 @@ mod tests {
         );
         assert_eq!(other.code(), tonic::Code::Internal);
         assert_eq!(other.kind(), "internal");
+    }
+
+    #[test]
+    fn pod_volumes_too_large_for_a_snapshot_are_a_failed_precondition() {
+        let e = DaemonError::from(RuntimeError::Volumes {
+            target: "containerd container k8s.io/sb".into(),
+            source: podsnap_volumes::PackError::TooLarge {
+                volume: podsnap_volumes::VolumeKey::empty_dir("disk").unwrap(),
+                limit: 1 << 30,
+            },
+        });
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            e.message(),
+            "cannot carry the volumes of containerd container k8s.io/sb in its snapshot: the \
+             pod's volumes hold more than 1073741824 bytes of files (reached in emptyDir \
+             \"disk\"): too large to carry in a snapshot; keep large data on a persistent volume"
+        );
     }
 
     #[test]
