@@ -3,6 +3,7 @@
 
 use podsnap_runtime::image::read_image_dir_header;
 use podsnap_runtime::runsc::{self, Exit};
+use podsnap_runtime::volumes;
 use podsnap_runtime::*;
 use podsnap_testkit::runsc::{
     first_count, last_count, unique_id, wait_for_count, Bundle, CounterSandbox, Release,
@@ -811,4 +812,127 @@ async fn runsc_20240729_and_2026_refuse_each_others_images() {
             "{from:?} -> {to:?}: {err}"
         );
     }
+}
+
+/// A counter that appends each count to `/vol/c.txt`, a bind mount of `vol`.
+fn volume_counter_bundle(vol: &Path) -> podsnap_testkit::runsc::Bundle {
+    let script = r#"i=0; while :; do echo "Count: $i"; echo "$i" >> /vol/c.txt; i=$((i+1)); sleep 0.2; done"#;
+    let b = Bundle::with_args(&["/bin/sh", "-c", script]).unwrap();
+    let mut spec = podsnap_testkit::runsc::oci_spec(&["/bin/sh", "-c", script]);
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/vol", "type": "bind", "source": vol, "options": ["rbind", "rw"]
+        }));
+    Bundle::write_spec(b.path(), &spec).unwrap();
+    b
+}
+
+fn numbers(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// A runc-shim pod's emptyDir (a host directory the gofer serves) is packed into the image
+/// while the sandbox is paused, so the pack and the checkpoint are one moment: the sandbox
+/// runs on after `--leave-running` (no pause left behind), and a restore whose volume holds
+/// the unpacked files continues them with no line missing or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runc_shim_pods_volumes_are_packed_at_its_checkpoint_and_it_runs_on() {
+    if !require(
+        "a_runc_shim_pods_volumes_are_packed_at_its_checkpoint_and_it_runs_on",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    if Release::System.is_limited() {
+        return; // 20221219 cannot leave a containerd sandbox running.
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, log) = (tmp.path().join("root"), tmp.path().join("counter.log"));
+    let vol = tmp
+        .path()
+        .join("kubelet/pods/uid-1/volumes/kubernetes.io~empty-dir/vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    let id = unique_id("vol");
+    let _c = CounterSandbox::start_on(
+        Release::System,
+        &root,
+        &id,
+        &log,
+        &[],
+        volume_counter_bundle(&vol),
+    )
+    .unwrap();
+    wait_for_count(&log, 3, Duration::from_secs(30)).unwrap();
+    let rt = runtime(&root, &[]);
+    let mut sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
+    // What resolution reports for a CRI pod behind containerd's runc v2 shim.
+    sb.kind = SandboxKind::Containerd {
+        namespace: "k8s.io".into(),
+        container: id.clone(),
+        runtime: "io.containerd.runc.v2".into(),
+        pod: Some(Box::new(PodInfo {
+            uid: Some("uid-1".into()),
+            ..Default::default()
+        })),
+        task_status: None,
+        task_pid: None,
+    };
+    let (img, job) = (tmp.path().join("img"), tmp.path().join("job"));
+    let opts = CheckpointOpts {
+        leave_running: true,
+        job_dir: Some(job.clone()),
+        timeout: Some(T),
+        ..Default::default()
+    };
+    rt.checkpoint(&sb, &img, &opts).await.unwrap();
+    let after = last_count(&log).unwrap();
+    wait_for_count(&log, after + 3, Duration::from_secs(30)).unwrap();
+    assert_eq!(rt.state(None, &id).await.unwrap().status, Status::Running);
+    assert!(!job.join(volumes::PAUSED_RECORD).exists());
+
+    // The pack, unpacked into a new pod's volume, restored: no line lost or repeated.
+    let new_vol = tmp
+        .path()
+        .join("kubelet/pods/uid-2/volumes/kubernetes.io~empty-dir/vol");
+    std::fs::create_dir_all(&new_vol).unwrap();
+    let archive = img.join(podsnap_volumes::FILE_NAME);
+    let key = podsnap_volumes::VolumeKey::empty_dir("vol").unwrap();
+    let targets = [(key, new_vol.clone())].into_iter().collect();
+    podsnap_volumes::unpack(&archive, &targets, &Default::default()).unwrap();
+    let packed = numbers(&new_vol.join("c.txt"));
+    assert!(packed.len() >= 3, "{packed:?}");
+    assert_eq!(packed, (0..packed.len() as u64).collect::<Vec<_>>());
+    let restored_id = unique_id("vol-r");
+    let bundle = volume_counter_bundle(&new_vol);
+    let rlog = tmp.path().join("restored.log");
+    rt.restore(&RestoreRequest {
+        id: restored_id.clone(),
+        bundle: bundle.path().to_path_buf(),
+        image_dir: img.clone(),
+        log_file: Some(rlog.clone()),
+        root: None,
+        job_dir: None,
+        pid_file: None,
+        timeout: Some(T),
+        background: false,
+        containers: vec![],
+    })
+    .await
+    .unwrap();
+    let first = packed.len() as u64;
+    let r = (|| {
+        wait_for_count(&rlog, first + 3, Duration::from_secs(30))?;
+        let lines = numbers(&new_vol.join("c.txt"));
+        (lines == (0..lines.len() as u64).collect::<Vec<_>>())
+            .then_some(())
+            .ok_or(format!("{lines:?}"))
+    })();
+    podsnap_testkit::runsc::RunscCmd::new(&root).force_delete(&restored_id);
+    r.unwrap();
 }
