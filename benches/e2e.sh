@@ -7,6 +7,8 @@
 #   BENCH_E2E_ROUNDS   rounds, each checkpointing and restoring every case once (default 3)
 #   BENCH_E2E_S3       1 adds podsnapd against S3 (moto) as a third case (default 0)
 #   BENCH_E2E_NOCACHE  1 adds podsnapd with its node page cache off, file:// store (default 0)
+#   BENCH_E2E_REAP     1: the harness reaps exited sandboxes at once, as a pod's shim does
+#                      (default 0: the machine's init does, late on some VMs)
 #   BENCH_E2E_RUNSC    the runsc to run it all on, a file named runsc (default: runsc on PATH;
 #                      /opt/podsnap/gvisor/runsc is the 2026 build: lazy restores)
 #   BENCH_E2E_RESULTS  report (default benches/results/e2e-latest.md, plus a .json of the rows)
@@ -45,5 +47,5 @@ fi
 echo "== load before the run: $(uptime); $(runsc --version | head -n 1)" >&2
 python3 "$here/e2e.py" --bin "$tdir/release" --dir "$D" \
   --mib "${BENCH_E2E_MIB:-1024}" --rounds "${BENCH_E2E_ROUNDS:-3}" --s3 "${BENCH_E2E_S3:-0}" \
-  --nocache "${BENCH_E2E_NOCACHE:-0}" \
+  --nocache "${BENCH_E2E_NOCACHE:-0}" --reap "${BENCH_E2E_REAP:-0}" \
   --results "${BENCH_E2E_RESULTS:-$here/results/e2e-latest.md}"
