@@ -678,21 +678,29 @@ def reap_sandboxes():
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
         sys.exit(f"e2e: prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
-    me = str(os.getpid())
+
+    def children():
+        """This process's children (re-parented orphans included), from each thread's list."""
+        out = set()
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/children") as f:
+                    out.update(f.read().split())
+            except OSError:
+                pass
+        return out
 
     def loop():
         while True:
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
+            for pid in children():
                 try:
                     with open(f"/proc/{pid}/stat") as f:
                         stat = f.read()
                 except OSError:
                     continue
                 comm = stat[stat.index("(") + 1:stat.rindex(")")]
-                fields = stat[stat.rindex(")") + 2:].split()
-                if comm == "exe" and fields[0] == "Z" and fields[1] == me:
+                state = stat[stat.rindex(")") + 2:].split()[0]
+                if comm == "exe" and state == "Z":
                     try:
                         os.waitpid(int(pid), os.WNOHANG)
                     except ChildProcessError:
