@@ -601,9 +601,10 @@ impl Engine {
             runsc_metadata,
             sandbox: sandbox_record(&cp.sandbox),
             concurrency: self.cfg.concurrency,
-            // A checkpoint races its durability deadline: zstd would cost about as much CPU
-            // as the rest of the push (docs/benchmarks.md), for disk space on a local store.
-            compression: Compression::RawWhenLocal,
+            // `auto`: a checkpoint races its durability deadline, and zstd would cost about
+            // as much CPU as the rest of the push (docs/benchmarks.md) for disk space on a
+            // local store.
+            compression: self.cfg.checkpoint_compression.push_option(),
         };
         let report = match follow {
             Some(f) => {
