@@ -858,7 +858,11 @@ impl RunscRuntime {
     ) -> Result<(), RuntimeError> {
         let client = self.runsc.with_root(&sb.root);
         let id = sb.checkpoint_id();
-        let record = ck.job_dir.as_ref().map(|d| d.join(volumes::PAUSED_RECORD));
+        let was_paused = matches!(client.state(id).await, Ok(s) if s.status == Status::Paused);
+        // Only a pause of ours is recorded for a restarted daemon to undo.
+        let record = (!was_paused)
+            .then(|| ck.job_dir.as_ref().map(|d| d.join(volumes::PAUSED_RECORD)))
+            .flatten();
         if let Some(r) = &record {
             let paused = volumes::Paused {
                 root: sb.root.clone(),
@@ -866,7 +870,6 @@ impl RunscRuntime {
             };
             write_record(r, &paused)?;
         }
-        let was_paused = matches!(client.state(id).await, Ok(s) if s.status == Status::Paused);
         if !was_paused {
             client.pause(id).await?;
         }
@@ -900,10 +903,15 @@ impl RunscRuntime {
                 source,
             }),
         };
-        // Resumed in every case: after `--leave-running` it runs on; after a checkpoint that
-        // stops it, runsc 20240729 leaves a paused sandbox paused (seen: saved, alive, frozen)
-        // and it exits only once resumed, without running again.
-        let resumed = client.resume(id).await;
+        // Resumed after `--leave-running` (it runs on), unless it was paused before: then it
+        // stays as it was found. Resumed always after a checkpoint that stops it: runsc
+        // 20240729 leaves a paused sandbox paused (seen: saved, alive, frozen) and it exits
+        // only once resumed, without running again.
+        let resumed = if was_paused && ck.leave_running {
+            Ok(())
+        } else {
+            client.resume(id).await
+        };
         if let Some(r) = &record {
             let _ = std::fs::remove_file(r);
         }

@@ -936,3 +936,69 @@ async fn a_runc_shim_pods_volumes_are_packed_at_its_checkpoint_and_it_runs_on() 
     podsnap_testkit::runsc::RunscCmd::new(&root).force_delete(&restored_id);
     r.unwrap();
 }
+
+/// A runc-shim pod that someone had paused before its `--leave-running` checkpoint is left
+/// paused: the pause the volume pack needs is not undone beyond what it did itself, and no
+/// record is left for a restarted daemon to resume it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_paused_before_its_checkpoint_stays_paused() {
+    if !require(
+        "a_pod_paused_before_its_checkpoint_stays_paused",
+        &[Need::Root, Need::Runsc],
+    ) {
+        return;
+    }
+    if Release::System.is_limited() {
+        return; // 20221219 cannot leave a containerd sandbox running.
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, log) = (tmp.path().join("root"), tmp.path().join("counter.log"));
+    let vol = tmp
+        .path()
+        .join("kubelet/pods/uid-1/volumes/kubernetes.io~empty-dir/vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    let id = unique_id("volp");
+    let _c = CounterSandbox::start_on(
+        Release::System,
+        &root,
+        &id,
+        &log,
+        &[],
+        volume_counter_bundle(&vol),
+    )
+    .unwrap();
+    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
+    let rt = runtime(&root, &[]);
+    let mut sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
+    sb.kind = SandboxKind::Containerd {
+        namespace: "k8s.io".into(),
+        container: id.clone(),
+        runtime: "io.containerd.runc.v2".into(),
+        pod: Some(Box::new(PodInfo {
+            uid: Some("uid-1".into()),
+            ..Default::default()
+        })),
+        task_status: None,
+        task_pid: None,
+    };
+    let client = Runsc::builder()
+        .binary(Release::System.binary())
+        .root(&root)
+        .timeout(T)
+        .build();
+    client.pause(&id).await.unwrap();
+    let (img, job) = (tmp.path().join("img"), tmp.path().join("job"));
+    let opts = CheckpointOpts {
+        leave_running: true,
+        job_dir: Some(job.clone()),
+        timeout: Some(T),
+        ..Default::default()
+    };
+    rt.checkpoint(&sb, &img, &opts).await.unwrap();
+    assert!(img.join(podsnap_volumes::FILE_NAME).is_file());
+    assert_eq!(rt.state(None, &id).await.unwrap().status, Status::Paused);
+    assert!(!job.join(volumes::PAUSED_RECORD).exists());
+    client.resume(&id).await.unwrap();
+    let after = last_count(&log).unwrap();
+    wait_for_count(&log, after + 2, Duration::from_secs(30)).unwrap();
+}
