@@ -20,7 +20,7 @@ use podsnap_runtime::{
     Sandbox, SandboxKind, Target,
 };
 use podsnap_store::{
-    Compression, ContainerRecord, Follow, Manifest, NodeFacts, OverlayMedium, PodRef, PushOptions,
+    ContainerRecord, Follow, Manifest, NodeFacts, OverlayMedium, PodRef, PushOptions,
     SandboxRecord, SnapshotId, StoreError, WriterState,
 };
 use tracing::{info, info_span, warn};
