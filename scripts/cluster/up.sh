@@ -159,6 +159,12 @@ fresh_dirs() {
     mkdir -p "$CLUSTER_VAR/podsnapd"
     mount --bind "$CLUSTER_VAR/podsnapd" "$CLUSTER_VAR/podsnapd"
     mount --make-rshared "$CLUSTER_VAR/podsnapd"
+    # And the kubelet's root: the DaemonSet mounts its pods/ HostToContainer (podsnapd packs
+    # the emptyDirs of runc-shim pods, memory ones being tmpfs mounts made after it starts).
+    # On systemd hosts every mount is shared already.
+    mkdir -p "$KUBELET_ROOT"
+    mount --bind "$KUBELET_ROOT" "$KUBELET_ROOT"
+    mount --make-rshared "$KUBELET_ROOT"
     mkdir -p "$PIDS"
     # Where things are, for down.sh and for anyone debugging.
     write_env
@@ -599,6 +605,7 @@ node2_mounts() {
         done
         mount --bind '$SNAPSHOTS' '$nvar/snapshots'
         mount --bind '$nvar/kubelet' '$KUBELET_ROOT'
+        mount --make-rshared '$KUBELET_ROOT'
         mount --rbind '$nvar' '$CLUSTER_VAR'
         mount --bind '$CLUSTER_VAR/podsnapd' '$CLUSTER_VAR/podsnapd'
         mount --make-rshared '$CLUSTER_VAR/podsnapd'
