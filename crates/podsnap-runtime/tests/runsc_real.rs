@@ -9,7 +9,7 @@ use podsnap_testkit::runsc::{
     first_count, last_count, unique_id, wait_for_count, Bundle, CounterSandbox, Release,
 };
 use podsnap_testkit::{require, Need};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -829,6 +829,58 @@ fn volume_counter_bundle(vol: &Path) -> podsnap_testkit::runsc::Bundle {
     b
 }
 
+/// A counter sandbox writing to an emptyDir-like bind mount (`uid-1`'s volume `vol` under
+/// `<dir>/kubelet`), resolved as a CRI pod behind containerd's runc v2 shim, counting.
+struct VolumePod {
+    root: PathBuf,
+    log: PathBuf,
+    id: String,
+    rt: RunscRuntime,
+    sb: Sandbox,
+    _counter: CounterSandbox,
+}
+
+impl VolumePod {
+    async fn start(dir: &Path, prefix: &str) -> VolumePod {
+        let (root, log) = (dir.join("root"), dir.join("counter.log"));
+        let vol = dir.join("kubelet/pods/uid-1/volumes/kubernetes.io~empty-dir/vol");
+        std::fs::create_dir_all(&vol).unwrap();
+        let id = unique_id(prefix);
+        let counter = CounterSandbox::start_on(
+            Release::System,
+            &root,
+            &id,
+            &log,
+            &[],
+            volume_counter_bundle(&vol),
+        )
+        .unwrap();
+        wait_for_count(&log, 3, Duration::from_secs(30)).unwrap();
+        let rt = runtime(&root, &[]);
+        let mut sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
+        // What resolution reports for a CRI pod behind containerd's runc v2 shim.
+        sb.kind = SandboxKind::Containerd {
+            namespace: "k8s.io".into(),
+            container: id.clone(),
+            runtime: "io.containerd.runc.v2".into(),
+            pod: Some(Box::new(PodInfo {
+                uid: Some("uid-1".into()),
+                ..Default::default()
+            })),
+            task_status: None,
+            task_pid: None,
+        };
+        VolumePod {
+            root,
+            log,
+            id,
+            rt,
+            sb,
+            _counter: counter,
+        }
+    }
+}
+
 fn numbers(path: &Path) -> Vec<u64> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -853,36 +905,14 @@ async fn a_runc_shim_pods_volumes_are_packed_at_its_checkpoint_and_it_runs_on() 
         return; // 20221219 cannot leave a containerd sandbox running.
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (root, log) = (tmp.path().join("root"), tmp.path().join("counter.log"));
-    let vol = tmp
-        .path()
-        .join("kubelet/pods/uid-1/volumes/kubernetes.io~empty-dir/vol");
-    std::fs::create_dir_all(&vol).unwrap();
-    let id = unique_id("vol");
-    let _c = CounterSandbox::start_on(
-        Release::System,
-        &root,
-        &id,
-        &log,
-        &[],
-        volume_counter_bundle(&vol),
-    )
-    .unwrap();
-    wait_for_count(&log, 3, Duration::from_secs(30)).unwrap();
-    let rt = runtime(&root, &[]);
-    let mut sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
-    // What resolution reports for a CRI pod behind containerd's runc v2 shim.
-    sb.kind = SandboxKind::Containerd {
-        namespace: "k8s.io".into(),
-        container: id.clone(),
-        runtime: "io.containerd.runc.v2".into(),
-        pod: Some(Box::new(PodInfo {
-            uid: Some("uid-1".into()),
-            ..Default::default()
-        })),
-        task_status: None,
-        task_pid: None,
-    };
+    let VolumePod {
+        root,
+        log,
+        id,
+        rt,
+        sb,
+        _counter,
+    } = VolumePod::start(tmp.path(), "vol").await;
     let (img, job) = (tmp.path().join("img"), tmp.path().join("job"));
     let opts = CheckpointOpts {
         leave_running: true,
@@ -952,35 +982,14 @@ async fn a_pod_paused_before_its_checkpoint_stays_paused() {
         return; // 20221219 cannot leave a containerd sandbox running.
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (root, log) = (tmp.path().join("root"), tmp.path().join("counter.log"));
-    let vol = tmp
-        .path()
-        .join("kubelet/pods/uid-1/volumes/kubernetes.io~empty-dir/vol");
-    std::fs::create_dir_all(&vol).unwrap();
-    let id = unique_id("volp");
-    let _c = CounterSandbox::start_on(
-        Release::System,
-        &root,
-        &id,
-        &log,
-        &[],
-        volume_counter_bundle(&vol),
-    )
-    .unwrap();
-    wait_for_count(&log, 2, Duration::from_secs(30)).unwrap();
-    let rt = runtime(&root, &[]);
-    let mut sb = rt.resolve(&Target::Runsc { id: id.clone() }).await.unwrap();
-    sb.kind = SandboxKind::Containerd {
-        namespace: "k8s.io".into(),
-        container: id.clone(),
-        runtime: "io.containerd.runc.v2".into(),
-        pod: Some(Box::new(PodInfo {
-            uid: Some("uid-1".into()),
-            ..Default::default()
-        })),
-        task_status: None,
-        task_pid: None,
-    };
+    let VolumePod {
+        root,
+        log,
+        id,
+        rt,
+        sb,
+        _counter,
+    } = VolumePod::start(tmp.path(), "volp").await;
     let client = Runsc::builder()
         .binary(Release::System.binary())
         .root(&root)

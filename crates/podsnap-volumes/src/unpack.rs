@@ -329,17 +329,7 @@ impl Writer<'_> {
             .as_mut()
             .expect("the walk checks entries follow a volume");
         let (parent, name) = cur.parent(path)?;
-        let err = |op: &'static str| {
-            let (key, target) = (cur.key.clone(), cur.target.clone());
-            let path = String::from_utf8_lossy(path).into_owned();
-            move |e: rustix::io::Errno| UnpackError::Write {
-                op,
-                volume: key,
-                path,
-                target,
-                source: e.into(),
-            }
-        };
+        let err = |op: &'static str| cur.write_error(op, path);
         let (uid, gid) = ids(&meta);
         match rec {
             Rec::Dir(..) => {
@@ -445,17 +435,7 @@ impl Writer<'_> {
         let Some(cur) = self.current.take() else {
             return Ok(());
         };
-        let err = |op: &'static str, path: &[u8]| {
-            let (key, target) = (cur.key.clone(), cur.target.clone());
-            let path = String::from_utf8_lossy(path).into_owned();
-            move |e: rustix::io::Errno| UnpackError::Write {
-                op,
-                volume: key,
-                path,
-                target,
-                source: e.into(),
-            }
-        };
+        let err = |op: &'static str, path: &[u8]| cur.write_error(op, path);
         for (path, meta) in cur.dirs.iter().rev() {
             let (parent, name) = cur.parent(path)?;
             let fd = rustix::fs::openat(&parent, name, DIR_FLAGS, Mode::empty())
@@ -472,6 +452,23 @@ fn set_mode_and_times(fd: &OwnedFd, meta: &Meta) -> rustix::io::Result<()> {
 }
 
 impl Current {
+    /// What turns a failed `op` on `path` (in this volume) into the unpack's error.
+    fn write_error(
+        &self,
+        op: &'static str,
+        path: &[u8],
+    ) -> impl FnOnce(rustix::io::Errno) -> UnpackError {
+        let (key, target) = (self.key.clone(), self.target.clone());
+        let path = String::from_utf8_lossy(path).into_owned();
+        move |e| UnpackError::Write {
+            op,
+            volume: key,
+            path,
+            target,
+            source: e.into(),
+        }
+    }
+
     /// The directory holding `path` (opened component by component, never through a
     /// symlink) and the last component.
     fn parent<'p>(&self, path: &'p [u8]) -> Result<(OwnedFd, &'p [u8]), UnpackError> {
