@@ -287,6 +287,32 @@ fn count_files(dir: &Path) -> usize {
         .sum()
 }
 
+/// A runc-like writer of `pages` (then checkpoint.img) into `src` that keeps saying
+/// "writing" until the test sends on the returned sender, so the test can look at the store
+/// while the writer has not finished.
+fn held_writer(
+    src: &Path,
+    pages: &[u8],
+) -> (
+    std::thread::JoinHandle<()>,
+    watch::Receiver<WriterState>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (tx, rx) = watch::channel(WriterState::Writing);
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (src, pages) = (src.to_path_buf(), pages.to_vec());
+    let writer = std::thread::spawn(move || {
+        append_slowly(&src, "pages.img", &pages);
+        write_file(&src, "checkpoint.img", &runsc_like_image(5, 4));
+        release_rx.recv().unwrap();
+        tx.send(WriterState::Done {
+            runsc_metadata: None,
+        })
+        .unwrap();
+    });
+    (writer, rx, release_tx)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_packs_wait_in_memory_until_the_writer_is_done_then_are_uploaded() {
     let r = Rig::new();
@@ -294,21 +320,7 @@ async fn new_packs_wait_in_memory_until_the_writer_is_done_then_are_uploaded() {
     let packs_dir = r.work.path().join("store").join("packs");
     // 16 MiB of new pages: several packs' worth, under the 64 MiB held at most.
     let pages = random(11, 16 << 20);
-    let (tx, rx) = watch::channel(WriterState::Writing);
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let writer = {
-        let (src, pages) = (src.clone(), pages.clone());
-        std::thread::spawn(move || {
-            append_slowly(&src, "pages.img", &pages);
-            write_file(&src, "checkpoint.img", &runsc_like_image(5, 4));
-            // Still "writing" until the test has looked at the store.
-            release_rx.recv().unwrap();
-            tx.send(WriterState::Done {
-                runsc_metadata: None,
-            })
-            .unwrap();
-        })
-    };
+    let (writer, rx, release_tx) = held_writer(&src, &pages);
     let progress = Arc::new(ReadWhileWriting::default());
     let push = {
         let (store, src, progress) = (r.store.clone(), src.clone(), progress.clone());
@@ -355,20 +367,7 @@ async fn without_yielding_packs_are_written_while_the_writer_still_writes() {
     let src = r.src();
     let packs_dir = r.work.path().join("store").join("packs");
     let pages = random(12, 16 << 20);
-    let (tx, rx) = watch::channel(WriterState::Writing);
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let writer = {
-        let (src, pages) = (src.clone(), pages.clone());
-        std::thread::spawn(move || {
-            append_slowly(&src, "pages.img", &pages);
-            write_file(&src, "checkpoint.img", &runsc_like_image(5, 4));
-            release_rx.recv().unwrap();
-            tx.send(WriterState::Done {
-                runsc_metadata: None,
-            })
-            .unwrap();
-        })
-    };
+    let (writer, rx, release_tx) = held_writer(&src, &pages);
     let progress = Arc::new(ReadWhileWriting::default());
     let push = {
         let (store, src, progress) = (r.store.clone(), src.clone(), progress.clone());
