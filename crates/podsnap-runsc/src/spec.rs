@@ -142,7 +142,7 @@ pub fn read(bundle: &Path) -> Result<Bundle, SpecError> {
         .into_iter()
         .find(|m| {
             m.destination == "/dev/shm"
-                && (m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind"))
+                && podsnap_volumes::layout::is_bind(&m.kind, m.options.iter().map(String::as_str))
                 && !m.source.is_empty()
         })
         .map(|m| std::path::PathBuf::from(m.source));

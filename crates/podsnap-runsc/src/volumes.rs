@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use podsnap_volumes::{Limits, UnpackError, Unpacked, VolumeKey};
+use podsnap_volumes::{layout, Limits, UnpackError, Unpacked, VolumeKey};
 
 use crate::spec;
 
@@ -91,11 +91,7 @@ fn target(
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 })
                 .ok_or(VolumeError::NoPodUid)?;
-            let dir = kubelet_root
-                .join("pods")
-                .join(uid)
-                .join("volumes/kubernetes.io~empty-dir")
-                .join(name);
+            let dir = layout::empty_dir_in(&kubelet_root.join("pods").join(uid), name);
             match std::fs::symlink_metadata(&dir) {
                 Ok(m) if m.is_dir() => Ok(dir),
                 _ => Err(VolumeError::NoVolume {
@@ -106,14 +102,8 @@ fn target(
         }
         VolumeKey::Shm => {
             // Only the CRI's tmpfs of this very sandbox: never the host's /dev/shm.
-            let own = pod.dev_shm.as_ref().filter(|p| {
-                let c: Vec<_> = p.iter().collect();
-                c.len() >= 3
-                    && c[c.len() - 1] == "shm"
-                    && c[c.len() - 2] == id
-                    && c[c.len() - 3] == "sandboxes"
-                    && p.is_dir()
-            });
+            let own =
+                (pod.dev_shm.as_ref()).filter(|p| layout::is_sandbox_shm(p, id) && p.is_dir());
             own.cloned().ok_or_else(|| VolumeError::NoShm {
                 found: pod.dev_shm.clone(),
             })

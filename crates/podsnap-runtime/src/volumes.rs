@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use podsnap_volumes::{Volume, VolumeKey};
+use podsnap_volumes::{layout, Volume, VolumeKey};
 
 use crate::containerd::RUNC_V2;
 use crate::runtime::{RuntimeError, Sandbox, SandboxKind};
@@ -79,16 +79,17 @@ fn from_spec(
     let mut out = Vec::new();
     for m in mounts.into_iter().flatten() {
         let s = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-        let bind = s("type") == "bind"
-            || m.get("options")
-                .and_then(|o| o.as_array())
-                .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"));
+        let options = m.get("options").and_then(|o| o.as_array());
+        let bind = layout::is_bind(
+            s("type"),
+            options.into_iter().flatten().filter_map(|o| o.as_str()),
+        );
         if !bind || s("source").is_empty() {
             continue;
         }
         let source = Path::new(s("source"));
         if s("destination") == "/dev/shm" {
-            if is_sandbox_shm(source, sandbox_id) {
+            if layout::is_sandbox_shm(source, sandbox_id) {
                 out.push((VolumeKey::Shm, source.to_path_buf()));
             }
         } else if let Some(v) = empty_dir(source, pod_uid) {
@@ -96,15 +97,6 @@ fn from_spec(
         }
     }
     out
-}
-
-/// `.../sandboxes/<sandbox id>/shm`: the CRI's tmpfs of this sandbox.
-fn is_sandbox_shm(source: &Path, sandbox_id: &str) -> bool {
-    let c: Vec<_> = source.iter().collect();
-    c.len() >= 3
-        && c[c.len() - 1] == "shm"
-        && c[c.len() - 2] == sandbox_id
-        && c[c.len() - 3] == "sandboxes"
 }
 
 /// The emptyDir a mount source is (or is a subPath of) in pod `pod_uid`'s directory.
@@ -121,7 +113,7 @@ fn empty_dir(source: &Path, pod_uid: Option<&str>) -> Option<(VolumeKey, PathBuf
         Some(["volume-subpaths", name, ..]) => *name,
         _ => return None,
     };
-    let dir = base.join("volumes/kubernetes.io~empty-dir").join(name);
+    let dir = layout::empty_dir_in(&base, name);
     // A subPath of another kind of volume has no emptyDir directory.
     if !dir.is_dir() {
         return None;

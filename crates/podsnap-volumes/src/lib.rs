@@ -40,6 +40,7 @@
 //! elsewhere. [`volumes`] reads the whole archive without writing, so a corrupt one is
 //! refused before anything is written.
 
+pub mod layout;
 mod pack;
 mod unpack;
 
